@@ -1,0 +1,293 @@
+"""The encoder interface shared by the offline ConSE encoder and open_clip models.
+
+An :class:`Encoder` maps images and texts into one embedding space (rows L2-normalised, float32).
+:meth:`Encoder.encode_images` is the batched, fault-tolerant path used on folders: a thread pool
+decodes and preprocesses the next batches while the model runs on the current one, unreadable
+files are skipped and reported, and a ``progress`` / ``cancel`` pair lets front ends follow and
+stop long jobs.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clustermine.errors import CancelledError, EncoderError, ImageError
+from clustermine.images import DEFAULT_MAX_PIXELS, load_rgb
+
+ProgressFn = Callable[[int, int], None]
+"""``progress(done, total)``: called after each batch with counts of items processed so far."""
+
+CancelFn = Callable[[], bool]
+"""``cancel()``: returns True when the user asked to stop."""
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` if available, else ``"mps"``, else ``"cpu"``.
+
+    Explicit values (``cpu``, ``cuda``, ``cuda:N``, ``mps``) are checked against the machine;
+    an unavailable or unknown device raises EncoderError.
+    """
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if _mps_available():
+            return "mps"
+        return "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name == "mps":
+        if not _mps_available():
+            raise EncoderError("device 'mps' was requested but Apple MPS is not available here")
+        return "mps"
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise EncoderError(f"device {device!r} was requested but CUDA is not available here")
+        if name != "cuda":
+            index = name.split(":", 1)[1]
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise EncoderError(
+                    f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA device(s))"
+                )
+        return name
+    raise EncoderError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
+    """A short (16 hex digits) stable hash of a JSON-serialisable fingerprint dict."""
+    blob = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def l2_normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Rows of ``x`` [N, D] scaled to unit L2 norm (zero rows stay zero)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+@dataclass
+class EncodeResult:
+    """Output of :meth:`Encoder.encode_images`.
+
+    ``features``: float32 [n_ok, D], rows in input order of the files that decoded;
+    ``ok``: one bool per input path; ``errors``: path -> reason for every skipped file.
+    """
+
+    features: np.ndarray
+    ok: list[bool]
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_ok(self) -> int:
+        """Number of encoded images (rows of ``features``)."""
+        return int(self.features.shape[0])
+
+
+class Encoder(abc.ABC):
+    """An image + text encoder into one L2-normalised embedding space.
+
+    Subclasses set ``spec``, ``dim``, ``device``, ``text_template`` and implement
+    :meth:`preprocess`, :meth:`_embed_images`, :meth:`_embed_texts` and :attr:`fingerprint`.
+    """
+
+    spec: str
+    dim: int
+    device: str
+    text_template: str = "{}"
+
+    # ---- identity -----------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines the features: kind, model, weights identity, preprocessing, dim."""
+
+    @property
+    def fingerprint_id(self) -> str:
+        """Short stable hex hash of :attr:`fingerprint` (equal ids => comparable features)."""
+        return fingerprint_hash(self.fingerprint)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(spec={self.spec!r}, device={self.device!r}, dim={self.dim})"
+
+    # ---- model hooks --------------------------------------------------------------------
+    @abc.abstractmethod
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> float tensor [3, H, W] ready for :meth:`encode_batch`."""
+
+    @abc.abstractmethod
+    def _embed_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch [B, 3, H, W] on ``self.device`` -> raw (unnormalised) embeddings [B, D]."""
+
+    @abc.abstractmethod
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor | np.ndarray:
+        """One chunk of texts -> raw embeddings [M, D]."""
+
+    # ---- public encoding API ------------------------------------------------------------
+    def _autocast(self) -> Any:
+        if self.device.startswith("cuda"):
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return nullcontext()
+
+    def encode_batch(self, x: torch.Tensor) -> np.ndarray:
+        """Preprocessed batch [B, 3, H, W] -> float32 [B, D], rows L2-normalised."""
+        if x.ndim != 4:
+            raise ValueError(f"expected a batch [B, 3, H, W], got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with torch.inference_mode(), self._autocast():
+            out = self._embed_images(x.to(self.device, non_blocking=True))
+        return l2_normalise(out.float()).cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 256,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray:
+        """Texts (used verbatim; apply :attr:`text_template` first if wanted) -> float32 [M, D],
+        rows L2-normalised. ``progress(done, total)`` is called after each chunk."""
+        items = [str(t) for t in texts]
+        chunks: list[np.ndarray] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            part = items[start : start + max(1, batch_size)]
+            with torch.inference_mode(), self._autocast():
+                emb = self._embed_texts(part)
+            emb_t = torch.as_tensor(emb).float()
+            chunks.append(l2_normalise(emb_t).cpu().numpy().astype(np.float32, copy=False))
+            if progress is not None:
+                progress(start + len(part), len(items))
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(chunks, axis=0)
+
+    def load_and_preprocess(self, path: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """Decode one file and preprocess it -> [3, H, W]; raises ImageError on bad files."""
+        img = load_rgb(path, max_pixels=max_pixels)
+        try:
+            return self.preprocess(img)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ImageError(path, f"preprocessing failed ({exc})") from None
+
+    def encode_images(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> EncodeResult:
+        """Encode image files in batches, skipping (and reporting) files that cannot be used.
+
+        A pool of ``num_workers`` threads decodes + preprocesses up to two batches ahead of the
+        forward pass (``num_workers=0``: decode in this thread). ``progress(done, total)`` is
+        called after each batch; ``cancel()`` returning True raises CancelledError.
+        """
+        names = [os.fspath(p) for p in paths]
+        batch_size = max(1, int(batch_size))
+        batches = [list(range(i, min(i + batch_size, len(names)))) for i in range(0, len(names), batch_size)]
+        loader = _Prefetcher(self, names, batches, num_workers, max_pixels)
+        ok = [False] * len(names)
+        errors: dict[str, str] = {}
+        feats: list[np.ndarray] = []
+        done = 0
+        try:
+            for batch, items in zip(batches, loader):
+                if cancel is not None and cancel():
+                    raise CancelledError(f"encoding cancelled after {done} of {len(names)} images")
+                tensors = []
+                for idx, item in zip(batch, items):
+                    if isinstance(item, str):
+                        errors[names[idx]] = item
+                    else:
+                        ok[idx] = True
+                        tensors.append(item)
+                if tensors:
+                    feats.append(self.encode_batch(torch.stack(tensors)))
+                done += len(batch)
+                if progress is not None:
+                    progress(done, len(names))
+        finally:
+            loader.close()
+        features = np.concatenate(feats, axis=0) if feats else np.zeros((0, self.dim), np.float32)
+        return EncodeResult(features=features, ok=ok, errors=errors)
+
+
+class _Prefetcher:
+    """Iterates over batches of decoded tensors (or error strings), decoding ahead in threads."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        names: list[str],
+        batches: list[list[int]],
+        num_workers: int,
+        max_pixels: int | None,
+    ) -> None:
+        self._encoder = encoder
+        self._names = names
+        self._batches = batches
+        self._max_pixels = max_pixels
+        self._pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 else None
+        self._ahead = 2
+
+    def _load(self, idx: int) -> torch.Tensor | str:
+        try:
+            return self._encoder.load_and_preprocess(self._names[idx], max_pixels=self._max_pixels)
+        except ImageError as exc:
+            return exc.reason
+        except Exception as exc:  # never let one odd file stop the whole job
+            return f"could not be processed ({type(exc).__name__}: {exc})"
+
+    def _submit(self, batch: list[int]) -> list[Future[torch.Tensor | str]]:
+        assert self._pool is not None
+        return [self._pool.submit(self._load, idx) for idx in batch]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        if self._pool is None:
+            for batch in self._batches:
+                yield [self._load(idx) for idx in batch]
+            return
+        pending: deque[list[Future[torch.Tensor | str]]] = deque()
+        next_batch = 0
+        while next_batch < len(self._batches) and len(pending) < self._ahead:
+            pending.append(self._submit(self._batches[next_batch]))
+            next_batch += 1
+        while pending:
+            futures = pending.popleft()
+            if next_batch < len(self._batches):
+                pending.append(self._submit(self._batches[next_batch]))
+                next_batch += 1
+            yield [f.result() for f in futures]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

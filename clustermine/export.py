@@ -1,0 +1,56 @@
+"""Export a run: Y_pos as txt / CSV / JSON, the detector bundle, and a summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from .runs import Run
+from .storage import atomic_write_json, atomic_write_text
+
+CONCEPT_FIELDS = ("id", "text", "status", "source", "votes", "purity", "clusters", "updated", "user")
+
+
+def concepts_txt(run: Run) -> str:
+    """The current Y_pos, one concept per line."""
+    return "".join(c + "\n" for c in run.positive_concepts())
+
+
+def concepts_csv(run: Run) -> str:
+    """All concepts (any status) as CSV with the columns of ``CONCEPT_FIELDS``."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CONCEPT_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for c in run.concepts():
+        d = c.to_dict()
+        d["clusters"] = " ".join(map(str, d["clusters"]))
+        w.writerow(d)
+    return buf.getvalue()
+
+
+def concepts_json(run: Run) -> str:
+    return json.dumps([c.to_dict() for c in run.concepts()], indent=2, ensure_ascii=False)
+
+
+def run_summary(run: Run) -> dict:
+    """Config, encoder, summary figures, Y_pos and the edit log of a run."""
+    det = run.detector()
+    return {"run_id": run.run_id, "status": run.status, "created": run.meta.get("created"),
+            "config": run.config, "encoder": run.meta.get("encoder"), "versions": run.meta.get("versions"),
+            "summary": run.meta.get("summary"), "positive_concepts": run.positive_concepts(),
+            "threshold": det.threshold, "threshold_rule": det.threshold_rule, "edits": run.edits()}
+
+
+def export_run(run: Run, out_dir: str | Path) -> Path:
+    """Write ``positive_concepts.txt``, ``concepts.csv``, ``concepts.json``, ``summary.json`` and
+    ``detector/`` (load it with ``clustermine.Detector.load``) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "positive_concepts.txt", concepts_txt(run))
+    atomic_write_text(out / "concepts.csv", concepts_csv(run))
+    atomic_write_text(out / "concepts.json", concepts_json(run))
+    atomic_write_json(out / "summary.json", run_summary(run))
+    run.detector().save(out / "detector")
+    return out

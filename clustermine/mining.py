@@ -1,0 +1,211 @@
+"""Zero-shot votes, cluster voting, per-cluster statistics and positive-concept mining.
+
+Shapes: ``image_features`` float32 [N, D] and ``text_embeddings`` float32 [M, D], both
+L2-normalised, so a dot product is a cosine similarity. ``cluster_ids`` int [N] (−1 = not
+clustered, e.g. held-out images, ignored by voting).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+def zero_shot_topk(image_features: np.ndarray, text_embeddings: np.ndarray, k: int = 5,
+                   chunk_size: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k corpus concepts of every image by cosine similarity.
+
+    Returns ``(top_idx int32 [N, k], top_sim float32 [N, k])`` sorted by decreasing similarity;
+    the corpus is processed in chunks of ``chunk_size`` rows so memory stays O(N · chunk).
+    """
+    feats = np.asarray(image_features, dtype=np.float32)
+    texts = np.asarray(text_embeddings, dtype=np.float32)
+    n, m = feats.shape[0], texts.shape[0]
+    k = max(1, min(k, m))
+    best_idx = np.zeros((n, 0), dtype=np.int64)
+    best_sim = np.zeros((n, 0), dtype=np.float32)
+    for start in range(0, m, chunk_size):
+        sims = feats @ texts[start:start + chunk_size].T
+        kk = min(k, sims.shape[1])
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        cand_sim = np.concatenate([best_sim, np.take_along_axis(sims, part, axis=1)], axis=1)
+        cand_idx = np.concatenate([best_idx, part + start], axis=1)
+        # Stable ordering: by similarity, then by lower corpus index on exact ties.
+        order = np.lexsort((cand_idx, -cand_sim), axis=1)[:, :k]
+        best_sim = np.take_along_axis(cand_sim, order, axis=1)
+        best_idx = np.take_along_axis(cand_idx, order, axis=1)
+    return best_idx.astype(np.int32), best_sim.astype(np.float32)
+
+
+@dataclass
+class ClusterStats:
+    """Audit statistics of one cluster (METHOD.md §3.3).
+
+    ``histogram`` lists (concept index, votes, summed top-1 similarity) by decreasing votes.
+    ``purity`` = winner votes / size; ``entropy`` = normalised vote entropy in [0, 1].
+    """
+
+    cluster: int
+    size: int
+    histogram: list[tuple[int, int, float]] = field(default_factory=list)
+    winner: int | None = None
+    purity: float = 0.0
+    entropy: float = 0.0
+    runner_up: int | None = None
+    margin: float = 1.0  # (winner votes − runner-up votes) / size
+    mean_top1_similarity: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["histogram"] = [list(h) for h in self.histogram]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClusterStats":
+        d = dict(d)
+        d["histogram"] = [tuple(h) for h in d.get("histogram", [])]
+        return cls(**d)
+
+
+def normalized_entropy(counts: np.ndarray, n_vocab: int) -> float:
+    """Vote entropy divided by log(min(n, |V|)); 0 = unanimous, 1 = every member voted differently."""
+    counts = np.asarray(counts, dtype=np.float64)
+    n = counts.sum()
+    denom = math.log(min(n, n_vocab)) if n > 1 and min(n, n_vocab) > 1 else 0.0
+    if denom <= 0:
+        return 0.0
+    p = counts[counts > 0] / n
+    h = float(-(p * np.log(p)).sum() / denom)
+    return min(max(h, 0.0), 1.0)
+
+
+def cluster_statistics(cluster_ids: np.ndarray, top1_idx: np.ndarray, top1_sim: np.ndarray,
+                       n_vocab: int, n_clusters: int | None = None) -> list[ClusterStats]:
+    """Vote histogram, winner (plurality; ties: larger summed similarity, then lower index),
+    purity and entropy of every cluster. Empty clusters get ``size = 0`` and no winner."""
+    cluster_ids = np.asarray(cluster_ids).ravel()
+    top1_idx = np.asarray(top1_idx).ravel()
+    top1_sim = np.asarray(top1_sim, dtype=np.float64).ravel()
+    valid = cluster_ids >= 0
+    if n_clusters is None:
+        n_clusters = int(cluster_ids[valid].max()) + 1 if valid.any() else 0
+    out: list[ClusterStats] = []
+    for c in range(n_clusters):
+        members = np.flatnonzero(cluster_ids == c)
+        stats = ClusterStats(cluster=c, size=int(members.size))
+        if members.size:
+            votes = Counter(top1_idx[members].tolist())
+            sim_sum: dict[int, float] = {}
+            for i in members:
+                w = int(top1_idx[i])
+                sim_sum[w] = sim_sum.get(w, 0.0) + float(top1_sim[i])
+            hist = sorted(((w, n, sim_sum[w]) for w, n in votes.items()), key=lambda t: (-t[1], -t[2], t[0]))
+            stats.histogram = [(int(w), int(n), round(float(s), 6)) for w, n, s in hist]
+            stats.winner = stats.histogram[0][0]
+            stats.purity = stats.histogram[0][1] / members.size
+            stats.entropy = normalized_entropy(np.array([h[1] for h in hist]), n_vocab)
+            if len(hist) > 1:
+                stats.runner_up = stats.histogram[1][0]
+                stats.margin = (stats.histogram[0][1] - stats.histogram[1][1]) / members.size
+            stats.mean_top1_similarity = float(top1_sim[members].mean())
+        out.append(stats)
+    return out
+
+
+@dataclass
+class MinedConcept:
+    """A concept elected by at least one cluster, with its provenance."""
+
+    index: int  # row in the corpus
+    text: str
+    clusters: list[int]
+    votes: int  # summed winning votes over the electing clusters
+    members: int  # summed sizes of the electing clusters
+    purity: float  # votes / members
+    examples: list[int]  # image rows (most similar voters first), at most 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mine_positive_concepts(stats: list[ClusterStats], concepts: list[str] | tuple[str, ...],
+                           top1_idx: np.ndarray | None = None, top1_sim: np.ndarray | None = None,
+                           cluster_ids: np.ndarray | None = None, n_examples: int = 8) -> list[MinedConcept]:
+    """Y_pos = distinct cluster winners, ordered by votes; several clusters may elect one concept."""
+    by_concept: dict[int, MinedConcept] = {}
+    for s in stats:
+        if s.winner is None:
+            continue
+        mc = by_concept.setdefault(s.winner, MinedConcept(s.winner, concepts[s.winner], [], 0, 0, 0.0, []))
+        mc.clusters.append(s.cluster)
+        mc.votes += s.histogram[0][1]
+        mc.members += s.size
+    for mc in by_concept.values():
+        mc.purity = mc.votes / mc.members if mc.members else 0.0
+        if top1_idx is not None and top1_sim is not None and cluster_ids is not None:
+            voters = np.flatnonzero(np.isin(cluster_ids, mc.clusters) & (np.asarray(top1_idx).ravel() == mc.index))
+            order = np.argsort(-np.asarray(top1_sim).ravel()[voters], kind="stable")
+            mc.examples = [int(v) for v in voters[order][:n_examples]]
+    return sorted(by_concept.values(), key=lambda m: (-m.votes, m.index))
+
+
+def posmine(top1_idx: np.ndarray, k: int | None = None, min_count: int = 1) -> np.ndarray:
+    """PosMine-A baseline (no clustering): the per-image top-1 concepts seen ≥ ``min_count`` times,
+    or the ``k`` most frequent ones (size-matched comparison). Returns corpus indices."""
+    counts = Counter(np.asarray(top1_idx).ravel().tolist())
+    ranked = sorted(counts.items(), key=lambda t: (-t[1], t[0]))
+    chosen = [w for w, n in ranked if n >= min_count]
+    if k is not None:
+        chosen = chosen[:k]
+    return np.array(chosen, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    """Thresholds of the cluster audit alerts (documented defaults, not tuned to any data set)."""
+
+    low_purity: float = 0.5  # the winner has under half of the votes
+    high_entropy: float = 0.6
+    tiny_size: int = 5  # fewer members than this cannot elect a concept reliably
+    near_tie_margin: float = 0.1  # runner-up within 10 % of the cluster size
+
+
+def cluster_alerts(stats: list[ClusterStats], rules: AlertRules = AlertRules()) -> dict[int, list[str]]:
+    """Human-readable alerts per cluster id: low purity, high entropy, tiny, shared winner, near tie."""
+    winners = Counter(s.winner for s in stats if s.winner is not None)
+    alerts: dict[int, list[str]] = {}
+    for s in stats:
+        msgs: list[str] = []
+        if s.size == 0:
+            msgs.append("empty cluster (no votes)")
+        else:
+            if s.purity < rules.low_purity:
+                msgs.append(f"low purity ({s.purity:.0%} of members agree)")
+            if s.entropy > rules.high_entropy:
+                msgs.append(f"high vote entropy ({s.entropy:.2f})")
+            if s.size < rules.tiny_size:
+                msgs.append(f"tiny cluster ({s.size} members)")
+            if s.winner is not None and winners[s.winner] > 1:
+                msgs.append(f"its concept also wins {winners[s.winner] - 1} other cluster(s)")
+            if s.runner_up is not None and s.margin < rules.near_tie_margin:
+                msgs.append("runner-up concept nearly tied with the winner")
+        if msgs:
+            alerts[s.cluster] = msgs
+    return alerts
+
+
+def summary(stats: list[ClusterStats], mined: list[MinedConcept]) -> dict:
+    """Dataset-level audit summary: size-weighted purity, mean entropy, |Y_pos|, duplicate rate."""
+    non_empty = [s for s in stats if s.size > 0]
+    n = sum(s.size for s in non_empty)
+    return {
+        "n_clusters": len(stats),
+        "n_occupied": len(non_empty),
+        "n_positive": len(mined),
+        "mean_purity": (sum(s.size * s.purity for s in non_empty) / n) if n else 0.0,
+        "mean_entropy": (sum(s.entropy for s in non_empty) / len(non_empty)) if non_empty else 0.0,
+        "duplicate_rate": (1 - len(mined) / len(non_empty)) if non_empty else 0.0,
+    }

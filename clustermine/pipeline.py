@@ -1,0 +1,428 @@
+"""The ClusterMine stages in order: images → features → clusters → votes → concepts → scores.
+
+``mine`` fills a run directory (resumable: finished feature chunks are cached by file content and
+encoder fingerprint); ``score_images`` and ``evaluate`` use a run's current concepts.
+Progress: ``progress(stage, done, total)`` callbacks, and ``progress.json`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import metrics as _metrics
+from .errors import CancelledError, ClusterMineError, NoImagesError
+from .storage import atomic_save_npz, cache_root
+
+ProgressFn = Callable[[str, int, int], None]
+CancelFn = Callable[[], bool]
+STAGES = ("scan", "encode", "corpus", "cluster", "vote")
+
+
+@dataclass
+class MineConfig:
+    """All parameters of a mining run (stored in ``run.json``)."""
+
+    encoder: str = "offline"
+    n_clusters: int | None = None  # None: a default from the number of images (see clustering)
+    clusterer: str = "temi"
+    corpus: str = "wordnet-nouns"
+    template: str | None = None  # None: the encoder's default prompt template
+    tau: float = 0.01
+    seed: int = 0
+    holdout_fraction: float = 0.1  # ID images kept out of mining to calibrate the threshold
+    topk: int = 5
+    batch_size: int = 32
+    device: str = "auto"
+    max_pixels: int | None = None
+    clusterer_params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- progress
+class ProgressTracker:
+    """Forwards stage progress to a callback and to the run's ``progress.json`` (throttled)."""
+
+    def __init__(self, run=None, callback: ProgressFn | None = None, cancel: CancelFn | None = None,
+                 min_interval: float = 0.5) -> None:
+        self.run, self.callback, self._cancel = run, callback, cancel
+        self.min_interval = min_interval
+        self.started = time.time()
+        self.stage = ""
+        self.stage_started = self.started
+        self._last_write = 0.0
+        self.timings: dict[str, float] = {}
+
+    def start(self, stage: str, total: int = 0) -> None:
+        if self.stage:
+            self.timings[self.stage] = round(time.time() - self.stage_started, 3)
+        self.stage, self.stage_started = stage, time.time()
+        self.update(0, total, force=True)
+
+    def finish(self) -> None:
+        if self.stage:
+            self.timings[self.stage] = round(time.time() - self.stage_started, 3)
+        self.stage = ""
+
+    def update(self, done: int, total: int, force: bool = False) -> None:
+        if self.callback:
+            self.callback(self.stage, done, total)
+        now = time.time()
+        if self.run is not None and (force or done >= total or now - self._last_write >= self.min_interval):
+            elapsed = now - self.stage_started
+            eta = (elapsed / done * (total - done)) if done and total else None
+            self.run.write_progress({
+                "stage": self.stage, "stage_index": STAGES.index(self.stage) if self.stage in STAGES else -1,
+                "stages": list(STAGES), "done": int(done), "total": int(total), "started": self.started,
+                "stage_started": self.stage_started, "updated": now,
+                "eta_s": None if eta is None else round(eta, 1), "status": "running",
+            })
+            self._last_write = now
+        self.check_cancel()
+
+    def check_cancel(self) -> None:
+        if (self._cancel and self._cancel()) or (self.run is not None and self.run.cancel_requested()):
+            raise CancelledError("cancelled by the user; finished work is kept, run `mine` again to resume")
+
+    def check_cancel_flag(self) -> bool:
+        """True when a cancel was requested (callback or ``cancel.requested`` in the run)."""
+        try:
+            self.check_cancel()
+        except CancelledError:
+            return True
+        return False
+
+    def stage_callback(self) -> Callable[[int, int], None]:
+        return lambda done, total: self.update(done, total)
+
+
+# ----------------------------------------------------------------------------- feature cache
+class FeatureCache:
+    """Image features keyed by (encoder fingerprint, file sha1), stored as atomic chunk files.
+
+    Encoding writes a chunk every few hundred images, so a killed job loses at most one chunk and a
+    re-run on the same (or an overlapping) folder re-encodes only new or changed files.
+    """
+
+    def __init__(self, fingerprint_id: str, root: str | Path | None = None) -> None:
+        self.dir = Path(root or cache_root() / "features") / fingerprint_id
+        self._index: dict[str, tuple[Path, int]] | None = None
+
+    def _load_index(self) -> dict[str, tuple[Path, int]]:
+        if self._index is None:
+            self._index = {}
+            for chunk in sorted(self.dir.glob("chunk-*.npz")):
+                try:
+                    with np.load(chunk, allow_pickle=False) as z:
+                        keys = z["keys"]
+                except (OSError, ValueError, KeyError, EOFError):
+                    continue  # an unreadable chunk is simply re-encoded
+                for i, k in enumerate(keys.tolist()):
+                    self._index[k] = (chunk, i)
+        return self._index
+
+    def __contains__(self, sha1: str) -> bool:
+        return sha1 in self._load_index()
+
+    def get_many(self, sha1s: Sequence[str]) -> np.ndarray:
+        """Features [len(sha1s), D] float32 for keys that are all in the cache."""
+        index = self._load_index()
+        by_chunk: dict[Path, list[tuple[int, int]]] = {}
+        for out_row, k in enumerate(sha1s):
+            chunk, row = index[k]
+            by_chunk.setdefault(chunk, []).append((out_row, row))
+        result = None
+        for chunk, pairs in by_chunk.items():
+            with np.load(chunk, allow_pickle=False) as z:
+                feats = z["features"]
+            if result is None:
+                result = np.zeros((len(sha1s), feats.shape[1]), dtype=np.float32)
+            out_rows, rows = zip(*pairs)
+            result[list(out_rows)] = feats[list(rows)].astype(np.float32)
+        return result if result is not None else np.zeros((0, 0), dtype=np.float32)
+
+    def put(self, sha1s: Sequence[str], features: np.ndarray) -> None:
+        if not len(sha1s):
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        chunk = self.dir / f"chunk-{time.time_ns()}-{uuid.uuid4().hex[:6]}.npz"
+        atomic_save_npz(chunk, keys=np.array(list(sha1s)), features=np.asarray(features, dtype=np.float16))
+        index = self._load_index()
+        for i, k in enumerate(sha1s):
+            index[k] = (chunk, i)
+
+
+def encode_records(encoder, records: list, *, cache: FeatureCache | None = None, tracker: ProgressTracker | None = None,
+                   batch_size: int = 32, chunk_size: int = 256, max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, str]]:
+    """Encode the "ok" image records (``clustermine.images.ImageRecord``), using and filling the cache.
+
+    Returns ``(features float32 [n, D] for records that encoded, errors {path: reason})``;
+    records that fail to decode are marked skipped in place.
+    """
+    cache = cache or FeatureCache(encoder.fingerprint_id)
+    todo = [r for r in records if r.status == "ok" and r.sha1 not in cache]
+    seen: set[str] = set()
+    todo = [r for r in todo if not (r.sha1 in seen or seen.add(r.sha1))]  # duplicates encode once
+    errors: dict[str, str] = {}
+    total = len(todo)
+    done_before = 0
+    if tracker:
+        tracker.update(0, total, force=True)
+    kwargs = {"batch_size": batch_size}
+    if max_pixels:
+        kwargs["max_pixels"] = max_pixels
+    for start in range(0, total, chunk_size):
+        part = todo[start:start + chunk_size]
+
+        def on_batch(done: int, _total: int, offset: int = done_before) -> None:
+            if tracker:
+                tracker.update(offset + done, total)
+
+        result = encoder.encode_images([r.abs_path for r in part], progress=on_batch,
+                                       cancel=tracker.check_cancel_flag if tracker else None, **kwargs)
+        ok_records = [r for r, ok in zip(part, result.ok) if ok]
+        cache.put([r.sha1 for r in ok_records], result.features)
+        for r, ok in zip(part, result.ok):
+            if not ok:
+                errors[r.path] = result.errors.get(r.abs_path, "could not be decoded")
+        done_before += len(part)
+        if tracker:
+            tracker.update(done_before, total, force=True)
+    bad = set(errors)
+    for r in records:
+        if r.path in bad:
+            r.status, r.reason = "skipped", errors[r.path]
+    usable = [r for r in records if r.status == "ok"]
+    feats = cache.get_many([r.sha1 for r in usable]) if usable else np.zeros((0, encoder.dim), dtype=np.float32)
+    return feats, errors
+
+
+def load_folder(folder: str | Path, encoder, *, cache_dir: str | Path | None = None,
+                tracker: ProgressTracker | None = None, max_pixels: int | None = None,
+                batch_size: int = 32) -> tuple[list, np.ndarray]:
+    """Scan and encode a folder: (usable ImageRecords, features float32 [n, D]) in scan order."""
+    from .images import scan_images
+
+    records = scan_images(folder)
+    cache = FeatureCache(encoder.fingerprint_id, cache_dir)
+    feats, _ = encode_records(encoder, records, cache=cache, tracker=tracker, max_pixels=max_pixels,
+                              batch_size=batch_size)
+    usable = [r for r in records if r.status == "ok"]
+    if not usable:
+        reasons = "; ".join(f"{r.path}: {r.reason}" for r in records[:5])
+        raise NoImagesError(f"{folder}: no readable image ({reasons})")
+    return usable, feats
+
+
+# ----------------------------------------------------------------------------- mine
+def holdout_rows(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Rows (sorted) held out of mining: ⌊fraction·n⌋ of them, none when n < 20."""
+    if n < 20 or fraction <= 0:
+        return np.zeros(0, dtype=np.int64)
+    n_hold = int(np.floor(fraction * n))
+    return np.sort(np.random.default_rng(seed).permutation(n)[:n_hold])
+
+
+def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None = None, *,
+         progress: ProgressFn | None = None, cancel: CancelFn | None = None, overwrite: bool = False,
+         cache_dir: str | Path | None = None, encoder=None):
+    """Run the whole mining pipeline on a folder of ID images and return the finished :class:`Run`.
+
+    Resumes an unfinished run in ``run_dir`` with the same config. Raises ClusterMineError subclasses
+    for user errors; on failure or cancel the run's status says so and finished work is kept.
+    """
+    from .runs import Run
+
+    config = config or MineConfig()
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise NoImagesError(f"{images_dir}: folder not found")
+    cfg = config.to_dict()
+    cfg["images_dir"] = str(images_dir.resolve())
+    run = Run.create(run_dir, cfg, overwrite=overwrite)
+    run.clear_cancel()
+    run.set_status("running")
+    tracker = ProgressTracker(run, progress, cancel)
+    try:
+        _mine_stages(run, images_dir, config, tracker, cache_dir, encoder)
+    except CancelledError as exc:
+        run.set_status("cancelled", str(exc))
+        _final_progress(run, tracker, "cancelled")
+        raise
+    except ClusterMineError as exc:
+        run.set_status("failed", str(exc))
+        _final_progress(run, tracker, "failed")
+        raise
+    except BaseException as exc:
+        run.set_status("failed", f"internal error: {type(exc).__name__}: {exc}")
+        _final_progress(run, tracker, "failed")
+        raise
+    _final_progress(run, tracker, "done")
+    return run
+
+
+def _final_progress(run, tracker: ProgressTracker, status: str) -> None:
+    tracker.finish()
+    prog = run.progress() or {}
+    prog.update({"status": status, "updated": time.time(), "timings": tracker.timings})
+    run.write_progress(prog)
+
+
+def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTracker,
+                 cache_dir: str | Path | None, encoder) -> None:
+    from .clustering import clamp_n_clusters, default_n_clusters, make_clusterer
+    from .corpus import corpus_embeddings, load_corpus
+    from .encoders import load_encoder
+    from .images import scan_images
+    from .mining import cluster_statistics, mine_positive_concepts, summary, zero_shot_topk
+
+    # 1. scan
+    tracker.start("scan")
+    records = scan_images(images_dir)
+    tracker.update(len(records), len(records), force=True)
+    corpus = load_corpus(config.corpus)  # fail fast on a bad corpus before the long encode
+
+    # 2. encode
+    encoder = encoder or load_encoder(config.encoder, device=config.device)
+    template = config.template or encoder.text_template
+    run._update_meta(encoder={"spec": encoder.spec, "fingerprint": encoder.fingerprint,
+                              "fingerprint_id": encoder.fingerprint_id, "device": encoder.device})
+    tracker.start("encode")
+    feat_cache = FeatureCache(encoder.fingerprint_id, Path(cache_dir) / "features" if cache_dir else None)
+    features, _ = encode_records(encoder, records, cache=feat_cache, tracker=tracker,
+                                 batch_size=config.batch_size, max_pixels=config.max_pixels)
+    usable = [r for r in records if r.status == "ok"]
+    if not usable:
+        examples = "; ".join(f"{r.path}: {r.reason}" for r in records[:5])
+        raise NoImagesError(f"{images_dir}: no readable image among {len(records)} files ({examples})")
+    hold = set(holdout_rows(len(usable), config.holdout_fraction, config.seed).tolist())
+    row_of = {id(r): i for i, r in enumerate(usable)}
+    rows = []
+    for r in records:
+        d = r.to_dict()
+        i = row_of.get(id(r))
+        d["row"] = i
+        d["split"] = None if i is None else ("holdout" if i in hold else "mine")
+        rows.append(d)
+    run.write_images(rows)
+    run.write_array("features.npy", features.astype(np.float16))
+    features = features.astype(np.float16).astype(np.float32)  # exactly what later readers see
+    run.mark_stage("encode")
+
+    # 3. corpus
+    tracker.start("corpus", len(corpus))
+    text_emb, _ = corpus_embeddings(encoder, corpus, template,
+                                    cache_dir=Path(cache_dir) / "text" if cache_dir else None,
+                                    progress=tracker.stage_callback())
+    run.write_vocabulary(corpus.concepts, text_emb)
+    run.mark_stage("corpus")
+
+    # 4. cluster (mining rows only)
+    mine_rows = np.array([i for i in range(len(usable)) if i not in hold], dtype=np.int64)
+    requested = config.n_clusters or default_n_clusters(len(mine_rows))
+    n_clusters, clamp_msg = clamp_n_clusters(requested, len(mine_rows))
+    tracker.start("cluster", 1)
+    cluster_ids = np.full(len(usable), -1, dtype=np.int64)
+    if n_clusters <= 1:
+        cluster_ids[mine_rows] = 0
+    else:
+        clusterer = make_clusterer(config.clusterer, n_clusters, seed=config.seed, device=encoder.device
+                                   if config.clusterer == "temi" else "cpu",
+                                   progress=tracker.stage_callback(), cancel=lambda: tracker.check_cancel_flag(),
+                                   **config.clusterer_params)
+        cluster_ids[mine_rows] = clusterer.fit_predict(features[mine_rows])
+    run.write_array("clusters.npy", cluster_ids.astype(np.int32))
+    run.mark_stage("cluster")
+
+    # 5. vote
+    tracker.start("vote", len(usable))
+    top_idx, top_sim = zero_shot_topk(features, text_emb, k=config.topk)
+    tracker.update(len(usable), len(usable), force=True)
+    run.write_votes(top_idx, top_sim)
+    top_sim = top_sim.astype(np.float16).astype(np.float32)
+    sel = cluster_ids >= 0
+    stats = cluster_statistics(cluster_ids[sel], top_idx[sel, 0], top_sim[sel, 0], len(corpus), n_clusters)
+    # Example rows must index the full feature matrix, so pass full arrays with −1 for held-out rows.
+    mined = mine_positive_concepts(stats, corpus.concepts, top_idx[:, 0], top_sim[:, 0], cluster_ids)
+    run.write_mining(stats, mined)
+    tracker.finish()
+    summ = summary(stats, mined)
+    summ.update({
+        "n_files": len(records), "n_images": len(usable), "n_skipped": len(records) - len(usable),
+        "n_duplicates": sum(1 for r in usable if r.duplicate_of), "n_mining": int(len(mine_rows)),
+        "n_holdout": len(hold), "n_clusters_requested": int(requested), "corpus_size": len(corpus),
+        "clamp_warning": clamp_msg, "timings_s": tracker.timings,
+    })
+    run.mark_stage("vote", summary=summ, status="done", error=None)
+
+
+# ----------------------------------------------------------------------------- score / evaluate
+def _resolve_paths(paths: Iterable[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            from .images import scan_images
+
+            out.extend(Path(r.abs_path) for r in scan_images(p) if r.status == "ok")
+        else:
+            out.append(p)
+    return out
+
+
+def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5) -> list[dict]:
+    """Score image files (or folders) against the run's current concepts.
+
+    One dict per file: ``path``, ``log_score``, ``score``, ``is_id`` (at the calibrated threshold),
+    ``threshold``, ``top_positive`` / ``top_negative`` [(concept, cosine)], or ``error``.
+    """
+    from .encoders import load_encoder
+
+    detector = run.detector()
+    encoder = encoder or load_encoder(detector.encoder_spec or run.config.get("encoder", "offline"))
+    detector.check_encoder(encoder)
+    files = _resolve_paths(paths)
+    if not files:
+        raise NoImagesError("no image to score")
+    result = encoder.encode_images([str(f) for f in files])
+    out: list[dict] = []
+    explained = iter(detector.explain(result.features, top=top)) if len(result.features) else iter(())
+    for f, ok in zip(files, result.ok):
+        if not ok:
+            out.append({"path": str(f), "error": result.errors.get(str(f), "could not be decoded")})
+            continue
+        e = next(explained)
+        e.update({"path": str(f), "is_id": bool(e["log_score"] >= detector.threshold)
+                  if detector.threshold is not None else None, "threshold": detector.threshold})
+        out.append(e)
+    return out
+
+
+def evaluate(run, id_dir: str | Path, ood_dir: str | Path, *, encoder=None,
+             cache_dir: str | Path | None = None) -> dict:
+    """AUROC / FPR95 / AUPR of the run's current detector, ID folder vs OOD folder."""
+    from .encoders import load_encoder
+
+    detector = run.detector()
+    encoder = encoder or load_encoder(detector.encoder_spec or run.config.get("encoder", "offline"))
+    detector.check_encoder(encoder)
+    _, id_feats = load_folder(id_dir, encoder, cache_dir=cache_dir)
+    _, ood_feats = load_folder(ood_dir, encoder, cache_dir=cache_dir)
+    res = _metrics.ood_metrics(detector.log_scores(id_feats), detector.log_scores(ood_feats))
+    res["n_positive"] = int(len(detector.positive_idx))
+    res["fpr95_variant"] = "threshold keeps >=95% of ID; OOD >= threshold counted"
+    return res
+
+
+def read_summary(run) -> str:
+    """One-paragraph human summary of a finished run."""
+    s = run.meta.get("summary", {})
+    return json.dumps(s, indent=2)

@@ -1,0 +1,243 @@
+"""The ClusterMine OOD score, the oracle baselines (MCM, NegLabel + NegMining) and the Detector.
+
+Score (METHOD.md §4.1), computed in log space: with z_w(x) = cos(x, w) / τ,
+
+    log S(x) = LSE_{w ∈ Y_pos} z_w(x) − LSE_{w ∈ V} z_w(x)          (V = Y_pos ∪ Y_neg)
+
+S(x) ∈ (0, 1] is the softmax mass on the positive concepts; **higher = more in-distribution**.
+Y_neg = V minus Y_pos, so a rejected concept becomes a negative. τ defaults to 0.01.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.special import logsumexp
+
+from .errors import ClusterMineError, RunError
+from .metrics import threshold_at_tpr
+from .storage import atomic_save_npy, atomic_write_json
+
+DEFAULT_TAU = 0.01
+DETECTOR_FORMAT = 1
+
+
+def _lse_rows(logits: np.ndarray) -> np.ndarray:
+    return logsumexp(logits.astype(np.float64), axis=1)
+
+
+def corpus_logsumexp(image_features: np.ndarray, text_embeddings: np.ndarray, tau: float,
+                     chunk_size: int = 16384) -> np.ndarray:
+    """LSE over all rows of ``text_embeddings`` of cos/τ, per image, chunked. float64 [N]."""
+    feats = np.asarray(image_features, dtype=np.float32)
+    out = np.full(feats.shape[0], -np.inf)
+    for start in range(0, text_embeddings.shape[0], chunk_size):
+        sims = feats @ np.asarray(text_embeddings[start:start + chunk_size], dtype=np.float32).T
+        out = np.logaddexp(out, _lse_rows(sims / tau))
+    return out
+
+
+def log_scores(image_features: np.ndarray, text_embeddings: np.ndarray, positive_idx: np.ndarray,
+               tau: float = DEFAULT_TAU, n_groups: int = 1, seed: int = 0) -> np.ndarray:
+    """log S(x) for every image (float64 [N]); ``positive_idx`` are rows of ``text_embeddings``.
+
+    ``n_groups > 1`` is NegLabel's grouping: the negatives are permuted with ``seed``, split into
+    equal groups, each group is scored against the positives, and the scores S_g are averaged.
+    """
+    positive_idx = np.unique(np.asarray(positive_idx, dtype=np.int64))
+    if positive_idx.size == 0:
+        raise ClusterMineError("no positive concepts: accept or add at least one concept before scoring")
+    feats = np.asarray(image_features, dtype=np.float32)
+    pos_lse = _lse_rows(feats @ text_embeddings[positive_idx].T / tau)
+    if n_groups <= 1:
+        return pos_lse - corpus_logsumexp(feats, text_embeddings, tau)
+    neg_idx = np.setdiff1d(np.arange(text_embeddings.shape[0]), positive_idx)
+    neg_idx = np.random.default_rng(seed).permutation(neg_idx)
+    usable = (neg_idx.size // n_groups) * n_groups
+    groups = neg_idx[:usable].reshape(n_groups, -1)
+    group_scores = []
+    for g in groups:
+        neg_lse = _lse_rows(feats @ text_embeddings[g].T / tau)
+        group_scores.append(np.exp(pos_lse - np.logaddexp(pos_lse, neg_lse)))
+    return np.log(np.mean(group_scores, axis=0))
+
+
+def mcm_scores(image_features: np.ndarray, class_embeddings: np.ndarray, tau: float = 1.0) -> np.ndarray:
+    """MCM (oracle baseline): max softmax over the true class names' similarities / τ."""
+    logits = np.asarray(image_features, dtype=np.float64) @ np.asarray(class_embeddings, dtype=np.float64).T / tau
+    return np.exp(logits.max(axis=1) - logsumexp(logits, axis=1))
+
+
+def neg_mining(positive_embeddings: np.ndarray, candidate_embeddings: np.ndarray,
+               percentile: float = 0.95, fraction: float = 0.15, chunk_size: int = 8192) -> np.ndarray:
+    """NegLabel's NegMining: keep the ``fraction`` of candidates least similar to the positives,
+    similarity measured as the ``percentile`` over positives of cos(candidate, positive).
+    Returns candidate row indices (ascending similarity)."""
+    pos = np.asarray(positive_embeddings, dtype=np.float32)
+    d = np.empty(candidate_embeddings.shape[0], dtype=np.float32)
+    for start in range(0, candidate_embeddings.shape[0], chunk_size):
+        sims = np.asarray(candidate_embeddings[start:start + chunk_size], dtype=np.float32) @ pos.T
+        d[start:start + sims.shape[0]] = np.quantile(sims, percentile, axis=1)
+    n_keep = max(1, int(round(fraction * d.size)))
+    return np.argsort(d, kind="stable")[:n_keep]
+
+
+def neglabel_scores(image_features: np.ndarray, positive_embeddings: np.ndarray,
+                    negative_embeddings: np.ndarray, tau: float = DEFAULT_TAU, n_groups: int = 1) -> np.ndarray:
+    """NegLabel score (oracle baseline when the positives are true class names): log S over
+    positives ∪ negatives."""
+    text = np.concatenate([positive_embeddings, negative_embeddings]).astype(np.float32)
+    return log_scores(image_features, text, np.arange(len(positive_embeddings)), tau=tau, n_groups=n_groups)
+
+
+@dataclass
+class Detector:
+    """Everything production scoring needs: the vocabulary V with text embeddings, which rows are
+    positive (Y_pos), τ, and the fingerprint of the encoder that made the embeddings.
+
+    ``text_embeddings`` float32 [M, D] (L2-normalised); ``positive_idx`` int [P] rows of it.
+    Features from an encoder with another fingerprint are refused (:meth:`check_encoder`).
+    """
+
+    concepts: list[str]
+    text_embeddings: np.ndarray
+    positive_idx: np.ndarray
+    tau: float = DEFAULT_TAU
+    encoder_spec: str = "offline"
+    encoder_fingerprint: dict = field(default_factory=dict)
+    encoder_fingerprint_id: str = ""
+    template: str = "{}"
+    threshold: float | None = None  # log-score threshold; None = not calibrated
+    threshold_rule: str = ""
+    _corpus_lse_cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.positive_idx = np.unique(np.asarray(self.positive_idx, dtype=np.int64))
+        if self.text_embeddings.shape[0] != len(self.concepts):
+            raise ValueError("one text embedding per concept is required")
+
+    @property
+    def positive_concepts(self) -> list[str]:
+        return [self.concepts[i] for i in self.positive_idx]
+
+    def check_encoder(self, encoder) -> None:
+        """Raise if ``encoder`` is not the one the text embeddings were made with."""
+        if self.encoder_fingerprint_id and encoder.fingerprint_id != self.encoder_fingerprint_id:
+            raise ClusterMineError(
+                f"encoder mismatch: this detector was built with {self.encoder_spec} "
+                f"(fingerprint {self.encoder_fingerprint_id}), got {encoder.spec} ({encoder.fingerprint_id}); "
+                "features from different encoders are never mixed")
+
+    def log_scores(self, image_features: np.ndarray) -> np.ndarray:
+        """log S for each row of ``image_features`` (float32 [N, D]) → float64 [N]."""
+        return log_scores(image_features, self.text_embeddings, self.positive_idx, self.tau)
+
+    def scores(self, image_features: np.ndarray) -> np.ndarray:
+        """S = exp(log S) ∈ (0, 1]."""
+        return np.exp(self.log_scores(image_features))
+
+    def is_id(self, image_features: np.ndarray) -> np.ndarray:
+        if self.threshold is None:
+            raise ClusterMineError("the detector has no calibrated threshold")
+        return self.log_scores(image_features) >= self.threshold
+
+    def explain(self, image_features: np.ndarray, top: int = 5) -> list[dict]:
+        """Per image: log score, and the ``top`` most similar positive and negative concepts."""
+        feats = np.asarray(image_features, dtype=np.float32)
+        ls = self.log_scores(feats)
+        pos_mask = np.zeros(len(self.concepts), dtype=bool)
+        pos_mask[self.positive_idx] = True
+        out = []
+        for i, f in enumerate(feats):
+            sims = self.text_embeddings @ f
+            pos_rows = self.positive_idx[np.argsort(-sims[self.positive_idx], kind="stable")[:top]]
+            neg_sims = np.where(pos_mask, -np.inf, sims)
+            k = min(top, int((~pos_mask).sum()))
+            neg_rows = np.argpartition(-neg_sims, k - 1)[:k] if k else np.array([], dtype=int)
+            neg_rows = neg_rows[np.argsort(-neg_sims[neg_rows], kind="stable")]
+            out.append({
+                "log_score": float(ls[i]),
+                "score": float(np.exp(ls[i])),
+                "top_positive": [(self.concepts[r], float(sims[r])) for r in pos_rows],
+                "top_negative": [(self.concepts[r], float(sims[r])) for r in neg_rows],
+            })
+        return out
+
+    def calibrate(self, id_features: np.ndarray, tpr: float = 0.95) -> float:
+        """Set the threshold so that ``tpr`` of the given (held-out ID) images are accepted."""
+        ls = self.log_scores(id_features)
+        self.threshold = threshold_at_tpr(ls, tpr)
+        self.threshold_rule = f"log-score at {tpr:.0%} TPR on {ls.size} held-out ID images"
+        return self.threshold
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``detector.json`` + ``text_embeddings.npy`` (float16) + ``positive_concepts.txt``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_save_npy(folder / "text_embeddings.npy", self.text_embeddings.astype(np.float16))
+        (folder / "positive_concepts.txt").write_text("\n".join(self.positive_concepts) + "\n", encoding="utf-8")
+        atomic_write_json(folder / "detector.json", {
+            "format": DETECTOR_FORMAT, "tau": self.tau, "concepts": self.concepts,
+            "positive_idx": self.positive_idx.tolist(), "encoder_spec": self.encoder_spec,
+            "encoder_fingerprint": self.encoder_fingerprint, "encoder_fingerprint_id": self.encoder_fingerprint_id,
+            "template": self.template, "threshold": self.threshold, "threshold_rule": self.threshold_rule,
+        })
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Detector":
+        folder = Path(folder)
+        meta_path, emb_path = folder / "detector.json", folder / "text_embeddings.npy"
+        for p in (meta_path, emb_path):
+            if not p.is_file():
+                raise RunError(f"{p}: missing; not a detector bundle")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            emb = np.load(emb_path, allow_pickle=False).astype(np.float32)
+        except (ValueError, OSError) as exc:
+            raise RunError(f"{folder}: detector bundle is corrupt ({exc})") from exc
+        if meta.get("format") != DETECTOR_FORMAT:
+            raise RunError(f"{meta_path}: unsupported detector format {meta.get('format')!r}")
+        return cls(concepts=list(meta["concepts"]), text_embeddings=emb, positive_idx=np.array(meta["positive_idx"]),
+                   tau=float(meta["tau"]), encoder_spec=meta.get("encoder_spec", ""),
+                   encoder_fingerprint=meta.get("encoder_fingerprint", {}),
+                   encoder_fingerprint_id=meta.get("encoder_fingerprint_id", ""), template=meta.get("template", "{}"),
+                   threshold=meta.get("threshold"), threshold_rule=meta.get("threshold_rule", ""))
+
+
+class WhatIfScorer:
+    """Fast re-scoring of a fixed image set under changing concept sets (concept edits).
+
+    The LSE over the base vocabulary (the corpus) does not depend on which concepts are positive,
+    so it is computed once; a re-score then costs N × (|Y_pos| + |added|) dot products. User-added
+    concepts (``extra_embeddings``, rows M.. of the vocabulary) join the denominator on the fly.
+    """
+
+    def __init__(self, image_features: np.ndarray, base_embeddings: np.ndarray, tau: float = DEFAULT_TAU) -> None:
+        self.image_features = np.asarray(image_features, dtype=np.float32)
+        self.base_embeddings = base_embeddings
+        self.tau = tau
+        self.base_lse = corpus_logsumexp(self.image_features, base_embeddings, tau)
+
+    def log_scores(self, positive_idx: np.ndarray, extra_embeddings: np.ndarray | None = None) -> np.ndarray:
+        """log S with ``positive_idx`` indexing the base rows followed by ``extra_embeddings``."""
+        positive_idx = np.unique(np.asarray(positive_idx, dtype=np.int64))
+        n_base = self.base_embeddings.shape[0]
+        all_lse = self.base_lse
+        extra = None
+        if extra_embeddings is not None and len(extra_embeddings):
+            extra = np.asarray(extra_embeddings, dtype=np.float32)
+            all_lse = np.logaddexp(all_lse, _lse_rows(self.image_features @ extra.T / self.tau))
+        if positive_idx.size == 0:
+            return np.full(self.image_features.shape[0], -np.inf)
+        base_pos = positive_idx[positive_idx < n_base]
+        rows = [self.base_embeddings[base_pos]]
+        if extra is not None:
+            rows.append(extra[positive_idx[positive_idx >= n_base] - n_base])
+        pos = self.image_features @ np.concatenate(rows).T / self.tau
+        return _lse_rows(pos) - all_lse

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Creates/updates the project's virtual environment (.venv) and system data (WordNet; Chromium for
+# browser tests with --with-browser). Idempotent: re-running does nothing when all is in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WITH_BROWSER=0
+[ "${1:-}" = "--with-browser" ] && WITH_BROWSER=1
+
+PY=$(command -v python3.11 || command -v python3)
+STAMP=.venv/.requirements.sha1
+WANT=$(sha1sum requirements.txt pyproject.toml | sha1sum | cut -c1-40)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "[setup] creating/updating .venv with $PY (first time: a few minutes)" >&2
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  echo "$WANT" > "$STAMP"
+fi
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+APT_UPDATED=0
+apt_install() {
+  if [ "$APT_UPDATED" = 0 ]; then as_root apt-get update -qq || true; APT_UPDATED=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# WordNet: nltk data (if the user ran nltk.download) or Debian's wordnet-base.
+if ! .venv/bin/python -c "from clustermine.corpus import find_wordnet; find_wordnet()" 2>/dev/null; then
+  echo "[setup] installing WordNet (Debian package wordnet-base)" >&2
+  apt_install wordnet-base || echo "[setup] could not install wordnet-base: install it yourself (see README)" >&2
+fi
+if [ "$WITH_BROWSER" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+  echo "[setup] installing Debian chromium for the browser tests" >&2
+  apt_install chromium || echo "[setup] could not install chromium; browser tests will be skipped" >&2
+fi

@@ -1,0 +1,78 @@
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from clustermine import corpus as C
+from clustermine.errors import CorpusError
+
+
+def test_normalize_and_dedupe():
+    assert C.normalize_concept("  Hot_Dog ") == "hot dog"
+    assert C.normalize_concept("galore(ip)") == "galore"
+    assert C.dedupe(["Dog", "dog", "", "cat_fish", "Cat fish"]) == ["dog", "cat fish"]
+
+
+@pytest.mark.skipif(not Path("/usr/share/wordnet/index.noun").exists(), reason="Debian wordnet-base not installed")
+def test_wordnet_counts_match_nltk_lemma_counts(monkeypatch):
+    monkeypatch.setenv("CLUSTERMINE_WORDNET", "/usr/share/wordnet")
+    nouns = C.load_corpus("wordnet-nouns")
+    assert len(nouns) == 117_798  # == nltk's len(set(all_lemma_names('n'))) after normalisation
+    assert "tench" in nouns.index() and "french horn" in nouns.index()
+    both = C.load_corpus("wordnet-nouns-adjectives")
+    assert len(both) == 136_139  # METHOD.md §5.2
+    first = C.load_corpus("wordnet-nouns-first-lemma")
+    assert len(first) == 67_186
+
+
+def test_wordnet_from_nltk_zip(tmp_path, monkeypatch):
+    # A user who ran nltk.download('wordnet') has corpora/wordnet.zip in an nltk data path.
+    z = tmp_path / "nltk_data" / "corpora" / "wordnet.zip"
+    z.parent.mkdir(parents=True)
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("wordnet/index.noun", "  1 header line\nwater_dog n 1 0\nzebra n 1 0\n")
+        zf.writestr("wordnet/index.adj", "  header\nblue a 1 0\n")
+    import nltk
+
+    monkeypatch.delenv("CLUSTERMINE_WORDNET", raising=False)
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "nltk_data")])
+    assert C.load_corpus("wordnet-nouns").concepts == ("water dog", "zebra")
+    assert C.load_corpus("wordnet-nouns-adjectives").concepts == ("water dog", "zebra", "blue")
+
+
+def test_missing_wordnet_message_names_both_ways(monkeypatch, tmp_path):
+    import nltk
+
+    monkeypatch.setenv("CLUSTERMINE_WORDNET", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    monkeypatch.setattr(C, "wordnet_candidates", lambda: [tmp_path / "nowhere"])
+    with pytest.raises(CorpusError) as exc:
+        C.load_corpus("wordnet-nouns")
+    msg = str(exc.value)
+    assert "apt-get install wordnet-base" in msg and "nltk.download('wordnet')" in msg
+
+
+def test_custom_concept_file(tmp_path):
+    p = tmp_path / "concepts.txt"
+    p.write_text("# my vocabulary\nGolden_Retriever\n\ntabby cat\ngolden retriever\n", encoding="utf-8")
+    corp = C.load_corpus(str(p))
+    assert corp.concepts == ("golden retriever", "tabby cat")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(CorpusError, match="UTF-8"):
+        C.load_corpus(str(bad))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match="no concepts"):
+        C.load_corpus(str(empty))
+    with pytest.raises(CorpusError, match="not found"):
+        C.load_corpus(str(tmp_path / "missing.txt"))
+    with pytest.raises(CorpusError, match="unknown corpus"):
+        C.load_corpus("wordnet-verbs")
+
+
+def test_prompt_template_needs_placeholder():
+    assert C.prompts(["dog"], "a photo of a {}.") == ["a photo of a dog."]
+    with pytest.raises(CorpusError):
+        C.prompts(["dog"], "no placeholder")

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+
+from clustermine.errors import ClusterMineError
+from clustermine.mining import (cluster_alerts, cluster_statistics, mine_positive_concepts, normalized_entropy,
+                                posmine, summary, zero_shot_topk)
+from clustermine.scoring import (Detector, WhatIfScorer, log_scores, mcm_scores, neg_mining, neglabel_scores)
+
+
+def _unit(rng, n, d):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_zero_shot_topk_matches_full_sort_across_chunks():
+    rng = np.random.default_rng(0)
+    f, t = _unit(rng, 30, 16), _unit(rng, 1000, 16)
+    idx, sim = zero_shot_topk(f, t, k=5, chunk_size=97)
+    full = f @ t.T
+    ref = np.argsort(-full, axis=1)[:, :5]
+    np.testing.assert_array_equal(idx, ref)
+    np.testing.assert_allclose(sim, np.take_along_axis(full, ref, axis=1), rtol=1e-5)
+
+
+def test_cluster_statistics_hand_worked():
+    cluster_ids = np.array([0, 0, 0, 0, 1, 1, -1])
+    top1 = np.array([7, 7, 7, 3, 2, 5, 9])
+    sims = np.array([0.9, 0.8, 0.7, 0.5, 0.4, 0.6, 0.1])
+    stats = cluster_statistics(cluster_ids, top1, sims, n_vocab=10, n_clusters=3)
+    assert stats[0].size == 4 and stats[0].winner == 7 and stats[0].purity == 0.75
+    assert stats[0].runner_up == 3 and stats[0].margin == pytest.approx(0.5)
+    # tie 1-1 in cluster 1: the larger summed similarity wins (concept 5, 0.6 > 0.4)
+    assert stats[1].winner == 5 and stats[1].entropy == pytest.approx(1.0)
+    assert stats[2].size == 0 and stats[2].winner is None
+    mined = mine_positive_concepts(stats, [f"w{i}" for i in range(10)], top1, sims, cluster_ids)
+    assert [m.text for m in mined] == ["w7", "w5"]
+    assert mined[0].examples == [0, 1, 2]  # voters of w7, most similar first
+    alerts = cluster_alerts(stats)
+    assert any("empty" in a for a in alerts[2])
+    assert any("tiny" in a for a in alerts[1]) and any("nearly tied" in a for a in alerts[1])
+    s = summary(stats, mined)
+    assert s["n_occupied"] == 2 and s["n_positive"] == 2
+    assert s["mean_purity"] == pytest.approx((4 * 0.75 + 2 * 0.5) / 6)
+
+
+def test_entropy_bounds():
+    assert normalized_entropy(np.array([5]), 100) == 0.0
+    assert normalized_entropy(np.array([1, 1, 1]), 100) == pytest.approx(1.0)
+    assert 0 < normalized_entropy(np.array([3, 1]), 100) < 1
+
+
+def test_posmine():
+    assert posmine(np.array([1, 1, 2, 3, 3, 3]), k=2).tolist() == [3, 1]
+    assert posmine(np.array([1, 1, 2]), min_count=2).tolist() == [1]
+
+
+def test_log_score_equals_naive_formula():
+    rng = np.random.default_rng(1)
+    f, t = _unit(rng, 8, 12), _unit(rng, 50, 12)
+    pos = np.array([3, 10, 11])
+    tau = 0.05
+    e = np.exp((f @ t.T) / tau)
+    naive = np.log(e[:, pos].sum(1) / e.sum(1))
+    np.testing.assert_allclose(log_scores(f, t, pos, tau), naive, rtol=1e-6)
+    # tau = 0.01 does not overflow in log space
+    assert np.isfinite(log_scores(f, t, pos, 0.01)).all()
+    with pytest.raises(ClusterMineError):
+        log_scores(f, t, np.array([], dtype=int))
+
+
+def test_grouping_and_neglabel():
+    rng = np.random.default_rng(2)
+    f, t = _unit(rng, 5, 8), _unit(rng, 41, 8)
+    pos = np.array([0])
+    g = log_scores(f, t, pos, 0.1, n_groups=4)
+    assert g.shape == (5,) and np.all(g <= 0)
+    # NegLabel with positives first equals log_scores over the concatenation.
+    nl = neglabel_scores(f, t[:1], t[1:], tau=0.1)
+    np.testing.assert_allclose(nl, log_scores(f, t, pos, 0.1))
+    m = mcm_scores(f, t[:4])
+    assert np.all((m > 0.25 - 1e-9) & (m <= 1))
+
+
+def test_neg_mining_picks_least_similar():
+    pos = np.array([[1.0, 0.0]], dtype=np.float32)
+    cands = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]], dtype=np.float32)
+    assert neg_mining(pos, cands, fraction=0.5).tolist() == [3, 2]
+
+
+def test_whatif_equals_detector_with_extras(tmp_path):
+    rng = np.random.default_rng(3)
+    f, t, extra = _unit(rng, 20, 16), _unit(rng, 300, 16), _unit(rng, 2, 16)
+    pos = np.array([5, 7, 301])  # 301 = second extra concept
+    full = np.concatenate([t, extra])
+    ref = log_scores(f, full, pos, 0.01)
+    w = WhatIfScorer(f, t, 0.01)
+    np.testing.assert_allclose(w.log_scores(pos, extra), ref, rtol=1e-9, atol=1e-9)
+    det = Detector([f"c{i}" for i in range(302)], full, pos, tau=0.01, encoder_fingerprint_id="abc")
+    det.calibrate(f, 0.95)
+    assert np.mean(det.is_id(f)) >= 0.95
+    det.save(tmp_path / "det")
+    det2 = Detector.load(tmp_path / "det")
+    assert det2.positive_concepts == ["c5", "c7", "c301"]
+    # fp16 storage: scores agree to ~1e-2 in log space; reload twice is bit-identical
+    np.testing.assert_allclose(det2.log_scores(f), ref, atol=0.5)
+    np.testing.assert_array_equal(Detector.load(tmp_path / "det").log_scores(f), det2.log_scores(f))
+    ex = det.explain(f[:2], top=3)
+    assert len(ex[0]["top_positive"]) == 3 and len(ex[0]["top_negative"]) == 3
+    assert {c for c, _ in ex[0]["top_positive"]} <= {"c5", "c7", "c301"}
