@@ -82,7 +82,9 @@ class _Bars:
         if stage != self.stage:
             self.close()
             self.stage = stage
-            self.bar = tqdm(total=total or None, desc=f"{stage:>7}", unit="it", file=sys.stderr, leave=True)
+            # disable=None: bars on a terminal only, so logs and pipes get clean lines
+            self.bar = tqdm(total=total or None, desc=f"{stage:>7}", unit="it", file=sys.stderr, leave=True,
+                            disable=None)
         if self.bar is not None:
             if total and self.bar.total != total:
                 self.bar.total = total

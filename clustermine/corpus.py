@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from filelock import FileLock
 
 from .errors import CorpusError
 from .storage import atomic_save_npy, atomic_write_json, cache_root
@@ -237,6 +238,14 @@ def corpus_embeddings(encoder, corpus: Corpus, template: str | None = None, *,
     root = Path(cache_dir) if cache_dir else cache_root() / "text"
     key = embedding_cache_key(encoder.fingerprint_id, corpus, template)
     path = root / f"{key}.npy"
+    root.mkdir(parents=True, exist_ok=True)
+    # One process computes a given corpus embedding; others wait and then read the cache.
+    with FileLock(str(root / f".{key}.lock")):
+        return _cached_or_embed(encoder, corpus, template, path, progress)
+
+
+def _cached_or_embed(encoder, corpus: Corpus, template: str, path: Path,
+                     progress: ProgressFn | None) -> tuple[np.ndarray, Path]:
     if path.is_file():
         try:
             emb = np.load(path, mmap_mode=None)
@@ -247,7 +256,6 @@ def corpus_embeddings(encoder, corpus: Corpus, template: str | None = None, *,
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed below
     emb = embed_concepts(encoder, list(corpus.concepts), template, progress=progress)
-    root.mkdir(parents=True, exist_ok=True)
     atomic_save_npy(path, emb.astype(np.float16))
     atomic_write_json(path.with_suffix(".json"), {
         "corpus": corpus.spec, "corpus_digest": corpus.digest, "n": len(corpus),

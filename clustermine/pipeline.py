@@ -233,11 +233,13 @@ def holdout_rows(n: int, fraction: float, seed: int) -> np.ndarray:
 
 def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None = None, *,
          progress: ProgressFn | None = None, cancel: CancelFn | None = None, overwrite: bool = False,
-         cache_dir: str | Path | None = None, encoder=None):
+         cache_dir: str | Path | None = None, encoder=None, encode_chunk_size: int = 256):
     """Run the whole mining pipeline on a folder of ID images and return the finished :class:`Run`.
 
     Resumes an unfinished run in ``run_dir`` with the same config. Raises ClusterMineError subclasses
     for user errors; on failure or cancel the run's status says so and finished work is kept.
+    ``encode_chunk_size``: images per feature-cache chunk (a killed job loses at most one chunk);
+    it does not change any result, so it is not part of the run's config.
     """
     from .runs import Run
 
@@ -252,7 +254,7 @@ def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None 
     run.set_status("running")
     tracker = ProgressTracker(run, progress, cancel)
     try:
-        _mine_stages(run, images_dir, config, tracker, cache_dir, encoder)
+        _mine_stages(run, images_dir, config, tracker, cache_dir, encoder, encode_chunk_size)
     except CancelledError as exc:
         run.set_status("cancelled", str(exc))
         _final_progress(run, tracker, "cancelled")
@@ -277,28 +279,31 @@ def _final_progress(run, tracker: ProgressTracker, status: str) -> None:
 
 
 def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTracker,
-                 cache_dir: str | Path | None, encoder) -> None:
+                 cache_dir: str | Path | None, encoder, encode_chunk_size: int = 256) -> None:
     from .clustering import clamp_n_clusters, default_n_clusters, make_clusterer
     from .corpus import corpus_embeddings, load_corpus
     from .encoders import load_encoder
     from .images import scan_images
     from .mining import cluster_statistics, mine_positive_concepts, summary, zero_shot_topk
 
+    # Fail fast on a bad corpus or encoder spec, before the long scan and encode.
+    corpus = load_corpus(config.corpus)
+    encoder = encoder or load_encoder(config.encoder, device=config.device)
+
     # 1. scan
     tracker.start("scan")
     records = scan_images(images_dir)
     tracker.update(len(records), len(records), force=True)
-    corpus = load_corpus(config.corpus)  # fail fast on a bad corpus before the long encode
 
     # 2. encode
-    encoder = encoder or load_encoder(config.encoder, device=config.device)
     template = config.template or encoder.text_template
     run._update_meta(encoder={"spec": encoder.spec, "fingerprint": encoder.fingerprint,
                               "fingerprint_id": encoder.fingerprint_id, "device": encoder.device})
     tracker.start("encode")
     feat_cache = FeatureCache(encoder.fingerprint_id, Path(cache_dir) / "features" if cache_dir else None)
     features, _ = encode_records(encoder, records, cache=feat_cache, tracker=tracker,
-                                 batch_size=config.batch_size, max_pixels=config.max_pixels)
+                                 batch_size=config.batch_size, max_pixels=config.max_pixels,
+                                 chunk_size=max(1, int(encode_chunk_size)))
     usable = [r for r in records if r.status == "ok"]
     if not usable:
         examples = "; ".join(f"{r.path}: {r.reason}" for r in records[:5])
@@ -393,8 +398,10 @@ def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5
     if not files:
         raise NoImagesError("no image to score")
     result = encoder.encode_images([str(f) for f in files])
+    # float16 like the run's features, the feature cache and the web app: one image, one score everywhere
+    feats = result.features.astype(np.float16).astype(np.float32)
     out: list[dict] = []
-    explained = iter(detector.explain(result.features, top=top)) if len(result.features) else iter(())
+    explained = iter(detector.explain(feats, top=top)) if len(feats) else iter(())
     for f, ok in zip(files, result.ok):
         if not ok:
             out.append({"path": str(f), "error": result.errors.get(str(f), "could not be decoded")})
