@@ -13,6 +13,13 @@ from .storage import atomic_write_json, atomic_write_text
 CONCEPT_FIELDS = ("id", "text", "status", "source", "votes", "purity", "clusters", "updated", "user")
 
 
+def csv_safe(value):
+    """Neutralise spreadsheet formulas: text starting with = + - @ (or a tab / CR) gets a leading '."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def concepts_txt(run: Run) -> str:
     """The current Y_pos, one concept per line."""
     return "".join(c + "\n" for c in run.positive_concepts())
@@ -26,7 +33,7 @@ def concepts_csv(run: Run) -> str:
     for c in run.concepts():
         d = c.to_dict()
         d["clusters"] = " ".join(map(str, d["clusters"]))
-        w.writerow(d)
+        w.writerow({k: csv_safe(v) for k, v in d.items()})
     return buf.getvalue()
 
 

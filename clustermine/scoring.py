@@ -54,7 +54,8 @@ def log_scores(image_features: np.ndarray, text_embeddings: np.ndarray, positive
     feats = np.asarray(image_features, dtype=np.float32)
     pos_lse = _lse_rows(feats @ text_embeddings[positive_idx].T / tau)
     if n_groups <= 1:
-        return pos_lse - corpus_logsumexp(feats, text_embeddings, tau)
+        # Y_pos ⊆ V, so log S ≤ 0 exactly; the two separate float32 products can overshoot by ~1e-6.
+        return np.minimum(pos_lse - corpus_logsumexp(feats, text_embeddings, tau), 0.0)
     neg_idx = np.setdiff1d(np.arange(text_embeddings.shape[0]), positive_idx)
     neg_idx = np.random.default_rng(seed).permutation(neg_idx)
     usable = (neg_idx.size // n_groups) * n_groups
@@ -240,4 +241,4 @@ class WhatIfScorer:
         if extra is not None:
             rows.append(extra[positive_idx[positive_idx >= n_base] - n_base])
         pos = self.image_features @ np.concatenate(rows).T / self.tau
-        return _lse_rows(pos) - all_lse
+        return np.minimum(_lse_rows(pos) - all_lse, 0.0)
