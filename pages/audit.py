@@ -1,0 +1,48 @@
+"""Cluster audit: one card per cluster (lowest purity first by default) with its vote histogram,
+purity, entropy, size, typical and atypical members, and alerts."""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from clustermine.mining import cluster_alerts
+from ui import audit_cards, state, widgets
+
+state.ensure_frame()
+widgets.page_header("Cluster audit", "Check that each cluster names itself well before trusting its concept: "
+                    "impure, tied or tiny clusters are flagged.")
+run = state.require_run(done=True)
+stats = run.cluster_stats()
+alerts = cluster_alerts(stats)
+vocab = run.vocabulary_base()
+summary = run.meta.get("summary") or {}
+
+widgets.metrics_row([
+    ("clusters", len(stats)),
+    ("with alerts", len(alerts)),
+    ("mean purity", widgets.fmt_pct(summary.get("mean_purity"), 0), "size-weighted"),
+    ("mean entropy", widgets.fmt_float(summary.get("mean_entropy"), 2)),
+    ("distinct winners", len({s.winner for s in stats if s.winner is not None})),
+])
+
+c1, c2, c3 = st.columns([2, 1.2, 1])
+sort_key = c1.selectbox("Sort cards by", list(audit_cards.SORTS), index=0, key="audit_sort")
+only_alerts = c2.toggle("Only clusters with alerts", key="audit_only_alerts")
+per_page = int(c3.selectbox("Cards per page", [6, 12, 24, 48], index=1, key="audit_per_page"))
+
+shown = audit_cards.sort_stats(stats, sort_key)
+if only_alerts:
+    shown = [s for s in shown if s.cluster in alerts]
+if not shown:
+    widgets.empty_state("No cluster has an alert.")
+    st.stop()
+n_pages = max(1, math.ceil(len(shown) / per_page))
+page = 1
+if n_pages > 1:
+    page = int(st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=1, key="audit_page"))
+    st.caption(f"clusters {(page - 1) * per_page + 1}–{min(page * per_page, len(shown))} of {len(shown)}")
+
+for s in shown[(page - 1) * per_page: page * per_page]:
+    audit_cards.card(run, s, alerts.get(s.cluster, []), vocab)

@@ -1,0 +1,37 @@
+"""Concepts: review the mined Y_pos (accept / reject / restore, add free-text concepts) and see the
+effect of every edit on held-out ID scores — and on AUROC / FPR95 given an OOD sample."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import concept_review, state, whatif_panel, widgets
+
+state.ensure_frame()
+widgets.page_header("Concepts", "Mined concepts are positives (Y_pos); a rejected concept becomes a negative. "
+                    "Every decision is logged with who and when.")
+run = state.require_run(done=True)
+concept_review.feedback()
+
+concepts = run.concepts()
+counts = {s: sum(c.status == s for c in concepts) for s in concept_review.STATUSES}
+widgets.metrics_row([
+    ("Y_pos now", sum(c.is_positive for c in concepts), "mined + accepted + added"),
+    ("mined", counts["mined"]), ("accepted", counts["accepted"]), ("rejected", counts["rejected"]),
+    ("added", counts["added"]), ("edits", len(run.edits())),
+])
+
+left, right = st.columns([1.35, 1], gap="large")
+with left:
+    st.subheader("Review", anchor=False)
+    st.text_input("Your name (recorded in the decision log)", key="reviewer",
+                  placeholder=concept_review.reviewer())
+    df = concept_review.table(run)
+    st.caption("Change a status in the table, or use the buttons below. The table is rebuilt from the run's "
+               "edit log after every change.")
+    concept_review.quick_actions(run, df)
+    concept_review.add_form(run)
+    concept_review.edit_log(run)
+with right:
+    st.subheader("What if?", anchor=False)
+    st.fragment(whatif_panel.panel)(run)

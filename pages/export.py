@@ -1,0 +1,45 @@
+"""Export: the current Y_pos (txt / CSV / JSON), the detector bundle (zip) and the run summary."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from clustermine import export
+from ui import exports, state, widgets
+
+state.ensure_frame()
+widgets.page_header("Export", "Everything reflects the current concept edits. The detector bundle loads with "
+                    "`clustermine.Detector.load(folder)` and scores features from the same encoder.")
+run = state.require_run(done=True)
+pos = run.positive_concepts()
+widgets.metrics_row([("Y_pos", len(pos)), ("concepts reviewed", len(run.concepts())), ("edits", len(run.edits()))])
+
+with st.container(border=True):
+    st.subheader("Positive concepts (Y_pos)", anchor=False)
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("concepts.txt", export.concepts_txt(run), file_name=f"{run.run_id}-positive_concepts.txt",
+                       mime="text/plain", icon=":material/description:", width="stretch")
+    c2.download_button("concepts.csv", export.concepts_csv(run), file_name=f"{run.run_id}-concepts.csv",
+                       mime="text/csv", icon=":material/table:", width="stretch")
+    c3.download_button("concepts.json", export.concepts_json(run), file_name=f"{run.run_id}-concepts.json",
+                       mime="application/json", icon=":material/data_object:", width="stretch")
+    st.text_area("Preview (positive concepts, one per line)", "\n".join(pos), height=160, disabled=True)
+
+with st.container(border=True):
+    st.subheader("Detector and summary", anchor=False)
+    with widgets.guard("building the export"):
+        c1, c2 = st.columns(2)
+        c1.download_button("Detector bundle (.zip)", exports.deferred(exports.bundle_zip, str(run.path)),
+                           file_name=f"{run.run_id}-detector.zip", mime="application/zip",
+                           icon=":material/deployed_code:", width="stretch",
+                           help="detector.json + text_embeddings.npy + positive_concepts.txt, threshold "
+                                "calibrated on held-out ID images; built when you click")
+        c2.download_button("Run summary (.json)", exports.deferred(exports.summary_json, str(run.path)),
+                           file_name=f"{run.run_id}-summary.json", mime="application/json",
+                           icon=":material/summarize:", width="stretch",
+                           help="config, encoder, figures, Y_pos, threshold and rule, and the edit log")
+        with st.expander("Run overview"):
+            st.json(exports.overview(run), expanded=1)
+    st.code("from clustermine import Detector\ndet = Detector.load('detector')\n"
+            "log_s = det.log_scores(features)   # features from the same encoder; higher = more ID\n"
+            "is_id = log_s >= det.threshold", language="python")

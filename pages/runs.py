@@ -1,0 +1,64 @@
+"""Runs: every run folder under the runs root, with its status and headline figures."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from ui import cache, settings, state, widgets
+
+state.ensure_frame()
+widgets.page_header("Runs", "Each run is one folder (config, features, clusters, concepts, edits) — "
+                    "reproducible and refresh-proof: its id sits in the page URL.")
+
+runs = cache.list_runs_light(settings.runs_root())
+ref = state.current()
+if ref.error:
+    widgets.show_error(ref.error)
+top = st.columns([4, 1])
+if top[1].button("New run", type="primary", icon=":material/add:", width="stretch"):
+    state.set_run(None)
+    st.switch_page("pages/data.py")
+
+if not runs:
+    widgets.empty_state("No runs yet — create one on the Data page.",
+                        link=("pages/data.py", "Go to Data & encoding", ":material/add_photo_alternate:"))
+    st.stop()
+
+statuses = [r["status"] for r in runs]
+widgets.metrics_row([("runs", len(runs)), ("finished", statuses.count("done")),
+                     ("running", statuses.count("running") + statuses.count("created")),
+                     ("failed / cancelled", statuses.count("failed") + statuses.count("cancelled"))])
+
+
+def _row(r: dict) -> dict:
+    s, c = r.get("summary") or {}, r.get("config") or {}
+    return {"run": r["run_id"], "status": r["status"], "images": s.get("n_images"), "clusters": s.get("n_clusters"),
+            "concepts": s.get("n_positive"), "mean purity": s.get("mean_purity"),
+            "encoder": c.get("encoder"), "clusterer": c.get("clusterer"), "corpus": c.get("corpus"),
+            "created": (r.get("created") or "")[:19].replace("T", " ")}
+
+
+table = pd.DataFrame([_row(r) for r in runs])
+event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                     key="runs_table",
+                     column_config={"mean purity": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
+                                                                                   format="%.2f")})
+picked = event.selection.rows if event is not None and hasattr(event, "selection") else []
+if picked and picked != st.session_state.get("_runs_pick"):  # act on a new selection only
+    st.session_state["_runs_pick"] = picked
+    rid = table.iloc[picked[0]]["run"]
+    if rid != st.session_state.get(state.RUN_KEY):
+        state.set_run(rid)
+        st.rerun()
+st.caption("Select a row to open that run; the sidebar selector does the same.")
+
+if ref.run_id and not ref.error:
+    with st.container(border=True):
+        st.markdown(f"**Selected run:** `{ref.run_id}`")
+        cols = st.columns(5)
+        cols[0].page_link("pages/data.py", label="Data & progress", icon=":material/add_photo_alternate:")
+        cols[1].page_link("pages/clusters.py", label="Cluster map", icon=":material/scatter_plot:")
+        cols[2].page_link("pages/audit.py", label="Cluster audit", icon=":material/fact_check:")
+        cols[3].page_link("pages/concepts.py", label="Concepts", icon=":material/checklist:")
+        cols[4].page_link("pages/scoring.py", label="Scoring", icon=":material/speed:")

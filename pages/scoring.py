@@ -1,0 +1,45 @@
+"""Scoring: score test images with the run's current concepts — score, ID/OOD verdict at the
+calibrated threshold, top positive and negative concepts — and download the results as CSV."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import scoring_view, state, widgets
+from ui.text import md_escape
+
+state.ensure_frame()
+widgets.page_header("Scoring", "Scores always reflect the current concept edits. Convention: higher score = "
+                    "more in-distribution; an image is ID when its log score reaches the threshold.")
+run = state.require_run(done=True)
+
+c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+tpr = c1.slider("Target ID true-positive rate", 0.80, 0.99, value=float(st.session_state.get("tpr", 0.95)),
+                step=0.01, key="tpr", help="The threshold keeps this share of held-out ID images as ID.")
+scoring_view.input_section(run)
+
+with widgets.guard("scoring"):
+    bar = st.empty()
+    df, thr, rule = None, None, ""
+    with st.spinner("Scoring…"):
+        df, thr, rule, skipped = scoring_view.results(
+            run, tpr, progress=lambda d, t: bar.progress(d / t, text=f"encoding {d} / {t}") if t else None)
+    bar.empty()
+    c2.markdown(f"**Threshold** {widgets.fmt_float(thr)} — {md_escape(rule)}")
+    if df is None or df.empty:
+        widgets.empty_state("No test image yet — upload some above, or add a server folder.")
+    else:
+        n_id = int((df["verdict"] == "ID").sum())
+        widgets.metrics_row([("images scored", len(df)), ("ID", n_id), ("OOD", len(df) - n_id),
+                             ("concepts (Y_pos)", len(run.positive_concepts()))])
+        scoring_view.gallery(df)
+        scoring_view.show_table(df)
+        d1, d2 = st.columns([1, 1])
+        d1.download_button("Download results (CSV)", scoring_view.csv_bytes(df, thr, rule),
+                           file_name=f"{run.run_id}-scores.csv", mime="text/csv", icon=":material/download:")
+        if d2.button("Clear scored images", icon=":material/delete:"):
+            scoring_view.clear(run)
+            st.rerun()
+    if skipped:
+        with st.expander(f"Skipped ({len(skipped)})"):
+            st.dataframe([{"file": f, "reason": r} for f, r in skipped], hide_index=True, width="stretch")

@@ -1,0 +1,237 @@
+"""End-to-end journey in a real browser (Debian chromium driven by Playwright's sync API):
+upload images, mine, look at every page, select points on the map, score an image, reject a
+concept and see the score change, reload and find the same run. Screenshots of every page go to
+``test-artifacts/`` (gitignored). Never runs ``playwright install``: it uses /usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run", "--disable-quic"]
+MINE_TIMEOUT_MS = 900_000  # first use embeds the 118K-noun corpus (~90 s idle machine); cached afterwards
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (bash scripts/setup_env.sh --with-browser)")
+    pytest.importorskip("playwright.sync_api")
+    runs_root = tmp_path_factory.mktemp("browser_runs")
+    port = _free_port()
+    env = dict(os.environ, CLUSTERMINE_RUNS_ROOT=str(runs_root), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               CLUSTERMINE_UMAP_WARMUP="0", PYTHONUNBUFFERED="1")
+    log = open(runs_root / "streamlit.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+                             "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("streamlit did not answer /_stcore/health in 60 s: " + (runs_root / "streamlit.log").read_text())
+        yield {"url": url, "runs_root": runs_root}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS, headless=True)
+        ctx = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
+        pg = ctx.new_page()
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def _idle(pg, ms: int = 400) -> None:
+    """Wait until Streamlit has finished the current script run."""
+    pg.wait_for_timeout(ms)
+    pg.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=120_000)
+    pg.wait_for_timeout(200)
+
+
+def _shot(pg, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _nav(pg, label: str) -> None:
+    pg.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
+    _idle(pg)
+    pg.locator("h1").first.wait_for()
+
+
+def _download_scores(pg, tmp: Path) -> dict[str, dict]:
+    with pg.expect_download() as dl:
+        pg.get_by_role("button", name="Download results (CSV)").click()
+    path = tmp / f"scores-{time.monotonic_ns()}.csv"
+    dl.value.save_as(path)
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {row["file"]: row for row in csv.DictReader(fh)}
+
+
+def test_user_journey(server, page, tmp_path):
+    from conftest import shared
+    from playwright.sync_api import expect
+
+    src = shared("imagenette_train100")
+    images = [f for cls in ("n01440764", "n02102040", "n03028079")
+              for f in sorted((src / cls).iterdir())[:4]]
+    probe = sorted((src / "n02979186").iterdir())[0]  # a class the run never saw
+    pg = page
+    t0 = time.monotonic()
+
+    # A deep link is the first request this server sees: it must still open inside the app frame.
+    pg.goto(server["url"] + "/data")
+    pg.get_by_text("1 · ID images").wait_for()
+    expect(pg.locator('[data-testid="stSidebarNav"]').get_by_text("Cluster audit")).to_be_visible()
+
+    # --- Data: upload 12 images, C = 2, k-means, launch and wait.
+    pg.locator('input[type="file"]').first.set_input_files([str(p) for p in images])
+    pg.get_by_text("12 file(s) selected").wait_for()
+    pg.get_by_text("Number of clusters: automatic").click()
+    _idle(pg)
+    c_input = pg.get_by_label("Number of clusters C")
+    c_input.fill("2")
+    c_input.press("Enter")
+    _idle(pg)
+    pg.get_by_text("k-means (fast baseline)").click()
+    _idle(pg)
+    pg.get_by_label("Run name (optional)").fill("browser run")
+    pg.get_by_label("Run name (optional)").press("Enter")
+    _idle(pg)
+    _shot(pg, "1-data-new-run")
+    pg.get_by_role("button", name="Launch mining").click()
+    pg.get_by_text("Mining finished").wait_for(timeout=MINE_TIMEOUT_MS)
+    _idle(pg)
+    assert "run=browser-run" in pg.url
+    _shot(pg, "2-data-finished")
+    t_mined = time.monotonic() - t0
+
+    # --- Reload: the same run comes back (id in the URL, state in the run folder).
+    pg.reload()
+    pg.get_by_text("Mining finished").wait_for()
+    assert "run=browser-run" in pg.url
+    expect(pg.get_by_text("Run browser-run")).to_be_visible()
+    expect(pg.get_by_role("combobox", name="Run", exact=True)).to_have_value("browser-run")
+
+    # --- Runs page.
+    _nav(pg, "Runs")
+    assert "run=browser-run" in pg.url  # page navigation keeps the run in the URL
+    _shot(pg, "3-runs")
+
+    # --- Cluster map: box-select everything and see thumbnails.
+    _nav(pg, "Cluster map")
+    plot = pg.locator(".js-plotly-plot").first
+    plot.wait_for()
+    plot.hover()
+    pg.locator('[data-title="Box Select"]').first.click()
+    box = pg.locator(".nsewdrag").first.bounding_box()
+    pg.mouse.move(box["x"] + 3, box["y"] + 3)
+    pg.mouse.down()
+    pg.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    pg.mouse.move(box["x"] + box["width"] - 3, box["y"] + box["height"] - 3, steps=5)
+    pg.mouse.up()
+    pg.get_by_text("12 selected image(s)").wait_for()
+    _idle(pg)
+    expect(pg.locator('[data-testid="stImage"]')).to_have_count(12, timeout=60_000)  # one thumbnail each
+    _shot(pg, "4-cluster-map-selection")
+
+    # --- Audit: one card per cluster.
+    _nav(pg, "Cluster audit")
+    pg.get_by_text("Most typical").first.wait_for()
+    assert pg.locator("h3", has_text="Cluster ").count() == 2
+    _shot(pg, "5-audit")
+
+    # --- Scoring: upload an image, read its score from the CSV.
+    _nav(pg, "Scoring")
+    pg.locator('input[type="file"]').first.set_input_files(str(probe))
+    _idle(pg)
+    pg.get_by_role("button", name="Score these images").click()
+    pg.get_by_text("images scored").wait_for(timeout=120_000)
+    _idle(pg)
+    before = _download_scores(pg, tmp_path)
+    assert list(before) == [probe.name] and before[probe.name]["verdict"] in ("ID", "OOD")
+    top_positive = before[probe.name]["top positive concepts"].split(" (")[0]
+    _shot(pg, "6-scoring")
+
+    # --- Concepts: reject the concept that supports this image most.
+    _nav(pg, "Concepts")
+    pg.get_by_text("What if?").wait_for()
+    _idle(pg)
+    _shot(pg, "7-concepts")
+    pick = pg.get_by_label("Concept", exact=True)
+    pick.click()
+    pg.get_by_role("option", name=top_positive, exact=True).click()
+    _idle(pg)
+    pg.get_by_role("button", name="Reject").click()
+    pg.get_by_text(f"{top_positive} → rejected").wait_for()  # the toast confirming the edit
+    _idle(pg)
+    _shot(pg, "8-concepts-after-reject")
+
+    # --- Scoring again: the same image, a different score.
+    _nav(pg, "Scoring")
+    pg.get_by_text("images scored").wait_for(timeout=120_000)
+    _idle(pg)
+    after = _download_scores(pg, tmp_path)
+    assert float(after[probe.name]["log score"]) != pytest.approx(float(before[probe.name]["log score"]), abs=1e-6)
+    assert top_positive not in after[probe.name]["top positive concepts"]
+
+    # --- Export.
+    _nav(pg, "Export")
+    bundle_button = pg.get_by_role("button", name="Detector bundle (.zip)")
+    bundle_button.wait_for()
+    _shot(pg, "9-export")
+    with pg.expect_download(timeout=120_000) as dl:
+        bundle_button.click()
+    bundle = tmp_path / "detector.zip"
+    dl.value.save_as(bundle)
+    with zipfile.ZipFile(bundle) as zf:
+        assert "detector/detector.json" in zf.namelist()
+        positives = zf.read("detector/positive_concepts.txt").decode().splitlines()
+    assert top_positive not in positives  # the bundle reflects the rejection
+
+    # --- A fresh tab with the shared link opens the same run on the same page.
+    pg.goto(server["url"] + "/concepts?run=browser-run")
+    pg.get_by_text("What if?").wait_for()
+    expect(pg.get_by_role("combobox", name="Run", exact=True)).to_have_value("browser-run")
+
+    total = time.monotonic() - t0
+    print(f"browser journey: mined after {t_mined:.0f} s, total {total:.0f} s")

@@ -1,0 +1,55 @@
+"""One audit card per cluster: votes, purity, entropy, size, alerts, typical and atypical members."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from clustermine.mining import ClusterStats
+from clustermine.runs import Run
+
+from . import charts, rundata, widgets
+from .text import md_escape
+
+SORTS = {
+    "purity (lowest first)": (lambda s: (s.purity, s.cluster)),
+    "entropy (highest first)": (lambda s: (-s.entropy, s.cluster)),
+    "size (smallest first)": (lambda s: (s.size, s.cluster)),
+    "size (largest first)": (lambda s: (-s.size, s.cluster)),
+    "margin to runner-up (smallest first)": (lambda s: (s.margin, s.cluster)),
+    "cluster id": (lambda s: s.cluster),
+}
+
+
+def sort_stats(stats: list[ClusterStats], key: str) -> list[ClusterStats]:
+    return sorted(stats, key=SORTS[key])
+
+
+def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumbs: int = 6, top: int = 8) -> None:
+    winner = vocab[s.winner] if s.winner is not None else "no winner"
+    with st.container(border=True, key=f"card-{s.cluster}"):
+        st.subheader(f"Cluster {s.cluster} · {md_escape(winner)}", anchor=False)
+        left, right = st.columns([1, 1.4])
+        with left:
+            widgets.metrics_row([("size", s.size), ("purity", widgets.fmt_pct(s.purity, 0), "winner votes / size"),
+                                 ("entropy", widgets.fmt_float(s.entropy, 2), "normalised vote entropy (0 = unanimous)")])
+            if s.runner_up is not None:
+                st.caption(f"runner-up: **{md_escape(vocab[s.runner_up])}** · margin {s.margin:.0%} of the cluster")
+            if alerts:
+                st.warning("\n".join(f"- {md_escape(a, None)}" for a in alerts), icon=":material/warning:")
+            if not alerts and s.size:
+                st.caption(":green[:material/verified: no alert]")
+        with right:
+            hist = s.histogram[:top]
+            if hist:
+                fig = charts.vote_histogram([vocab[h[0]] for h in hist], [int(h[1]) for h in hist],
+                                            height=70 + 26 * len(hist))
+                st.plotly_chart(fig, width="stretch", key=f"hist-{s.cluster}", config={"displayModeBar": False})
+                if len(s.histogram) > top:
+                    st.caption(f"and {len(s.histogram) - top} other concept(s) with fewer votes")
+        typical, atypical = rundata.typical_atypical(run, s.cluster, n_thumbs)
+        paths, names = run.image_paths(), rundata.image_names(run)
+        st.markdown("**Most typical** (closest to the centroid)")
+        widgets.thumbnail_grid([(paths[r], names[r]) for r in typical], columns=n_thumbs, empty="empty cluster")
+        if atypical:
+            st.markdown("**Most atypical** (farthest from the centroid — possible contaminants)")
+            widgets.thumbnail_grid([(paths[r], names[r]) for r in atypical], columns=n_thumbs)

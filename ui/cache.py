@@ -1,0 +1,207 @@
+"""Process-wide caches (st.cache_resource): the encoder, opened runs, thumbnails.
+
+- The encoder is loaded once per server process and per spec, lazily (never at import time), and
+  wrapped so that forward passes from concurrent sessions are serialised by a lock.
+- A run is opened once per (path, mtime of ``run.json``): status changes give a fresh object,
+  concept edits do not (``Run.concepts()`` re-reads ``edits.jsonl``), so large arrays such as the
+  corpus text embeddings are held once. Artefacts that depend on the edits are keyed on
+  :func:`edits_key` (the mtime and size of ``edits.jsonl``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import streamlit as st
+
+if TYPE_CHECKING:  # clustermine.runs pulls in scikit-learn: imported lazily, off the first page's path
+    from clustermine.runs import Run
+
+
+# ------------------------------------------------------------------------------------ encoder
+class LockedEncoder:
+    """An encoder whose forward passes (images and texts) hold one lock: one model, many sessions."""
+
+    def __init__(self, encoder) -> None:
+        self._encoder = encoder
+        self._lock = threading.Lock()
+
+    def encode_images(self, *args, **kwargs):
+        with self._lock:
+            return self._encoder.encode_images(*args, **kwargs)
+
+    def encode_texts(self, *args, **kwargs):
+        with self._lock:
+            return self._encoder.encode_texts(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+
+@st.cache_resource(show_spinner="Loading the encoder (once per server process)…", max_entries=3)
+def get_encoder(spec: str, device: str = "auto") -> LockedEncoder:
+    """The (locked) encoder for ``spec``; raises EncoderError for bad specs (not cached)."""
+    from clustermine.encoders import load_encoder
+
+    return LockedEncoder(load_encoder(spec, device=device))
+
+
+class LazyEncoder:
+    """Stands in for the run's encoder and loads it only if an attribute is actually used (e.g. by
+    ``Run.edit_concept("add", ...)`` for a concept outside the corpus)."""
+
+    def __init__(self, spec: str, device: str = "auto") -> None:
+        self._spec, self._device = spec, device
+
+    def __getattr__(self, name):
+        return getattr(get_encoder(self._spec, self._device), name)
+
+
+def run_encoder_spec(run: Run) -> str:
+    return (run.meta.get("encoder") or {}).get("spec") or run.config.get("encoder", "offline")
+
+
+def system_device() -> str:
+    """The device ``auto`` resolves to, without importing torch if it is not loaded yet."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                return "cuda"
+        except Exception:
+            pass
+        return "cpu"
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0"):
+        return "cuda"
+    return "cpu"
+
+
+@st.cache_resource(show_spinner=False)
+def resolved_device(device: str = "auto") -> str:
+    """``clustermine.encoders.resolve_device`` (imports torch: call it where the user chooses)."""
+    from clustermine.encoders import resolve_device
+
+    return resolve_device(device)
+
+
+# ------------------------------------------------------------------------------------ runs
+def _stat_key(p: Path) -> tuple[int, int]:
+    try:
+        st_ = p.stat()
+        return st_.st_mtime_ns, st_.st_size
+    except OSError:
+        return 0, 0
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _open_run(path: str, meta_key: tuple[int, int]) -> "Run":
+    from clustermine.runs import Run
+
+    return Run.open(path, require_complete=False)
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """The run at ``path`` (cached per run.json version). Raises RunError with the bad file named."""
+    path = Path(path)
+    return _open_run(str(path), _stat_key(path / "run.json"))
+
+
+def edits_key(run: Run) -> tuple[int, int]:
+    """Changes with every concept edit (mtime and size of edits.jsonl)."""
+    return _stat_key(run.path / "edits.jsonl")
+
+
+_CHECKED: set[tuple] = set()
+_CHECK_LOCK = threading.Lock()
+
+
+def check_complete(run: Run) -> None:
+    """``run.check_complete()`` once per version of its files (RunError names a missing file)."""
+    names = ("run.json", "images.jsonl", "features.npy", "clusters.npy", "votes.npz", "clusters.json",
+             "corpus.txt", "text_embeddings.npy", "mined.json")
+    key = (str(run.path), tuple(_stat_key(run.path / n) for n in names))
+    with _CHECK_LOCK:
+        if key in _CHECKED:
+            return
+    run.check_complete()
+    with _CHECK_LOCK:
+        _CHECKED.add(key)
+
+
+# ------------------------------------------------------------------------------------ thumbnails
+@st.cache_data(max_entries=5000, show_spinner=False)
+def thumbnail(path: str, stamp: tuple[int, int], size: int = 192) -> bytes | None:
+    """JPEG bytes of a ``size``-pixel thumbnail (None when the file cannot be decoded)."""
+    from clustermine.errors import ImageError
+    from clustermine.images import load_rgb
+
+    try:
+        img = load_rgb(path)
+    except ImageError:
+        return None
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=82)
+    return buf.getvalue()
+
+
+def thumb(path: str, size: int = 192) -> bytes | None:
+    return thumbnail(str(path), _stat_key(Path(path)), size)
+
+
+# ------------------------------------------------------------------------------------ light reads
+def list_runs_light(root: str | os.PathLike) -> list[dict]:
+    """Like ``clustermine.runs.list_runs`` (same fields, newest first) but reading only the
+    run.json files, so the frame and the first page do not import the engine's numeric stack."""
+    import json
+
+    out = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return out
+    for e in entries:
+        meta_path = Path(e.path) / "run.json"
+        if not e.is_dir(follow_symlinks=False) or not meta_path.is_file():
+            continue
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("not an object")
+        except (ValueError, OSError):
+            out.append({"run_id": e.name, "path": e.path, "status": "corrupt", "created": "", "summary": {},
+                        "config": {}})
+            continue
+        out.append({"run_id": e.name, "path": e.path, "status": meta.get("status", "?"),
+                    "created": meta.get("created", ""), "summary": meta.get("summary") or {},
+                    "config": meta.get("config") or {}})
+    return sorted(out, key=lambda r: r["created"], reverse=True)
+
+
+_WARM_STARTED = False
+
+
+def warm_imports() -> None:
+    """Import the heavy modules the other pages need in a background thread (once per process),
+    so the first page is drawn without waiting for them and the next ones find them loaded."""
+    global _WARM_STARTED
+    if _WARM_STARTED:
+        return
+    _WARM_STARTED = True
+
+    def work() -> None:
+        import importlib
+
+        for name in ("clustermine.runs", "clustermine.pipeline", "clustermine.export", "pandas",
+                     "plotly.graph_objects", "ui.scores", "ui.charts", "PIL.Image"):
+            try:
+                importlib.import_module(name)
+            except Exception:  # the page that needs it will report the problem
+                pass
+
+    threading.Thread(target=work, name="warm-imports", daemon=True).start()

@@ -1,0 +1,95 @@
+"""Plotly figures. Every trace that shows images carries the feature row id in ``customdata[0]``
+(selections are mapped back through it, never through point order); all user text in hover
+labels is entity-escaped; scatter plots use WebGL (``Scattergl``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .text import hover_escape
+
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6",
+           "#9D755D", "#6B8E23", "#1F77B4", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#17BECF"]
+HELD_OUT_COLOR = "#9E9E9E"
+_LAYOUT = dict(margin=dict(l=10, r=10, t=30, b=10), template="plotly_white",
+               font=dict(family="Inter, system-ui, sans-serif", size=12))
+
+
+def cluster_map(coords: np.ndarray, rows: np.ndarray, cluster: np.ndarray, names: list[str],
+                concept: list[str], color_by: str, values: np.ndarray | None = None, height: int = 620) -> go.Figure:
+    """2-D map of images. ``coords`` [n, 2] for feature ``rows`` [n]; ``cluster`` / ``names`` /
+    ``concept`` aligned with ``rows``. ``color_by``: cluster | concept (categorical, one trace per
+    group) or purity | score (continuous, ``values`` aligned with ``rows``)."""
+    custom_base = np.empty((len(rows), 4), dtype=object)
+    custom_base[:, 0] = rows
+    custom_base[:, 1] = [hover_escape(n) for n in names]
+    custom_base[:, 2] = ["held out" if c < 0 else str(c) for c in cluster]
+    custom_base[:, 3] = [hover_escape(c) for c in concept]
+    hover = ("<b>%{customdata[1]}</b><br>cluster %{customdata[2]}<br>concept: %{customdata[3]}"
+             "<br>row %{customdata[0]}")
+    fig = go.Figure()
+    if color_by in ("cluster", "concept"):
+        keys = [("held out" if c < 0 else f"cluster {c}") for c in cluster] if color_by == "cluster" else list(concept)
+        groups: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
+        ordered = sorted(groups, key=lambda k: (k == "held out", _natural(k)))
+        for j, k in enumerate(ordered):
+            idx = np.array(groups[k])
+            held = k == "held out"
+            color = HELD_OUT_COLOR if held else PALETTE[j % len(PALETTE)]
+            fig.add_trace(go.Scattergl(
+                x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=hover_escape(k, 40),
+                customdata=custom_base[idx], hovertemplate=hover + "<extra></extra>",
+                marker=dict(size=7, color=color, opacity=0.85, symbol="circle-open" if held else "circle",
+                            line=dict(width=1.5 if held else 0, color=color))))
+    else:
+        vals = np.asarray(values, dtype=float) if values is not None else np.zeros(len(rows))
+        label = "purity" if color_by == "purity" else "log score"
+        fig.add_trace(go.Scattergl(
+            x=coords[:, 0], y=coords[:, 1], mode="markers", name=label, customdata=custom_base,
+            hovertemplate=hover + f"<br>{label} %{{marker.color:.3f}}<extra></extra>",
+            marker=dict(size=7, color=vals, colorscale="Viridis", showscale=True, opacity=0.9,
+                        colorbar=dict(title=label, thickness=12))))
+    fig.update_layout(height=height, dragmode="lasso", legend=dict(itemsizing="constant", title=None),
+                      xaxis=dict(showticklabels=False, title=None, zeroline=False),
+                      yaxis=dict(showticklabels=False, title=None, zeroline=False, scaleanchor="x"),
+                      **_LAYOUT)
+    return fig
+
+
+def _natural(k: str):
+    parts = k.split()
+    return (0, int(parts[-1])) if parts and parts[-1].isdigit() else (1, k)
+
+
+def vote_histogram(labels: list[str], counts: list[int], winner_first: bool = True, height: int = 240) -> go.Figure:
+    """Horizontal bar chart of the top concepts' votes in one cluster (winner on top)."""
+    labels = [hover_escape(l, 40) for l in labels]
+    colors = ["#4C78A8" if (i == 0 and winner_first) else "#A0BBD8" for i in range(len(labels))]
+    fig = go.Figure(go.Bar(x=counts[::-1], y=labels[::-1], orientation="h", marker_color=colors[::-1],
+                           text=counts[::-1], textposition="outside", cliponaxis=False,
+                           hovertemplate="%{y}: %{x} votes<extra></extra>"))
+    fig.update_layout(height=height, showlegend=False, xaxis=dict(title="votes", rangemode="tozero"),
+                      yaxis=dict(automargin=True), **_LAYOUT)
+    return fig
+
+
+def score_histograms(before: np.ndarray, after: np.ndarray, threshold: float | None, height: int = 260,
+                     extra: dict[str, np.ndarray] | None = None) -> go.Figure:
+    """Overlaid histograms of held-out ID log scores with the mined and the current concepts."""
+    fig = go.Figure()
+    series = {"mined concepts": before, "current concepts": after, **(extra or {})}
+    colors = ["#A0BBD8", "#4C78A8", "#E45756", "#F58518"]
+    for (name, vals), color in zip(series.items(), colors):
+        v = np.asarray(vals, dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            fig.add_trace(go.Histogram(x=v, name=name, opacity=0.6, marker_color=color, nbinsx=40))
+    if threshold is not None and np.isfinite(threshold):
+        fig.add_vline(x=threshold, line_dash="dash", line_color="#333", annotation_text="threshold",
+                      annotation_position="top left")
+    fig.update_layout(barmode="overlay", height=height, xaxis_title="log score (higher = more ID)",
+                      yaxis_title="images", legend=dict(orientation="h", y=1.12), **_LAYOUT)
+    return fig

@@ -1,0 +1,118 @@
+"""The concept review table (st.data_editor keyed by concept id, edits applied through a callback
+into ``Run.edit_concept``), quick actions, free-text additions and the edit log."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import streamlit as st
+
+from clustermine.errors import ClusterMineError
+from clustermine.runs import Run
+
+from . import cache, rundata, widgets
+from .text import md_escape
+
+STATUSES = ["mined", "accepted", "rejected", "added"]
+_ERR_KEY = "concept_edit_error"
+_OK_KEY = "concept_edit_ok"
+
+
+def reviewer() -> str:
+    return (st.session_state.get("reviewer") or "").strip() or os.environ.get("USER") or "reviewer"
+
+
+def action_for(old: str, new: str) -> str | None:
+    """The edit that moves a concept from status ``old`` to ``new`` (None: nothing to do)."""
+    if new == old:
+        return None
+    if new == "rejected":
+        return "reject"
+    if new == "accepted":
+        return "accept"
+    return "restore"  # back to mined / added
+
+
+def apply(run_path: str, action: str, key: str, encoder=None) -> None:
+    """Apply one edit and remember its outcome for the next script run (callbacks cannot draw)."""
+    run = cache.load_run(run_path)
+    try:
+        c = run.edit_concept(action, key, encoder=encoder, user=reviewer())
+        st.session_state[_OK_KEY] = f"{action}: {c.text} → {c.status}"
+    except ClusterMineError as exc:
+        st.session_state[_ERR_KEY] = str(exc)
+
+
+def _on_table_edit(run_path: str, editor_key: str, ids: list[str], statuses: list[str]) -> None:
+    changes = (st.session_state.get(editor_key) or {}).get("edited_rows", {})
+    for pos, cols in changes.items():
+        new = cols.get("status")
+        pos = int(pos)
+        if new is None or pos >= len(ids):
+            continue
+        action = action_for(statuses[pos], new)
+        if action:
+            apply(run_path, action, ids[pos])
+
+
+def feedback() -> None:
+    """Show (once) the outcome of the last edit."""
+    err, ok = st.session_state.pop(_ERR_KEY, None), st.session_state.pop(_OK_KEY, None)
+    if err:
+        widgets.show_error(err)
+    elif ok:
+        st.toast(md_escape(ok), icon=":material/check:")
+
+
+def table(run: Run) -> pd.DataFrame:
+    """The editable concept table. Its widget key changes with every edit, so it is always rebuilt
+    from the run (the edit log), never from stale widget state."""
+    df = rundata.concept_table(run)
+    key = f"concepts-editor-{cache.edits_key(run)}"
+    st.data_editor(
+        df, key=key, width="stretch", hide_index=False, num_rows="fixed",
+        disabled=[c for c in df.columns if c != "status"],
+        column_config={
+            "_index": st.column_config.TextColumn("id", help="stable concept id"),
+            "status": st.column_config.SelectboxColumn("status", options=STATUSES, required=True,
+                                                       help="mined / accepted count as positive; rejected ones "
+                                                            "become negatives"),
+            "purity": st.column_config.ProgressColumn("purity", min_value=0.0, max_value=1.0, format="%.2f"),
+            "votes": st.column_config.NumberColumn("votes", format="%d"),
+        },
+        on_change=_on_table_edit, args=(str(run.path), key, list(df.index), list(df["status"])))
+    return df
+
+
+def quick_actions(run: Run, df: pd.DataFrame) -> None:
+    labels = {cid: str(row.concept) for cid, row in df.iterrows()}
+    pick = st.selectbox("Concept", list(labels), format_func=lambda k: labels.get(k, k), key="concept_pick",
+                        index=0 if labels else None)
+    if pick is not None and pick in df.index:
+        st.caption(f"status: **{df.loc[pick, 'status']}** · id {md_escape(pick)}")
+    c2, c3, c4 = st.columns(3)
+    for col, action, icon in ((c2, "accept", ":material/check:"), (c3, "reject", ":material/close:"),
+                              (c4, "restore", ":material/undo:")):
+        col.button(action.capitalize(), key=f"btn_{action}", icon=icon, width="stretch", disabled=pick is None,
+                   on_click=apply, args=(str(run.path), action, pick))
+
+
+def add_form(run: Run) -> None:
+    with st.form("add_concept", clear_on_submit=True, border=False):
+        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+        text = c1.text_input("Add a concept (free text)", max_chars=200, key="add_text",
+                             placeholder="e.g. golf ball — embedded with this run's encoder")
+        if c2.form_submit_button("Add", icon=":material/add:", width="stretch") and text.strip():
+            apply(str(run.path), "add", text, encoder=cache.LazyEncoder(cache.run_encoder_spec(run)))
+            st.rerun()
+
+
+def edit_log(run: Run) -> None:
+    edits = run.edits()
+    with st.expander(f"Decision log ({len(edits)} edit(s), append-only)"):
+        if edits:
+            st.dataframe(pd.DataFrame(edits)[["seq", "ts", "user", "action", "text", "concept_id"]].iloc[::-1],
+                         hide_index=True, width="stretch")
+        else:
+            st.caption("no edit yet")

@@ -1,0 +1,221 @@
+"""The new-run form of the Data page: where the ID images come from, the mining options, and the
+launch (stage the inputs safely, create the run, start the worker)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import streamlit as st
+
+from clustermine import jobs
+from clustermine.corpus import BUILTIN_CORPORA
+from clustermine.errors import ClusterMineError, SafetyError
+from clustermine.storage import atomic_write_json
+from clustermine.uploads import (
+    UploadReport,
+    extract_zip,
+    list_subfolders,
+    new_run_id,
+    resolve_in_roots,
+    save_upload,
+    save_uploads,
+)
+
+from . import cache, settings, state, widgets
+from .text import md_code, md_escape
+
+SOURCES = {"files": "Upload images", "zip": "Upload a zip", "folder": "Folder on this server"}
+CUSTOM_CORPUS = "custom"
+CLUSTERERS = {"temi": "TEMI (recommended)", "kmeans": "k-means (fast baseline)"}
+
+
+@dataclass
+class Choices:
+    source: str
+    files: list = field(default_factory=list)
+    zip_file: object | None = None
+    folder: str = ""
+    encoder: str = "offline"
+    n_clusters: int | None = None
+    clusterer: str = "temi"
+    corpus: str = "wordnet-nouns"
+    corpus_file: object | None = None
+    seed: int = 0
+    holdout: float = 0.1
+    name: str = ""
+
+
+def _source_inputs(ch: Choices) -> None:
+    if ch.source == "files":
+        folder_mode = st.toggle("Pick a whole folder (with sub-folders)", key="up_dir_mode",
+                                help="Your browser uploads every file of the folder you choose.")
+        ch.files = st.file_uploader(
+            "ID images", accept_multiple_files="directory" if folder_mode else True,
+            key="up_dir" if folder_mode else "up_files",
+            help="Any image type PIL reads. Other files are listed as skipped, with the reason.") or []
+        if ch.files:
+            st.caption(f"{len(ch.files)} file(s) selected, {sum(f.size for f in ch.files) / 2**20:,.1f} MiB")
+    elif ch.source == "zip":
+        ch.zip_file = st.file_uploader("A zip of your ID images", type=["zip"], key="up_zip",
+                                       help="Unpacked safely on the server: path escapes, links and zip bombs "
+                                            "are refused. Sub-folders are kept.")
+    else:
+        roots = settings.data_roots()
+        if not roots:
+            st.warning("No data folder is configured on this server: set CLUSTERMINE_DATA_ROOTS.")
+            return
+        st.caption("Allowed data folders: " + ", ".join(md_code(r) for r in roots))
+        known = list_subfolders(roots, depth=2)
+        pick = st.selectbox("Folder", options=known, index=None, key="src_pick",
+                            placeholder="choose a folder, or type a path below")
+        typed = st.text_input("…or a path inside the allowed folders", key="src_path",
+                              placeholder="e.g. imagenette_train100 or an absolute path")
+        ch.folder = typed.strip() or (pick or "")
+        if ch.folder:
+            try:
+                resolved = resolve_in_roots(ch.folder, roots)
+                st.caption(f":green[:material/check:] {md_code(resolved)}")
+            except SafetyError as exc:
+                widgets.show_error(exc)
+                ch.folder = ""
+
+
+def _option_inputs(ch: Choices) -> None:
+    c1, c2 = st.columns(2)
+    with c1:
+        enc_kind = st.radio("Encoder", ["offline", "open_clip"], horizontal=True, key="enc_kind",
+                            format_func={"offline": "Offline default (no network)", "open_clip": "open_clip"}.get)
+        if enc_kind == "open_clip":
+            spec = st.text_input("open_clip spec", value="openclip:ViT-B-32:openai", key="enc_spec",
+                                 help="openclip:ARCH:TAG, openclip:hf-hub:ORG/REPO, openclip:local-dir:PATH or "
+                                      "openclip:ARCH@CHECKPOINT. Weights must be available offline.")
+            ch.encoder = spec.strip()
+        else:
+            ch.encoder = "offline"
+        try:
+            device = cache.resolved_device("auto")
+        except ClusterMineError as exc:
+            device = f"unavailable ({exc})"
+        st.caption(f"Device: **{md_escape(device)}** (auto)")
+        auto = st.checkbox("Number of clusters: automatic", value=True, key="c_auto",
+                           help="round(sqrt(N/2)), clamped so that each cluster has 5+ members.")
+        ch.n_clusters = None if auto else int(st.number_input("Number of clusters C", min_value=1, max_value=2000,
+                                                              value=10, step=1, key="c_value"))
+        ch.clusterer = st.radio("Clusterer", list(CLUSTERERS), format_func=CLUSTERERS.get, horizontal=True,
+                                key="clusterer")
+    with c2:
+        options = list(BUILTIN_CORPORA) + [CUSTOM_CORPUS]
+        ch.corpus = st.selectbox("Concept corpus", options, key="corpus",
+                                 format_func=lambda k: f"{k} — {BUILTIN_CORPORA[k]}" if k in BUILTIN_CORPORA
+                                 else "my own list (.txt, one concept per line)")
+        if ch.corpus == CUSTOM_CORPUS:
+            ch.corpus_file = st.file_uploader("Concept list", type=["txt"], key="corpus_file")
+        ch.seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed"))
+        ch.holdout = float(st.slider("Held out for calibration", 0.0, 0.5, 0.1, 0.05, key="holdout",
+                                     help="Share of ID images kept out of mining to calibrate the threshold "
+                                          "(none when fewer than 20 images)."))
+        ch.name = st.text_input("Run name (optional)", key="run_name", placeholder="e.g. imagenette-offline-c10")
+
+
+def form() -> Choices | None:
+    """Draw the form; returns the choices when the user pressed Launch."""
+    st.subheader("1 · ID images", anchor=False)
+    ch = Choices(source=st.segmented_control("Source", list(SOURCES), format_func=SOURCES.get, default="files",
+                                             key="src_kind", required=True) or "files")
+    _source_inputs(ch)
+    st.subheader("2 · Model and mining", anchor=False)
+    _option_inputs(ch)
+    ready = {"files": bool(ch.files), "zip": ch.zip_file is not None, "folder": bool(ch.folder)}[ch.source]
+    if ch.corpus == CUSTOM_CORPUS and ch.corpus_file is None:
+        ready = False
+    if st.button("Launch mining", type="primary", icon=":material/rocket_launch:", disabled=not ready,
+                 key="launch"):
+        return ch
+    if not ready:
+        st.caption("Choose your ID images (and a concept list if you picked your own) to launch.")
+    return None
+
+
+def _unique_run_dir(root: Path, name: str) -> Path:
+    base = new_run_id(name or f"run-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    candidate, i = root / base, 2
+    while candidate.exists():
+        candidate, i = root / f"{base}-{i}", i + 1
+    return candidate
+
+
+def _stage_inputs(ch: Choices, staging: Path) -> tuple[UploadReport | None, Path | None]:
+    """Save uploads / unpack the zip into ``staging`` (refusals raise SafetyError)."""
+    if ch.source == "files":
+        return save_uploads(ch.files, staging / "uploads"), None
+    if ch.source == "zip":
+        zpath = staging / "upload.zip"
+        saved = save_upload(ch.zip_file, staging, getattr(ch.zip_file, "name", "upload.zip"),
+                            max_bytes=1 << 40, stored_name="upload.zip")
+        if saved.status != "saved":
+            raise SafetyError(f"the zip could not be saved: {saved.reason}")
+        report = extract_zip(zpath, staging / "uploads")
+        zpath.unlink(missing_ok=True)
+        return report, None
+    return None, resolve_in_roots(ch.folder, settings.data_roots())
+
+
+def launch(ch: Choices) -> str:
+    """Create the run from the choices and start its worker; returns the run id.
+
+    Inputs are staged in a hidden folder first, so a refused upload (zip bomb, nothing usable)
+    leaves no half-made run behind.
+    """
+    from clustermine.pipeline import MineConfig
+    from clustermine.runs import Run
+
+    root = settings.runs_root()
+    run_dir = _unique_run_dir(root, ch.name)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        report, folder = _stage_inputs(ch, staging)
+        if report is not None and report.n_saved == 0:
+            reasons = "; ".join(f"{f.display_name}: {f.reason}" for f in report.skipped[:5])
+            raise SafetyError("no file could be used" + (f" ({reasons})" if reasons else ""))
+        corpus = ch.corpus
+        if ch.corpus == CUSTOM_CORPUS:
+            saved = save_upload(ch.corpus_file, staging, "concepts.txt", stored_name="user_corpus.txt",
+                                max_bytes=64 << 20)
+            if saved.status != "saved":
+                raise SafetyError(f"the concept list could not be saved: {saved.reason}")
+            corpus = str(run_dir.parent.resolve() / run_dir.name / "user_corpus.txt")
+        # Resolved exactly as the worker's pipeline.mine resolves it, so its Run.create resumes this run.
+        images_dir = folder.resolve() if folder is not None else run_dir.parent.resolve() / run_dir.name / "uploads"
+        cfg = MineConfig(encoder=ch.encoder or "offline", n_clusters=ch.n_clusters, clusterer=ch.clusterer,
+                         corpus=corpus, seed=ch.seed, holdout_fraction=ch.holdout).to_dict()
+        cfg["images_dir"] = str(images_dir)
+        Run.create(run_dir, cfg)
+        for item in staging.iterdir():
+            item.rename(run_dir / item.name)
+        if report is not None:
+            for f in report.saved:  # paths relative to uploads/ (they were staged elsewhere)
+                f.path = os.path.relpath(f.path, staging / "uploads") if f.path else None
+            atomic_write_json(run_dir / "uploads.json", report.to_dict())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    jobs.start_mine_job(run_dir)
+    return run_dir.name
+
+
+def new_run_section() -> None:
+    """The whole new-run flow: form, launch, then switch the session to the new run."""
+    choices = form()
+    if choices is None:
+        return
+    rid = None
+    with st.spinner("Saving your images and starting the job…"):
+        with widgets.guard("launching the run"):
+            rid = launch(choices)
+    if rid:
+        state.set_run(rid)
+        st.rerun()

@@ -1,0 +1,82 @@
+"""Per-run tables the pages display: image names, cluster winners, typical / atypical members,
+the concept table. Pure reads of the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clustermine.runs import Run
+
+
+def upload_names(run: Run) -> dict[str, str]:
+    """For uploaded images: stored path (relative to uploads/) -> the user's file name."""
+    try:
+        manifest = json.loads((run.path / "uploads.json").read_text(encoding="utf-8"))
+        return {f["path"]: f["display_name"] for f in manifest.get("saved", []) if f.get("path")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def image_names(run: Run) -> list[str]:
+    """Display name of every feature row: the uploaded file's own name, else the path relative to
+    the scanned folder. User text: escape it wherever it is rendered."""
+    recs = sorted(run.image_records(ok_only=True), key=lambda r: r["row"])
+    shown = upload_names(run)
+    return [shown.get(r.get("path"), r.get("path") or Path(r["abs_path"]).name) for r in recs]
+
+
+def winner_texts(run: Run) -> dict[int, str]:
+    """cluster id -> winning concept text ('–' for an empty cluster)."""
+    vocab = run.vocabulary_base()
+    return {s.cluster: (vocab[s.winner] if s.winner is not None else "–") for s in run.cluster_stats()}
+
+
+def point_table(run: Run, rows: np.ndarray) -> dict[str, list | np.ndarray]:
+    """Aligned with ``rows``: names, cluster ids, winning concept and cluster purity per image."""
+    names_all = image_names(run)
+    cids = run.cluster_ids()[rows]
+    winners = winner_texts(run)
+    purity = {s.cluster: s.purity for s in run.cluster_stats()}
+    return {
+        "names": [names_all[r] for r in rows],
+        "cluster": cids,
+        "concept": ["held out" if c < 0 else winners.get(int(c), "–") for c in cids],
+        "purity": np.array([np.nan if c < 0 else purity.get(int(c), np.nan) for c in cids], dtype=float),
+    }
+
+
+def typical_atypical(run: Run, cluster: int, n: int = 6) -> tuple[list[int], list[int]]:
+    """Feature rows of the ``n`` members closest to the cluster's centroid (cosine) and the ``n``
+    farthest (likely contaminants)."""
+    members = np.flatnonzero(run.cluster_ids() == cluster)
+    if not len(members):
+        return [], []
+    f = run.features()[members]
+    centroid = f.mean(axis=0)
+    norm = np.linalg.norm(centroid)
+    sims = f @ (centroid / norm if norm > 0 else centroid)
+    order = np.argsort(-sims, kind="stable")
+    typical = members[order[:n]].tolist()
+    atypical = members[order[::-1][:n]].tolist() if len(members) > n else []
+    return typical, atypical
+
+
+def concept_table(run: Run) -> pd.DataFrame:
+    """The concept table indexed by the stable concept id (rebuilt from the run on every call)."""
+    rows = []
+    for c in run.concepts():
+        rows.append({"id": c.id, "concept": c.text, "status": c.status, "source": c.source,
+                     "clusters": ", ".join(map(str, c.clusters)) if c.clusters else "–",
+                     "votes": int(c.votes), "purity": c.purity, "updated": (c.updated or "")[:19].replace("T", " "),
+                     "by": c.user or ""})
+    df = pd.DataFrame(rows, columns=["id", "concept", "status", "source", "clusters", "votes", "purity", "updated", "by"])
+    return df.set_index("id")
+
+
+def image_path(run: Run, row: int) -> str:
+    return run.image_paths()[row]
+

@@ -1,0 +1,114 @@
+"""What-if panel: the effect of the concept edits on held-out ID images (false alarms at the
+mined detector's threshold) and, given an OOD sample, on AUROC / FPR95."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from clustermine.errors import ClusterMineError
+from clustermine.runs import Run
+from clustermine.uploads import resolve_in_roots, save_uploads
+
+from . import cache, charts, scores, settings, widgets
+from .text import md_code
+
+OOD_KEY = "ood_sample"  # session: {"run": run_id, "folder": str}
+TPR_KEY = "tpr"
+
+
+def heldout_panel(run: Run) -> None:
+    tpr = float(st.session_state.get(TPR_KEY, 0.95))
+    with st.spinner("Scoring the held-out ID images (first time per run: the whole corpus is scanned)…"):
+        wi = scores.what_if(run, tpr)
+    delta = wi.far_after - wi.far_before
+    widgets.metrics_row([
+        ("concepts (Y_pos)", wi.n_pos_after, f"{wi.n_pos_before} as mined"),
+        ("ID false alarms, mined", widgets.fmt_pct(wi.far_before),
+         f"held-out ID images below the threshold ({wi.rule}, mined concepts)"),
+        ("ID false alarms, now", widgets.fmt_pct(wi.far_after),
+         "same images, same threshold, current concepts"),
+        ("median score shift", widgets.fmt_float(float(np.median(wi.after - wi.before))
+                                                 if np.isfinite(wi.after).all() else None, 3), "log-score units"),
+    ], per_row=2)
+    if delta > 0:
+        st.warning(f"The edits raise false alarms on ID images by {100 * delta:.1f} points at this threshold; "
+                   "re-calibrate (Scoring page) or revisit the last rejections.", icon=":material/trending_up:")
+    if wi.n_pos_after == 0:
+        st.error("No positive concept is left: accept or add at least one, or nothing scores as ID.")
+    st.plotly_chart(charts.score_histograms(wi.before, wi.after, wi.threshold), width="stretch",
+                    key="whatif_hist", config={"displayModeBar": False})
+    st.caption(f"Threshold: {wi.rule}, with the mined concepts = {widgets.fmt_float(wi.threshold)}; "
+               f"re-calibrated on the current concepts it would be {widgets.fmt_float(wi.threshold_after)}. "
+               "Higher score = more in-distribution.")
+
+
+def _ood_folder_input(run: Run) -> Path | None:
+    mode = st.radio("OOD sample", ["folder", "upload"], horizontal=True, key="ood_mode",
+                    format_func={"folder": "a folder on this server", "upload": "upload images"}.get)
+    if mode == "folder":
+        roots = settings.data_roots()
+        path = st.text_input("Folder of OOD images (inside the allowed data folders)", key="ood_path",
+                             placeholder="e.g. dtd10 or an absolute path under " + (str(roots[0]) if roots else "…"))
+        if st.button("Use this folder", key="ood_use_folder") and path.strip():
+            try:
+                return resolve_in_roots(path, roots)
+            except ClusterMineError as exc:
+                widgets.show_error(exc)
+        return None
+    files = st.file_uploader("OOD images", accept_multiple_files=True, key="ood_files")
+    if files and st.button("Use these images", key="ood_use_upload"):
+        dest = run.path / "ood_sample"
+        shutil.rmtree(dest, ignore_errors=True)
+        rep = save_uploads(files, dest)
+        if rep.skipped:
+            st.caption(f"{len(rep.skipped)} file(s) skipped")
+        return dest if rep.n_saved else None
+    return None
+
+
+def ood_panel(run: Run) -> None:
+    st.markdown("Point to a sample of **OOD** images (what the detector should reject) to see AUROC and "
+                "FPR95 with the mined concepts and with the current ones.")
+    chosen = _ood_folder_input(run)
+    if chosen is not None:
+        st.session_state[OOD_KEY] = {"run": run.run_id, "folder": str(chosen)}
+    sample = st.session_state.get(OOD_KEY)
+    if not sample or sample.get("run") != run.run_id:
+        return
+    folder = sample["folder"]
+    bar = st.progress(0.0, text="encoding the OOD sample…")
+    with widgets.guard("scoring the OOD sample"):
+        enc = cache.get_encoder(cache.run_encoder_spec(run))
+        recs, feats, skipped = scores.encode_folder(folder, enc, progress=lambda d, t: bar.progress(
+            d / max(t, 1), text=f"encoding the OOD sample… {d} / {t}"))
+        bar.empty()
+        if not len(feats):
+            st.warning("No usable image in that sample.")
+            return
+        with st.spinner("Scoring the OOD sample against the corpus…"):
+            cmp = scores.ood_comparison(run, scores.sample_scorer(run, feats))
+        st.caption(f"OOD sample: {len(feats)} image(s) from {md_code(folder)}"
+                   + (f" ({len(skipped)} skipped)" if skipped else ""))
+        b, a = cmp.get("before"), cmp.get("after")
+        if a is None or b is None:
+            st.error("Scores are undefined without positive concepts.")
+            return
+        widgets.metrics_row([
+            ("AUROC, mined", widgets.fmt_float(b["auroc"])),
+            ("AUROC, now", widgets.fmt_float(a["auroc"]), None),
+            ("FPR95, mined", widgets.fmt_pct(b["fpr95"])),
+            ("FPR95, now", widgets.fmt_pct(a["fpr95"]), "lower is better"),
+        ], per_row=2)
+        st.caption(f"ID = {a['n_id']} held-out images, OOD = {a['n_ood']} images. AUROC: higher is better.")
+
+
+def panel(run: Run) -> None:
+    """The whole what-if panel (in a fragment: its widgets do not rerun the page)."""
+    with widgets.guard("the what-if analysis"):
+        heldout_panel(run)
+    with st.expander("Effect on OOD detection (give an OOD sample)", expanded=bool(st.session_state.get(OOD_KEY))):
+        ood_panel(run)
