@@ -12,13 +12,9 @@ differ only when OOD scores tie with λ.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import (
-    adjusted_rand_score,
-    average_precision_score,
-    normalized_mutual_info_score,
-    roc_auc_score,
-)
+
+# scikit-learn / scipy are imported inside the functions that need them: importing them costs
+# seconds, and the run / scoring modules (and so the web app's every page) import this module.
 
 
 def _as_scores(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +36,8 @@ def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """Area under the ROC curve, ID positive: P(S_ID > S_OOD) + ½ P(tie)."""
     id_scores, ood_scores = _as_scores(id_scores, ood_scores)
     labels, scores = _labels_and_scores(id_scores, ood_scores)
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(labels, scores))
 
 
@@ -71,6 +69,8 @@ def aupr_in(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """Average precision with ID as the positive class, score S."""
     id_scores, ood_scores = _as_scores(id_scores, ood_scores)
     labels, scores = _labels_and_scores(id_scores, ood_scores)
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(labels, scores))
 
 
@@ -78,6 +78,8 @@ def aupr_out(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """Average precision with OOD as the positive class, score −S."""
     id_scores, ood_scores = _as_scores(id_scores, ood_scores)
     labels, scores = _labels_and_scores(id_scores, ood_scores)
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(1 - labels, -scores))
 
 
@@ -100,6 +102,8 @@ def cluster_accuracy(true_labels: np.ndarray, cluster_ids: np.ndarray) -> float:
     With more clusters than classes the optimal one-to-one matching is computed first and every
     unmatched cluster is then mapped to its majority class (TEMI's over-clustering accuracy).
     """
+    from scipy.optimize import linear_sum_assignment
+
     true_labels = np.asarray(true_labels).ravel()
     cluster_ids = np.asarray(cluster_ids).ravel()
     classes, y = np.unique(true_labels, return_inverse=True)
@@ -114,6 +118,8 @@ def cluster_accuracy(true_labels: np.ndarray, cluster_ids: np.ndarray) -> float:
 
 def clustering_scores(true_labels: np.ndarray, cluster_ids: np.ndarray) -> dict[str, float]:
     """Hungarian accuracy, NMI and ARI of a clustering against ground-truth labels."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     return {
         "acc": cluster_accuracy(true_labels, cluster_ids),
         "nmi": float(normalized_mutual_info_score(true_labels, cluster_ids)),

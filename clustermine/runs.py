@@ -41,6 +41,7 @@ from filelock import FileLock, Timeout
 from .corpus import normalize_concept
 from .errors import ClusterMineError, RunError
 from .mining import ClusterStats, MinedConcept
+from .metrics import threshold_at_tpr
 from .scoring import DEFAULT_TAU, Detector, WhatIfScorer
 from .storage import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_jsonl
 
@@ -372,8 +373,11 @@ class Run:
         """The concept edit log, oldest first."""
         return self._read_edits()
 
+    def _vocab_index(self) -> dict[str, int]:
+        return self._cached("vocab_index", lambda: {c: i for i, c in enumerate(self.vocabulary_base())})
+
     def _replay(self, edits: list[dict]) -> list[Concept]:
-        vocab_index = {c: i for i, c in enumerate(self.vocabulary_base())}
+        vocab_index = self._vocab_index()
         table: dict[str, Concept] = {}
         for m in self.mined_concepts():
             cid = concept_id(m.text)
@@ -429,7 +433,7 @@ class Run:
             raise ClusterMineError("cannot add an empty concept")
         if action == "add" and len(text) > 200:
             raise ClusterMineError("concept text is too long (200 characters at most)")
-        if action == "add" and text not in set(self.vocabulary_base()):
+        if action == "add" and text not in self._vocab_index():
             self._ensure_added_embedding(text, encoder)
         try:
             with self._lock("edits"):
@@ -507,13 +511,13 @@ class Run:
                        encoder_fingerprint_id=enc.get("fingerprint_id", ""),
                        template=self.config.get("template") or "{}")
         if calibrate and len(pos_rows):
-            held = self.features()[self.holdout_mask()]
-            if len(held) == 0:  # tiny runs hold nothing out: calibrate on the mining images
-                held = self.features()
-                det.calibrate(held, tpr)
+            # Same numbers as det.calibrate(held-out features), but the corpus pass is cached.
+            scorer = self._cached("holdout_scorer", self.what_if_scorer)
+            held_scores = scorer.log_scores(pos_rows, extra_emb)
+            det.threshold = threshold_at_tpr(held_scores, tpr)
+            det.threshold_rule = f"log-score at {tpr:.0%} TPR on {held_scores.size} held-out ID images"
+            if not self.holdout_mask().any():  # tiny runs hold nothing out
                 det.threshold_rule += " (no held-out images: mining images used)"
-            else:
-                det.calibrate(held, tpr)
         return det
 
     def what_if_scorer(self, features: np.ndarray | None = None) -> WhatIfScorer:

@@ -219,11 +219,16 @@ class WhatIfScorer:
     concepts (``extra_embeddings``, rows M.. of the vocabulary) join the denominator on the fly.
     """
 
-    def __init__(self, image_features: np.ndarray, base_embeddings: np.ndarray, tau: float = DEFAULT_TAU) -> None:
+    def __init__(self, image_features: np.ndarray, base_embeddings: np.ndarray, tau: float = DEFAULT_TAU,
+                 base_lse: np.ndarray | None = None) -> None:
+        """``base_lse`` float64 [N]: a precomputed ``corpus_logsumexp`` of these features (e.g. from disk)."""
         self.image_features = np.asarray(image_features, dtype=np.float32)
         self.base_embeddings = base_embeddings
         self.tau = tau
-        self.base_lse = corpus_logsumexp(self.image_features, base_embeddings, tau)
+        if base_lse is not None and np.shape(base_lse) != (self.image_features.shape[0],):
+            raise ValueError("base_lse must hold one value per image")
+        self.base_lse = (np.asarray(base_lse, dtype=np.float64) if base_lse is not None
+                         else corpus_logsumexp(self.image_features, base_embeddings, tau))
 
     def log_scores(self, positive_idx: np.ndarray, extra_embeddings: np.ndarray | None = None) -> np.ndarray:
         """log S with ``positive_idx`` indexing the base rows followed by ``extra_embeddings``."""
