@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
 import struct
 from dataclasses import asdict, dataclass
@@ -249,21 +248,14 @@ def _open_unchecked(fp: IO[bytes], filename: str) -> ImageFile.ImageFile:
     raise UnidentifiedImageError(f"cannot identify image file {filename!r}")
 
 
-_PIL_BOMB_RE = re.compile(r"\((\d+) pixels\)")
-
-
-def _bomb_reason(width: int | None, height: int | None, pixels: int, limit: int) -> str:
-    size = f"{width} x {height} = " if width and height else ""
-    return (
-        f"image is {size}{pixels} pixels, over the limit of {limit} pixels "
-        "(set max_pixels to allow it)"
-    )
-
-
 def _check_pixels(im: Image.Image, max_pixels: int | None) -> None:
     width, height = im.size
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(im.filename or "", _bomb_reason(width, height, width * height, max_pixels))
+        raise ImageError(
+            getattr(im, "filename", "") or "",
+            f"image is {width} x {height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} pixels (set max_pixels to allow it)",
+        )
 
 
 def _to_uint8(arr: np.ndarray, full_scale: float | None) -> np.ndarray:
@@ -317,9 +309,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def _decode(fp: IO[bytes], path: str, max_pixels: int | None) -> Image.Image:
     with _open_unchecked(fp, path) as im:
         _check_pixels(im, max_pixels)
-        if getattr(im, "n_frames", 1) > 1:
-            im.seek(0)
-        im.load()
+        im.load()  # a freshly opened file is at its first frame (animations: frame 0)
         frame: Image.Image = im
         try:
             frame = ImageOps.exif_transpose(im) or im
@@ -345,12 +335,9 @@ def load_rgb(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_M
             return _decode(fp, name, max_pixels)
     except ImageError as exc:
         raise ImageError(name, exc.reason) from None
-    except Image.DecompressionBombError as exc:
-        match = _PIL_BOMB_RE.search(str(exc))
-        pixels = int(match.group(1)) if match else 0
-        raise ImageError(name, _bomb_reason(None, None, pixels, max_pixels or 0)) from None
-    except Image.DecompressionBombWarning as exc:  # only raised when warnings are errors
-        raise ImageError(name, f"image is too large ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # PIL's own guard, inside some format readers (the warning only when warnings are errors)
+        raise ImageError(name, f"image is too large for PIL's decompression-bomb guard ({exc})") from None
     except FileNotFoundError:
         raise ImageError(name, "file not found") from None
     except IsADirectoryError:
