@@ -322,6 +322,22 @@ def _decode(fp: IO[bytes], path: str, max_pixels: int | None) -> Image.Image:
         return rgb.copy() if rgb is im else rgb
 
 
+def check_pixel_limit(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Raise ImageError if the image's header declares more than ``max_pixels`` pixels.
+
+    Reads the header only (no pixel data); used for images whose features are already cached, so
+    that the pixel limit gives the same skips whether or not a file was encoded before.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fp, _open_unchecked(fp, name) as im:
+            _check_pixels(im, max_pixels)
+    except ImageError as exc:
+        raise ImageError(name, exc.reason) from None
+    except Exception as exc:
+        raise ImageError(name, _corrupt_reason(exc)) from None
+
+
 def load_rgb(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode one image file to an upright 8-bit RGB image (first frame of animations).
 

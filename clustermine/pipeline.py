@@ -167,11 +167,20 @@ def encode_records(encoder, records: list, *, cache: FeatureCache | None = None,
     Returns ``(features float32 [n, D] for records that encoded, errors {path: reason})``;
     records that fail to decode are marked skipped in place.
     """
+    from .images import DEFAULT_MAX_PIXELS, check_pixel_limit
+    from .errors import ImageError
+
     cache = cache or FeatureCache(encoder.fingerprint_id)
+    errors: dict[str, str] = {}
+    for r in records:  # cached features skip decoding, but the pixel limit must still hold
+        if r.status == "ok" and r.sha1 in cache:
+            try:
+                check_pixel_limit(r.abs_path, max_pixels or DEFAULT_MAX_PIXELS)
+            except ImageError as exc:
+                errors[r.path] = exc.reason
     todo = [r for r in records if r.status == "ok" and r.sha1 not in cache]
     seen: set[str] = set()
     todo = [r for r in todo if not (r.sha1 in seen or seen.add(r.sha1))]  # duplicates encode once
-    errors: dict[str, str] = {}
     total = len(todo)
     done_before = 0
     if tracker:

@@ -377,8 +377,6 @@ def test_pixel_limit_is_configurable(tmp_path, tiny_spec, tiny, corpus_file):
     assert "skipped one.png" not in out
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.encode_records reuses cached features without re-checking "
-                   "max_pixels, so a run's skips depend on what the feature cache already holds (reported)")
 def test_pixel_limit_holds_for_images_already_in_the_feature_cache(tmp_path, tiny_spec, tiny, corpus_file):
     folder = tmp_path / "imgs"
     folder.mkdir()
