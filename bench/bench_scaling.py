@@ -1,0 +1,285 @@
+"""Performance and scaling of ClusterMine on this CPU (offline encoder).
+
+    python bench/bench_scaling.py --part mine     # end-to-end `mine` at N = 1K, 5K, 20K real images
+    python bench/bench_scaling.py --part temi     # TEMI s/step and kNN time vs N (to 100K) and C (to 1000)
+    python bench/bench_scaling.py --part embed2d  # UMAP and PCA, cold (new process, numba JIT) and warm
+    python bench/bench_scaling.py --part score    # scoring throughput
+    python bench/bench_scaling.py --part all
+
+Folders for `mine` (deterministic): all image files of the sets below, in this order, each set's
+files in sorted order; N = the first N of that list, hard-linked into
+``.cache/bench_folders/N<N>/<set>/...`` (20,621 real images exist; nothing is repeated):
+imagenette_train100, imagenette_val100, imagewoof_val80, dtd10, caltech101_sub, pacs,
+imagenet_sample, cifar10_train300, cifar10_test. N = 1K is imagenette_train100 itself.
+
+`mine` runs in a fresh process with the engine defaults (TEMI, C = default rule, 10 % holdout)
+and the shared caches; the features of these images are already in the FeatureCache (made by
+``bench/encode_all.py``), so its "encode" stage is a cache read. The cold encode cost is
+reported from the measured cold throughput of ``encode_all.py`` / ``bench_engine.py`` and added
+to give the cold total (stated as such in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import DATA, ROOT, machine_info, machine_line, save_json, write_block  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+PY = sys.executable
+SECTION = "## Performance and scaling"
+ORDER = ["imagenette_train100", "imagenette_val100", "imagewoof_val80", "dtd10", "caltech101_sub", "pacs",
+         "imagenet_sample", "cifar10_train300", "cifar10_test"]
+FOLDERS = ROOT / ".cache" / "bench_folders"
+
+
+def _sub(code: str, timeout: int = 3600) -> dict:
+    wrapper = (
+        "import json, resource, sys, time, os\n"
+        f"sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(ROOT)!r})\n" + code +
+        "\nout['max_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\nprint(json.dumps(out))\n")
+    t0 = time.perf_counter()
+    p = subprocess.run([PY, "-c", wrapper], capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-3000:])
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out["process_wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def make_folder(n: int) -> Path:
+    if n == 1000:
+        return DATA / "imagenette_train100"
+    from clustermine.images import scan_images
+
+    dst = FOLDERS / f"N{n}"
+    marker = dst / ".complete"
+    if marker.is_file():
+        return dst
+    files = []
+    for s in ORDER:
+        files += [(s, r.path) for r in scan_images(DATA / s) if r.status == "ok"]
+        if len(files) >= n:
+            break
+    if len(files) < n:
+        raise SystemExit(f"only {len(files)} real images available, asked for {n}")
+    for s, rel in files[:n]:
+        t = dst / s / rel
+        t.parent.mkdir(parents=True, exist_ok=True)
+        if not t.exists():
+            try:
+                os.link(DATA / s / rel, t)
+            except OSError:
+                import shutil
+
+                shutil.copy2(DATA / s / rel, t)
+    marker.write_text(str(n))
+    return dst
+
+
+def part_mine(sizes) -> dict:
+    import shutil
+
+    out = {}
+    for n in sizes:
+        folder = make_folder(n)
+        run_dir = ROOT / ".cache" / "bench_runs" / f"N{n}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        code = (
+            "from clustermine.pipeline import mine, MineConfig\n"
+            "t0 = time.perf_counter()\n"
+            f"run = mine({str(folder)!r}, {str(run_dir)!r}, MineConfig(device='cpu'), overwrite=True)\n"
+            "out = {'wall_s': time.perf_counter() - t0, 'summary': run.meta.get('summary', {})}\n"
+        )
+        r = _sub(code)
+        out[str(n)] = r
+        print(n, json.dumps(r), flush=True)
+    return out
+
+
+def _synthetic(n: int, d: int = 384, k: int = 50, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, d)).astype(np.float32)
+    x = centers[rng.integers(0, k, n)] + 0.7 * rng.standard_normal((n, d)).astype(np.float32)
+    return common.l2n(x)
+
+
+def part_temi(max_n: int) -> dict:
+    import torch
+
+    from clustermine.clustering.temi import TEMI, default_batch_size, knn_indices, MIN_STEPS
+
+    res = {"step": [], "knn": [], "full": []}
+    # s/step depends on batch size and C, not on N: 1 epoch at N = 10,240 (bs = 256 by default there)
+    X = _synthetic(10240)
+    for C in (10, 100, 1000):
+        m = TEMI(C, epochs=1, seed=0)
+        t0 = time.perf_counter()
+        m.fit(X)
+        total = time.perf_counter() - t0
+        train = total - m.knn_time_
+        res["step"].append({"C": C, "N": len(X), "batch": m.batch_size_, "steps": m.n_iter_,
+                            "s_per_step": train / m.n_iter_, "knn_s": m.knn_time_})
+        print(res["step"][-1], flush=True)
+    # exact kNN (N x N) and predict time vs N
+    for n in [x for x in (10_000, 30_000, 100_000) if x <= max_n]:
+        X = _synthetic(n)
+        t0 = time.perf_counter()
+        knn_indices(X, 50)
+        res["knn"].append({"N": n, "knn_s": time.perf_counter() - t0})
+        print(res["knn"][-1], flush=True)
+    # one real full default fit at N = 20K, C = 100 (the engine default C for 20K is 100)
+    X = _synthetic(20_000)
+    m = TEMI(100, seed=0)
+    t0 = time.perf_counter()
+    m.fit(X)
+    res["full"].append({"N": 20_000, "C": 100, "steps": m.n_iter_, "batch": m.batch_size_, "fit_s": time.perf_counter() - t0,
+                        "knn_s": m.knn_time_})
+    print(res["full"][-1], flush=True)
+    res["min_steps"] = MIN_STEPS
+    res["default_batch"] = {n: default_batch_size(n) for n in (1000, 5000, 20000, 100000)}
+    res["torch_threads"] = torch.get_num_threads()
+    return res
+
+
+def part_embed2d(sizes) -> dict:
+    out = {}
+    for n in sizes:
+        code = (
+            "import numpy as np\nfrom common import folder_features\n"
+            "import itertools\n"
+            f"sets = {ORDER[:7]!r}\nF = []\n"
+            "for s in sets:\n    F.append(folder_features(s)[1])\n"
+            f"X = np.concatenate(F)[:{n}]\n"
+            "out = {'N': len(X)}\n"
+            "t0 = time.perf_counter(); from sklearn.decomposition import PCA; out['pca_import_s'] = time.perf_counter() - t0\n"
+            "t0 = time.perf_counter(); PCA(2, random_state=0).fit_transform(X); out['pca_cold_s'] = time.perf_counter() - t0\n"
+            "t0 = time.perf_counter(); PCA(2, random_state=0).fit_transform(X); out['pca_warm_s'] = time.perf_counter() - t0\n"
+            "t0 = time.perf_counter(); import umap; out['umap_import_s'] = time.perf_counter() - t0\n"
+            "t0 = time.perf_counter(); umap.UMAP(n_components=2, random_state=0).fit_transform(X); out['umap_cold_s'] = time.perf_counter() - t0\n"
+            "t0 = time.perf_counter(); umap.UMAP(n_components=2, random_state=0).fit_transform(X); out['umap_warm_s'] = time.perf_counter() - t0\n"
+            "t0 = time.perf_counter(); umap.UMAP(n_components=2).fit_transform(X); out['umap_warm_parallel_s'] = time.perf_counter() - t0\n"
+        )
+        out[str(n)] = _sub(code)
+        print(n, out[str(n)], flush=True)
+    return out
+
+
+def part_score() -> dict:
+    from clustermine.scoring import Detector
+
+    enc = common.encoder()
+    corpus, emb = common.corpus_and_embeddings("wordnet-nouns")
+    det = Detector(concepts=list(corpus.concepts), text_embeddings=emb, positive_idx=np.arange(17))
+    F = np.concatenate([common.folder_features(s)[1] for s in ORDER[:6]])
+    res = {}
+    for n in (1000, len(F)):
+        t0 = time.perf_counter()
+        det.log_scores(F[:n])
+        res[f"features_{n}"] = n / (time.perf_counter() - t0)
+    paths, _ = common.folder_features("caltech101_sub")
+    files = [str(DATA / "caltech101_sub" / p) for p in paths[:320]]
+    enc.encode_images(files[:32])
+    t0 = time.perf_counter()
+    r = enc.encode_images(files, batch_size=32)
+    t1 = time.perf_counter()
+    det.log_scores(r.features)
+    t2 = time.perf_counter()
+    res.update({"e2e_files": len(files), "e2e_img_s": len(files) / (t2 - t0), "encode_img_s": len(files) / (t1 - t0),
+                "score_part_s": t2 - t1})
+    print(res, flush=True)
+    return res
+
+
+def render(r: dict) -> str:
+    L = [f"Command: `python bench/bench_scaling.py --part all` (parts: mine, temi, embed2d, score) · "
+         f"{machine_line(r['machine'])}. The 2 cores were shared with other jobs, so times are upper bounds."]
+    enc_rate = r.get("encode_cold_img_s")
+    if "mine" in r:
+        L += ["", "#### End-to-end `mine` (engine defaults: TEMI, C = default rule, 10 % holdout), real images", "",
+              "| N images | C | encode (cache read) | corpus | TEMI | vote | total wall | max RSS | cold encode (est.) | cold total (est.) | bottleneck |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for n, m in r["mine"].items():
+            s = m["summary"]
+            t = s.get("timings_s", {})
+            est = int(n) / enc_rate if enc_rate else None
+            stages = {k: t.get(k, 0) for k in ("encode", "corpus", "cluster", "vote")}
+            if est:
+                stages["encode"] = est
+            bott = max(stages, key=stages.get)
+            L.append(f"| {int(n):,} | {s.get('n_clusters')} | {t.get('encode', 0):.1f} s | {t.get('corpus', 0):.1f} s | "
+                     f"{t.get('cluster', 0):.1f} s | {t.get('vote', 0):.1f} s | {m['wall_s']:.0f} s | {m['max_rss_mb']:.0f} MB | "
+                     f"{(f'{est:.0f} s' if est else '—')} | "
+                     f"{(format(m['wall_s'] - t.get('encode', 0) + est, '.0f') + ' s') if est else '—'} | {bott} |")
+        if enc_rate:
+            L.append(f"\nCold encode estimate = N / {enc_rate:.1f} img/s (the cold end-to-end throughput measured by "
+                     f"`bench/encode_all.py` over the same real images on this machine).")
+    if "temi" in r:
+        T = r["temi"]
+        L += ["", "#### TEMI on synthetic features (384-d, 50-component Gaussian mixture, L2-normalised), 16 heads", "",
+              "| C | batch | s / step (1 epoch, N = 10,240) | est. default fit (2,000 steps) |", "|---|---|---|---|"]
+        for s in T["step"]:
+            L.append(f"| {s['C']} | {s['batch']} | {s['s_per_step'] * 1000:.1f} ms | {s['s_per_step'] * T['min_steps']:.0f} s + kNN |")
+        L += ["", "| N | exact kNN (k = 50) |", "|---|---|"]
+        for k in T["knn"]:
+            L.append(f"| {k['N']:,} | {k['knn_s']:.1f} s |")
+        for f in T["full"]:
+            L.append(f"\nMeasured full default fit at N = {f['N']:,}, C = {f['C']}: {f['steps']} steps of batch "
+                     f"{f['batch']} in {f['fit_s']:.0f} s (kNN {f['knn_s']:.1f} s).")
+    if "embed2d" in r:
+        L += ["", "#### 2-D map: PCA and UMAP (umap-learn), cold = new process incl. import and numba JIT", "",
+              "| N | PCA import + cold / warm | UMAP import | UMAP cold (1st fit, JIT) | UMAP warm (seeded, 1 thread) | UMAP warm (unseeded, parallel) |",
+              "|---|---|---|---|---|---|"]
+        for n, e in r["embed2d"].items():
+            L.append(f"| {int(n):,} | {e['pca_import_s']:.2f} + {e['pca_cold_s']:.2f} s / {e['pca_warm_s']:.3f} s | "
+                     f"{e['umap_import_s']:.1f} s | {e['umap_cold_s']:.1f} s | {e['umap_warm_s']:.1f} s | "
+                     f"{e['umap_warm_parallel_s']:.1f} s |")
+    if "score" in r:
+        s = r["score"]
+        fk = [k for k in s if k.startswith("features_")]
+        L += ["", "#### Scoring throughput (whole 117,798-noun corpus in the denominator)", "",
+              "; ".join(f"features already encoded, N = {k.split('_')[1]}: {s[k]:.0f} images/s" for k in fk) +
+              f"; end-to-end from files ({s['e2e_files']} caltech images, decode + encode + score): "
+              f"{s['e2e_img_s']:.1f} images/s (encode alone {s['encode_img_s']:.1f} images/s)."]
+    return "\n".join(L)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=["mine", "temi", "embed2d", "score", "all", "render"], default="all")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
+    ap.add_argument("--max-knn", type=int, default=100_000)
+    ap.add_argument("--encode-rate", type=float, help="cold encode img/s (default: from results/encode_rate.json)")
+    a = ap.parse_args()
+    r = common.load_json("scaling.json") or {}
+    r["machine"] = machine_info()
+    rate = a.encode_rate or (common.load_json("encode_rate.json") or {}).get("img_s")
+    if rate:
+        r["encode_cold_img_s"] = rate
+    parts = ["mine", "temi", "embed2d", "score"] if a.part == "all" else ([] if a.part == "render" else [a.part])
+    for p in parts:
+        if p == "mine":
+            r["mine"] = part_mine(a.sizes)
+        elif p == "temi":
+            r["temi"] = part_temi(a.max_knn)
+        elif p == "embed2d":
+            r["embed2d"] = part_embed2d([n for n in a.sizes if n <= 20000])
+        elif p == "score":
+            r["score"] = part_score()
+        save_json("scaling.json", r)
+    md = render(r)
+    print(md)
+    write_block(SECTION, "scaling", md)
+
+
+if __name__ == "__main__":
+    main()
