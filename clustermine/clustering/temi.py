@@ -2,7 +2,15 @@
 
 Implements METHOD.md section 2.1-2.7 (the official TEMI recipe) with the small-N defaults of 2.9/2.9b.
 The H heads are trained as one batched model (stacked weights, ``bmm``) instead of a Python loop
-over heads; the maths per head is unchanged.
+over heads; the maths per head is unchanged (a unit test checks it against a per-head version).
+
+Where this differs from the official code, deliberately:
+- the loss -log sum_k (q_s q_t)^beta / p(k) is evaluated with logsumexp in log space (same value,
+  no underflow);
+- warm-up is ``warmup_frac`` of all optimiser steps (20% = TEMI's 20 of 100 epochs);
+- the last layer is frozen for epoch 0 but at most 5% of all steps (matters only for the
+  few-long-epochs schedules of large N);
+- standardisation drops numerically constant dimensions (METHOD 2.9b: real features have some).
 """
 
 from __future__ import annotations
@@ -129,20 +137,23 @@ def knn_indices(
     *,
     device: str | torch.device = "cpu",
     cancel: CancelFn | None = None,
-    chunk_bytes: int = 1 << 27,
+    chunk_bytes: int | None = None,
 ) -> np.ndarray:
     """Exact cosine k nearest neighbours, self excluded (METHOD 2.1).
 
-    X: [N, D] raw features (L2-normalised here). Returns int64 [N, k], nearest first. The N x N
-    similarity matrix is computed in row chunks of about ``chunk_bytes``.
+    X: [N, D] raw features (L2-normalised here). Returns int32 [N, k], nearest first. The N x N
+    similarity matrix is computed in row chunks of about ``chunk_bytes`` (128 MiB on CPU, 1 GiB
+    on a GPU by default).
     """
     n = X.shape[0]
     if not 1 <= k < n:
         raise ClusterMineError(f"knn must be in [1, n_samples - 1] = [1, {n - 1}], got {k}")
     dev = torch.device(device)
+    if chunk_bytes is None:
+        chunk_bytes = 1 << (27 if dev.type == "cpu" else 30)
     Xn = torch.from_numpy(l2_normalize(X)).to(dev)
     rows = max(1, min(n, chunk_bytes // (4 * n)))
-    out = np.empty((n, k), dtype=np.int64)
+    out = np.empty((n, k), dtype=np.int32)
     with torch.no_grad():
         for i0 in range(0, n, rows):
             if cancel is not None and cancel():
@@ -239,6 +250,21 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+@contextlib.contextmanager
+def _flush_denormals() -> Iterator[None]:
+    """Treat denormal floats as zero while training (restored afterwards).
+
+    The β-PMI loss multiplies many tiny probabilities; on x86 CPUs their denormal intermediates
+    are slow: measured 3.6x faster steps with 16 heads on N = 1000 (508 -> 139 ms per step).
+    """
+    changed = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
+
+
 # --------------------------------------------------------------------------------------------
 # estimator
 
@@ -251,8 +277,15 @@ class TEMI:
     Parameters left at ``None`` are derived from N and C (METHOD 2.9): ``knn``, ``batch_size``,
     ``epochs`` (>= ``min_steps`` optimiser steps), ``lr`` (1e-4 * batch / 256).
     ``embed_norm="auto"`` standardises per dimension when N >= 10 D, otherwise L2-normalises.
-    ``progress(done_steps, total_steps)`` is called about once per epoch; ``cancel()`` returning
-    True aborts with :class:`~clustermine.errors.CancelledError`.
+    ``progress(done_steps, total_steps)`` is called about once per epoch (at most ~200 times);
+    ``cancel()`` returning True aborts with :class:`~clustermine.errors.CancelledError`.
+    ``n_threads`` sets torch's intra-op threads for the duration of fit / predict only.
+
+    Fitted attributes: ``labels_`` (int64 [N]), ``best_head_``, ``head_losses_`` ([H], last-epoch
+    mean loss per head), ``loss_history_`` (epoch mean losses), ``n_iter_`` (optimiser steps),
+    ``cluster_sizes_`` ([C]), ``n_occupied_``, ``prior_`` ([C], best head's cluster prior), the
+    resolved ``knn_``, ``batch_size_``, ``epochs_``, ``lr_``, ``embed_norm_``, and timings
+    ``knn_time_`` / ``fit_time_`` (s).
     """
 
     def __init__(
@@ -309,7 +342,7 @@ class TEMI:
     def fit(self, X: np.ndarray, y: object = None) -> "TEMI":
         """Train on X [N, D] (float16/32/64); sets ``labels_`` [N] and the other fitted attributes."""
         X = _as_features(X)
-        with _torch_threads(self.n_threads):
+        with _torch_threads(self.n_threads), _flush_denormals():
             self._fit(X)
         return self
 
@@ -325,6 +358,10 @@ class TEMI:
         """Soft assignments (float32 [M, C]) of the teacher's best head at the teacher temperature."""
         logits = torch.from_numpy(self._best_logits(X))
         return F.softmax(logits / self.teacher_temp, dim=1).numpy()
+
+    def __getstate__(self) -> dict:
+        # callbacks (often lambdas or closures over a UI) are not part of a saved model
+        return {**self.__dict__, "progress": None, "cancel": None}
 
     # ---------------------------------------------------------------- internals
 
@@ -354,6 +391,7 @@ class TEMI:
     def _fit(self, X: np.ndarray) -> None:
         n, d = X.shape
         self._validate(n, d)
+        self.__dict__.pop("_best", None)  # a failed or cancelled re-fit must not leave a stale model
         c = int(self.n_clusters)
         H = int(self.n_heads)
         dev = torch.device(self.device)
@@ -396,10 +434,11 @@ class TEMI:
         prior = torch.full((H, c), 1.0 / c, device=dev)
         decay = [student[n_] for n_ in ("w1", "w2", "v", "g")]  # >= 2-D tensors in the per-head model
         no_decay = [student["b1"], student["b2"]]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr,
-        )
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        try:  # the fused kernel saves ~10% of a CPU step; same update rule
+            opt = torch.optim.AdamW(groups, lr=lr, fused=True)
+        except (RuntimeError, TypeError):
+            opt = torch.optim.AdamW(groups, lr=lr)
         s_list = [student[name] for name in teacher]
         t_list = list(teacher.values())
         last_layer = (student["v"], student["g"])
@@ -456,7 +495,9 @@ class TEMI:
         self.head_losses_ = head_losses.cpu().numpy().astype(np.float64)
         self.best_head_ = int(np.argmin(self.head_losses_))
         h = self.best_head_
-        self._best = {name: t[:, h : h + 1].clone() if name == "w1" else t[h : h + 1].clone() for name, t in teacher.items()}
+        self._best = {  # the teacher's best head only: w1 is [D, H, hidden], the rest [H, ...]
+            name: (t[:, h : h + 1] if name == "w1" else t[h : h + 1]).clone() for name, t in teacher.items()
+        }
         self.prior_ = prior[h].cpu().numpy()
         self.labels_ = self.predict(X)
         self.cluster_sizes_ = np.bincount(self.labels_, minlength=c)
