@@ -44,6 +44,9 @@ SLOW = settings(max_examples=15, deadline=None, database=None,
 # Scores are float32 dot products (then float64): a different batch shape may take another BLAS path
 # and move the last float32 bit of a cosine (~1e-7), i.e. ~1e-5 of a log score at tau = 0.01.
 ATOL = 2e-5
+# cos/τ is computed in float32: with τ = 0.01 the logits are ~100, so a different BLAS path (one
+# image vs a batch) moves log S by ~1e-6 relative. Batch independence holds to that precision.
+RTOL32 = 1e-5
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int, fp16: bool = True) -> np.ndarray:
@@ -136,13 +139,13 @@ def test_scores_independent_of_batch_size_and_order(seed, n, batch, tau):
     whole = det.log_scores(feats)
     assert np.all(whole <= ATOL) and np.isfinite(whole).all()  # S in (0, 1] up to float32 rounding (see below)
     batched = np.concatenate([det.log_scores(feats[i:i + batch]) for i in range(0, n, batch)])
-    np.testing.assert_allclose(batched, whole, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(batched, whole, rtol=RTOL32, atol=ATOL)
     order = rng.permutation(n)
-    np.testing.assert_allclose(det.log_scores(feats[order]), whole[order], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(det.log_scores(feats[order]), whole[order], rtol=RTOL32, atol=ATOL)
     singles = np.array([det.log_scores(feats[i:i + 1])[0] for i in range(n)])
-    np.testing.assert_allclose(singles, whole, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(singles, whole, rtol=RTOL32, atol=ATOL)
     # the what-if scorer (cached corpus LSE) agrees with the detector
-    np.testing.assert_allclose(WhatIfScorer(feats, text, tau).log_scores(pos), whole, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(WhatIfScorer(feats, text, tau).log_scores(pos), whole, rtol=RTOL32, atol=ATOL)
 
 
 @pytest.fixture(scope="module")
