@@ -2,8 +2,9 @@
 
 A corpus is an ordered list of distinct, normalised concept strings. Its text embeddings depend on
 the encoder, the prompt template and the corpus itself, so they are cached on disk under a key made
-of all three: the first use of the 118K-noun corpus with the offline encoder takes about 90 s on
-two CPU cores, later uses load the float16 matrix in well under 2 s.
+of all three: the first use of the 118K-noun corpus with the offline encoder takes minutes on two CPU
+cores (about 90 s quiet; 24 min was seen with the cores shared by many jobs), later uses load the
+float16 matrix in 0.15 s (BENCHMARKS.md, engine benchmarks).
 """
 
 from __future__ import annotations
