@@ -82,14 +82,12 @@ def encoder():
     return _ENCODER
 
 
-def folder_features(rel: str, per_class: int | None = None) -> tuple[list[str], np.ndarray]:
-    """(relative paths sorted as scanned, features float32 [n, D]) of ``DATA/rel`` (cached).
+def folder_records(rel: str, per_class: int | None = None) -> list:
+    """The readable image records of ``DATA/rel`` in scan order (sorted relative paths).
 
-    ``per_class``: keep only the first ``per_class`` files (file-name order) of every class folder
-    (only those are encoded).
+    ``per_class``: keep only the first ``per_class`` files (file-name order) of every class folder.
     """
     from clustermine.images import scan_images
-    from clustermine.pipeline import FeatureCache, encode_records
 
     recs = [r for r in scan_images(DATA / rel) if r.status == "ok"]
     if per_class is not None:
@@ -98,6 +96,17 @@ def folder_features(rel: str, per_class: int | None = None) -> tuple[list[str], 
             groups.setdefault(r.path.split("/", 1)[0], []).append(r)
         recs = [r for g in groups.values() for r in sorted(g, key=lambda r: r.path)[:per_class]]
         recs.sort(key=lambda r: r.path)
+    return recs
+
+
+def folder_features(rel: str, per_class: int | None = None) -> tuple[list[str], np.ndarray]:
+    """(relative paths sorted as scanned, features float32 [n, D]) of ``DATA/rel`` (cached).
+
+    ``per_class``: as in :func:`folder_records` (only those files are encoded).
+    """
+    from clustermine.pipeline import FeatureCache, encode_records
+
+    recs = folder_records(rel, per_class)
     feats, _ = encode_records(encoder(), recs, cache=FeatureCache(encoder().fingerprint_id))
     recs = [r for r in recs if r.status == "ok"]
     return [r.path for r in recs], np.asarray(feats, dtype=np.float32)
