@@ -1,6 +1,7 @@
 """Performance and scaling of ClusterMine on this CPU (offline encoder).
 
     python bench/bench_scaling.py --part mine     # end-to-end `mine` at N = 1K, 5K, 20K real images
+    python bench/bench_scaling.py --part vote     # vote-stage memory: image rows chunked vs all at once
     python bench/bench_scaling.py --part temi     # TEMI s/step and kNN time vs N (to 100K) and C (to 1000)
     python bench/bench_scaling.py --part embed2d  # UMAP and PCA, cold (new process, numba JIT) and warm
     python bench/bench_scaling.py --part score    # scoring throughput
@@ -129,6 +130,33 @@ def part_mine(sizes) -> dict:
     return out
 
 
+def part_vote(sizes) -> dict:
+    """Peak memory and time of the vote (top-5 over the corpus) on the features of the `mine` runs,
+    in a fresh process each: image rows in chunks of 1,024 (the engine) vs all rows at once (before)."""
+    out = {}
+    for n in sizes:
+        feats = ROOT / ".cache" / "bench_runs" / f"N{n}" / "features.npy"
+        if not feats.is_file():
+            continue
+        for label, chunk in (("chunked", 1024), ("all rows at once", 10**9)):
+            code = (
+                "import numpy as np\nfrom common import corpus_and_embeddings\n"
+                "from clustermine.mining import zero_shot_topk\n"
+                f"F = np.load({str(feats)!r}).astype(np.float32)\n"
+                "_, T = corpus_and_embeddings('wordnet-nouns')\n"
+                "zero_shot_topk(F[:8], T, k=5)\n"
+                "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+                "t0 = time.perf_counter()\n"
+                f"zero_shot_topk(F, T, k=5, image_chunk_size={chunk})\n"
+                "out = {'N': len(F), 'vote_s': time.perf_counter() - t0, 'rss_before_mb': base}\n"
+            )
+            r = _sub(code)
+            r["vote_extra_peak_mb"] = r["max_rss_mb"] - r["rss_before_mb"]
+            out.setdefault(str(n), {})[label] = r
+            print(n, label, r, flush=True)
+    return out
+
+
 def _synthetic(n: int, d: int = 384, k: int = 50, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((k, d)).astype(np.float32)
@@ -230,7 +258,7 @@ def part_score() -> dict:
 
 
 def render(r: dict) -> str:
-    L = [f"Command: `python bench/bench_scaling.py --part all` (parts: mine, temi, embed2d, score) · "
+    L = [f"Command: `python bench/bench_scaling.py --part all` (parts: mine, vote, temi, embed2d, score) · "
          f"{machine_line(r['machine'])}. Load average (1 / 5 / 15 min) at the start of each part: "
          + ", ".join(f"{p} {v}" for p, v in r.get("loadavg", {}).items()) + "."]
     if "mine" in r:
@@ -251,6 +279,12 @@ def render(r: dict) -> str:
                      f"{t.get('corpus', 0):.1f} s | {t.get('cluster', 0):.0f} s | {t.get('vote', 0):.1f} s | "
                      f"{m['wall_s']:.0f} s | {m.get('max_rss_after_mine_mb', m['max_rss_mb']):.0f} MB | "
                      f"{bott} ({share:.0%}) |")
+    if "vote" in r:
+        L += ["", "#### Vote stage memory (top-5 of every image over the 117,798-noun corpus), fresh process per row", "",
+              "| N | image rows per chunk | time | peak memory above the loaded features + corpus |", "|---|---|---|---|"]
+        for n, v in r["vote"].items():
+            for label, x in v.items():
+                L.append(f"| {int(n):,} | {label} | {x['vote_s']:.1f} s | {x['vote_extra_peak_mb']:,.0f} MB |")
     if "temi" in r:
         T = r["temi"]
         L += ["", "#### TEMI on synthetic features (384-d, 50-component Gaussian mixture, L2-normalised), 16 heads", "",
@@ -289,18 +323,20 @@ def render(r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["mine", "temi", "embed2d", "score", "all", "render"], default="all")
+    ap.add_argument("--part", choices=["mine", "vote", "temi", "embed2d", "score", "all", "render"], default="all")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
     ap.add_argument("--max-knn", type=int, default=100_000)
     ap.add_argument("--temi-full", action="store_true", help="also one full default TEMI fit at N = 20K synthetic")
     a = ap.parse_args()
     r = common.load_json("scaling.json") or {}
     r["machine"] = machine_info()
-    parts = ["mine", "temi", "embed2d", "score"] if a.part == "all" else ([] if a.part == "render" else [a.part])
+    parts = ["mine", "vote", "temi", "embed2d", "score"] if a.part == "all" else ([] if a.part == "render" else [a.part])
     for p in parts:
         r.setdefault("loadavg", {})[p] = [round(x, 1) for x in os.getloadavg()]
         if p == "mine":
             r["mine"] = part_mine(a.sizes)
+        elif p == "vote":
+            r["vote"] = part_vote(a.sizes)
         elif p == "temi":
             r["temi"] = part_temi(a.max_knn, a.temi_full)
         elif p == "embed2d":

@@ -15,22 +15,35 @@ import numpy as np
 
 
 def zero_shot_topk(image_features: np.ndarray, text_embeddings: np.ndarray, k: int = 5,
-                   chunk_size: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+                   chunk_size: int = 16384, image_chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Top-k corpus concepts of every image by cosine similarity.
 
-    Returns ``(top_idx int32 [N, k], top_sim float32 [N, k])`` sorted by decreasing similarity;
-    the corpus is processed in chunks of ``chunk_size`` rows so memory stays O(N · chunk).
+    Returns ``(top_idx int32 [N, k], top_sim float32 [N, k])`` sorted by decreasing similarity
+    (exact ties: lower corpus index first). Images are processed ``image_chunk_size`` rows at a
+    time against ``chunk_size`` corpus rows at a time, so the working memory is bounded by
+    ``image_chunk_size * chunk_size`` similarities (~200 MB at the defaults) whatever N is.
     """
     feats = np.asarray(image_features, dtype=np.float32)
     texts = np.asarray(text_embeddings, dtype=np.float32)
+    n = feats.shape[0]
+    k = max(1, min(k, texts.shape[0]))
+    top_idx = np.zeros((n, k), dtype=np.int32)
+    top_sim = np.zeros((n, k), dtype=np.float32)
+    step = max(1, int(image_chunk_size))
+    for lo in range(0, n, step):
+        idx, sim = _topk_rows(feats[lo:lo + step], texts, k, chunk_size)
+        top_idx[lo:lo + step], top_sim[lo:lo + step] = idx, sim
+    return top_idx, top_sim
+
+
+def _topk_rows(feats: np.ndarray, texts: np.ndarray, k: int, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
     n, m = feats.shape[0], texts.shape[0]
-    k = max(1, min(k, m))
     best_idx = np.zeros((n, 0), dtype=np.int64)
     best_sim = np.zeros((n, 0), dtype=np.float32)
     for start in range(0, m, chunk_size):
         sims = feats @ texts[start:start + chunk_size].T
         kk = min(k, sims.shape[1])
-        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        part = np.argpartition(sims, sims.shape[1] - kk, axis=1)[:, -kk:]
         cand_sim = np.concatenate([best_sim, np.take_along_axis(sims, part, axis=1)], axis=1)
         cand_idx = np.concatenate([best_idx, part + start], axis=1)
         # Stable ordering: by similarity, then by lower corpus index on exact ties.

@@ -22,6 +22,19 @@ def test_zero_shot_topk_matches_full_sort_across_chunks():
     np.testing.assert_allclose(sim, np.take_along_axis(full, ref, axis=1), rtol=1e-5)
 
 
+def test_zero_shot_topk_image_chunks_give_the_same_answer_and_keep_tie_order():
+    rng = np.random.default_rng(1)
+    f, t = _unit(rng, 53, 8), _unit(rng, 300, 8)
+    t[150] = t[20]  # an exact tie: the lower corpus index must come first in every chunking
+    f[7] = t[20]
+    whole = zero_shot_topk(f, t, k=4, chunk_size=1000, image_chunk_size=1000)
+    for image_chunk, corpus_chunk in ((1, 7), (10, 64), (53, 150), (64, 301)):
+        idx, sim = zero_shot_topk(f, t, k=4, chunk_size=corpus_chunk, image_chunk_size=image_chunk)
+        np.testing.assert_array_equal(idx, whole[0])
+        np.testing.assert_allclose(sim, whole[1], rtol=1e-6, atol=1e-7)  # BLAS blocking differs by shape
+    assert list(whole[0][7, :2]) == [20, 150]
+
+
 def test_cluster_statistics_hand_worked():
     cluster_ids = np.array([0, 0, 0, 0, 1, 1, -1])
     top1 = np.array([7, 7, 7, 3, 2, 5, 9])
