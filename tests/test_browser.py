@@ -7,16 +7,12 @@ concept and see the score change, reload and find the same run. Screenshots of e
 from __future__ import annotations
 
 import csv
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
+from streamlit_server import streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -28,43 +24,14 @@ CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
 MINE_TIMEOUT_MS = 900_000  # first use embeds the 118K-noun corpus (~90 s idle machine); cached afterwards
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (bash scripts/setup_env.sh --with-browser)")
     pytest.importorskip("playwright.sync_api")
     runs_root = tmp_path_factory.mktemp("browser_runs")
-    port = _free_port()
-    env = dict(os.environ, CLUSTERMINE_RUNS_ROOT=str(runs_root), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               CLUSTERMINE_UMAP_WARMUP="0", PYTHONUNBUFFERED="1")
-    log = open(runs_root / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-                             "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("streamlit did not answer /_stcore/health in 60 s: " + (runs_root / "streamlit.log").read_text())
-        yield {"url": url, "runs_root": runs_root}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with streamlit_server(runs_root, runs_root / "streamlit.log", wait_s=60) as srv:
+        yield {"url": srv["url"], "runs_root": runs_root}
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,7 @@ Skipped when streamlit cannot start here.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from streamlit_server import streamlit_server
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -33,12 +31,6 @@ pytestmark = pytest.mark.faults
 N_CLIENTS = 5
 CLIENT_TIMEOUT_S = 120  # per client, all pages
 PAGES = ["", "concepts", "audit"]  # "" = the default page (Runs)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> dict[str, float]:
@@ -96,37 +88,9 @@ def small_run_copy(tmp_path_factory):
 def server(small_run_copy):
     pytest.importorskip("streamlit")
     runs_root, run_id = small_run_copy
-    port = _free_port()
-    env = dict(os.environ, CLUSTERMINE_RUNS_ROOT=str(runs_root), CLUSTERMINE_UMAP_WARMUP="0", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("STREAMLIT_SERVER_ADDRESS", None)  # the address must come from .streamlit/config.toml
     log_path = runs_root.parent / "streamlit.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.skip("streamlit could not start here: " + log_path.read_text(errors="replace")[-2000:])
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            pytest.skip("streamlit did not answer /_stcore/health in 90 s: " + log_path.read_text(errors="replace"))
-        yield {"url": url, "port": port, "pid": proc.pid, "run_id": run_id, "log": log_path}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
-
+    with streamlit_server(runs_root, log_path, wait_s=90, skip_if_down=True) as srv:
+        yield {**srv, "run_id": run_id, "log": log_path}
 
 def test_server_listens_on_localhost_only(server):
     addrs = _listen_addresses(server["port"])
