@@ -6,7 +6,7 @@ Contents (about 41 MB): the packages the device image lacks (efficientnet-lite0 
 ftfy, wcwidth) copied from this venv; the offline encoder's 1000 class-name embeddings (MiniLM, which
 is too large to carry, is needed for nothing else on the image path); ``imagenette_val100`` (real
 images); CPU reference features of those images and the features + labels of ``imagenette_train100``.
-Add ``/.gpu_carry/`` to ``.git/info/exclude`` so it is never committed.
+``.gpu_carry/`` is git-ignored.
 """
 from __future__ import annotations
 
