@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,30 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import DATA, ROOT, machine_info, machine_line, save_json, write_block  # noqa: E402
+from common import DATA, machine_info, machine_line, run_fresh, save_json, write_block  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-PY = sys.executable
-
-
-def _sub(code: str, env_extra: dict | None = None, timeout: int = 1800) -> dict:
-    """Run python code in a fresh process; it must print one JSON line last. Adds max RSS (MB)."""
-    env = dict(os.environ, **(env_extra or {}))
-    wrapper = (
-        "import json, resource, sys, time\n"
-        f"sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(ROOT)!r})\n"
-        + code
-        + "\nout['max_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-        "print(json.dumps(out))\n"
-    )
-    t0 = time.perf_counter()
-    p = subprocess.run([PY, "-c", wrapper], capture_output=True, text=True, env=env, timeout=timeout)
-    if p.returncode != 0:
-        raise RuntimeError(p.stderr[-3000:])
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    out["process_wall_s"] = time.perf_counter() - t0
-    return out
 
 
 def corpus_cold_warm(skip_cold: bool) -> dict:
@@ -71,11 +50,11 @@ def corpus_cold_warm(skip_cold: bool) -> dict:
     if not skip_cold:
         tmp = tempfile.mkdtemp(prefix="cm-cold-")
         try:
-            res["cold"] = _sub(f"CACHE = {tmp!r}\n" + code)
+            res["cold"] = run_fresh(f"CACHE = {tmp!r}\n" + code)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     warm_dir = Path(os.environ["CLUSTERMINE_CACHE"]) / "text"
-    res["warm"] = [_sub(f"CACHE = {str(warm_dir)!r}\n" + code) for _ in range(3)]
+    res["warm"] = [run_fresh(f"CACHE = {str(warm_dir)!r}\n" + code) for _ in range(3)]
     return res
 
 
@@ -149,7 +128,7 @@ def mine_memory() -> dict:
             f"run = mine({str(DATA / 'imagenette_train100')!r}, {tmp + '/run'!r}, MineConfig(device='cpu'), cache_dir={tmp!r})\n"
             "out = {'wall_s': time.perf_counter() - t0, 'summary': run.meta.get('summary', {})}\n"
         )
-        return _sub(code)
+        return run_fresh(code)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

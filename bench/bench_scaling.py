@@ -26,36 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import DATA, ROOT, machine_info, machine_line, save_json, write_block  # noqa: E402
+from common import DATA, ROOT, machine_info, machine_line, run_fresh, save_json, write_block  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-PY = sys.executable
 SECTION = "## Performance and scaling"
 ORDER = ["imagenette_train100", "imagenette_val100", "imagewoof_val80", "dtd10", "caltech101_sub", "pacs",
          "imagenet_sample", "cifar10_train300", "cifar10_test"]
 FOLDERS = ROOT / ".cache" / "bench_folders"
-
-
-def _sub(code: str, timeout: int = 5400, env: dict | None = None) -> dict:
-    wrapper = (
-        "import json, resource, sys, time, os\n"
-        f"sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(ROOT)!r})\n" + code +
-        "\nout['max_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\nprint(json.dumps(out))\n")
-    t0 = time.perf_counter()
-    p = subprocess.run([PY, "-c", wrapper], capture_output=True, text=True, timeout=timeout, env=env or dict(os.environ))
-    if p.returncode != 0:
-        raise RuntimeError(p.stderr[-3000:])
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    out["process_wall_s"] = time.perf_counter() - t0
-    return out
 
 
 def make_folder(n: int) -> Path:
@@ -123,8 +107,7 @@ def part_mine(sizes) -> dict:
             "for r in recs:\n    enc.preprocess(load_rgb(r.abs_path))\n"
             "out['decode_1thread_s'] = time.perf_counter() - t0\n"
         )
-        env = dict(os.environ, CLUSTERMINE_CACHE=str(_cold_cache(n)))
-        r = _sub(code, env=env)
+        r = run_fresh(code, {"CLUSTERMINE_CACHE": str(_cold_cache(n))}, timeout=5400)
         out[str(n)] = r
         print(n, json.dumps(r), flush=True)
     return out
@@ -150,7 +133,7 @@ def part_vote(sizes) -> dict:
                 f"zero_shot_topk(F, T, k=5, image_chunk_size={chunk})\n"
                 "out = {'N': len(F), 'vote_s': time.perf_counter() - t0, 'rss_before_mb': base}\n"
             )
-            r = _sub(code)
+            r = run_fresh(code, timeout=5400)
             r["vote_extra_peak_mb"] = r["max_rss_mb"] - r["rss_before_mb"]
             out.setdefault(str(n), {})[label] = r
             print(n, label, r, flush=True)
@@ -226,7 +209,7 @@ def part_embed2d(sizes) -> dict:
             "t0 = time.perf_counter(); umap.UMAP(n_components=2, random_state=0).fit_transform(X); out['umap_warm_s'] = time.perf_counter() - t0\n"
             "t0 = time.perf_counter(); umap.UMAP(n_components=2).fit_transform(X); out['umap_warm_parallel_s'] = time.perf_counter() - t0\n"
         )
-        out[str(n)] = _sub(code)
+        out[str(n)] = run_fresh(code, timeout=5400)
         print(n, out[str(n)], flush=True)
     return out
 

@@ -12,6 +12,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -224,6 +225,24 @@ LAST_FIT_S = [0.0]  # fit time of the last clustering (as measured when it was f
 
 
 # ----------------------------------------------------------------------------- results io
+def run_fresh(code: str, env_extra: dict | None = None, timeout: int = 1800) -> dict:
+    """Run python ``code`` in a fresh process (``bench/`` and the project on sys.path; ``json``,
+    ``resource``, ``sys``, ``time``, ``os`` imported). The code must fill a dict ``out``; returns it with
+    ``max_rss_mb`` (peak RSS of that process) and ``process_wall_s`` added."""
+    env = dict(os.environ, **(env_extra or {}))
+    wrapper = (
+        "import json, resource, sys, time, os\n"
+        f"sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(ROOT)!r})\n" + code +
+        "\nout['max_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\nprint(json.dumps(out))\n")
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-3000:])
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out["process_wall_s"] = time.perf_counter() - t0
+    return out
+
+
 def save_json(name: str, obj) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     p = RESULTS / name

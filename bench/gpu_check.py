@@ -222,14 +222,14 @@ def check_scoring(args, dev: str) -> dict:
 
     out: dict = {}
     emb = None
-    try:  # the real corpus embeddings, only if already in the engine's cache (never computed here)
+    if args.real_corpus:  # the real corpus embeddings (the host's cache); on failure the synthetic one below
         import common
 
-        if args.real_corpus:
+        try:
             _, emb = common.corpus_and_embeddings("wordnet-nouns")
             out["corpus"] = "real: 117,798 WordNet nouns, offline encoder"
-    except Exception as exc:  # noqa: BLE001 - any failure falls back to the synthetic corpus below
-        out["corpus_error"] = str(exc)[:200]
+        except Exception as exc:  # noqa: BLE001 - any failure falls back to the synthetic corpus
+            out["corpus_error"] = str(exc)[:200]
     if emb is None:
         emb = _synthetic(N_CORPUS, seed=1)
         out["corpus"] = "synthetic: random unit vectors, shape [117798, 384] (throughput only)"
@@ -258,6 +258,15 @@ def check_scoring(args, dev: str) -> dict:
     out["engine_numpy_host_img_s"] = m / (time.perf_counter() - t0)
     out["max_abs_diff_fp32_vs_engine"] = float(np.abs(ref - np.minimum(gpu32[:m], 0.0)).max())
     return out
+
+
+def _save(out: dict) -> None:
+    """bench/results/gpu_check.json, and $OUT/gpu_check.json on the device machine."""
+    import common
+
+    common.save_json("gpu_check.json", out)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_check.json").write_text(json.dumps(out, indent=1, default=float))
 
 
 def render(r: dict) -> str:
@@ -372,13 +381,9 @@ def main() -> int:
             rc = 1
         out[name + "_wall_s"] = time.perf_counter() - t0
         print(name, json.dumps(out[name], default=float)[:1500], flush=True)
-        common.save_json("gpu_check.json", out)
-        if os.environ.get("OUT"):
-            Path(os.environ["OUT"], "gpu_check.json").write_text(json.dumps(out, indent=1, default=float))
+        _save(out)  # after every part, so a later hang or kill keeps what was measured
     out["total_wall_s"] = time.perf_counter() - t_start
-    common.save_json("gpu_check.json", out)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_check.json").write_text(json.dumps(out, indent=1, default=float))
+    _save(out)
     print(f"total {out['total_wall_s']:.1f} s", flush=True)
     return rc
 

@@ -110,6 +110,23 @@ def config(spec: str, corpus: Path, **kw) -> MineConfig:
     return MineConfig(encoder=spec, clusterer="kmeans", corpus=str(corpus), device="cpu", **kw)
 
 
+def mine_tiny_run(base: Path, run_dir: Path, n_images: int = 12) -> tuple[Run, object, list[Path]]:
+    """A real finished run made with the tiny open_clip model on ``n_images`` photos (k-means, C = 2,
+    the 50 ``CONCEPTS``), built under ``base``. Returns (run, encoder, sorted image paths)."""
+    from clustermine.encoders import load_encoder
+
+    spec = f"openclip:{register_tiny_openclip(base / 'cfg')}:none"
+    enc = load_encoder(spec, "cpu")
+    corpus = base / "concepts.txt"
+    corpus.write_text("\n".join(CONCEPTS) + "\n", encoding="utf-8")
+    imgs = base / "imgs"
+    imgs.mkdir()
+    for i, p in enumerate(photo_sources(n_images)):
+        shutil.copyfile(p, imgs / f"img_{i:02d}.jpg")
+    run = mine(imgs, run_dir, config(spec, corpus, n_clusters=2), encoder=enc, cache_dir=base / "cache")
+    return run, enc, sorted(imgs.iterdir())
+
+
 def png_with_header_only(path: Path, width: int, height: int) -> None:
     """A valid PNG signature + IHDR claiming width x height, a tiny IDAT and IEND (a pixel bomb)."""
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -62,22 +62,10 @@ def _listen_addresses(port: int) -> set[str]:
 @pytest.fixture(scope="module")
 def small_run_copy(tmp_path_factory):
     """A real finished run (tiny open_clip model, 12 photos), copied into a fresh runs root."""
-    from test_faults import CONCEPTS, config, photo_sources
-    from tiny_openclip import register_tiny_openclip
-
-    from clustermine.encoders import load_encoder
-    from clustermine.pipeline import mine
+    from test_faults import mine_tiny_run
 
     base = tmp_path_factory.mktemp("load")
-    spec = f"openclip:{register_tiny_openclip(base / 'cfg')}:none"
-    corpus = base / "concepts.txt"
-    corpus.write_text("\n".join(CONCEPTS) + "\n", encoding="utf-8")
-    imgs = base / "imgs"
-    imgs.mkdir()
-    for i, p in enumerate(photo_sources(12)):
-        shutil.copyfile(p, imgs / f"img_{i:02d}.jpg")
-    src = mine(imgs, base / "made" / "load-run", config(spec, corpus, n_clusters=2),
-               encoder=load_encoder(spec, "cpu"), cache_dir=base / "cache").path
+    src = mine_tiny_run(base, base / "made" / "load-run")[0].path
     runs_root = base / "runs"
     runs_root.mkdir()
     shutil.copytree(src, runs_root / src.name)

@@ -151,23 +151,10 @@ def test_scores_independent_of_batch_size_and_order(seed, n, batch, tau):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A real run made with the tiny open_clip model (12 images, C = 2, 50 concepts)."""
-    from test_faults import CONCEPTS, config, photo_sources
-    from tiny_openclip import register_tiny_openclip
-
-    from clustermine.encoders import load_encoder
-    from clustermine.pipeline import mine
+    from test_faults import mine_tiny_run
 
     base = tmp_path_factory.mktemp("tiny_run")
-    spec = f"openclip:{register_tiny_openclip(base / 'cfg')}:none"
-    enc = load_encoder(spec, "cpu")
-    corpus = base / "concepts.txt"
-    corpus.write_text("\n".join(CONCEPTS) + "\n", encoding="utf-8")
-    imgs = base / "imgs"
-    imgs.mkdir()
-    for i, p in enumerate(photo_sources(12)):
-        shutil.copyfile(p, imgs / f"img_{i:02d}.jpg")
-    run = mine(imgs, base / "run", config(spec, corpus, n_clusters=2), encoder=enc, cache_dir=base / "cache")
-    return run, enc, sorted(imgs.iterdir())
+    return mine_tiny_run(base, base / "run")
 
 
 def test_encoded_scores_independent_of_batch_size_and_order(tiny_run):
