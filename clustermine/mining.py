@@ -16,41 +16,85 @@ import numpy as np
 
 def zero_shot_topk(image_features: np.ndarray, text_embeddings: np.ndarray, k: int = 5,
                    chunk_size: int = 16384, image_chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k corpus concepts of every image by cosine similarity.
+    """Top-k corpus concepts of every image by cosine similarity, the same on every CPU.
 
-    Returns ``(top_idx int32 [N, k], top_sim float32 [N, k])`` sorted by decreasing similarity
-    (exact ties: lower corpus index first). Images are processed ``image_chunk_size`` rows at a
-    time against ``chunk_size`` corpus rows at a time, so the working memory is bounded by
-    ``image_chunk_size * chunk_size`` similarities (~200 MB at the defaults) whatever N is.
+    Returns ``(top_idx int32 [N, k], top_sim float32 [N, k])`` sorted by decreasing similarity,
+    exact ties broken by lower corpus index. The ranking never depends on BLAS summation order
+    or on the chunk sizes: a float32 matmul only *selects* candidates (every concept within a
+    proven error bound of the k-th best), and the candidates are then ranked by an exact
+    fixed-point dot product (:func:`exact_similarity`), identical on any machine. Working memory
+    is bounded by ``image_chunk_size * chunk_size`` similarities (~200 MB at the defaults).
     """
     feats = np.asarray(image_features, dtype=np.float32)
     texts = np.asarray(text_embeddings, dtype=np.float32)
-    n = feats.shape[0]
+    n, d = feats.shape
     k = max(1, min(k, texts.shape[0]))
     top_idx = np.zeros((n, k), dtype=np.int32)
     top_sim = np.zeros((n, k), dtype=np.float32)
+    scale = _fixed_point_scale(d)
+    texts_q = _quantize(texts, scale)
     step = max(1, int(image_chunk_size))
     for lo in range(0, n, step):
-        idx, sim = _topk_rows(feats[lo:lo + step], texts, k, chunk_size)
-        top_idx[lo:lo + step], top_sim[lo:lo + step] = idx, sim
+        rows = feats[lo:lo + step]
+        idx, exact = _topk_rows(rows, _quantize(rows, scale), texts, texts_q, k, chunk_size, scale)
+        top_idx[lo:lo + step] = idx
+        top_sim[lo:lo + step] = (exact / (scale * scale)).astype(np.float32)
     return top_idx, top_sim
 
 
-def _topk_rows(feats: np.ndarray, texts: np.ndarray, k: int, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
-    n, m = feats.shape[0], texts.shape[0]
+def _fixed_point_scale(dim: int) -> float:
+    """Grid 2^b for features in [-1, 1] such that D products of b-bit integers sum exactly in float64
+    (|sum| <= D * 2^(2b) < 2^53), so the sum is the same in any order."""
+    bits = min(20, (52 - math.ceil(math.log2(max(dim, 2)))) // 2)
+    return float(2 ** bits)
+
+
+def _quantize(x: np.ndarray, scale: float) -> np.ndarray:
+    return np.round(np.clip(x, -1.0, 1.0).astype(np.float64) * scale)
+
+
+def exact_similarity(image_features_q: np.ndarray, text_embeddings_q: np.ndarray,
+                     rows: np.ndarray, cols: np.ndarray, batch: int = 16384) -> np.ndarray:
+    """Exact fixed-point dot products of the pairs (rows[i], cols[i]) of quantised features.
+
+    Every product and partial sum is an integer below 2^53, so float64 adds them without
+    rounding: the result does not depend on the summation order (BLAS, SIMD width, CPU model).
+    Returns float64 [P] in units of ``scale**2``."""
+    out = np.empty(len(rows), dtype=np.float64)
+    for lo in range(0, len(rows), batch):
+        r, c = rows[lo:lo + batch], cols[lo:lo + batch]
+        out[lo:lo + batch] = np.einsum("ij,ij->i", image_features_q[r], text_embeddings_q[c])
+    return out
+
+
+def _topk_rows(feats: np.ndarray, feats_q: np.ndarray, texts: np.ndarray, texts_q: np.ndarray, k: int,
+               chunk_size: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    n, d = feats.shape
+    m = texts.shape[0]
+    # Bound on |float32 BLAS dot - exact fixed-point dot| for unit vectors: rounding of D products
+    # and sums in float32 (D * 2^-23) plus the grid's rounding of both operands (2 * sqrt(D) / scale).
+    # Twice that, so the true k-th best is never excluded from the candidates.
+    tol = 2.0 * (d * 2.0 ** -23 + 2.0 * math.sqrt(d) / scale + 1e-7)
     best_idx = np.zeros((n, 0), dtype=np.int64)
-    best_sim = np.zeros((n, 0), dtype=np.float32)
+    best_key = np.zeros((n, 0), dtype=np.float64)
     for start in range(0, m, chunk_size):
         sims = feats @ texts[start:start + chunk_size].T
         kk = min(k, sims.shape[1])
-        part = np.argpartition(sims, sims.shape[1] - kk, axis=1)[:, -kk:]
-        cand_sim = np.concatenate([best_sim, np.take_along_axis(sims, part, axis=1)], axis=1)
-        cand_idx = np.concatenate([best_idx, part + start], axis=1)
-        # Stable ordering: by similarity, then by lower corpus index on exact ties.
-        order = np.lexsort((cand_idx, -cand_sim), axis=1)[:, :k]
-        best_sim = np.take_along_axis(cand_sim, order, axis=1)
+        kth = np.partition(sims, sims.shape[1] - kk, axis=1)[:, sims.shape[1] - kk]
+        r, c = np.nonzero(sims >= (kth - tol)[:, None])
+        key = exact_similarity(feats_q, texts_q[start:start + chunk_size], r, c)
+        order = np.lexsort((c, -key, r))  # per row: exact similarity desc, then corpus index asc
+        r, c, key = r[order], c[order], key[order]
+        first = np.searchsorted(r, np.arange(n))
+        pick = (first[:, None] + np.arange(kk)[None, :]).ravel()
+        chunk_idx = (c[pick] + start).reshape(n, kk)
+        chunk_key = key[pick].reshape(n, kk)
+        cand_idx = np.concatenate([best_idx, chunk_idx], axis=1)
+        cand_key = np.concatenate([best_key, chunk_key], axis=1)
+        order = np.lexsort((cand_idx, -cand_key), axis=1)[:, :k]
+        best_key = np.take_along_axis(cand_key, order, axis=1)
         best_idx = np.take_along_axis(cand_idx, order, axis=1)
-    return best_idx.astype(np.int32), best_sim.astype(np.float32)
+    return best_idx.astype(np.int32), best_key
 
 
 @dataclass

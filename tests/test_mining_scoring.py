@@ -120,3 +120,30 @@ def test_whatif_equals_detector_with_extras(tmp_path):
     ex = det.explain(f[:2], top=3)
     assert len(ex[0]["top_positive"]) == 3 and len(ex[0]["top_negative"]) == 3
     assert {c for c, _ in ex[0]["top_positive"]} <= {"c5", "c7", "c301"}
+
+
+def test_zero_shot_topk_does_not_depend_on_summation_order():
+    """Permuting the feature dimensions of both sides leaves every cosine mathematically unchanged but
+    makes BLAS add the products in another order (as another CPU would): ranking and similarities
+    must stay bit-identical, including exact ties, and equal an exact integer reference."""
+    rng = np.random.default_rng(2)
+    f, t = _unit(rng, 40, 32), _unit(rng, 500, 32)
+    t[300] = t[10]
+    t[301] = t[10]
+    f[:5] = t[10]
+    base_idx, base_sim = zero_shot_topk(f, t, k=3)
+    assert [list(r) for r in base_idx[:5]] == [[10, 300, 301]] * 5
+    for seed in range(6):
+        perm = np.random.default_rng(seed).permutation(f.shape[1])
+        idx, sim = zero_shot_topk(f[:, perm], t[:, perm], k=3, chunk_size=int(50 + 37 * seed),
+                                  image_chunk_size=7 + seed)
+        np.testing.assert_array_equal(idx, base_idx)
+        np.testing.assert_array_equal(sim, base_sim)
+    # independent reference: Python integers on the same 2^20 grid, sorted by (-dot, index)
+    fq = [[round(float(v) * 2 ** 20) for v in row] for row in f[:6]]
+    tq = [[round(float(v) * 2 ** 20) for v in row] for row in t]
+    for i, row in enumerate(fq):
+        dots = [sum(a * b for a, b in zip(row, col)) for col in tq]
+        ref = sorted(range(len(tq)), key=lambda j: (-dots[j], j))[:3]
+        assert list(base_idx[i]) == ref
+        assert [float(x) for x in base_sim[i]] == [float(np.float32(dots[j] / 2 ** 40)) for j in ref]
