@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import CancelledError, ClusterMineError
+from .rundir import layout
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,7 +121,7 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     for r in skipped[:20]:
         print(f"skipped {r['path']}: {r['reason']}")
     if len(skipped) > 20:
-        print(f"... and {len(skipped) - 20} more skipped files (see {run.path / 'images.jsonl'})")
+        print(f"... and {len(skipped) - 20} more skipped files (see {run.file(layout.IMAGES)})")
     print("Y_pos: " + ", ".join(run.positive_concepts()))
     return 0
 

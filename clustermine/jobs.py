@@ -23,8 +23,7 @@ from .errors import ClusterMineError, RunError
 from .runs import Run, now_iso
 from .storage import atomic_write_json
 
-JOB_FILE = "job.json"
-LOG_FILE = "job.log"
+from .rundir.layout import JOB_FILE, LOG_FILE
 _PROCS: dict[int, subprocess.Popen] = {}  # workers started by this process (reaped by poll())
 _PKG_ROOT = Path(__file__).resolve().parents[1]
 

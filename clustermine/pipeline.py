@@ -18,6 +18,7 @@ import numpy as np
 
 from . import metrics as _metrics
 from .errors import CancelledError, ClusterMineError, NoImagesError
+from .rundir import layout
 from .storage import atomic_save_npz, cache_root
 
 ProgressFn = Callable[[str, int, int], None]
@@ -327,7 +328,7 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
         d["split"] = None if i is None else ("holdout" if i in hold else "mine")
         rows.append(d)
     run.write_images(rows)
-    run.write_array("features.npy", features.astype(np.float16))
+    run.write_array(layout.FEATURES, features.astype(np.float16))
     features = features.astype(np.float16).astype(np.float32)  # exactly what later readers see
     run.mark_stage("encode")
 
@@ -353,7 +354,7 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
                                    progress=tracker.stage_callback(), cancel=lambda: tracker.check_cancel_flag(),
                                    **config.clusterer_params)
         cluster_ids[mine_rows] = clusterer.fit_predict(features[mine_rows])
-    run.write_array("clusters.npy", cluster_ids.astype(np.int32))
+    run.write_array(layout.CLUSTER_IDS, cluster_ids.astype(np.int32))
     run.mark_stage("cluster")
 
     # 5. vote

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .rundir import layout
 from .storage import atomic_save_npy, atomic_write_json
 
 MAX_POINTS = 20_000
 METHODS = ("pca", "umap")
-_PROJ_DIR = "projections"
 
 
 def pca_2d(features: np.ndarray) -> np.ndarray:
@@ -89,7 +89,7 @@ def features_key(features: np.ndarray) -> str:
 
 
 def _paths(run_dir: str | os.PathLike, method: str, seed: int, key: str) -> tuple[Path, Path]:
-    folder = Path(run_dir) / _PROJ_DIR
+    folder = layout.projections_dir(run_dir)
     stem = f"{method}-s{seed}-{key}"
     return folder / f"{stem}.npy", folder / f"{stem}.json"
 

@@ -95,6 +95,14 @@ def neglabel_scores(image_features: np.ndarray, positive_embeddings: np.ndarray,
     return log_scores(image_features, text, np.arange(len(positive_embeddings)), tau=tau, n_groups=n_groups)
 
 
+def threshold_rule(tpr: float, n: int, held_out: bool = True) -> str:
+    """How a threshold was set, in words: the one text for the detector, the CLI and the app.
+    ``held_out`` False: the run held no image out, so the ``n`` mining images were used."""
+    if held_out:
+        return f"log-score at {tpr:.0%} TPR on {n} held-out ID images"
+    return f"log-score at {tpr:.0%} TPR on the {n} mining images (this run has no held-out images)"
+
+
 @dataclass
 class Detector:
     """Everything production scoring needs: the vocabulary V with text embeddings, which rows are
@@ -172,7 +180,7 @@ class Detector:
         """Set the threshold so that ``tpr`` of the given (held-out ID) images are accepted."""
         ls = self.log_scores(id_features)
         self.threshold = threshold_at_tpr(ls, tpr)
-        self.threshold_rule = f"log-score at {tpr:.0%} TPR on {ls.size} held-out ID images"
+        self.threshold_rule = threshold_rule(tpr, ls.size)
         return self.threshold
 
     # ------------------------------------------------------------------ persistence

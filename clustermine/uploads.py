@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from .errors import SafetyError
+from .rundir import layout
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -411,7 +412,7 @@ def default_data_roots(runs_root: str | os.PathLike | None = None) -> list[Path]
         raw = [str(Path("..") / "shared" / "data")]
         if runs_root is not None and Path(runs_root).is_dir():
             for run in sorted(Path(runs_root).iterdir()):
-                up = run / "uploads"
+                up = layout.uploads_dir(run)
                 if not run.is_symlink() and run.is_dir() and not up.is_symlink() and up.is_dir():
                     raw.append(str(up))
     roots: list[Path] = []

@@ -7,6 +7,7 @@ import numpy as np
 import streamlit as st
 
 from clustermine import projection
+from clustermine.rundir import layout
 from ui import charts, rundata, scores, settings, state, widgets
 from ui.text import md_code
 
@@ -94,4 +95,4 @@ with st.expander("Clusters at a glance"):
     st.dataframe([{"cluster": s.cluster, "size": s.size, "concept": winners.get(s.cluster, "–"),
                    "purity": round(s.purity, 3), "entropy": round(s.entropy, 3)} for s in run.cluster_stats()],
                  hide_index=True, width="stretch")
-st.caption(f"Projection cached in {md_code(run.path / 'projections')}.")
+st.caption(f"Projection cached in {md_code(layout.projections_dir(run.path))}.")

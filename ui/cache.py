@@ -5,7 +5,8 @@
 - A run is opened once per (path, mtime of ``run.json``): status changes give a fresh object,
   concept edits do not (``Run.concepts()`` re-reads ``edits.jsonl``), so large arrays such as the
   corpus text embeddings are held once. Artefacts that depend on the edits are keyed on
-  :func:`edits_key` (the mtime and size of ``edits.jsonl``).
+  :func:`edits_key` (the mtime, size and inode of ``edits.jsonl``). The run list
+  (:func:`list_runs_light`) is the engine's JSON-only ``clustermine.rundir.listing.list_runs``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import streamlit as st
+
+from clustermine.rundir import layout
+from clustermine.rundir.listing import list_runs as list_runs_light  # JSON only: no numeric imports
 
 if TYPE_CHECKING:  # clustermine.runs pulls in scikit-learn: imported lazily, off the first page's path
     from clustermine.runs import Run
@@ -90,12 +94,9 @@ def resolved_device(device: str = "auto") -> str:
 
 
 # ------------------------------------------------------------------------------------ runs
-def _stat_key(p: Path) -> tuple[int, int]:
-    try:
-        st_ = p.stat()
-        return st_.st_mtime_ns, st_.st_size
-    except OSError:
-        return 0, 0
+def _stat_key(p: Path) -> tuple[int, int, int]:
+    """(mtime_ns, size, inode) of ``p``; zeros when absent."""
+    return layout.file_stamp(p)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -108,12 +109,12 @@ def _open_run(path: str, meta_key: tuple[int, int]) -> "Run":
 def load_run(path: str | os.PathLike) -> Run:
     """The run at ``path`` (cached per run.json version). Raises RunError with the bad file named."""
     path = Path(path)
-    return _open_run(str(path), _stat_key(path / "run.json"))
+    return _open_run(str(path), _stat_key(layout.meta_path(path)))
 
 
-def edits_key(run: Run) -> tuple[int, int]:
-    """Changes with every concept edit (mtime and size of edits.jsonl)."""
-    return _stat_key(run.path / "edits.jsonl")
+def edits_key(run: Run) -> tuple[int, int, int]:
+    """Changes with every concept edit (stamp of edits.jsonl)."""
+    return _stat_key(run.file(layout.EDITS))
 
 
 _CHECKED: set[tuple] = set()
@@ -122,9 +123,7 @@ _CHECK_LOCK = threading.Lock()
 
 def check_complete(run: Run) -> None:
     """``run.check_complete()`` once per version of its files (RunError names a missing file)."""
-    names = ("run.json", "images.jsonl", "features.npy", "clusters.npy", "votes.npz", "clusters.json",
-             "corpus.txt", "text_embeddings.npy", "mined.json")
-    key = (str(run.path), tuple(_stat_key(run.path / n) for n in names))
+    key = (str(run.path), run.files_stamp(layout.REQUIRED_FILES))
     with _CHECK_LOCK:
         if key in _CHECKED:
             return
@@ -135,7 +134,7 @@ def check_complete(run: Run) -> None:
 
 # ------------------------------------------------------------------------------------ thumbnails
 @st.cache_data(max_entries=5000, show_spinner=False)
-def thumbnail(path: str, stamp: tuple[int, int], size: int = 192) -> bytes | None:
+def thumbnail(path: str, stamp: tuple[int, int, int], size: int = 192) -> bytes | None:
     """JPEG bytes of a ``size``-pixel thumbnail (None when the file cannot be decoded)."""
     from clustermine.errors import ImageError
     from clustermine.images import load_rgb
@@ -152,35 +151,6 @@ def thumbnail(path: str, stamp: tuple[int, int], size: int = 192) -> bytes | Non
 
 def thumb(path: str, size: int = 192) -> bytes | None:
     return thumbnail(str(path), _stat_key(Path(path)), size)
-
-
-# ------------------------------------------------------------------------------------ light reads
-def list_runs_light(root: str | os.PathLike) -> list[dict]:
-    """Like ``clustermine.runs.list_runs`` (same fields, newest first) but reading only the
-    run.json files, so the frame and the first page do not import the engine's numeric stack."""
-    import json
-
-    out = []
-    try:
-        entries = list(os.scandir(root))
-    except OSError:
-        return out
-    for e in entries:
-        meta_path = Path(e.path) / "run.json"
-        if not e.is_dir(follow_symlinks=False) or not meta_path.is_file():
-            continue
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if not isinstance(meta, dict):
-                raise ValueError("not an object")
-        except (ValueError, OSError):
-            out.append({"run_id": e.name, "path": e.path, "status": "corrupt", "created": "", "summary": {},
-                        "config": {}})
-            continue
-        out.append({"run_id": e.name, "path": e.path, "status": meta.get("status", "?"),
-                    "created": meta.get("created", ""), "summary": meta.get("summary") or {},
-                    "config": meta.get("config") or {}})
-    return sorted(out, key=lambda r: r["created"], reverse=True)
 
 
 _WARM_STARTED = False

@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from clustermine import jobs
+from clustermine.rundir import layout
 from clustermine.runs import Run
 
 from . import cache, rundata, state, widgets
@@ -97,11 +98,11 @@ def skipped_files(run: Run) -> pd.DataFrame:
     decoder (images.jsonl). File names are data here (rendered as table cells, never markup)."""
     rows = []
     try:
-        manifest = json.loads((run.path / "uploads.json").read_text(encoding="utf-8"))
+        manifest = json.loads(layout.uploads_manifest(run.path).read_text(encoding="utf-8"))
         rows += [(f["display_name"], "upload", f["reason"]) for f in manifest.get("skipped", [])]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if (run.path / "images.jsonl").is_file():
+    if run.file(layout.IMAGES).is_file():
         try:
             shown = rundata.upload_names(run)
             rows += [(shown.get(r["path"], r["path"]), "scan", r.get("reason") or "")

@@ -15,6 +15,7 @@ import streamlit as st
 from clustermine import jobs
 from clustermine.corpus import BUILTIN_CORPORA
 from clustermine.errors import ClusterMineError, SafetyError
+from clustermine.rundir import layout
 from clustermine.storage import atomic_write_json
 from clustermine.uploads import (
     UploadReport,
@@ -152,14 +153,14 @@ def _unique_run_dir(root: Path, name: str) -> Path:
 def _stage_inputs(ch: Choices, staging: Path) -> tuple[UploadReport | None, Path | None]:
     """Save uploads / unpack the zip into ``staging`` (refusals raise SafetyError)."""
     if ch.source == "files":
-        return save_uploads(ch.files, staging / "uploads"), None
+        return save_uploads(ch.files, layout.uploads_dir(staging)), None
     if ch.source == "zip":
-        zpath = staging / "upload.zip"
-        saved = save_upload(ch.zip_file, staging, getattr(ch.zip_file, "name", "upload.zip"),
-                            max_bytes=1 << 40, stored_name="upload.zip")
+        zpath = staging / layout.UPLOAD_ZIP
+        saved = save_upload(ch.zip_file, staging, getattr(ch.zip_file, "name", layout.UPLOAD_ZIP),
+                            max_bytes=1 << 40, stored_name=layout.UPLOAD_ZIP)
         if saved.status != "saved":
             raise SafetyError(f"the zip could not be saved: {saved.reason}")
-        report = extract_zip(zpath, staging / "uploads")
+        report = extract_zip(zpath, layout.uploads_dir(staging))
         zpath.unlink(missing_ok=True)
         return report, None
     return None, resolve_in_roots(ch.folder, settings.data_roots())
@@ -184,13 +185,13 @@ def launch(ch: Choices) -> str:
             raise SafetyError("no file could be used" + (f" ({reasons})" if reasons else ""))
         corpus = ch.corpus
         if ch.corpus == CUSTOM_CORPUS:
-            saved = save_upload(ch.corpus_file, staging, "concepts.txt", stored_name="user_corpus.txt",
+            saved = save_upload(ch.corpus_file, staging, "concepts.txt", stored_name=layout.USER_CORPUS,
                                 max_bytes=64 << 20)
             if saved.status != "saved":
                 raise SafetyError(f"the concept list could not be saved: {saved.reason}")
-            corpus = str(run_dir.parent.resolve() / run_dir.name / "user_corpus.txt")
+            corpus = str(run_dir.parent.resolve() / run_dir.name / layout.USER_CORPUS)
         # Resolved exactly as the worker's pipeline.mine resolves it, so its Run.create resumes this run.
-        images_dir = folder.resolve() if folder is not None else run_dir.parent.resolve() / run_dir.name / "uploads"
+        images_dir = folder.resolve() if folder is not None else layout.uploads_dir(run_dir.parent.resolve() / run_dir.name)
         cfg = MineConfig(encoder=ch.encoder or "offline", n_clusters=ch.n_clusters, clusterer=ch.clusterer,
                          corpus=corpus, seed=ch.seed, holdout_fraction=ch.holdout).to_dict()
         cfg["images_dir"] = str(images_dir)
@@ -199,8 +200,8 @@ def launch(ch: Choices) -> str:
             item.rename(run_dir / item.name)
         if report is not None:
             for f in report.saved:  # paths relative to uploads/ (they were staged elsewhere)
-                f.path = os.path.relpath(f.path, staging / "uploads") if f.path else None
-            atomic_write_json(run_dir / "uploads.json", report.to_dict())
+                f.path = os.path.relpath(f.path, layout.uploads_dir(staging)) if f.path else None
+            atomic_write_json(layout.uploads_manifest(run_dir), report.to_dict())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     jobs.start_mine_job(run_dir)

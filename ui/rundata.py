@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clustermine.rundir import layout
 from clustermine.runs import Run
 
 
 def upload_names(run: Run) -> dict[str, str]:
     """For uploaded images: stored path (relative to uploads/) -> the user's file name."""
     try:
-        manifest = json.loads((run.path / "uploads.json").read_text(encoding="utf-8"))
+        manifest = json.loads(layout.uploads_manifest(run.path).read_text(encoding="utf-8"))
         return {f["path"]: f["display_name"] for f in manifest.get("saved", []) if f.get("path")}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}

@@ -12,29 +12,30 @@ import pandas as pd
 import streamlit as st
 
 from clustermine.errors import ClusterMineError, NoImagesError
+from clustermine.rundir import layout
 from clustermine.runs import Run
 from clustermine.storage import atomic_write_json
 from clustermine.uploads import resolve_in_roots, save_uploads
 
 from . import cache, scores, settings, widgets
 
-SCORING_DIR = "scoring"
-FOLDERS_FILE = "folders.json"
-
-
 def uploads_dir(run: Run) -> Path:
-    return run.path / SCORING_DIR / "uploads"
+    return layout.scoring_uploads_dir(run.path)
+
+
+def _folders_file(run: Run) -> Path:
+    return layout.scoring_dir(run.path) / layout.SCORING_FOLDERS
 
 
 def folders(run: Run) -> list[str]:
     try:
-        return list(json.loads((run.path / SCORING_DIR / FOLDERS_FILE).read_text(encoding="utf-8")))
+        return list(json.loads(_folders_file(run).read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return []
 
 
 def _names_file(run: Run) -> Path:
-    return run.path / SCORING_DIR / "names.json"
+    return layout.scoring_dir(run.path) / layout.SCORING_NAMES
 
 
 def display_names(run: Run) -> dict[str, str]:
@@ -59,11 +60,11 @@ def add_folder(run: Run, typed: str) -> None:
     folder = str(resolve_in_roots(typed, settings.data_roots()))
     known = folders(run)
     if folder not in known:
-        atomic_write_json(run.path / SCORING_DIR / FOLDERS_FILE, known + [folder])
+        atomic_write_json(_folders_file(run), known + [folder])
 
 
 def clear(run: Run) -> None:
-    shutil.rmtree(run.path / SCORING_DIR, ignore_errors=True)
+    shutil.rmtree(layout.scoring_dir(run.path), ignore_errors=True)
 
 
 def _data_uri(path: str) -> str | None:

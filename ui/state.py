@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from clustermine.errors import ClusterMineError, SafetyError
+from clustermine.rundir import layout
 from clustermine.uploads import check_run_id
 
 from . import settings
@@ -84,8 +85,8 @@ def current() -> RunRef:
     path = settings.runs_root() / rid
     if not path.is_dir():
         return RunRef(rid, None, f"run {rid!r} not found under {settings.runs_root()}")
-    if not (path / "run.json").is_file():
-        return RunRef(rid, path, f"{path / 'run.json'}: missing; {path} is not a ClusterMine run folder")
+    if not layout.meta_path(path).is_file():
+        return RunRef(rid, path, f"{layout.meta_path(path)}: missing; {path} is not a ClusterMine run folder")
     return RunRef(rid, path)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import streamlit as st
 
 from clustermine.errors import ClusterMineError
+from clustermine.rundir import layout
 from clustermine.runs import Run
 from clustermine.uploads import resolve_in_roots, save_uploads
 
@@ -61,7 +62,7 @@ def _ood_folder_input(run: Run) -> Path | None:
         return None
     files = st.file_uploader("OOD images", accept_multiple_files=True, key="ood_files")
     if files and st.button("Use these images", key="ood_use_upload"):
-        dest = run.path / "ood_sample"
+        dest = layout.ood_sample_dir(run.path)
         shutil.rmtree(dest, ignore_errors=True)
         rep = save_uploads(files, dest)
         if rep.skipped:

@@ -1,0 +1,140 @@
+"""Every file and folder name of a run directory, defined once (format 1).
+
+Nothing else in ClusterMine spells a run-directory name; code builds paths from these constants
+and functions (``tests/test_rundir.py`` greps the code base to keep it that way). Standard library
+only: the app's first page imports this without the numeric stack.
+
+::
+
+    run.json              format, id, status, config, package versions, encoder fingerprint, summary
+    images.jsonl          one line per scanned file: path, size, sha1, status, reason, row, split
+    features.npy          float16 [N_ok, D]   image features, rows = images with status "ok"
+    clusters.npy          int32 [N_ok]        cluster id per image (-1 = held out of mining)
+    votes.npz             top_idx int32 [N_ok, k], top_sim float16 [N_ok, k]  zero-shot top-k
+    clusters.json         per-cluster audit statistics (size, histogram, winner, purity, entropy)
+    corpus.txt            the vocabulary V, one concept per line (row i = text embedding i)
+    text_embeddings.npy   float16 [M, D]
+    mined.json            the mined Y_pos with provenance (never edited)
+    edits.jsonl           append-only log of concept edits (accept / reject / restore / add)
+    concepts.json         current concept table (derived from mined.json + edits.jsonl)
+    added/<id>.npy        text embedding of each user-added concept that is not in V
+    progress.json         stage, done, total, eta while a job runs
+    cancel.requested      present while a cancel is asked for
+    .<name>.lock          file locks (run.json updates, concept edits)
+    job.json, job.log     the app's worker: pid / start token, and its output
+    uploads/              images uploaded from the app (the run's images_dir)
+    uploads.json          upload report: saved files with the user's names, refused files
+    user_corpus.txt       a concept list uploaded from the app
+    projections/          cached 2-D maps, and corpus_lse.npy / corpus_lse.json (corpus LSE cache)
+    scoring/              the Scoring page's images: uploads/, names.json, folders.json
+    ood_sample/           OOD images uploaded in the what-if panel
+    detector/             default folder of ``Run.export_detector``
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RUN_FORMAT = 1
+
+RUN_META = "run.json"
+IMAGES = "images.jsonl"
+FEATURES = "features.npy"
+CLUSTER_IDS = "clusters.npy"
+VOTES = "votes.npz"
+CLUSTER_STATS = "clusters.json"
+CORPUS = "corpus.txt"
+TEXT_EMBEDDINGS = "text_embeddings.npy"
+MINED = "mined.json"
+EDITS = "edits.jsonl"
+CONCEPTS = "concepts.json"
+ADDED_DIR = "added"
+PROGRESS = "progress.json"
+CANCEL_FLAG = "cancel.requested"
+JOB_FILE = "job.json"
+LOG_FILE = "job.log"
+UPLOADS_DIR = "uploads"
+UPLOADS_MANIFEST = "uploads.json"
+UPLOAD_ZIP = "upload.zip"  # staged, then unpacked into uploads/ and deleted
+USER_CORPUS = "user_corpus.txt"
+PROJECTIONS_DIR = "projections"
+CORPUS_LSE = "corpus_lse.npy"  # in projections/
+CORPUS_LSE_STAMP = "corpus_lse.json"  # in projections/: the inputs the cached LSE was computed from
+SCORING_DIR = "scoring"
+SCORING_FOLDERS = "folders.json"  # in scoring/
+SCORING_NAMES = "names.json"  # in scoring/
+OOD_SAMPLE_DIR = "ood_sample"
+DETECTOR_DIR = "detector"
+
+META_LOCK = "meta"
+EDITS_LOCK = "edits"
+
+# The files a finished run must hold (non-empty); ``run.json`` first.
+REQUIRED_FILES = (RUN_META, IMAGES, FEATURES, CLUSTER_IDS, VOTES, CLUSTER_STATS, CORPUS, TEXT_EMBEDDINGS, MINED)
+
+PathLike = str | os.PathLike
+
+
+def meta_path(run_dir: PathLike) -> Path:
+    return Path(run_dir) / RUN_META
+
+
+def lock_path(run_dir: PathLike, name: str) -> Path:
+    """The lock file of ``name`` (:data:`META_LOCK` or :data:`EDITS_LOCK`)."""
+    return Path(run_dir) / f".{name}.lock"
+
+
+def replaced_name(run_dir: PathLike, stamp: str) -> Path:
+    """Where ``create(..., overwrite=True)`` moves an old run aside (never deleted)."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(f"{run_dir.name}.replaced-{stamp}")
+
+
+def added_embedding(run_dir: PathLike, concept_id: str) -> Path:
+    """Text embedding (float16 [D]) of a user-added concept outside the corpus."""
+    return Path(run_dir) / ADDED_DIR / f"{concept_id}.npy"
+
+
+def projections_dir(run_dir: PathLike) -> Path:
+    return Path(run_dir) / PROJECTIONS_DIR
+
+
+def corpus_lse_files(run_dir: PathLike) -> tuple[Path, Path]:
+    """(cached corpus LSE float64 [N_ok], JSON stamp of its inputs)."""
+    folder = projections_dir(run_dir)
+    return folder / CORPUS_LSE, folder / CORPUS_LSE_STAMP
+
+
+def uploads_dir(run_dir: PathLike) -> Path:
+    return Path(run_dir) / UPLOADS_DIR
+
+
+def uploads_manifest(run_dir: PathLike) -> Path:
+    return Path(run_dir) / UPLOADS_MANIFEST
+
+
+def scoring_dir(run_dir: PathLike) -> Path:
+    return Path(run_dir) / SCORING_DIR
+
+
+def scoring_uploads_dir(run_dir: PathLike) -> Path:
+    return scoring_dir(run_dir) / UPLOADS_DIR
+
+
+def ood_sample_dir(run_dir: PathLike) -> Path:
+    return Path(run_dir) / OOD_SAMPLE_DIR
+
+
+def detector_dir(run_dir: PathLike) -> Path:
+    return Path(run_dir) / DETECTOR_DIR
+
+
+def file_stamp(path: PathLike) -> tuple[int, int, int]:
+    """(mtime_ns, size, inode) of ``path``, (0, 0, 0) if absent. Every run file is written by an
+    atomic rename, so a rewrite gets a new inode even within one clock tick."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0, 0, 0
+    return st.st_mtime_ns, st.st_size, st.st_ino

@@ -1,0 +1,317 @@
+"""Create, open and check a run directory; its metadata, locks, progress flags, arrays and writers.
+
+Every write is atomic (see :mod:`clustermine.storage`); ``run.json`` updates are serialised with
+a file lock. Arrays are loaded lazily and cached on the object (a writer drops what it replaces).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from filelock import FileLock
+
+from ..errors import RunError
+from ..mining import ClusterStats
+from ..scoring import DEFAULT_TAU
+from ..storage import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from . import layout
+
+RUN_FORMAT = layout.RUN_FORMAT
+STATUSES = ("created", "running", "done", "failed", "cancelled")
+_PACKAGES = ("clustermine", "torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "timm",
+             "sentence-transformers", "umap-learn", "streamlit")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _comparable(config: dict) -> dict:
+    """The settings that decide whether an unfinished run may be resumed (not who / when)."""
+    return {k: v for k, v in (config or {}).items() if k not in ("created", "user")}
+
+
+class RunStore:
+    """A run directory's files. Use :meth:`create` or :meth:`open`."""
+
+    def __init__(self, path: str | os.PathLike, meta: dict) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        self._cache: dict[str, Any] = {}
+
+    def file(self, name: str) -> Path:
+        """Path of the run file ``name`` (a :mod:`~clustermine.rundir.layout` constant)."""
+        return self.path / name
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: dict, *, overwrite: bool = False):
+        """Start a new run in ``path`` (created if missing). Refuses a non-empty folder that is not
+        an unfinished run with the same config, unless ``overwrite``."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path}: exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()):
+            if layout.meta_path(path).is_file():
+                run = cls.open(path, require_complete=False)
+                if overwrite:  # explicit: the old run is moved aside, never deleted
+                    path.rename(layout.replaced_name(path, f"{_dt.datetime.now():%Y%m%d-%H%M%S}"))
+                elif run.status == "done":
+                    raise RunError(f"{path}: already holds a finished run; choose a new --out folder or pass --force")
+                elif _comparable(run.config) != _comparable(config):
+                    raise RunError(f"{path}: holds an unfinished run with different settings; use a new --out "
+                                   "folder, the same settings to resume, or --force to start over")
+                else:  # resume an unfinished run with identical settings
+                    run._update_meta(status="created", error=None)
+                    return run
+            elif not overwrite:
+                raise RunError(f"{path}: folder is not empty and is not a ClusterMine run; choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": RUN_FORMAT, "run_id": path.name or uuid.uuid4().hex[:8], "created": now_iso(),
+            "updated": now_iso(), "status": "created", "config": config, "versions": package_versions(),
+            "encoder": None, "summary": {}, "error": None, "stages_done": [],
+        }
+        atomic_write_json(layout.meta_path(path), meta)
+        return cls(path, meta)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, require_complete: bool = True):
+        """Open an existing run; RunError naming the bad file if it is missing, partial or corrupt."""
+        path = Path(path)
+        meta_path = layout.meta_path(path)
+        if not path.is_dir():
+            raise RunError(f"{path}: run folder not found")
+        if not meta_path.is_file():
+            raise RunError(f"{meta_path}: missing; {path} is not a ClusterMine run folder")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise RunError(f"{meta_path}: corrupt ({exc})") from exc
+        if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise RunError(f"{meta_path}: unsupported run format {fmt!r} (this version reads format {RUN_FORMAT})")
+        run = cls(path, meta)
+        if require_complete:
+            run.check_complete()
+        return run
+
+    def check_complete(self) -> None:
+        """Raise RunError naming the first missing or unreadable file of a finished run."""
+        if self.status != "done":
+            raise RunError(f"{layout.meta_path(self.path)}: run is not finished (status {self.status!r}); "
+                           "resume it with `clustermine mine` and the same --out")
+        for name in layout.REQUIRED_FILES[1:]:
+            p = self.file(name)
+            if not p.is_file() or p.stat().st_size == 0:
+                raise RunError(f"{p}: missing or empty; the run is incomplete")
+        n = len(self.image_records(ok_only=True))
+        for name, loader in ((layout.FEATURES, self.features), (layout.CLUSTER_IDS, self.cluster_ids)):
+            arr = loader()
+            if arr.shape[0] != n:
+                raise RunError(f"{self.file(name)}: has {arr.shape[0]} rows, {layout.IMAGES} lists {n} usable images")
+        if self.text_embeddings().shape[0] != len(self.vocabulary_base()):
+            raise RunError(f"{self.file(layout.TEXT_EMBEDDINGS)}: row count differs from {layout.CORPUS}")
+
+    def files_stamp(self, names: tuple[str, ...] = layout.REQUIRED_FILES) -> tuple:
+        """Changes whenever one of the run files ``names`` is rewritten (for caches)."""
+        return tuple(layout.file_stamp(self.file(n)) for n in names)
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def run_id(self) -> str:
+        return self.meta.get("run_id", self.path.name)
+
+    @property
+    def status(self) -> str:
+        return self.meta.get("status", "created")
+
+    @property
+    def config(self) -> dict:
+        return self.meta.get("config", {})
+
+    @property
+    def tau(self) -> float:
+        return float(self.config.get("tau", DEFAULT_TAU))
+
+    def reload_meta(self) -> dict:
+        meta_path = layout.meta_path(self.path)
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise RunError(f"{meta_path}: corrupt ({exc})") from exc
+        return self.meta
+
+    def _update_meta(self, **changes: Any) -> None:
+        with self._lock(layout.META_LOCK):
+            self.reload_meta()
+            self.meta.update(changes)
+            self.meta["updated"] = now_iso()
+            atomic_write_json(layout.meta_path(self.path), self.meta)
+
+    def set_status(self, status: str, error: str | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        self._update_meta(status=status, error=error)
+
+    def mark_stage(self, stage: str, **meta_changes: Any) -> None:
+        done = list(self.meta.get("stages_done", []))
+        if stage not in done:
+            done.append(stage)
+        self._update_meta(stages_done=done, **meta_changes)
+
+    def _lock(self, name: str, timeout: float = 30.0) -> FileLock:
+        return FileLock(str(layout.lock_path(self.path, name)), timeout=timeout)
+
+    # ------------------------------------------------------------------ progress and cancel
+    def write_progress(self, progress: dict) -> None:
+        atomic_write_json(self.file(layout.PROGRESS), progress)
+
+    def progress(self) -> dict | None:
+        try:
+            return json.loads(self.file(layout.PROGRESS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def request_cancel(self) -> None:
+        self.file(layout.CANCEL_FLAG).write_text(now_iso(), encoding="utf-8")
+
+    def cancel_requested(self) -> bool:
+        return self.file(layout.CANCEL_FLAG).exists()
+
+    def clear_cancel(self) -> None:
+        try:
+            self.file(layout.CANCEL_FLAG).unlink()
+        except FileNotFoundError:
+            pass
+
+    # ------------------------------------------------------------------ arrays and tables
+    def _cached(self, key: str, loader: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = loader()
+        return self._cache[key]
+
+    def _load_npy(self, name: str, dtype=None) -> np.ndarray:
+        p = self.file(name)
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except FileNotFoundError as exc:
+            raise RunError(f"{p}: missing; the run is incomplete") from exc
+        except (ValueError, OSError, EOFError) as exc:
+            raise RunError(f"{p}: corrupt ({exc})") from exc
+        return arr.astype(dtype) if dtype is not None else arr
+
+    def _read_json(self, name: str) -> Any:
+        p = self.file(name)
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise RunError(f"{p}: missing; the run is incomplete") from exc
+        except (ValueError, OSError) as exc:
+            raise RunError(f"{p}: corrupt ({exc})") from exc
+
+    def image_records(self, ok_only: bool = False) -> list[dict]:
+        """Scanned files (dicts with path, status, reason, row, split ...); ``ok_only``: usable ones."""
+        def load():
+            p = self.file(layout.IMAGES)
+            try:
+                lines = p.read_text(encoding="utf-8").splitlines()
+                return [json.loads(ln) for ln in lines if ln.strip()]
+            except FileNotFoundError as exc:
+                raise RunError(f"{p}: missing; the run is incomplete") from exc
+            except (ValueError, OSError) as exc:
+                raise RunError(f"{p}: corrupt ({exc})") from exc
+        records = self._cached("images", load)
+        return [r for r in records if r.get("row") is not None] if ok_only else records
+
+    def image_paths(self) -> list[str]:
+        """Absolute paths of the usable images, aligned with feature rows."""
+        rows = sorted(self.image_records(ok_only=True), key=lambda r: r["row"])
+        return [r["abs_path"] for r in rows]
+
+    def features(self) -> np.ndarray:
+        """float32 [N_ok, D] image features (stored as float16)."""
+        return self._cached("features", lambda: self._load_npy(layout.FEATURES, np.float32))
+
+    def cluster_ids(self) -> np.ndarray:
+        """int64 [N_ok] cluster id per image, -1 = held out of mining."""
+        return self._cached("clusters", lambda: self._load_npy(layout.CLUSTER_IDS, np.int64))
+
+    def holdout_mask(self) -> np.ndarray:
+        """bool [N_ok]: images held out of mining (used to calibrate the threshold)."""
+        return self.cluster_ids() < 0
+
+    def votes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(top_idx int64 [N_ok, k], top_sim float32 [N_ok, k]) zero-shot top-k over the corpus."""
+        def load():
+            p = self.file(layout.VOTES)
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    return z["top_idx"].astype(np.int64), z["top_sim"].astype(np.float32)
+            except FileNotFoundError as exc:
+                raise RunError(f"{p}: missing; the run is incomplete") from exc
+            except (ValueError, OSError, KeyError, EOFError) as exc:
+                raise RunError(f"{p}: corrupt ({exc})") from exc
+        return self._cached("votes", load)
+
+    def cluster_stats(self) -> list[ClusterStats]:
+        return self._cached("cluster_stats",
+                            lambda: [ClusterStats.from_dict(d) for d in self._read_json(layout.CLUSTER_STATS)])
+
+    def vocabulary_base(self) -> list[str]:
+        """The corpus V (row i ↔ text embedding i)."""
+        def load():
+            p = self.file(layout.CORPUS)
+            try:
+                return p.read_text(encoding="utf-8").split("\n")[:-1]
+            except FileNotFoundError as exc:
+                raise RunError(f"{p}: missing; the run is incomplete") from exc
+        return self._cached("vocab", load)
+
+    def text_embeddings(self) -> np.ndarray:
+        """float32 [M, D] text embeddings of the corpus (stored as float16)."""
+        return self._cached("text_embeddings", lambda: self._load_npy(layout.TEXT_EMBEDDINGS, np.float32))
+
+    # ------------------------------------------------------------------ writers (used by the pipeline)
+    def write_images(self, records: list[dict]) -> None:
+        atomic_write_jsonl(self.file(layout.IMAGES), records)
+        self._cache.pop("images", None)
+
+    def write_array(self, name: str, array: np.ndarray) -> None:
+        atomic_save_npy(self.file(name), array)
+        self._cache.clear()
+
+    def write_features(self, features: np.ndarray) -> None:
+        """Store [N_ok, D] features (as float16)."""
+        self.write_array(layout.FEATURES, np.asarray(features).astype(np.float16))
+
+    def write_cluster_ids(self, cluster_ids: np.ndarray) -> None:
+        """Store [N_ok] cluster ids (as int32; -1 = held out)."""
+        self.write_array(layout.CLUSTER_IDS, np.asarray(cluster_ids).astype(np.int32))
+
+    def write_votes(self, top_idx: np.ndarray, top_sim: np.ndarray) -> None:
+        atomic_save_npz(self.file(layout.VOTES), top_idx=top_idx.astype(np.int32), top_sim=top_sim.astype(np.float16))
+        self._cache.pop("votes", None)
+
+    def write_vocabulary(self, concepts: list[str] | tuple[str, ...], embeddings: np.ndarray) -> None:
+        atomic_save_npy(self.file(layout.TEXT_EMBEDDINGS), embeddings.astype(np.float16))
+        atomic_write_text(self.file(layout.CORPUS), "".join(c + "\n" for c in concepts))
+        self._cache.clear()

@@ -1,0 +1,222 @@
+"""Scores under the current concept edits: what-if on held-out ID images, OOD comparison, the
+calibrated threshold, and the corpus-LSE cache that makes them fast.
+
+The expensive part of the ClusterMine score is the log-sum-exp over the whole corpus V (118K
+concepts for WordNet); it does not depend on which concepts are positive, so it is computed once
+per image and cached in the run (``projections/corpus_lse.npy``, with a stamp of the
+``features.npy`` / ``text_embeddings.npy`` versions and τ it was computed from). Re-scoring then
+costs N × (|Y_pos| + |added|) dot products (:class:`~clustermine.scoring.WhatIfScorer`).
+Convention everywhere: higher score = more in-distribution. Nothing here imports a UI.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from .metrics import ood_metrics, threshold_at_tpr
+from .rundir import layout
+from .scoring import Detector, WhatIfScorer, corpus_logsumexp, threshold_rule
+from .storage import atomic_save_npy, atomic_write_json
+
+if TYPE_CHECKING:
+    from .rundir.run import Run
+
+ProgressFn = Callable[[int, int], None]
+
+__all__ = ["HeldOut", "WhatIf", "all_scores", "corpus_lse", "current_threshold", "encode_folder", "heldout",
+           "heldout_rows", "lse_ready", "lse_stamp", "ood_comparison", "sample_scorer", "score_features",
+           "threshold_rule", "what_if"]
+
+
+# ------------------------------------------------------------------------------------ corpus LSE cache
+def lse_stamp(run: Run) -> dict:
+    """What the cached corpus LSE depends on: the versions of the features and text embeddings, τ."""
+    stamp: dict = {n: list(layout.file_stamp(run.file(n))) for n in (layout.FEATURES, layout.TEXT_EMBEDDINGS)}
+    stamp["tau"] = run.tau
+    return stamp
+
+
+def _read_lse_cache(run: Run, n_rows: int, stamp: dict) -> np.ndarray | None:
+    npy, meta = layout.corpus_lse_files(run.path)
+    try:
+        if json.loads(meta.read_text(encoding="utf-8")) != stamp:
+            return None
+        lse = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return lse.astype(np.float64) if lse.shape == (n_rows,) else None
+
+
+def corpus_lse(run: Run, rows: np.ndarray, progress: ProgressFn | None = None, chunk: int = 256) -> np.ndarray:
+    """LSE over the corpus of cos/τ for feature ``rows`` (int [R]) → float64 [R].
+
+    Rows already in the run's cache are read; the others are computed ``chunk`` images at a time
+    (``progress(done, total)`` after each) and added to the cache. The cache is discarded when the
+    features, the text embeddings or τ change; an unwritable run folder only loses the cache.
+    """
+    feats, text = run.features(), run.text_embeddings()
+    stamp = lse_stamp(run)
+    lse = _read_lse_cache(run, feats.shape[0], stamp)
+    if lse is None:
+        lse = np.full(feats.shape[0], np.nan)
+    rows = np.asarray(rows, dtype=np.int64)
+    missing = rows[np.isnan(lse[rows])]
+    for start in range(0, len(missing), chunk):
+        part = missing[start:start + chunk]
+        lse[part] = corpus_logsumexp(feats[part], text, run.tau)
+        if progress:
+            progress(min(start + chunk, len(missing)), len(missing))
+    if len(missing):
+        npy, meta = layout.corpus_lse_files(run.path)
+        try:
+            atomic_save_npy(npy, lse)
+            atomic_write_json(meta, stamp)
+        except OSError:
+            pass
+    return lse[rows]
+
+
+def lse_ready(run: Run, rows: np.ndarray) -> bool:
+    """True when the corpus LSE of all ``rows`` is cached (scoring them is instant)."""
+    lse = _read_lse_cache(run, run.features().shape[0], lse_stamp(run))
+    try:
+        return lse is not None and bool(np.isfinite(lse[np.asarray(rows, dtype=np.int64)]).all())
+    except IndexError:
+        return False
+
+
+# ------------------------------------------------------------------------------------ held-out ID
+@dataclass
+class HeldOut:
+    """The held-out ID images of a run, ready to be re-scored under any concept set."""
+
+    scorer: WhatIfScorer
+    rows: np.ndarray  # int64 feature rows
+    is_holdout: bool  # False: tiny run without held-out images, mining images used instead
+
+
+def heldout_rows(run: Run) -> tuple[np.ndarray, bool]:
+    """Feature rows of the held-out images, or of all images when the run holds none out."""
+    mask = run.holdout_mask()
+    if mask.any():
+        return np.flatnonzero(mask), True
+    return np.arange(len(mask)), False
+
+
+def heldout(run: Run) -> HeldOut:
+    """The what-if scorer over the run's held-out ID images (their corpus LSE from the run's cache)."""
+    rows, is_hold = heldout_rows(run)
+    lse = corpus_lse(run, rows)
+    return HeldOut(WhatIfScorer(run.features()[rows], run.text_embeddings(), run.tau, base_lse=lse), rows, is_hold)
+
+
+@dataclass
+class WhatIf:
+    n: int
+    tpr: float
+    before: np.ndarray  # held-out log scores with the mined concepts
+    after: np.ndarray  # ... with the current concepts
+    threshold: float  # calibrated on ``before`` at ``tpr`` (the mined detector's operating point)
+    threshold_after: float  # re-calibrated on ``after``
+    far_before: float  # share of held-out ID images below ``threshold`` (false alarms), mined concepts
+    far_after: float  # ... current concepts, same threshold
+    rule: str
+    n_pos_before: int
+    n_pos_after: int
+
+
+def _threshold(log_scores: np.ndarray, tpr: float) -> float:
+    return threshold_at_tpr(log_scores, tpr) if np.isfinite(log_scores).any() else float("-inf")
+
+
+def what_if(run: Run, tpr: float = 0.95, held: HeldOut | None = None) -> WhatIf:
+    """Held-out ID scores before (mined set) and after (current set) the concept edits, and the
+    false-alarm rate (ID flagged OOD) of each at the mined detector's threshold."""
+    h = held if held is not None else heldout(run)
+    _, extra, pos_now = run.vocabulary()
+    mined = run.mined_positive_rows()
+    before = h.scorer.log_scores(mined)
+    after = h.scorer.log_scores(pos_now, extra)
+    thr = _threshold(before, tpr)
+    return WhatIf(len(h.rows), tpr, before, after, thr, _threshold(after, tpr), float(np.mean(before < thr)),
+                  float(np.mean(after < thr)), threshold_rule(tpr, len(h.rows), h.is_holdout),
+                  len(mined), len(pos_now))
+
+
+def current_threshold(run: Run, tpr: float, held: HeldOut | None = None) -> tuple[float | None, str]:
+    """Log-score threshold of the current concept set keeping ``tpr`` of the held-out ID images,
+    and its rule text; ``(None, reason)`` without positive concepts."""
+    h = held if held is not None else heldout(run)
+    _, extra, pos_now = run.vocabulary()
+    if len(pos_now) == 0:
+        return None, "no positive concepts: accept or add at least one"
+    return threshold_at_tpr(h.scorer.log_scores(pos_now, extra), tpr), threshold_rule(tpr, len(h.rows), h.is_holdout)
+
+
+# ------------------------------------------------------------------------------------ other image sets
+def encode_folder(folder: str | Path, encoder, *, limit: int = 500, progress: ProgressFn | None = None):
+    """Scan and encode up to ``limit`` images of ``folder`` (features cached on disk by content).
+
+    Returns ``(records of the encoded images, features float32 [n, D], skipped [(path, reason)])``.
+    """
+    from .images import scan_images
+    from .pipeline import FeatureCache, ProgressTracker, encode_records
+
+    records = scan_images(folder)
+    ok = [r for r in records if r.ok]
+    skipped = [(r.path, r.reason) for r in records if not r.ok]
+    if len(ok) > limit:
+        skipped += [(r.path, f"over the limit of {limit} images per sample") for r in ok[limit:]]
+        ok = ok[:limit]
+    tracker = ProgressTracker(None, (lambda _s, d, t: progress(d, t)) if progress else None)
+    feats, errors = encode_records(encoder, ok, cache=FeatureCache(encoder.fingerprint_id), tracker=tracker)
+    skipped += list(errors.items())
+    return [r for r in ok if r.status == "ok"], feats, skipped
+
+
+def sample_scorer(run: Run, features: np.ndarray) -> WhatIfScorer:
+    """A what-if scorer over an image sample float32 [n, D] (e.g. OOD images) against the run's corpus."""
+    return WhatIfScorer(features, run.text_embeddings(), run.tau)
+
+
+def ood_comparison(run: Run, ood: WhatIfScorer, held: HeldOut | None = None) -> dict:
+    """``ood_metrics`` (AUROC, FPR95, ...) of held-out ID vs the OOD sample scored by ``ood``, with
+    the mined (``"before"``) and the current (``"after"``) concepts; None where scores are undefined."""
+    h = held if held is not None else heldout(run)
+    _, extra, pos_now = run.vocabulary()
+    out = {}
+    for name, rows, ex in (("before", run.mined_positive_rows(), None), ("after", pos_now, extra)):
+        id_s, ood_s = h.scorer.log_scores(rows, ex), ood.log_scores(rows, ex)
+        if not (np.isfinite(id_s).all() and np.isfinite(ood_s).all()):
+            out[name] = None
+            continue
+        out[name] = ood_metrics(id_s, ood_s)
+    return out
+
+
+def score_features(run: Run, features: np.ndarray, tpr: float, top: int = 3, *, detector: Detector | None = None,
+                   held: HeldOut | None = None) -> tuple[list[dict], float | None, str]:
+    """Per image of ``features`` float32 [n, D]: log score, score, ``is_id`` at the current
+    threshold for ``tpr``, top positive and negative concepts. Returns ``(rows, threshold, rule)``.
+    ``detector``: ``run.detector(calibrate=False)`` if already at hand."""
+    thr, rule = current_threshold(run, tpr, held)
+    if thr is None or not len(features):
+        return [], thr, rule
+    det = detector if detector is not None else run.detector(calibrate=False)
+    out = det.explain(features, top=top)
+    for e in out:
+        e["is_id"] = bool(e["log_score"] >= thr)
+    return out, thr, rule
+
+
+def all_scores(run: Run, progress: ProgressFn | None = None) -> np.ndarray:
+    """Log scores float64 [N_ok] of every image of the run with the current concepts (LSE cached)."""
+    rows = np.arange(run.features().shape[0])
+    lse = corpus_lse(run, rows, progress)
+    _, extra, pos_now = run.vocabulary()
+    return WhatIfScorer(run.features(), run.text_embeddings(), run.tau, base_lse=lse).log_scores(pos_now, extra)
