@@ -17,7 +17,7 @@ from clustermine.uploads import resolve_in_roots, save_uploads
 from . import cache, charts, scores, settings, widgets
 from .text import md_code
 
-OOD_KEY = "ood_sample"  # session: {"run": run_id, "folder": str}
+OOD_KEY = "whatif_ood"  # session: {"run": run_id, "folder": str}
 TPR_KEY = "tpr"
 
 
