@@ -12,12 +12,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import CHROMIUM, missing_resource
 from streamlit_server import streamlit_server
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -26,9 +26,12 @@ MINE_TIMEOUT_MS = 900_000  # first use embeds the 118K-noun corpus (~90 s idle m
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (bash scripts/setup_env.sh --with-browser)")
-    pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        missing_resource(f"{CHROMIUM} not installed (bash scripts/setup_env.sh --with-browser)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        missing_resource(f"playwright not importable: {exc}")
     runs_root = tmp_path_factory.mktemp("browser_runs")
     with streamlit_server(runs_root, runs_root / "streamlit.log", wait_s=60) as srv:
         yield {"url": srv["url"], "runs_root": runs_root}
@@ -39,7 +42,7 @@ def page(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS, headless=True)
         ctx = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
         pg = ctx.new_page()
         pg.set_default_timeout(60_000)
