@@ -83,5 +83,5 @@ def test_missing_wordnet_is_named(monkeypatch, tmp_path):
     from conftest import missing_ci_resources
 
     monkeypatch.setattr(corpus, "wordnet_candidates", lambda: [tmp_path / "nowhere"])
-    problems = missing_ci_resources(tmp_path, tmp_path / "chromium", need_browser=False)
+    problems = missing_ci_resources(tmp_path / "no-data", tmp_path / "chromium", need_browser=False)
     assert [p.split(":")[0] for p in problems] == ["real test images not found", "WordNet not found"]
