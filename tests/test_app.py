@@ -99,6 +99,9 @@ def test_query_param_restores_the_run_on_every_page(app_env):
         assert at.session_state["run_id"] == app_env.name
         assert at.query_params.get("run") == app_env.name
         assert "No run selected" not in texts(at)
+        # the frame ran around the page: the sidebar's run selector and the page drawn once
+        assert at.sidebar.selectbox[0].value == app_env.name
+        assert len(at.title) == 1
 
 
 def test_sidebar_selection_writes_the_query_param(app_env):
