@@ -51,6 +51,39 @@ def texts(at) -> str:
     return "\n".join(parts)
 
 
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def edit_data_editor(at, editor, edited_rows: dict[int, dict]):
+    """Send one cell edit of ``st.data_editor`` the way the browser does (a JSON widget state), so the
+    editor's deserializer and ``on_change`` callback run for real. AppTest has no API for it."""
+    wid = editor.proto.id
+    original = at._tree.get_widget_states
+
+    def with_edit():
+        ws = original()
+        w = ws.widgets.add()
+        w.id = wid
+        w.string_value = json.dumps({"edited_rows": {str(k): v for k, v in edited_rows.items()},
+                                     "added_rows": [], "deleted_rows": []})
+        return ws
+
+    at._tree.get_widget_states = with_edit
+    return at.run()
+
+
+def heldout_features(run) -> np.ndarray:
+    held = run.holdout_mask()
+    return run.features()[held] if held.any() else run.features()
+
+
+def auroc_by_hand(id_scores, ood_scores) -> float:
+    """P(ID score > OOD score) + 0.5 P(tie), over all pairs (ID = positive class)."""
+    a, b = np.asarray(id_scores, float)[:, None], np.asarray(ood_scores, float)[None, :]
+    return float(((a > b) + 0.5 * (a == b)).mean())
+
+
 # ------------------------------------------------------------------------------------ config and start-up
 def test_streamlit_config_is_a_local_headless_lab_tool():
     import tomllib
@@ -342,27 +375,52 @@ def test_clusters_page_colour_by_purity(app_env):
 
 
 # ------------------------------------------------------------------------------------ audit page
-def test_audit_page_has_one_card_per_cluster_lowest_purity_first(app_env):
-    from clustermine.runs import Run
+def _purity_by_hand(run_dir: Path) -> dict[int, float]:
+    """cluster -> share of its members whose top-1 vote is the cluster's most frequent vote, read
+    straight from clusters.npy and votes.npz (not from clusters.json, which the page displays)."""
+    cids = np.load(run_dir / "clusters.npy")
+    with np.load(run_dir / "votes.npz") as z:
+        top1 = np.asarray(z["top_idx"]).reshape(len(cids), -1)[:, 0]
+    out = {}
+    for c in sorted(set(cids[cids >= 0].tolist())):
+        votes = top1[cids == c]
+        out[c] = np.bincount(votes).max() / len(votes)
+    return out
 
-    stats = Run.open(app_env).cluster_stats()
+
+def _cards(at) -> list[int]:
+    return [int(s.value.split()[1]) for s in at.subheader if s.value.startswith("Cluster ")]
+
+
+def test_audit_page_has_one_card_per_cluster_lowest_purity_first(app_env):
+    purity = _purity_by_hand(app_env)
     at = open_app(app_env.name, "pages/audit.py")
     no_exception(at)
-    cards = [s.value for s in at.subheader if s.value.startswith("Cluster ")]
-    assert len(cards) == len(stats)
-    order = [int(c.split()[1]) for c in cards]
-    expected = [s.cluster for s in sorted(stats, key=lambda s: (s.purity, s.cluster))]
-    assert order == expected
-    assert len(at.get("plotly_chart")) == sum(1 for s in stats if s.histogram)  # one vote histogram per card
-    assert len(at.image) >= sum(min(s.size, 6) for s in stats)  # typical members as thumbnails
+    order = _cards(at)
+    assert sorted(order) == sorted(purity)  # one card per cluster
+    shown = [float(m.value.rstrip(" %")) / 100 for m in at.metric if m.label == "purity"]
+    assert shown == pytest.approx([purity[c] for c in order], abs=0.006)  # "75 %": 0 decimals
+    # lowest purity first; equal purities by cluster id
+    assert all((purity[a], a) < (purity[b], b) for a, b in zip(order, order[1:])), (order, purity)
+    assert len(set(purity.values())) > 1, "the small run should have clusters of different purity"
+    from clustermine.runs import Run
+
+    stats = {s.cluster: s for s in Run.open(app_env).cluster_stats()}
+    assert len(at.get("plotly_chart")) == sum(1 for s in stats.values() if s.histogram)  # one histogram per card
+    assert len(at.image) >= sum(min(s.size, 6) for s in stats.values())  # typical members as thumbnails
 
 
 def test_audit_page_other_sort_key(app_env):
+    sizes = {int(c): n for c, n in zip(*np.unique(np.load(app_env / "clusters.npy"), return_counts=True)) if c >= 0}
     at = open_app(app_env.name, "pages/audit.py")
     at.selectbox(key="audit_sort").set_value("cluster id").run()
     no_exception(at)
-    cards = [s.value for s in at.subheader if s.value.startswith("Cluster ")]
-    assert [int(c.split()[1]) for c in cards] == sorted(int(c.split()[1]) for c in cards)
+    assert _cards(at) == sorted(sizes)
+    at.selectbox(key="audit_sort").set_value("size (largest first)").run()
+    no_exception(at)
+    order = _cards(at)
+    assert [sizes[c] for c in order] == sorted(sizes.values(), reverse=True)
+    assert [m.value for m in at.metric if m.label == "size"] == [str(sizes[c]) for c in order]
 
 
 # ------------------------------------------------------------------------------------ concepts page
@@ -418,30 +476,80 @@ def test_concept_table_edit_maps_to_actions():
     assert action_for("rejected", "added") == "restore"
 
 
-def test_concepts_table_edit_callback_applies_status_changes(app_env):
-    """The data_editor's on_change callback turns edited status cells into logged edits."""
-    from streamlit.testing.v1 import AppTest
-
+def test_concepts_table_edit_through_the_data_editor(app_env):
+    """A status edited in the table (the editor's JSON widget state, as the browser sends it) becomes
+    a logged edit, and the table is rebuilt from the run."""
     from clustermine.runs import Run
-
-    def script(run_path: str):
-        import streamlit as st
-
-        from clustermine.runs import Run
-        from ui.concept_review import _on_table_edit, rundata
-
-        df = rundata.concept_table(Run.open(run_path))
-        st.session_state["fake_editor"] = {"edited_rows": {0: {"status": "rejected"}, 1: {"status": "accepted"}}}
-        _on_table_edit(run_path, "fake_editor", list(df.index), list(df["status"]))
-        st.write("applied")
 
     run = Run.open(app_env)
     first, second = run.concepts()[0], run.concepts()[1]
-    at = AppTest.from_function(script, args=(str(app_env),), default_timeout=60).run()
+    assert first.status == second.status == "mined"
+    at = open_app(app_env.name, "pages/concepts.py")
     no_exception(at)
-    after = {c.id: c.status for c in Run.open(app_env).concepts()}
+    assert list(at.data_editor[0].value.index[:2]) == [first.id, second.id]
+    edit_data_editor(at, at.data_editor[0], {0: {"status": "rejected"}, 1: {"status": "accepted"}})
+    no_exception(at)
+    run = Run.open(app_env)
+    after = {c.id: c.status for c in run.concepts()}
     assert after[first.id] == "rejected" and after[second.id] == "accepted"
-    assert [e["action"] for e in Run.open(app_env).edits()] == ["reject", "accept"]
+    assert [(e["action"], e["concept_id"]) for e in run.edits()] == [("reject", first.id), ("accept", second.id)]
+    assert first.text not in run.positive_concepts() and second.text in run.positive_concepts()
+    table = at.data_editor[0].value
+    assert table.loc[first.id, "status"] == "rejected" and table.loc[second.id, "status"] == "accepted"
+    assert metrics(at)["rejected"] == "1" and metrics(at)["accepted"] == "1"
+
+
+def test_concepts_accept_button_and_the_what_if_result(app_env):
+    """Reject a concept, then click Accept: the status, the log and the what-if panel follow; the
+    panel's median score shift equals the engine's Detector scores of the held-out images."""
+    from clustermine.runs import Run
+    from clustermine.scoring import Detector
+
+    run = Run.open(app_env)
+    held = heldout_features(run)
+    det = run.detector(calibrate=False)
+    before = det.log_scores(held)
+
+    def median_shift_without(concept) -> float:  # the engine's Detector, that concept no longer positive
+        pos = [i for i in det.positive_idx if det.concepts[i] != concept.text]
+        return float(np.median(Detector(det.concepts, det.text_embeddings, pos, tau=det.tau).log_scores(held) - before))
+
+    # the concept whose rejection moves the median held-out score most (with few held-out images,
+    # most concepts move none of them)
+    victim = min(run.concepts(), key=median_shift_without)
+    n_pos = len(run.positive_concepts())
+
+    at = open_app(app_env.name, "pages/concepts.py")
+    no_exception(at)
+    m0 = metrics(at)
+    assert m0["Y_pos now"] == str(n_pos) and m0["median score shift"] == "0.000"
+    assert m0["ID false alarms, now"] == m0["ID false alarms, mined"]
+
+    at.selectbox(key="concept_pick").set_value(victim.id).run()
+    at.button(key="btn_reject").click().run()
+    no_exception(at)
+    after = Run.open(app_env).detector(calibrate=False).log_scores(held)
+    shift = float(np.median(after - before))
+    assert shift == pytest.approx(median_shift_without(victim), abs=1e-9)
+    assert shift < -0.002, shift  # a positive concept turned negative lowers the scores
+    m1 = metrics(at)
+    assert m1["Y_pos now"] == str(n_pos - 1)
+    assert float(m1["median score shift"]) == pytest.approx(shift, abs=0.0015)
+    far = lambda v: float(v.rstrip(" %"))  # noqa: E731
+    assert far(m1["ID false alarms, now"]) >= far(m1["ID false alarms, mined"])  # same threshold, lower scores
+
+    at.selectbox(key="concept_pick").set_value(victim.id).run()
+    at.button(key="btn_accept").click().run()
+    no_exception(at)
+    run = Run.open(app_env)
+    assert {c.id: c.status for c in run.concepts()}[victim.id] == "accepted"
+    assert [e["action"] for e in run.edits()] == ["reject", "accept"]
+    assert at.data_editor[0].value.loc[victim.id, "status"] == "accepted"
+    m2 = metrics(at)
+    assert m2["Y_pos now"] == str(n_pos) and m2["accepted"] == "1"
+    np.testing.assert_allclose(run.detector(calibrate=False).log_scores(held), before, atol=1e-6)
+    assert m2["median score shift"] in ("0.000", "-0.000")
+    assert m2["ID false alarms, now"] == m2["ID false alarms, mined"]
 
 
 def test_concepts_add_a_corpus_concept(app_env):
