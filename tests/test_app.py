@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared
 
 pytestmark = pytest.mark.app
 
@@ -571,28 +572,49 @@ def _score_upload(at, images: list[Path]):
     return at
 
 
+def _check_against_engine(at, run_dir: Path, images: list[Path]) -> None:
+    """Every row of the Scoring page equals ``clustermine.score_images`` (the engine's public API:
+    encoder, Detector with the current edits, threshold calibrated on held-out ID images)."""
+    from clustermine import score_images
+    from clustermine.runs import Run
+
+    run = Run.open(run_dir)
+    expected = {Path(e["path"]).name: e for e in score_images(run, images)}
+    df = at.dataframe[0].value.set_index("file")
+    assert sorted(df.index) == sorted(expected)
+    thr = run.detector().threshold
+    for name, e in expected.items():
+        # float32 sums at 1/tau = 100: ~1e-6 relative; the page shows 3 decimals
+        assert df.loc[name, "log score"] == pytest.approx(e["log_score"], abs=1e-3), name
+        assert df.loc[name, "score"] == pytest.approx(e["score"], rel=1e-3, abs=1e-12), name
+        assert df.loc[name, "verdict"] == ("ID" if e["log_score"] >= thr else "OOD"), name
+        assert df.loc[name, "top positive concepts"].split(" (")[0] == e["top_positive"][0][0], name
+    shown = next(m.value for m in at.markdown if m.value.startswith("**Threshold**"))
+    assert shown.split()[1] == f"{thr:.3f}"
+
+
 def test_scoring_page_scores_uploads_and_follows_edits(app_env, small_images):
     from clustermine.runs import Run
 
-    imgs = sorted(small_images.rglob("*.JPEG"))[:2]
+    # one image of a class the run mined, one of a class it never saw
+    imgs = [sorted((small_images / "n01440764").iterdir())[0], sorted(shared("imagenette_val100", "n03417042").iterdir())[0]]
     at = open_app(app_env.name, "pages/scoring.py")
     no_exception(at)
     assert "No test image yet" in texts(at)
     _score_upload(at, imgs)
     no_exception(at)
+    _check_against_engine(at, app_env, imgs)
+    assert metrics(at)["images scored"] == "2"
     df = at.dataframe[0].value
-    assert len(df) == 2 and set(df["verdict"]) <= {"ID", "OOD"}
-    assert {"log score", "top positive concepts", "top negative concepts"} <= set(df.columns)
-    assert any("TPR on" in m.value for m in at.markdown)  # the threshold rule is shown
-    assert at.get("download_button")
     before = df["log score"].to_numpy()
-    run = Run.open(app_env)
     top = df["top positive concepts"].iloc[0].split(" (")[0]
-    run.edit_concept("reject", top)
+    Run.open(app_env).edit_concept("reject", top)
     at.run()  # the uploaded images are kept in the run: no need to upload again
     no_exception(at)
-    after = at.dataframe[0].value["log score"].to_numpy()
-    assert not np.allclose(before, after)
+    _check_against_engine(at, app_env, imgs)
+    after = at.dataframe[0].value
+    assert after["log score"].iloc[0] < before[0]  # its best concept is now a negative
+    assert top not in after["top positive concepts"].iloc[0]
 
 
 def test_scoring_page_slider_moves_the_threshold(app_env):
@@ -605,13 +627,66 @@ def test_scoring_page_slider_moves_the_threshold(app_env):
 
 
 # ------------------------------------------------------------------------------------ export page
-def test_export_page_downloads(app_env, tmp_path):
-    at = open_app(app_env.name, "pages/export.py")
+@pytest.fixture
+def downloads(monkeypatch):
+    """The bytes the page hands to its download buttons, by file name (Streamlit's media store)."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    got: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        if filename:
+            got[filename] = path_or_data.encode() if isinstance(path_or_data, str) else bytes(path_or_data)
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    return got
+
+
+def test_export_files_hold_the_concept_table(app_env, downloads):
+    """txt / CSV / JSON from the Export page after edits made on the Concepts page: their rows are the
+    concept table the user reviewed; a concept starting with = (a spreadsheet formula) is neutralised
+    in the CSV only."""
+    import csv
+
+    from clustermine.runs import Run
+
+    rid = app_env.name
+    at = open_app(rid, "pages/concepts.py")
+    victim = Run.open(app_env).concepts()[0]
+    at.selectbox(key="concept_pick").set_value(victim.id).run()
+    at.button(key="btn_reject").click().run()
+    for text in ("=cmd|' /c calc'!a0", "-2+3", "@sum(a1)", "+cmd"):
+        at.text_input(key="add_text").input(text)
+        at.get("form_submit_button")[0].click().run()
+        no_exception(at)
+    table = at.data_editor[0].value  # what the reviewer sees
+    assert {"=cmd|' /c calc'!a0", "-2+3", "@sum(a1)", "+cmd"} <= set(table["concept"])
+    assert table.loc[victim.id, "status"] == "rejected"
+
+    at = open_app(rid, "pages/export.py")
     no_exception(at)
+    txt = downloads[f"{rid}-positive_concepts.txt"].decode()
+    assert txt.splitlines() == [t for t, st in zip(table["concept"], table["status"]) if st != "rejected"]
+    assert victim.text not in txt.splitlines() and "=cmd|' /c calc'!a0" in txt.splitlines()  # txt: raw lines
+
+    rows = list(csv.DictReader(io.StringIO(downloads[f"{rid}-concepts.csv"].decode())))
+    assert [r["id"] for r in rows] == list(table.index)
+    guarded = {"=cmd|' /c calc'!a0": "'=cmd|' /c calc'!a0", "-2+3": "'-2+3", "@sum(a1)": "'@sum(a1)",
+               "+cmd": "'+cmd"}
+    for r, (cid, t) in zip(rows, table.iterrows()):
+        assert r["text"] == guarded.get(t["concept"], t["concept"]) and r["status"] == t["status"], cid
+        assert int(r["votes"]) == t["votes"] and r["source"] == t["source"], cid
+        assert float(r["purity"] or "nan") == pytest.approx(float(t["purity"]), nan_ok=True), cid
+    assert not [r["text"] for r in rows if r["text"][:1] in "=+-@"]
+
+    items = json.loads(downloads[f"{rid}-concepts.json"])
+    assert [(c["id"], c["text"], c["status"]) for c in items] == \
+        [(cid, t["concept"], t["status"]) for cid, t in table.iterrows()]  # raw text: JSON is not a spreadsheet
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["concepts.txt", "concepts.csv", "concepts.json", "Detector bundle (.zip)",
                       "Run summary (.json)"]
-    assert at.get("json")  # the summary is shown
 
 
 def test_export_detector_bundle_loads(app_env, tmp_path):
@@ -711,10 +786,17 @@ def test_concepts_what_if_with_an_ood_sample(app_env, small_images, tmp_path, mo
     at.text_input(key="ood_path").input("ood").run()
     at.button[[b.label for b in at.button].index("Use this folder")].click().run()
     no_exception(at)
-    m = {x.label: x.value for x in at.metric}
-    assert {"AUROC, mined", "AUROC, now", "FPR95, mined", "FPR95, now"} <= set(m)
-    assert 0.0 <= float(m["AUROC, mined"]) <= 1.0
+    m = metrics(at)
+    # the same AUROC by hand from the engine's scores: held-out ID images vs the OOD files
+    from clustermine import score_images
+    from clustermine.runs import Run
+
+    run = Run.open(app_env)
+    id_scores = run.detector(calibrate=False).log_scores(heldout_features(run))
+    ood_scores = [e["log_score"] for e in score_images(run, sorted(ood.iterdir()))]
+    assert float(m["AUROC, mined"]) == pytest.approx(auroc_by_hand(id_scores, ood_scores), abs=0.0006)
     assert m["AUROC, mined"] == m["AUROC, now"]  # no edit yet: before == after
+    assert f"ID = {len(id_scores)} held-out images, OOD = 6 images" in texts(at)
 
 
 @pytest.mark.slow
