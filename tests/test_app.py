@@ -1,5 +1,7 @@
 """AppTest tests of every page of ClusterMine Studio against a copy of the small prebuilt run, plus
-the worker-job lifecycle (launch, cancel halfway, resume) behind the Data page."""
+the worker-job lifecycle behind the Data page (uploads, a server folder and a zip mined to the end;
+cancel mid-encode, resume). Expected values come from the engine's public API (``score_images``,
+``Detector``) or from the run's raw arrays, never from the UI code under test."""
 
 from __future__ import annotations
 
@@ -286,7 +288,8 @@ def test_data_page_mines_a_server_folder(app_env, small_images, tmp_path, monkey
 def test_data_page_mines_a_zip(app_env, small_images):
     from clustermine.runs import Run
 
-    members = {f"{cls}/{f.name}": f for cls in ("n01440764", "n02979186") for f in sorted((small_images / cls).iterdir())[:6]}
+    members = {f"{cls}/{f.name}": f for cls in ("n01440764", "n02979186")
+               for f in sorted((small_images / cls).iterdir())[:6]}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, f in members.items():
@@ -654,7 +657,8 @@ def test_concepts_accept_button_and_the_what_if_result(app_env):
 
     def median_shift_without(concept) -> float:  # the engine's Detector, that concept no longer positive
         pos = [i for i in det.positive_idx if det.concepts[i] != concept.text]
-        return float(np.median(Detector(det.concepts, det.text_embeddings, pos, tau=det.tau).log_scores(held) - before))
+        det_without = Detector(det.concepts, det.text_embeddings, pos, tau=det.tau)
+        return float(np.median(det_without.log_scores(held) - before))
 
     # the concept whose rejection moves the median held-out score most (with few held-out images,
     # most concepts move none of them)
@@ -738,7 +742,8 @@ def test_scoring_page_scores_uploads_and_follows_edits(app_env, small_images):
     from clustermine.runs import Run
 
     # one image of a class the run mined, one of a class it never saw
-    imgs = [sorted((small_images / "n01440764").iterdir())[0], sorted(shared("imagenette_val100", "n03417042").iterdir())[0]]
+    imgs = [sorted((small_images / "n01440764").iterdir())[0],
+            sorted(shared("imagenette_val100", "n03417042").iterdir())[0]]
     at = open_app(app_env.name, "pages/scoring.py")
     no_exception(at)
     assert "No test image yet" in texts(at)

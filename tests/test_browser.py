@@ -197,7 +197,8 @@ def test_user_journey(server, page, tmp_path):
     _idle(pg)
     after = _download_scores(pg, tmp_path)
     _same_as_engine(after[probe.name], server["runs_root"] / "browser-run", probe)
-    assert float(after[probe.name]["log score"]) < float(before[probe.name]["log score"]) - 1e-3  # lost its best concept
+    # its best positive concept is now a negative: a lower score
+    assert float(after[probe.name]["log score"]) < float(before[probe.name]["log score"]) - 1e-3
     assert top_positive not in after[probe.name]["top positive concepts"]
 
     # --- Export.

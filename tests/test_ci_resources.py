@@ -32,7 +32,9 @@ def test_needs_browser():
 '''
 
 
-def _run_inner(tmp_path: Path, ci: str | None, data: Path, chromium: Path, *select: str) -> subprocess.CompletedProcess:
+def _run_inner(tmp_path: Path, ci: str | None, data: Path, chromium: Path,
+               *select: str) -> subprocess.CompletedProcess:
+    """Run INNER in a fresh pytest with the project's conftest as a plugin."""
     (tmp_path / "test_inner.py").write_text(INNER)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env.update(CLUSTERMINE_TEST_DATA=str(data), CLUSTERMINE_TEST_CHROMIUM=str(chromium),

@@ -110,7 +110,8 @@ def skipped_files(run: Run) -> pd.DataFrame:
             rows += [(shown.get(r["path"], r["path"]), "scan", r.get("reason") or "")
                      for r in records if r.get("row") is None]
             scanned = {r.get("path") for r in records}  # the scan ignores non-image files (e.g. a zip's README)
-            rows += [(f["display_name"], "scan", "not an image file type") for f in saved if f["path"] not in scanned]
+            rows += [(f["display_name"], "scan", "not an image file type")
+                     for f in saved if f["path"] not in scanned]
         except Exception:  # a corrupt images.jsonl is reported by the pages that need it
             pass
     return pd.DataFrame(rows, columns=["file", "stage", "reason"])
