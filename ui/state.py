@@ -62,7 +62,8 @@ def ensure_frame() -> None:
       does not run. Only a call of ``st.navigation`` ends the mode, for the rest of the process. So a
       server's first request, if it is a deep link, and every AppTest run of a page, come here frameless.
     - ``st.switch_page`` to app.py would cost extra script runs, lose the page the link asked for (app.py
-      would open its default page) and drop the widget events of the interrupted run (a click).
+      would open its default page unless told again) and lose the return values of ``st.button`` in
+      the interrupted run (``if st.button("Launch mining")``): under AppTest every click.
     - Keeping the page files elsewhere and pointing ``st.Page`` at them would be supported, but
       ``pages/`` is part of the requested layout.
 
