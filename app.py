@@ -87,10 +87,11 @@ def sidebar() -> None:
         st.caption(f"{len(runs)} run(s) in {md_code(settings.runs_root())}")
 
 
-state.sync_from_query()
-nav = st.navigation(PAGES, position="sidebar", expanded=True)
-sidebar()
-try:
-    nav.run()
-finally:  # after the first page is drawn: preload what the other pages need, in the background
-    warm_imports()
+with state.frame():  # pages check it: see ui.state.ensure_frame for deep links into pages/
+    state.sync_from_query()
+    nav = st.navigation(PAGES, position="sidebar", expanded=True)
+    sidebar()
+    try:
+        nav.run()
+    finally:  # after the first page is drawn: preload what the other pages need, in the background
+        warm_imports()

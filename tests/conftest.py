@@ -9,13 +9,65 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+ROOT = Path(__file__).resolve().parents[1]
+# Test resources; the overrides exist so that tests/test_ci_resources.py can fake a machine without them.
+SHARED_DATA = Path(os.environ.get("CLUSTERMINE_TEST_DATA") or ROOT.parent / "shared" / "data")
+CHROMIUM = Path(os.environ.get("CLUSTERMINE_TEST_CHROMIUM") or "/usr/bin/chromium")
+
+
+def in_ci() -> bool:
+    """True on a CI runner (``CI=true``, as GitHub Actions, GitLab and most others set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 # CI runs property tests derandomized (reproducible pass/fail); local runs keep exploring.
 settings.register_profile("ci", derandomize=True)
-if os.environ.get("CI"):
+if in_ci():
     settings.load_profile("ci")
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+CI_HINT = ("CI=true: test resources are required on CI (a missing one would silently skip dozens of tests). "
+           "Provide ../shared/data beside the checkout, WordNet (apt-get install wordnet-base) and Chromium "
+           "(bash scripts/setup_env.sh --with-browser).")
+
+
+def missing_resource(what: str) -> None:
+    """Skip the test on a developer machine; fail it, loudly, on CI."""
+    if in_ci():
+        pytest.fail(f"{what} — {CI_HINT}", pytrace=False)
+    pytest.skip(what)
+
+
+def missing_ci_resources(data_dir: Path, chromium: Path, need_browser: bool) -> list[str]:
+    """What a CI run lacks: the real-image folder, WordNet, Chromium + Playwright (for browser tests)."""
+    from clustermine.corpus import find_wordnet
+    from clustermine.errors import CorpusError
+
+    out = []
+    if not data_dir.is_dir():
+        out.append(f"real test images not found: {data_dir} (expected ../shared/data beside the checkout)")
+    try:
+        find_wordnet()
+    except CorpusError as exc:
+        out.append(f"WordNet not found: {exc}")
+    if need_browser:
+        if not chromium.exists():
+            out.append(f"Chromium not found: {chromium}")
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError as exc:
+            out.append(f"Playwright not importable: {exc}")
+    return out
+
+
+def pytest_collection_finish(session) -> None:
+    """On CI, stop before running anything when a resource the collected tests need is missing."""
+    if not in_ci() or not session.items:
+        return
+    need_browser = any(item.get_closest_marker("browser") for item in session.items)
+    problems = missing_ci_resources(SHARED_DATA, CHROMIUM, need_browser)
+    if problems:
+        pytest.exit("missing test resources on CI:\n  - " + "\n  - ".join(problems) + "\n" + CI_HINT,
+                    returncode=pytest.ExitCode.USAGE_ERROR)
 os.environ.setdefault("CLUSTERMINE_CACHE", str(ROOT / ".cache" / "clustermine"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,10 +77,10 @@ IMAGENETTE_OOD = ["n03417042", "n03425413", "n03445777", "n03888257"]
 
 
 def shared(*parts: str) -> Path:
-    """Path under ../shared/data; skips the test when the data set is absent."""
+    """Path under ../shared/data; skips the test when the data set is absent (fails it on CI)."""
     p = SHARED_DATA.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"real data not available: {p}")
+        missing_resource(f"real data not available: {p}")
     return p
 
 
@@ -48,7 +100,7 @@ def copy_subset(src: Path, dst: Path, classes: list[str] | None = None, per_clas
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
-        pytest.skip(f"real data not available: {SHARED_DATA}")
+        missing_resource(f"real data not available: {SHARED_DATA}")
     return SHARED_DATA
 
 

@@ -1,10 +1,13 @@
 """AppTest tests of every page of ClusterMine Studio against a copy of the small prebuilt run, plus
-the worker-job lifecycle (launch, cancel halfway, resume) behind the Data page."""
+the worker-job lifecycle behind the Data page (uploads, a server folder and a zip mined to the end;
+cancel mid-encode, resume). Expected values come from the engine's public API (``score_images``,
+``Detector``) or from the run's raw arrays, never from the UI code under test."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import sys
 import time
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_subset, shared
 
 pytestmark = pytest.mark.app
 
@@ -49,6 +53,39 @@ def no_exception(at) -> None:
 def texts(at) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader]
     return "\n".join(parts)
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def edit_data_editor(at, editor, edited_rows: dict[int, dict]):
+    """Send one cell edit of ``st.data_editor`` the way the browser does (a JSON widget state), so the
+    editor's deserializer and ``on_change`` callback run for real. AppTest has no API for it."""
+    wid = editor.proto.id
+    original = at._tree.get_widget_states
+
+    def with_edit():
+        ws = original()
+        w = ws.widgets.add()
+        w.id = wid
+        w.string_value = json.dumps({"edited_rows": {str(k): v for k, v in edited_rows.items()},
+                                     "added_rows": [], "deleted_rows": []})
+        return ws
+
+    at._tree.get_widget_states = with_edit
+    return at.run()
+
+
+def heldout_features(run) -> np.ndarray:
+    held = run.holdout_mask()
+    return run.features()[held] if held.any() else run.features()
+
+
+def auroc_by_hand(id_scores, ood_scores) -> float:
+    """P(ID score > OOD score) + 0.5 P(tie), over all pairs (ID = positive class)."""
+    a, b = np.asarray(id_scores, float)[:, None], np.asarray(ood_scores, float)[None, :]
+    return float(((a > b) + 0.5 * (a == b)).mean())
 
 
 # ------------------------------------------------------------------------------------ config and start-up
@@ -99,6 +136,9 @@ def test_query_param_restores_the_run_on_every_page(app_env):
         assert at.session_state["run_id"] == app_env.name
         assert at.query_params.get("run") == app_env.name
         assert "No run selected" not in texts(at)
+        # the frame ran around the page: the sidebar's run selector and the page drawn once
+        assert at.sidebar.selectbox[0].value == app_env.name
+        assert len(at.title) == 1
 
 
 def test_sidebar_selection_writes_the_query_param(app_env):
@@ -202,55 +242,184 @@ def _wait_status(run_dir: Path, statuses: tuple[str, ...], timeout: float) -> st
     return status
 
 
+def _mining_options(at, name: str, n_clusters: int = 2):
+    """Fast settings: C fixed, k-means."""
+    at.checkbox(key="c_auto").uncheck().run()
+    at.number_input(key="c_value").set_value(n_clusters).run()
+    at.radio(key="clusterer").set_value("kmeans").run()
+    at.text_input(key="run_name").input(name).run()
+    return at
+
+
+def _mine_to_the_end(at, run_dir: Path) -> None:
+    from clustermine import jobs
+
+    status = _wait_status(run_dir, ("done", "failed", "cancelled"), 900)
+    assert status == "done", jobs.log_tail(run_dir)
+    at.run()
+    no_exception(at)
+    assert any("Mining finished" in s.value for s in at.success)
+
+
 @pytest.mark.slow
-def test_launch_from_the_data_page_cancel_halfway_and_resume(app_env, small_images, tmp_path):
-    """Upload real images (+ a text file) through the page, launch, cancel while it runs, check the
-    run is consistent and says so, resume, and finish; skipped files are listed with reasons."""
+def test_data_page_mines_a_server_folder(app_env, small_images, tmp_path, monkeypatch):
+    from clustermine.runs import Run
+
+    data = tmp_path / "data"
+    copy_subset(small_images, data / "id", ["n01440764", "n03028079"], 6)  # 12: enough for C = 2
+    monkeypatch.setenv("CLUSTERMINE_DATA_ROOTS", str(data))
+    at = open_app(None, "pages/data.py")
+    at.segmented_control(key="src_kind").set_value("folder").run()
+    at.text_input(key="src_path").input("id").run()
+    _mining_options(at, "folder run")
+    at.button(key="launch").click().run()
+    no_exception(at)
+    run_dir = app_env.parent / "folder-run"
+    assert at.session_state["run_id"] == "folder-run"
+    _mine_to_the_end(at, run_dir)
+    run = Run.open(run_dir)
+    assert run.config["images_dir"] == str((data / "id").resolve())
+    assert sorted(run.image_paths()) == sorted(str(f.resolve()) for f in (data / "id").rglob("*.JPEG"))
+    assert run.meta["summary"]["n_clusters"] == 2 and not (run_dir / "uploads").exists()  # read in place
+    assert metrics(at)["images used"] == "12"
+
+
+@pytest.mark.slow
+def test_data_page_mines_a_zip(app_env, small_images):
+    from clustermine.runs import Run
+
+    members = {f"{cls}/{f.name}": f for cls in ("n01440764", "n02979186")
+               for f in sorted((small_images / cls).iterdir())[:6]}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, f in members.items():
+            zf.write(f, name)
+        zf.writestr("README.txt", "not an image")
+    at = open_app(None, "pages/data.py")
+    at.segmented_control(key="src_kind").set_value("zip").run()
+    at.file_uploader(key="up_zip").set_value(("my images.zip", buf.getvalue(), "application/zip")).run()
+    _mining_options(at, "zip run")
+    at.button(key="launch").click().run()
+    no_exception(at)
+    run_dir = app_env.parent / "zip-run"
+    _mine_to_the_end(at, run_dir)
+    run = Run.open(run_dir)
+    uploads = (run_dir / "uploads").resolve()
+    saved = {f["path"]: f["display_name"] for f in json.loads((run_dir / "uploads.json").read_text())["saved"]}
+    assert sorted(saved.values()) == sorted([*members, "README.txt"])  # the user's names, kept for display
+    mined = {Path(p).resolve().relative_to(uploads).as_posix() for p in run.image_paths()}
+    assert mined == {k for k, v in saved.items() if v != "README.txt"}  # stored names are sanitised (.jpeg)
+    for stored in mined:  # the bytes mined are the zip's
+        assert (uploads / stored).read_bytes() == members[saved[stored]].read_bytes()
+    assert run.meta["summary"]["n_clusters"] == 2 and metrics(at)["images used"] == "12"
+    skipped = at.dataframe[-1].value
+    assert skipped.loc[skipped["file"] == "README.txt", "reason"].tolist() == ["not an image file type"]
+
+
+# Loaded into the worker (a real subprocess of the app) through PYTHONPATH: encodes in chunks of
+# CM_TEST_CHUNK images, logs every chunk written to the feature cache, and holds the first worker
+# after its first chunk until the run's cancel is requested. No race: the cancel always lands
+# mid-encode, with one chunk cached and one not.
+_WORKER_HOOK = """
+import json, os, time
+if os.environ.get("CM_TEST_ENCODE_LOG"):
+    import clustermine.pipeline as _p
+    from clustermine.runs import Run as _Run
+
+    _encode_records, _put = _p.encode_records, _p.FeatureCache.put
+
+    def _encode_in_small_chunks(*args, **kwargs):
+        kwargs["chunk_size"] = int(os.environ["CM_TEST_CHUNK"])
+        return _encode_records(*args, **kwargs)
+
+    def _put_and_hold(self, keys, feats):
+        _put(self, keys, feats)
+        with open(os.environ["CM_TEST_ENCODE_LOG"], "a") as fh:
+            fh.write(json.dumps({"pid": os.getpid(), "keys": list(keys)}) + "\\n")
+        mark = os.environ["CM_TEST_HELD_MARK"]
+        if not os.path.exists(mark):
+            open(mark, "w").close()
+            run = _Run.open(os.environ["CM_TEST_RUN_DIR"], require_complete=False)
+            end = time.monotonic() + 300
+            while not run.cancel_requested() and time.monotonic() < end:
+                time.sleep(0.05)
+
+    _p.encode_records, _p.FeatureCache.put = _encode_in_small_chunks, _put_and_hold
+"""
+
+
+@pytest.mark.slow
+def test_launch_from_the_data_page_cancel_mid_encode_and_resume(app_env, small_images, tmp_path, monkeypatch):
+    """Upload real images (+ a text file) through the page, launch, cancel while the encode stage is
+    half done, check the run says so and kept the finished chunk, resume: only the rest is encoded,
+    and the run finishes. Skipped files are listed with reasons."""
+    import uuid
+
     from clustermine import jobs
     from clustermine.runs import Run
 
-    files = sorted(small_images.rglob("*.JPEG"))[:12]
-    payload = [(f.name, f.read_bytes(), "image/jpeg") for f in files] + [("notes.md", b"# hi", "text/markdown"),
-                                                                         ("../../evil.jpg", b"", "image/jpeg")]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_WORKER_HOOK)
+    run_dir = app_env.parent / "ui-run"
+    log, held = tmp_path / "encoded.jsonl", tmp_path / "held"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("CM_TEST_ENCODE_LOG", str(log))
+    monkeypatch.setenv("CM_TEST_HELD_MARK", str(held))
+    monkeypatch.setenv("CM_TEST_RUN_DIR", str(run_dir))
+    monkeypatch.setenv("CM_TEST_CHUNK", "8")
+
+    # 16 images never seen by the shared feature cache (a unique tail after the JPEG data)
+    tag = uuid.uuid4().hex.encode()
+    files = sorted(small_images.rglob("*.JPEG"))[:16]
+    payload = [(f.name, f.read_bytes() + b"\0" + tag, "image/jpeg") for f in files] + [
+        ("notes.md", b"# hi", "text/markdown"), ("../../evil.jpg", b"", "image/jpeg")]
     at = open_app(None, "pages/data.py")
     at.file_uploader(key="up_files").set_value(payload).run()
-    at.checkbox(key="c_auto").uncheck().run()
-    at.number_input(key="c_value").set_value(2).run()
-    at.radio(key="clusterer").set_value("kmeans").run()
-    at.text_input(key="run_name").input("ui run").run()
+    _mining_options(at, "ui run")
     at.button(key="launch").click().run()
     no_exception(at)
-    run_dir = app_env.parent / "ui-run"
     assert at.session_state["run_id"] == "ui-run" and at.query_params.get("run") == "ui-run"
-    assert (run_dir / "job.json").is_file() and len(list((run_dir / "uploads").iterdir())) == 13
+    assert (run_dir / "job.json").is_file() and len(list((run_dir / "uploads").iterdir())) == 17
     manifest = json.loads((run_dir / "uploads.json").read_text())
     assert [s["display_name"] for s in manifest["skipped"]] == ["../../evil.jpg"]
     assert not (app_env.parent.parent / "evil.jpg").exists()
 
-    # cancel halfway: as soon as the worker reports progress
-    assert _wait_status(run_dir, ("running",), 120) == "running"
+    # the worker holds after its first chunk of 8: cancel now, mid-encode
+    end = time.monotonic() + 600
+    while not held.exists() and time.monotonic() < end and jobs.job_state(run_dir)["alive"]:
+        time.sleep(0.2)
+    assert held.exists(), jobs.log_tail(run_dir)
     at.run()
+    no_exception(at)
     at.button(key="cancel").click().run()
     no_exception(at)
-    status = _wait_status(run_dir, ("cancelled", "done", "failed"), 180)
-    print(f"status after cancel: {status}")
+    assert _wait_status(run_dir, ("cancelled", "done", "failed"), 180) == "cancelled", jobs.log_tail(run_dir)
     run = Run.open(run_dir, require_complete=False)
-    if status == "cancelled":  # (a very fast machine may finish first)
-        assert "resume" in (run.meta.get("error") or "")
-        from clustermine.runs import wait_for
+    assert "resume" in (run.meta.get("error") or "")
+    assert wait_until(lambda: not jobs.job_state(run_dir)["alive"], 60)  # the worker exits
+    prog = json.loads((run_dir / "progress.json").read_text())  # whole files (atomic writes)
+    json.loads((run_dir / "run.json").read_text())
+    assert (prog["stage"], prog["done"], prog["total"], prog["status"]) == ("encode", 8, 16, "cancelled")
+    assert not (run_dir / "features.npy").exists() and not (run_dir / "clusters.npy").exists()
+    at.run()
+    no_exception(at)
+    assert any("resume" in w.value.lower() for w in at.warning)
+    bars = [b.proto.text for b in at.get("progress")]
+    assert any("8 / 16" in t and "stopped here (cancelled)" in t for t in bars), bars  # encode shown unfinished
 
-        assert wait_for(lambda: not jobs.job_state(run_dir)["alive"], 60)  # the worker exits
-        for name in ("run.json", "progress.json"):  # what exists is whole (atomic writes)
-            json.loads((run_dir / name).read_text())
-        at.run()
-        no_exception(at)
-        assert any("resume" in w.value.lower() for w in at.warning)
-        at.button(key="resume").click().run()
-        no_exception(at)
-        status = _wait_status(run_dir, ("done", "failed", "cancelled"), 600)
+    at.button(key="resume").click().run()
+    no_exception(at)
+    status = _wait_status(run_dir, ("done", "failed", "cancelled"), 900)
     assert status == "done", jobs.log_tail(run_dir)
+    chunks = [json.loads(line) for line in log.read_text().splitlines()]
+    first, resumed = chunks[0], chunks[1:]
+    assert len(first["keys"]) == 8 and resumed and all(c["pid"] != first["pid"] for c in resumed)
+    again = [k for c in resumed for k in c["keys"]]
+    assert len(again) == 8 and not set(again) & set(first["keys"])  # the cached chunk was not re-encoded
+
     run = Run.open(run_dir)
-    assert run.meta["summary"]["n_clusters"] == 2 and len(run.image_paths()) == 12
+    assert run.meta["summary"]["n_clusters"] == 2 and len(run.image_paths()) == 16
     from ui.rundata import image_names
 
     assert sorted(image_names(run)) == sorted(f.name for f in files)  # the user's names, not the stored ones
@@ -258,6 +427,15 @@ def test_launch_from_the_data_page_cancel_halfway_and_resume(app_env, small_imag
     no_exception(at)
     skipped = at.dataframe[-1].value
     assert "notes.md" in set(skipped["file"]) and "../../evil.jpg" in set(skipped["file"])
+
+
+def wait_until(predicate, timeout: float, every: float = 0.2) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    return bool(predicate())
 
 
 def _has_key(at, key: str) -> bool:
@@ -339,27 +517,52 @@ def test_clusters_page_colour_by_purity(app_env):
 
 
 # ------------------------------------------------------------------------------------ audit page
-def test_audit_page_has_one_card_per_cluster_lowest_purity_first(app_env):
-    from clustermine.runs import Run
+def _purity_by_hand(run_dir: Path) -> dict[int, float]:
+    """cluster -> share of its members whose top-1 vote is the cluster's most frequent vote, read
+    straight from clusters.npy and votes.npz (not from clusters.json, which the page displays)."""
+    cids = np.load(run_dir / "clusters.npy")
+    with np.load(run_dir / "votes.npz") as z:
+        top1 = np.asarray(z["top_idx"]).reshape(len(cids), -1)[:, 0]
+    out = {}
+    for c in sorted(set(cids[cids >= 0].tolist())):
+        votes = top1[cids == c]
+        out[c] = np.bincount(votes).max() / len(votes)
+    return out
 
-    stats = Run.open(app_env).cluster_stats()
+
+def _cards(at) -> list[int]:
+    return [int(s.value.split()[1]) for s in at.subheader if s.value.startswith("Cluster ")]
+
+
+def test_audit_page_has_one_card_per_cluster_lowest_purity_first(app_env):
+    purity = _purity_by_hand(app_env)
     at = open_app(app_env.name, "pages/audit.py")
     no_exception(at)
-    cards = [s.value for s in at.subheader if s.value.startswith("Cluster ")]
-    assert len(cards) == len(stats)
-    order = [int(c.split()[1]) for c in cards]
-    expected = [s.cluster for s in sorted(stats, key=lambda s: (s.purity, s.cluster))]
-    assert order == expected
-    assert len(at.get("plotly_chart")) == sum(1 for s in stats if s.histogram)  # one vote histogram per card
-    assert len(at.image) >= sum(min(s.size, 6) for s in stats)  # typical members as thumbnails
+    order = _cards(at)
+    assert sorted(order) == sorted(purity)  # one card per cluster
+    shown = [float(m.value.rstrip(" %")) / 100 for m in at.metric if m.label == "purity"]
+    assert shown == pytest.approx([purity[c] for c in order], abs=0.006)  # "75 %": 0 decimals
+    # lowest purity first; equal purities by cluster id
+    assert all((purity[a], a) < (purity[b], b) for a, b in zip(order, order[1:])), (order, purity)
+    assert len(set(purity.values())) > 1, "the small run should have clusters of different purity"
+    from clustermine.runs import Run
+
+    stats = {s.cluster: s for s in Run.open(app_env).cluster_stats()}
+    assert len(at.get("plotly_chart")) == sum(1 for s in stats.values() if s.histogram)  # one histogram per card
+    assert len(at.image) >= sum(min(s.size, 6) for s in stats.values())  # typical members as thumbnails
 
 
 def test_audit_page_other_sort_key(app_env):
+    sizes = {int(c): n for c, n in zip(*np.unique(np.load(app_env / "clusters.npy"), return_counts=True)) if c >= 0}
     at = open_app(app_env.name, "pages/audit.py")
     at.selectbox(key="audit_sort").set_value("cluster id").run()
     no_exception(at)
-    cards = [s.value for s in at.subheader if s.value.startswith("Cluster ")]
-    assert [int(c.split()[1]) for c in cards] == sorted(int(c.split()[1]) for c in cards)
+    assert _cards(at) == sorted(sizes)
+    at.selectbox(key="audit_sort").set_value("size (largest first)").run()
+    no_exception(at)
+    order = _cards(at)
+    assert [sizes[c] for c in order] == sorted(sizes.values(), reverse=True)
+    assert [m.value for m in at.metric if m.label == "size"] == [str(sizes[c]) for c in order]
 
 
 # ------------------------------------------------------------------------------------ concepts page
@@ -390,19 +593,22 @@ def test_concepts_what_if_panel_reacts_to_a_rejection(app_env):
     from clustermine.runs import Run
 
     run = Run.open(app_env)
+    held = heldout_features(run)
+    before = run.detector(calibrate=False).log_scores(held)
     at = open_app(app_env.name, "pages/concepts.py")
     no_exception(at)
-    m = {x.label: x.value for x in at.metric}
+    m = metrics(at)
     assert m["Y_pos now"] == str(len(run.positive_concepts()))
-    far_before = m["ID false alarms, now"]
-    for c in run.concepts()[:-1]:  # reject all but one concept
+    for c in run.concepts()[:-1]:  # reject all but one concept (outside the page: it must notice)
         run.edit_concept("reject", c.id)
     at.run()
     no_exception(at)
-    m2 = {x.label: x.value for x in at.metric}
+    m2 = metrics(at)
     assert m2["Y_pos now"] == "1"
     assert m2["ID false alarms, mined"] == m["ID false alarms, mined"]
-    assert m2["ID false alarms, now"] != far_before or m2["median score shift"] != m["median score shift"]
+    after = Run.open(app_env).detector(calibrate=False).log_scores(held)
+    assert float(m2["median score shift"]) == pytest.approx(float(np.median(after - before)), abs=0.0015)
+    assert float(m2["ID false alarms, now"].rstrip(" %")) >= float(m["ID false alarms, now"].rstrip(" %"))
 
 
 def test_concept_table_edit_maps_to_actions():
@@ -415,30 +621,81 @@ def test_concept_table_edit_maps_to_actions():
     assert action_for("rejected", "added") == "restore"
 
 
-def test_concepts_table_edit_callback_applies_status_changes(app_env):
-    """The data_editor's on_change callback turns edited status cells into logged edits."""
-    from streamlit.testing.v1 import AppTest
-
+def test_concepts_table_edit_through_the_data_editor(app_env):
+    """A status edited in the table (the editor's JSON widget state, as the browser sends it) becomes
+    a logged edit, and the table is rebuilt from the run."""
     from clustermine.runs import Run
-
-    def script(run_path: str):
-        import streamlit as st
-
-        from clustermine.runs import Run
-        from ui.concept_review import _on_table_edit, rundata
-
-        df = rundata.concept_table(Run.open(run_path))
-        st.session_state["fake_editor"] = {"edited_rows": {0: {"status": "rejected"}, 1: {"status": "accepted"}}}
-        _on_table_edit(run_path, "fake_editor", list(df.index), list(df["status"]))
-        st.write("applied")
 
     run = Run.open(app_env)
     first, second = run.concepts()[0], run.concepts()[1]
-    at = AppTest.from_function(script, args=(str(app_env),), default_timeout=60).run()
+    assert first.status == second.status == "mined"
+    at = open_app(app_env.name, "pages/concepts.py")
     no_exception(at)
-    after = {c.id: c.status for c in Run.open(app_env).concepts()}
+    assert list(at.data_editor[0].value.index[:2]) == [first.id, second.id]
+    edit_data_editor(at, at.data_editor[0], {0: {"status": "rejected"}, 1: {"status": "accepted"}})
+    no_exception(at)
+    run = Run.open(app_env)
+    after = {c.id: c.status for c in run.concepts()}
     assert after[first.id] == "rejected" and after[second.id] == "accepted"
-    assert [e["action"] for e in Run.open(app_env).edits()] == ["reject", "accept"]
+    assert [(e["action"], e["concept_id"]) for e in run.edits()] == [("reject", first.id), ("accept", second.id)]
+    assert first.text not in run.positive_concepts() and second.text in run.positive_concepts()
+    table = at.data_editor[0].value
+    assert table.loc[first.id, "status"] == "rejected" and table.loc[second.id, "status"] == "accepted"
+    assert metrics(at)["rejected"] == "1" and metrics(at)["accepted"] == "1"
+
+
+def test_concepts_accept_button_and_the_what_if_result(app_env):
+    """Reject a concept, then click Accept: the status, the log and the what-if panel follow; the
+    panel's median score shift equals the engine's Detector scores of the held-out images."""
+    from clustermine.runs import Run
+    from clustermine.scoring import Detector
+
+    run = Run.open(app_env)
+    held = heldout_features(run)
+    det = run.detector(calibrate=False)
+    before = det.log_scores(held)
+
+    def median_shift_without(concept) -> float:  # the engine's Detector, that concept no longer positive
+        pos = [i for i in det.positive_idx if det.concepts[i] != concept.text]
+        det_without = Detector(det.concepts, det.text_embeddings, pos, tau=det.tau)
+        return float(np.median(det_without.log_scores(held) - before))
+
+    # the concept whose rejection moves the median held-out score most (with few held-out images,
+    # most concepts move none of them)
+    victim = min(run.concepts(), key=median_shift_without)
+    n_pos = len(run.positive_concepts())
+
+    at = open_app(app_env.name, "pages/concepts.py")
+    no_exception(at)
+    m0 = metrics(at)
+    assert m0["Y_pos now"] == str(n_pos) and m0["median score shift"] == "0.000"
+    assert m0["ID false alarms, now"] == m0["ID false alarms, mined"]
+
+    at.selectbox(key="concept_pick").set_value(victim.id).run()
+    at.button(key="btn_reject").click().run()
+    no_exception(at)
+    after = Run.open(app_env).detector(calibrate=False).log_scores(held)
+    shift = float(np.median(after - before))
+    assert shift == pytest.approx(median_shift_without(victim), abs=1e-9)
+    assert shift < -0.002, shift  # a positive concept turned negative lowers the scores
+    m1 = metrics(at)
+    assert m1["Y_pos now"] == str(n_pos - 1)
+    assert float(m1["median score shift"]) == pytest.approx(shift, abs=0.0015)
+    far = lambda v: float(v.rstrip(" %"))  # noqa: E731
+    assert far(m1["ID false alarms, now"]) >= far(m1["ID false alarms, mined"])  # same threshold, lower scores
+
+    at.selectbox(key="concept_pick").set_value(victim.id).run()
+    at.button(key="btn_accept").click().run()
+    no_exception(at)
+    run = Run.open(app_env)
+    assert {c.id: c.status for c in run.concepts()}[victim.id] == "accepted"
+    assert [e["action"] for e in run.edits()] == ["reject", "accept"]
+    assert at.data_editor[0].value.loc[victim.id, "status"] == "accepted"
+    m2 = metrics(at)
+    assert m2["Y_pos now"] == str(n_pos) and m2["accepted"] == "1"
+    np.testing.assert_allclose(run.detector(calibrate=False).log_scores(held), before, atol=1e-6)
+    assert m2["median score shift"] in ("0.000", "-0.000")
+    assert m2["ID false alarms, now"] == m2["ID false alarms, mined"]
 
 
 def test_concepts_add_a_corpus_concept(app_env):
@@ -460,28 +717,50 @@ def _score_upload(at, images: list[Path]):
     return at
 
 
+def _check_against_engine(at, run_dir: Path, images: list[Path]) -> None:
+    """Every row of the Scoring page equals ``clustermine.score_images`` (the engine's public API:
+    encoder, Detector with the current edits, threshold calibrated on held-out ID images)."""
+    from clustermine import score_images
+    from clustermine.runs import Run
+
+    run = Run.open(run_dir)
+    expected = {Path(e["path"]).name: e for e in score_images(run, images)}
+    df = at.dataframe[0].value.set_index("file")
+    assert sorted(df.index) == sorted(expected)
+    thr = run.detector().threshold
+    for name, e in expected.items():
+        # float32 sums at 1/tau = 100: ~1e-6 relative; the page shows 3 decimals
+        assert df.loc[name, "log score"] == pytest.approx(e["log_score"], abs=1e-3), name
+        assert df.loc[name, "score"] == pytest.approx(e["score"], rel=1e-3, abs=1e-12), name
+        assert df.loc[name, "verdict"] == ("ID" if e["log_score"] >= thr else "OOD"), name
+        assert df.loc[name, "top positive concepts"].split(" (")[0] == e["top_positive"][0][0], name
+    shown = next(m.value for m in at.markdown if m.value.startswith("**Threshold**"))
+    assert shown.split()[1] == f"{thr:.3f}"
+
+
 def test_scoring_page_scores_uploads_and_follows_edits(app_env, small_images):
     from clustermine.runs import Run
 
-    imgs = sorted(small_images.rglob("*.JPEG"))[:2]
+    # one image of a class the run mined, one of a class it never saw
+    imgs = [sorted((small_images / "n01440764").iterdir())[0],
+            sorted(shared("imagenette_val100", "n03417042").iterdir())[0]]
     at = open_app(app_env.name, "pages/scoring.py")
     no_exception(at)
     assert "No test image yet" in texts(at)
     _score_upload(at, imgs)
     no_exception(at)
+    _check_against_engine(at, app_env, imgs)
+    assert metrics(at)["images scored"] == "2"
     df = at.dataframe[0].value
-    assert len(df) == 2 and set(df["verdict"]) <= {"ID", "OOD"}
-    assert {"log score", "top positive concepts", "top negative concepts"} <= set(df.columns)
-    assert any("TPR on" in m.value for m in at.markdown)  # the threshold rule is shown
-    assert at.get("download_button")
     before = df["log score"].to_numpy()
-    run = Run.open(app_env)
     top = df["top positive concepts"].iloc[0].split(" (")[0]
-    run.edit_concept("reject", top)
+    Run.open(app_env).edit_concept("reject", top)
     at.run()  # the uploaded images are kept in the run: no need to upload again
     no_exception(at)
-    after = at.dataframe[0].value["log score"].to_numpy()
-    assert not np.allclose(before, after)
+    _check_against_engine(at, app_env, imgs)
+    after = at.dataframe[0].value
+    assert after["log score"].iloc[0] < before[0]  # its best concept is now a negative
+    assert top not in after["top positive concepts"].iloc[0]
 
 
 def test_scoring_page_slider_moves_the_threshold(app_env):
@@ -494,13 +773,66 @@ def test_scoring_page_slider_moves_the_threshold(app_env):
 
 
 # ------------------------------------------------------------------------------------ export page
-def test_export_page_downloads(app_env, tmp_path):
-    at = open_app(app_env.name, "pages/export.py")
+@pytest.fixture
+def downloads(monkeypatch):
+    """The bytes the page hands to its download buttons, by file name (Streamlit's media store)."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    got: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        if filename:
+            got[filename] = path_or_data.encode() if isinstance(path_or_data, str) else bytes(path_or_data)
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    return got
+
+
+def test_export_files_hold_the_concept_table(app_env, downloads):
+    """txt / CSV / JSON from the Export page after edits made on the Concepts page: their rows are the
+    concept table the user reviewed; a concept starting with = (a spreadsheet formula) is neutralised
+    in the CSV only."""
+    import csv
+
+    from clustermine.runs import Run
+
+    rid = app_env.name
+    at = open_app(rid, "pages/concepts.py")
+    victim = Run.open(app_env).concepts()[0]
+    at.selectbox(key="concept_pick").set_value(victim.id).run()
+    at.button(key="btn_reject").click().run()
+    for text in ("=cmd|' /c calc'!a0", "-2+3", "@sum(a1)", "+cmd"):
+        at.text_input(key="add_text").input(text)
+        at.get("form_submit_button")[0].click().run()
+        no_exception(at)
+    table = at.data_editor[0].value  # what the reviewer sees
+    assert {"=cmd|' /c calc'!a0", "-2+3", "@sum(a1)", "+cmd"} <= set(table["concept"])
+    assert table.loc[victim.id, "status"] == "rejected"
+
+    at = open_app(rid, "pages/export.py")
     no_exception(at)
+    txt = downloads[f"{rid}-positive_concepts.txt"].decode()
+    assert txt.splitlines() == [t for t, st in zip(table["concept"], table["status"]) if st != "rejected"]
+    assert victim.text not in txt.splitlines() and "=cmd|' /c calc'!a0" in txt.splitlines()  # txt: raw lines
+
+    rows = list(csv.DictReader(io.StringIO(downloads[f"{rid}-concepts.csv"].decode())))
+    assert [r["id"] for r in rows] == list(table.index)
+    guarded = {"=cmd|' /c calc'!a0": "'=cmd|' /c calc'!a0", "-2+3": "'-2+3", "@sum(a1)": "'@sum(a1)",
+               "+cmd": "'+cmd"}
+    for r, (cid, t) in zip(rows, table.iterrows()):
+        assert r["text"] == guarded.get(t["concept"], t["concept"]) and r["status"] == t["status"], cid
+        assert int(r["votes"]) == t["votes"] and r["source"] == t["source"], cid
+        assert float(r["purity"] or "nan") == pytest.approx(float(t["purity"]), nan_ok=True), cid
+    assert not [r["text"] for r in rows if r["text"][:1] in "=+-@"]
+
+    items = json.loads(downloads[f"{rid}-concepts.json"])
+    assert [(c["id"], c["text"], c["status"]) for c in items] == \
+        [(cid, t["concept"], t["status"]) for cid, t in table.iterrows()]  # raw text: JSON is not a spreadsheet
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["concepts.txt", "concepts.csv", "concepts.json", "Detector bundle (.zip)",
                       "Run summary (.json)"]
-    assert at.get("json")  # the summary is shown
 
 
 def test_export_detector_bundle_loads(app_env, tmp_path):
@@ -600,10 +932,17 @@ def test_concepts_what_if_with_an_ood_sample(app_env, small_images, tmp_path, mo
     at.text_input(key="ood_path").input("ood").run()
     at.button[[b.label for b in at.button].index("Use this folder")].click().run()
     no_exception(at)
-    m = {x.label: x.value for x in at.metric}
-    assert {"AUROC, mined", "AUROC, now", "FPR95, mined", "FPR95, now"} <= set(m)
-    assert 0.0 <= float(m["AUROC, mined"]) <= 1.0
+    m = metrics(at)
+    # the same AUROC by hand from the engine's scores: held-out ID images vs the OOD files
+    from clustermine import score_images
+    from clustermine.runs import Run
+
+    run = Run.open(app_env)
+    id_scores = run.detector(calibrate=False).log_scores(heldout_features(run))
+    ood_scores = [e["log_score"] for e in score_images(run, sorted(ood.iterdir()))]
+    assert float(m["AUROC, mined"]) == pytest.approx(auroc_by_hand(id_scores, ood_scores), abs=0.0006)
     assert m["AUROC, mined"] == m["AUROC, now"]  # no edit yet: before == after
+    assert f"ID = {len(id_scores)} held-out images, OOD = 6 images" in texts(at)
 
 
 @pytest.mark.slow

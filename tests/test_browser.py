@@ -12,12 +12,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import CHROMIUM, missing_resource
 from streamlit_server import streamlit_server
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -26,9 +26,12 @@ MINE_TIMEOUT_MS = 900_000  # first use embeds the 118K-noun corpus (~90 s idle m
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (bash scripts/setup_env.sh --with-browser)")
-    pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        missing_resource(f"{CHROMIUM} not installed (bash scripts/setup_env.sh --with-browser)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        missing_resource(f"playwright not importable: {exc}")
     runs_root = tmp_path_factory.mktemp("browser_runs")
     with streamlit_server(runs_root, runs_root / "streamlit.log", wait_s=60) as srv:
         yield {"url": srv["url"], "runs_root": runs_root}
@@ -39,7 +42,7 @@ def page(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS, headless=True)
         ctx = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
         pg = ctx.new_page()
         pg.set_default_timeout(60_000)
@@ -72,6 +75,20 @@ def _download_scores(pg, tmp: Path) -> dict[str, dict]:
     dl.value.save_as(path)
     with open(path, newline="", encoding="utf-8") as fh:
         return {row["file"]: row for row in csv.DictReader(fh)}
+
+
+def _same_as_engine(row: dict, run_dir: Path, image: Path) -> None:
+    """A row of the Scoring page's CSV equals ``clustermine.score_images`` for the same file."""
+    from clustermine import score_images
+    from clustermine.runs import Run
+
+    run = Run.open(run_dir)
+    (e,) = score_images(run, [image])
+    thr = run.detector().threshold
+    assert float(row["log score"]) == pytest.approx(e["log_score"], abs=1e-3)  # float32 sums at 1/tau = 100
+    assert float(row["threshold"]) == pytest.approx(thr, abs=1e-3)
+    assert row["verdict"] == ("ID" if e["log_score"] >= thr else "OOD")
+    assert row["top positive concepts"].split(" (")[0] == e["top_positive"][0][0]
 
 
 def test_user_journey(server, page, tmp_path):
@@ -155,7 +172,8 @@ def test_user_journey(server, page, tmp_path):
     pg.get_by_text("images scored").wait_for(timeout=120_000)
     _idle(pg)
     before = _download_scores(pg, tmp_path)
-    assert list(before) == [probe.name] and before[probe.name]["verdict"] in ("ID", "OOD")
+    assert list(before) == [probe.name]
+    _same_as_engine(before[probe.name], server["runs_root"] / "browser-run", probe)
     top_positive = before[probe.name]["top positive concepts"].split(" (")[0]
     _shot(pg, "6-scoring")
 
@@ -178,7 +196,9 @@ def test_user_journey(server, page, tmp_path):
     pg.get_by_text("images scored").wait_for(timeout=120_000)
     _idle(pg)
     after = _download_scores(pg, tmp_path)
-    assert float(after[probe.name]["log score"]) != pytest.approx(float(before[probe.name]["log score"]), abs=1e-6)
+    _same_as_engine(after[probe.name], server["runs_root"] / "browser-run", probe)
+    # its best positive concept is now a negative: a lower score
+    assert float(after[probe.name]["log score"]) < float(before[probe.name]["log score"]) - 1e-3
     assert top_positive not in after[probe.name]["top positive concepts"]
 
     # --- Export.

@@ -706,12 +706,6 @@ def test_raw_html_is_never_used_with_user_data():
     assert found <= REVIEWED_HTML_SITES, f"unreviewed raw-HTML rendering: {sorted(found - REVIEWED_HTML_SITES)}"
 
 
-def test_app_escapes_user_text_test_exists():
-    """The AppTest that renders a <script> concept as text lives in tests/test_uploads.py."""
-    text = (TESTS / "test_uploads.py").read_text(encoding="utf-8")
-    assert "def test_script_concept_is_rendered_escaped" in text and "<script>alert(1)</script>" in text
-
-
 def test_md_escape_neutralises_markup():
     from ui.text import md_escape
 

@@ -97,16 +97,22 @@ def skipped_files(run: Run) -> pd.DataFrame:
     """Files not used, with the reason: refused at upload (uploads.json) or skipped by the scan /
     decoder (images.jsonl). File names are data here (rendered as table cells, never markup)."""
     rows = []
+    saved = []
     try:
         manifest = json.loads(layout.uploads_manifest(run.path).read_text(encoding="utf-8"))
         rows += [(f["display_name"], "upload", f["reason"]) for f in manifest.get("skipped", [])]
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = [f for f in manifest.get("saved", []) if f.get("path")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     if run.file(layout.IMAGES).is_file():
         try:
             shown = rundata.upload_names(run)
+            records = run.image_records()
             rows += [(shown.get(r["path"], r["path"]), "scan", r.get("reason") or "")
-                     for r in run.image_records() if r.get("row") is None]
+                     for r in records if r.get("row") is None]
+            scanned = {r.get("path") for r in records}  # the scan ignores non-image files (e.g. a zip's README)
+            rows += [(f["display_name"], "scan", "not an image file type")
+                     for f in saved if f["path"] not in scanned]
         except Exception:  # a corrupt images.jsonl is reported by the pages that need it
             pass
     return pd.DataFrame(rows, columns=["file", "stage", "reason"])

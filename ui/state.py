@@ -7,6 +7,10 @@ Session state holds ids and UI preferences only; everything durable is in the ru
 
 from __future__ import annotations
 
+import contextlib
+import runpy
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,22 +36,45 @@ class RunRef:
     error: str | None = None
 
 
+_frame = threading.local()  # how many app.py frames enclose the code running on this script thread
+
+
+@contextlib.contextmanager
+def frame() -> Iterator[None]:
+    """Mark the enclosed code (app.py's body) as running inside the app frame."""
+    _frame.depth = getattr(_frame, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _frame.depth -= 1
+
+
 def ensure_frame() -> None:
     """Make sure the page runs inside app.py's frame (navigation, sidebar, query-param sync).
 
-    Streamlit starts each script run in its legacy ``pages/``-folder mode until app.py has called
-    ``st.navigation`` (always for AppTest, once per process for a server): a deep link such as
-    ``/concepts?run=...`` would then run the page file alone. In that case app.py runs here, in
-    the same script run (widget events are kept), drawing the frame and this page; the outer,
-    frameless execution then stops.
+    Why this exists (Streamlit 1.67; no supported switch avoids it while the page scripts live in a
+    top-level ``pages/`` folder next to app.py, which the project layout requires):
+
+    - Streamlit decides "legacy ``pages/``-folder app" from the mere existence of
+      ``<entrypoint dir>/pages``, once per process (``PagesManager.__init__``), and AppTest resets that
+      decision before *every* ``run()``. No config option turns it off.
+    - In that mode a script run for ``/concepts`` executes ``pages/concepts.py`` alone
+      (``script_runner._mpa_v1``): app.py, hence ``st.navigation``, the sidebar and the ``?run=`` sync,
+      does not run. Only a call of ``st.navigation`` ends the mode, for the rest of the process. So a
+      server's first request, if it is a deep link, and every AppTest run of a page, come here frameless.
+    - ``st.switch_page`` to app.py would cost extra script runs, lose the page the link asked for (app.py
+      would open its default page unless told again) and lose the return values of ``st.button`` in
+      the interrupted run (``if st.button("Launch mining")``): under AppTest every click.
+    - Keeping the page files elsewhere and pointing ``st.Page`` at them would be supported, but
+      ``pages/`` is part of the requested layout.
+
+    So, using public behaviour only: app.py marks its body with :func:`frame`; a page that finds no
+    frame around it runs app.py itself, in the same script run (widget events are kept). app.py calls
+    ``st.navigation`` (which ends the legacy mode), draws the frame and, through ``nav.run()``, this
+    page; the outer, frameless execution then stops.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if not PagesManager.uses_pages_directory:
+    if getattr(_frame, "depth", 0):
         return
-    PagesManager.uses_pages_directory = False
-    import runpy
-
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "app.py"), run_name="__clustermine_frame__")
     st.stop()
 
