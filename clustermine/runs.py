@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import platform
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -38,11 +37,12 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
+from .config import stored_tau
 from .corpus import normalize_concept
 from .errors import ClusterMineError, RunError
 from .mining import ClusterStats, MinedConcept
 from .metrics import threshold_at_tpr
-from .scoring import DEFAULT_TAU, Detector, WhatIfScorer
+from .scoring import Detector, WhatIfScorer
 from .storage import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_jsonl
 
 RUN_FORMAT = 1
@@ -162,7 +162,7 @@ class Run:
         """Raise RunError naming the first missing or unreadable file of a finished run."""
         if self.status != "done":
             raise RunError(f"{self.path / 'run.json'}: run is not finished (status {self.status!r}); "
-                           "resume it with `clustermine mine` and the same --out")
+                           "resume it with `clustermine resume RUN_DIR`")
         for name in ("images.jsonl", "features.npy", "clusters.npy", "votes.npz", "clusters.json",
                      "corpus.txt", "text_embeddings.npy", "mined.json"):
             p = self.path / name
@@ -191,7 +191,7 @@ class Run:
 
     @property
     def tau(self) -> float:
-        return float(self.config.get("tau", DEFAULT_TAU))
+        return stored_tau(self.config)
 
     def reload_meta(self) -> dict:
         try:
@@ -557,12 +557,3 @@ def list_runs(root: str | os.PathLike) -> list[dict]:
                     "config": meta.get("config", {})})
     return sorted(out, key=lambda r: r["created"], reverse=True)
 
-
-def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds pass (helper for tests and the UI)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
