@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,7 +83,10 @@ class MineConfig:
             return ClusterMineError(f"{source}: {name}={getattr(self, name)!r} {why}")
 
         def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def is_real(v: Any) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
         for name in ("encoder", "clusterer", "corpus", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
@@ -95,12 +99,11 @@ class MineConfig:
             raise bad("clusterer_params", "must be a mapping of option names to values")
         if self.template is not None and (not isinstance(self.template, str) or "{}" not in self.template):
             raise bad("template", "must be a text containing {}")
-        if self.tau is not None and not (isinstance(self.tau, (int, float)) and not isinstance(self.tau, bool)
-                                         and math.isfinite(self.tau) and self.tau > 0):
+        if self.tau is not None and not (is_real(self.tau) and self.tau > 0):
             raise bad("tau", "must be a positive number")
         if not is_int(self.seed) or self.seed < 0:
             raise bad("seed", "must be a non-negative integer")
-        if not (isinstance(self.holdout_fraction, (int, float)) and 0 <= self.holdout_fraction < 1):
+        if not (is_real(self.holdout_fraction) and 0 <= self.holdout_fraction < 1):
             raise bad("holdout_fraction", "must be a number in [0, 1)")
         for name in ("topk", "batch_size"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
