@@ -254,7 +254,7 @@ def check_scoring(args, dev: str) -> dict:
             gpu32 = torch.cat(res).numpy()
     m = min(n, args.score_n_numpy)
     t0 = time.perf_counter()
-    ref = log_scores(F[:m], emb, pos)
+    ref = log_scores(F[:m], emb, pos, 0.01)  # the same tau as the torch path above
     out["engine_numpy_host_img_s"] = m / (time.perf_counter() - t0)
     out["max_abs_diff_fp32_vs_engine"] = float(np.abs(ref - np.minimum(gpu32[:m], 0.0)).max())
     return out

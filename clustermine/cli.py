@@ -1,4 +1,7 @@
-"""Command-line interface: the same verbs as the web app (mine, score, evaluate, concepts, export).
+"""Command-line interface: the same verbs as the web app (mine, resume, score, evaluate, concepts, export).
+
+The ``mine`` flags are derived from :class:`clustermine.config.MineConfig` (one flag per field, its
+default the field's); ``resume RUN_DIR`` continues a run with the settings stored in the run itself.
 
 User errors print one line (``error: ...``) and exit with status 2; no traceback.
 """
@@ -6,13 +9,68 @@ User errors print one line (``error: ...``) and exit with status 2; no traceback
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from pathlib import Path
+import typing
 from typing import Sequence
 
+from .config import MineConfig
 from .errors import CancelledError, ClusterMineError
 from .rundir import layout
+
+
+def _type_of(f: dataclasses.Field) -> type:
+    """The value type of a MineConfig field (``int | None`` -> int)."""
+    hint = typing.get_type_hints(MineConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw  # plain text
+    return key.strip(), value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per MineConfig field; flag name, help and choices come from the field's metadata and
+    the default is the field's own (never written here)."""
+    defaults = MineConfig()
+    for f in dataclasses.fields(MineConfig):
+        meta = f.metadata
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        kind = _type_of(f)
+        default = getattr(defaults, f.name)
+        helptext = meta.get("help", "")
+        if kind is dict:  # repeated KEY=VALUE, gathered into a dict by config_from_args
+            parser.add_argument(flag, dest=f.name, action="append", type=_key_value, default=None,
+                                metavar="KEY=VALUE", help=helptext)
+        elif kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=helptext)
+        else:
+            suffix = "" if default is None else f" (default: {default})"
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=meta.get("choices"),
+                                metavar=None if meta.get("choices") else flag[2:].upper().replace("-", "_"),
+                                help=helptext + suffix)
+
+
+def config_from_args(args: argparse.Namespace) -> MineConfig:
+    """The MineConfig given by the flags of :func:`add_config_arguments` (validated)."""
+    values = {}
+    for f in dataclasses.fields(MineConfig):
+        value = getattr(args, f.name)
+        if _type_of(f) is dict:
+            value = dict(value or [])
+        values[f.name] = value
+    return MineConfig(**values).validate("command line")
+
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,24 +80,16 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("mine", help="encode a folder of ID images, cluster, vote and mine concepts into a run folder")
     m.add_argument("images_dir")
-    m.add_argument("--out", required=True, help="run folder to create (or resume)")
-    m.add_argument("--encoder", default="offline",
-                   help="offline (default) or openclip:ARCH:TAG | openclip:hf-hub:ORG/REPO | openclip:local-dir:PATH | "
-                        "openclip:ARCH@CHECKPOINT")
-    m.add_argument("--clusters", type=int, default=None, help="number of clusters C (default: from the image count)")
-    m.add_argument("--clusterer", default="temi", choices=["temi", "kmeans"])
-    m.add_argument("--corpus", default="wordnet-nouns",
-                   help="wordnet-nouns | wordnet-nouns-adjectives | wordnet-nouns-first-lemma | PATH (one concept per line)")
-    m.add_argument("--template", default=None, help="prompt template with {} for the concept (default: the encoder's)")
-    m.add_argument("--tau", type=float, default=0.01)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--holdout", type=float, default=0.1, help="fraction of images held out to calibrate the threshold")
-    m.add_argument("--device", default="auto")
-    m.add_argument("--batch-size", type=int, default=32)
-    m.add_argument("--max-pixels", type=int, default=None, help="decompression-bomb guard (pixels per image)")
+    m.add_argument("--out", required=True, help="run folder to create (or resume with the same settings)")
+    add_config_arguments(m)
     m.add_argument("--cache-dir", default=None, help="feature / text-embedding cache (default ~/.cache/clustermine)")
     m.add_argument("--force", action="store_true", help="replace a finished run in --out (the old one is moved aside)")
     m.add_argument("--quiet", action="store_true")
+
+    r = sub.add_parser("resume", help="continue an unfinished run with the settings stored in its run.json")
+    r.add_argument("run_dir")
+    r.add_argument("--cache-dir", default=None, help="feature / text-embedding cache (default ~/.cache/clustermine)")
+    r.add_argument("--quiet", action="store_true")
 
     s = sub.add_parser("score", help="score images (files or folders) with a run's current concepts")
     s.add_argument("run_dir")
@@ -99,22 +149,34 @@ class _Bars:
 
 
 def _cmd_mine(a: argparse.Namespace) -> int:
-    from .pipeline import MineConfig, mine
+    from .pipeline import mine
 
-    cfg = MineConfig(encoder=a.encoder, n_clusters=a.clusters, clusterer=a.clusterer, corpus=a.corpus,
-                     template=a.template, tau=a.tau, seed=a.seed, holdout_fraction=a.holdout, device=a.device,
-                     batch_size=a.batch_size, max_pixels=a.max_pixels)
     bars = _Bars(a.quiet)
     try:
-        run = mine(a.images_dir, a.out, cfg, progress=bars, overwrite=a.force, cache_dir=a.cache_dir)
+        run = mine(a.images_dir, a.out, config_from_args(a), progress=bars, overwrite=a.force, cache_dir=a.cache_dir)
     finally:
         bars.close()
+    return _report_run(run)
+
+
+def _cmd_resume(a: argparse.Namespace) -> int:
+    from .pipeline import resume
+
+    bars = _Bars(a.quiet)
+    try:
+        run = resume(a.run_dir, progress=bars, cache_dir=a.cache_dir)
+    finally:
+        bars.close()
+    return _report_run(run)
+
+
+def _report_run(run) -> int:
     s = run.meta["summary"]
     print(f"run: {run.path}")
     print(f"images used: {s['n_images']} (mining {s['n_mining']}, held out {s['n_holdout']}), "
           f"skipped: {s['n_skipped']}, duplicates: {s['n_duplicates']}")
     print(f"clusters: {s['n_clusters']} ({s['n_occupied']} occupied), |Y_pos|: {s['n_positive']}, "
-          f"mean purity: {s['mean_purity']:.3f}, corpus: {s['corpus_size']} concepts")
+          f"mean purity: {s['mean_purity']:.3f}, corpus: {s['corpus_size']} concepts, tau: {run.config.get('tau')}")
     if s.get("clamp_warning"):
         print(f"note: {s['clamp_warning']}")
     skipped = [r for r in run.image_records() if r["status"] != "ok"]
@@ -188,7 +250,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"mine": _cmd_mine, "score": _cmd_score, "evaluate": _cmd_evaluate, "concepts": _cmd_concepts,
+_COMMANDS = {"mine": _cmd_mine, "resume": _cmd_resume, "score": _cmd_score, "evaluate": _cmd_evaluate, "concepts": _cmd_concepts,
              "export": _cmd_export}
 
 

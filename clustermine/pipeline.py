@@ -7,45 +7,23 @@ Progress: ``progress(stage, done, total)`` callbacks, and ``progress.json`` in t
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from . import metrics as _metrics
-from .errors import CancelledError, ClusterMineError, NoImagesError
+from .config import MineConfig
+from .errors import CancelledError, ClusterMineError, NoImagesError, RunError
 from .rundir import layout
 from .storage import atomic_save_npz, cache_root
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 STAGES = ("scan", "encode", "corpus", "cluster", "vote")
-
-
-@dataclass
-class MineConfig:
-    """All parameters of a mining run (stored in ``run.json``)."""
-
-    encoder: str = "offline"
-    n_clusters: int | None = None  # None: a default from the number of images (see clustering)
-    clusterer: str = "temi"
-    corpus: str = "wordnet-nouns"
-    template: str | None = None  # None: the encoder's default prompt template
-    tau: float = 0.01
-    seed: int = 0
-    holdout_fraction: float = 0.1  # ID images kept out of mining to calibrate the threshold
-    topk: int = 5
-    batch_size: int = 32
-    device: str = "auto"
-    max_pixels: int | None = None
-    clusterer_params: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["MineConfig", "mine", "resume", "score_images", "evaluate", "load_folder", "STAGES"]
 
 
 # ----------------------------------------------------------------------------- progress
@@ -91,7 +69,7 @@ class ProgressTracker:
 
     def check_cancel(self) -> None:
         if (self._cancel and self._cancel()) or (self.run is not None and self.run.cancel_requested()):
-            raise CancelledError("cancelled by the user; finished work is kept, run `mine` again to resume")
+            raise CancelledError("cancelled by the user; finished work is kept, run `clustermine resume RUN_DIR` to continue")
 
     def check_cancel_flag(self) -> bool:
         """True when a cancel was requested (callback or ``cancel.requested`` in the run)."""
@@ -246,6 +224,7 @@ def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None 
          cache_dir: str | Path | None = None, encoder=None, encode_chunk_size: int = 256):
     """Run the whole mining pipeline on a folder of ID images and return the finished :class:`Run`.
 
+    ``config`` is resolved first (``tau=None`` -> the encoder's default) and stored in ``run.json``.
     Resumes an unfinished run in ``run_dir`` with the same config. Raises ClusterMineError subclasses
     for user errors; on failure or cancel the run's status says so and finished work is kept.
     ``encode_chunk_size``: images per feature-cache chunk (a killed job loses at most one chunk);
@@ -253,7 +232,7 @@ def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None 
     """
     from .runs import Run
 
-    config = config or MineConfig()
+    config = (config or MineConfig()).validate().resolved()
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise NoImagesError(f"{images_dir}: folder not found")
@@ -281,6 +260,34 @@ def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None 
     return run
 
 
+def run_mine_config(run) -> tuple[MineConfig, Path]:
+    """The resolved MineConfig and images folder stored in a run's ``run.json`` (a stored τ is kept;
+    settings missing from an older run take today's defaults, τ its encoder's)."""
+    source = str(layout.meta_path(run.path))
+    stored = run.config
+    images_dir = stored.get("images_dir") if isinstance(stored, dict) else None
+    if not images_dir:
+        raise RunError(f"{source}: the run's config has no images_dir")
+    return MineConfig.from_dict(stored, source).resolved(), Path(images_dir)
+
+
+def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+           cache_dir: str | Path | None = None, encoder=None, encode_chunk_size: int = 256):
+    """Continue (or start) mining the unfinished run in ``run_dir`` with the settings stored in its
+    ``run.json``; returns the finished :class:`Run`. Finished work (cached features) is reused."""
+    from .runs import Run, _comparable
+
+    run = Run.open(run_dir, require_complete=False)
+    if run.status == "done":
+        raise RunError(f"{run.path}: the run is already finished")
+    config, images_dir = run_mine_config(run)
+    full = {**config.to_dict(), "images_dir": str(images_dir.resolve())}
+    if _comparable(full) != _comparable(run.config):  # an older run lacking a newer setting: store it
+        run._update_meta(config={**run.config, **full})
+    return mine(images_dir, run.path, config, progress=progress, cancel=cancel, cache_dir=cache_dir,
+                encoder=encoder, encode_chunk_size=encode_chunk_size)
+
+
 def _final_progress(run, tracker: ProgressTracker, status: str) -> None:
     tracker.finish()
     prog = run.progress() or {}
@@ -296,8 +303,9 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
     from .images import scan_images
     from .mining import cluster_statistics, mine_positive_concepts, summary, zero_shot_topk
 
-    # Fail fast on a bad corpus or encoder spec, before the long scan and encode.
+    # Fail fast on a bad corpus, clusterer option or encoder spec, before the long scan and encode.
     corpus = load_corpus(config.corpus)
+    make_clusterer(config.clusterer, 2, seed=config.seed, **config.clusterer_params)
     encoder = encoder or load_encoder(config.encoder, device=config.device)
 
     # 1. scan
@@ -437,9 +445,3 @@ def evaluate(run, id_dir: str | Path, ood_dir: str | Path, *, encoder=None,
     res["n_positive"] = int(len(detector.positive_idx))
     res["fpr95_variant"] = "threshold keeps >=95% of ID; OOD >= threshold counted"
     return res
-
-
-def read_summary(run) -> str:
-    """One-paragraph human summary of a finished run."""
-    s = run.meta.get("summary", {})
-    return json.dumps(s, indent=2)

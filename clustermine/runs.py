@@ -6,8 +6,6 @@ The implementation lives in :mod:`clustermine.rundir` (file names in
 
 from __future__ import annotations
 
-import time
-
 from .rundir.concepts import EDIT_ACTIONS, POSITIVE_STATUSES, Concept, concept_id, replay_edits
 from .rundir.layout import RUN_FORMAT
 from .rundir.listing import list_runs
@@ -15,14 +13,5 @@ from .rundir.run import Run
 from .rundir.store import STATUSES, _comparable, now_iso, package_versions
 
 __all__ = ["Run", "Concept", "list_runs", "concept_id", "now_iso", "package_versions", "replay_edits",
-           "RUN_FORMAT", "STATUSES", "POSITIVE_STATUSES", "EDIT_ACTIONS", "wait_for", "_comparable"]
+           "RUN_FORMAT", "STATUSES", "POSITIVE_STATUSES", "EDIT_ACTIONS", "_comparable"]
 
-
-def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds pass (helper for tests and the UI)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

@@ -5,7 +5,8 @@ Score (METHOD.md §4.1), computed in log space: with z_w(x) = cos(x, w) / τ,
     log S(x) = LSE_{w ∈ Y_pos} z_w(x) − LSE_{w ∈ V} z_w(x)          (V = Y_pos ∪ Y_neg)
 
 S(x) ∈ (0, 1] is the softmax mass on the positive concepts; **higher = more in-distribution**.
-Y_neg = V minus Y_pos, so a rejected concept becomes a negative. τ defaults to 0.01.
+Y_neg = V minus Y_pos, so a rejected concept becomes a negative. τ is the run's (stored in its config;
+the default depends on the encoder: :func:`clustermine.config.default_tau`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
+from .config import default_tau
 from .errors import ClusterMineError, RunError
 from .metrics import threshold_at_tpr
 from .storage import atomic_save_npy, atomic_write_json
 
-DEFAULT_TAU = 0.01
 DETECTOR_FORMAT = 1
 
 
@@ -42,7 +43,7 @@ def corpus_logsumexp(image_features: np.ndarray, text_embeddings: np.ndarray, ta
 
 
 def log_scores(image_features: np.ndarray, text_embeddings: np.ndarray, positive_idx: np.ndarray,
-               tau: float = DEFAULT_TAU, n_groups: int = 1, seed: int = 0) -> np.ndarray:
+               tau: float, n_groups: int = 1, seed: int = 0) -> np.ndarray:
     """log S(x) for every image (float64 [N]); ``positive_idx`` are rows of ``text_embeddings``.
 
     ``n_groups > 1`` is NegLabel's grouping: the negatives are permuted with ``seed``, split into
@@ -88,7 +89,7 @@ def neg_mining(positive_embeddings: np.ndarray, candidate_embeddings: np.ndarray
 
 
 def neglabel_scores(image_features: np.ndarray, positive_embeddings: np.ndarray,
-                    negative_embeddings: np.ndarray, tau: float = DEFAULT_TAU, n_groups: int = 1) -> np.ndarray:
+                    negative_embeddings: np.ndarray, tau: float, n_groups: int = 1) -> np.ndarray:
     """NegLabel score (oracle baseline when the positives are true class names): log S over
     positives ∪ negatives."""
     text = np.concatenate([positive_embeddings, negative_embeddings]).astype(np.float32)
@@ -115,7 +116,7 @@ class Detector:
     concepts: list[str]
     text_embeddings: np.ndarray
     positive_idx: np.ndarray
-    tau: float = DEFAULT_TAU
+    tau: float | None = None  # None: the encoder's default (config.default_tau(encoder_spec))
     encoder_spec: str = "offline"
     encoder_fingerprint: dict = field(default_factory=dict)
     encoder_fingerprint_id: str = ""
@@ -125,6 +126,7 @@ class Detector:
     _corpus_lse_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        self.tau = default_tau(self.encoder_spec) if self.tau is None else float(self.tau)
         self.positive_idx = np.unique(np.asarray(self.positive_idx, dtype=np.int64))
         if self.text_embeddings.shape[0] != len(self.concepts):
             raise ValueError("one text embedding per concept is required")
@@ -227,7 +229,7 @@ class WhatIfScorer:
     concepts (``extra_embeddings``, rows M.. of the vocabulary) join the denominator on the fly.
     """
 
-    def __init__(self, image_features: np.ndarray, base_embeddings: np.ndarray, tau: float = DEFAULT_TAU,
+    def __init__(self, image_features: np.ndarray, base_embeddings: np.ndarray, tau: float,
                  base_lse: np.ndarray | None = None) -> None:
         """``base_lse`` float64 [N]: a precomputed ``corpus_logsumexp`` of these features (e.g. from disk)."""
         self.image_features = np.asarray(image_features, dtype=np.float32)

@@ -446,22 +446,6 @@ def _has_key(at, key: str) -> bool:
         return False
 
 
-def test_mine_command_reproduces_the_run_config(app_env):
-    """The worker's CLI arguments rebuild exactly the config stored in run.json (so it resumes)."""
-    from clustermine.cli import _parser
-    from clustermine.jobs import mine_command
-    from clustermine.pipeline import MineConfig
-    from clustermine.runs import Run, _comparable
-
-    run = Run.open(app_env)
-    a = _parser().parse_args(mine_command(run.config, app_env)[3:])
-    cfg = MineConfig(encoder=a.encoder, n_clusters=a.clusters, clusterer=a.clusterer, corpus=a.corpus,
-                     template=a.template, tau=a.tau, seed=a.seed, holdout_fraction=a.holdout, device=a.device,
-                     batch_size=a.batch_size, max_pixels=a.max_pixels).to_dict()
-    cfg["images_dir"] = str(Path(a.images_dir).resolve())
-    assert _comparable(cfg) == _comparable(run.config)
-
-
 def test_dead_worker_is_reported_as_failed(app_env, tmp_path):
     from clustermine import jobs
     from clustermine.runs import Run

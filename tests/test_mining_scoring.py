@@ -78,7 +78,7 @@ def test_log_score_equals_naive_formula():
     # tau = 0.01 does not overflow in log space
     assert np.isfinite(log_scores(f, t, pos, 0.01)).all()
     with pytest.raises(ClusterMineError):
-        log_scores(f, t, np.array([], dtype=int))
+        log_scores(f, t, np.array([], dtype=int), 0.01)
 
 
 def test_grouping_and_neglabel():

@@ -33,10 +33,13 @@ def config_summary(run: Run) -> None:
     cfg = run.config
     enc = run.meta.get("encoder") or {}
     c = cfg.get("n_clusters")
-    rows = [("encoder", enc.get("spec") or cfg.get("encoder", "offline")),
-            ("device", enc.get("device") or cfg.get("device", "auto")),
+    params = cfg.get("clusterer_params") or {}
+    rows = [("encoder", enc.get("spec") or cfg.get("encoder", "")),
+            ("device", enc.get("device") or cfg.get("device", "")),
             ("clusters C", "auto" if c is None else str(c)), ("clusterer", cfg.get("clusterer", "")),
-            ("corpus", str(cfg.get("corpus", ""))), ("seed", str(cfg.get("seed", ""))),
+            ("clusterer options", ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"),
+            ("corpus", str(cfg.get("corpus", ""))), ("score temperature τ", f"{run.tau:g}"),
+            ("top-k votes stored", str(cfg.get("topk", ""))), ("seed", str(cfg.get("seed", ""))),
             ("held out", f"{float(cfg.get('holdout_fraction', 0)):.0%}"), ("images", str(cfg.get("images_dir", "")))]
     st.dataframe(pd.DataFrame(rows, columns=["setting", "value"]), hide_index=True, width="stretch")
 
@@ -170,7 +173,7 @@ def run_panel(run: Run) -> None:
         if st.button("Resume", type="primary", icon=":material/play_arrow:", key="resume",
                      help="Continue with the same settings; images already encoded are not encoded again."):
             with widgets.guard("resuming the run"):
-                jobs.start_mine_job(run.path)
+                jobs.start_mine_job(run.path, cancel_at_exit=True)
                 st.rerun()
         tail = jobs.log_tail(run.path)
         if tail:

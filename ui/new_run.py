@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from clustermine import jobs
+from clustermine.config import CLUSTERER_NAMES, MineConfig, default_tau
 from clustermine.corpus import BUILTIN_CORPORA
 from clustermine.errors import ClusterMineError, SafetyError
 from clustermine.rundir import layout
@@ -32,7 +33,8 @@ from .text import md_code, md_escape
 
 SOURCES = {"files": "Upload images", "zip": "Upload a zip", "folder": "Folder on this server"}
 CUSTOM_CORPUS = "custom"
-CLUSTERERS = {"temi": "TEMI (recommended)", "kmeans": "k-means (fast baseline)"}
+CLUSTERER_LABELS = {"temi": "TEMI (recommended)", "kmeans": "k-means (fast baseline)"}
+DEFAULTS = MineConfig()  # the form starts from the engine's defaults (never repeated here)
 
 
 @dataclass
@@ -41,14 +43,20 @@ class Choices:
     files: list = field(default_factory=list)
     zip_file: object | None = None
     folder: str = ""
-    encoder: str = "offline"
-    n_clusters: int | None = None
-    clusterer: str = "temi"
-    corpus: str = "wordnet-nouns"
+    encoder: str = DEFAULTS.encoder
+    n_clusters: int | None = DEFAULTS.n_clusters
+    clusterer: str = DEFAULTS.clusterer
+    corpus: str = DEFAULTS.corpus
     corpus_file: object | None = None
-    seed: int = 0
-    holdout: float = 0.1
+    seed: int = DEFAULTS.seed
+    holdout: float = DEFAULTS.holdout_fraction
     name: str = ""
+
+    def mine_config(self, corpus: str) -> MineConfig:
+        """The run's settings (every other one at the engine's default), resolved (τ concrete)."""
+        return MineConfig(encoder=self.encoder or DEFAULTS.encoder, n_clusters=self.n_clusters,
+                          clusterer=self.clusterer, corpus=corpus, seed=self.seed,
+                          holdout_fraction=self.holdout).validate().resolved()
 
 
 def _source_inputs(ch: Choices) -> None:
@@ -89,7 +97,9 @@ def _source_inputs(ch: Choices) -> None:
 def _option_inputs(ch: Choices) -> None:
     c1, c2 = st.columns(2)
     with c1:
-        enc_kind = st.radio("Encoder", ["offline", "open_clip"], horizontal=True, key="enc_kind",
+        kinds = ["offline", "open_clip"]
+        enc_kind = st.radio("Encoder", kinds, horizontal=True, key="enc_kind",
+                            index=0 if DEFAULTS.encoder == "offline" else 1,
                             format_func={"offline": "Offline default (no network)", "open_clip": "open_clip"}.get)
         if enc_kind == "open_clip":
             spec = st.text_input("open_clip spec", value="openclip:ViT-B-32:openai", key="enc_spec",
@@ -102,22 +112,25 @@ def _option_inputs(ch: Choices) -> None:
             device = cache.resolved_device("auto")
         except ClusterMineError as exc:
             device = f"unavailable ({exc})"
-        st.caption(f"Device: **{md_escape(device)}** (auto)")
-        auto = st.checkbox("Number of clusters: automatic", value=True, key="c_auto",
+        st.caption(f"Device: **{md_escape(device)}** (auto) · score temperature τ = "
+                   f"{default_tau(ch.encoder)} (this encoder's default)")
+        auto = st.checkbox("Number of clusters: automatic", value=DEFAULTS.n_clusters is None, key="c_auto",
                            help="round(sqrt(N/2)), clamped so that each cluster has 5+ members.")
         ch.n_clusters = None if auto else int(st.number_input("Number of clusters C", min_value=1, max_value=2000,
                                                               value=10, step=1, key="c_value"))
-        ch.clusterer = st.radio("Clusterer", list(CLUSTERERS), format_func=CLUSTERERS.get, horizontal=True,
-                                key="clusterer")
+        ch.clusterer = st.radio("Clusterer", CLUSTERER_NAMES, index=CLUSTERER_NAMES.index(DEFAULTS.clusterer),
+                                format_func=lambda k: CLUSTERER_LABELS.get(k, k), horizontal=True, key="clusterer")
     with c2:
         options = list(BUILTIN_CORPORA) + [CUSTOM_CORPUS]
-        ch.corpus = st.selectbox("Concept corpus", options, key="corpus",
+        ch.corpus = st.selectbox("Concept corpus", options, key="corpus", index=options.index(DEFAULTS.corpus),
                                  format_func=lambda k: f"{k} — {BUILTIN_CORPORA[k]}" if k in BUILTIN_CORPORA
                                  else "my own list (.txt, one concept per line)")
         if ch.corpus == CUSTOM_CORPUS:
             ch.corpus_file = st.file_uploader("Concept list", type=["txt"], key="corpus_file")
-        ch.seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed"))
-        ch.holdout = float(st.slider("Held out for calibration", 0.0, 0.5, 0.1, 0.05, key="holdout",
+        ch.seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=DEFAULTS.seed, step=1,
+                                      key="seed"))
+        ch.holdout = float(st.slider("Held out for calibration", 0.0, 0.5, DEFAULTS.holdout_fraction, 0.05,
+                                     key="holdout",
                                      help="Share of ID images kept out of mining to calibrate the threshold "
                                           "(none when fewer than 20 images)."))
         ch.name = st.text_input("Run name (optional)", key="run_name", placeholder="e.g. imagenette-offline-c10")
@@ -172,7 +185,6 @@ def launch(ch: Choices) -> str:
     Inputs are staged in a hidden folder first, so a refused upload (zip bomb, nothing usable)
     leaves no half-made run behind.
     """
-    from clustermine.pipeline import MineConfig
     from clustermine.runs import Run
 
     root = settings.runs_root()
@@ -192,8 +204,7 @@ def launch(ch: Choices) -> str:
             corpus = str(run_dir.parent.resolve() / run_dir.name / layout.USER_CORPUS)
         # Resolved exactly as the worker's pipeline.mine resolves it, so its Run.create resumes this run.
         images_dir = folder.resolve() if folder is not None else layout.uploads_dir(run_dir.parent.resolve() / run_dir.name)
-        cfg = MineConfig(encoder=ch.encoder or "offline", n_clusters=ch.n_clusters, clusterer=ch.clusterer,
-                         corpus=corpus, seed=ch.seed, holdout_fraction=ch.holdout).to_dict()
+        cfg = ch.mine_config(corpus).to_dict()
         cfg["images_dir"] = str(images_dir)
         Run.create(run_dir, cfg)
         for item in staging.iterdir():
@@ -204,7 +215,7 @@ def launch(ch: Choices) -> str:
             atomic_write_json(layout.uploads_manifest(run_dir), report.to_dict())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    jobs.start_mine_job(run_dir)
+    jobs.start_mine_job(run_dir, cancel_at_exit=True)
     return run_dir.name
 
 

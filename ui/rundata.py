@@ -77,7 +77,3 @@ def concept_table(run: Run) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["id", "concept", "status", "source", "clusters", "votes", "purity", "updated", "by"])
     return df.set_index("id")
 
-
-def image_path(run: Run, row: int) -> str:
-    return run.image_paths()[row]
-

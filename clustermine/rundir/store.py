@@ -20,7 +20,7 @@ from filelock import FileLock
 
 from ..errors import RunError
 from ..mining import ClusterStats
-from ..scoring import DEFAULT_TAU
+from ..config import stored_tau
 from ..storage import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from . import layout
 
@@ -118,7 +118,7 @@ class RunStore:
         """Raise RunError naming the first missing or unreadable file of a finished run."""
         if self.status != "done":
             raise RunError(f"{layout.meta_path(self.path)}: run is not finished (status {self.status!r}); "
-                           "resume it with `clustermine mine` and the same --out")
+                           "resume it with `clustermine resume RUN_DIR`")
         for name in layout.REQUIRED_FILES[1:]:
             p = self.file(name)
             if not p.is_file() or p.stat().st_size == 0:
@@ -150,7 +150,7 @@ class RunStore:
 
     @property
     def tau(self) -> float:
-        return float(self.config.get("tau", DEFAULT_TAU))
+        return stored_tau(self.config)
 
     def reload_meta(self) -> dict:
         meta_path = layout.meta_path(self.path)
