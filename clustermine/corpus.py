@@ -224,7 +224,13 @@ def embed_concepts(encoder, concepts: list[str], template: str, *, progress: Pro
                    batch_size: int = 256) -> np.ndarray:
     """Embed concepts with the encoder's text tower. Returns float32 [M, D], rounded through float16
     so that freshly computed and cached embeddings are bit-identical."""
-    emb = encoder.encode_texts(prompts(concepts, template), batch_size=batch_size, progress=progress)
+    texts = prompts(concepts, template)
+    # Length-sorted batches: a transformer pads every batch to its longest text, so grouping texts
+    # of similar length removes most of the padding work; rows are put back in corpus order.
+    order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
+    emb_sorted = encoder.encode_texts([texts[i] for i in order], batch_size=batch_size, progress=progress)
+    emb = np.empty_like(np.asarray(emb_sorted))
+    emb[order] = emb_sorted
     return np.asarray(emb, dtype=np.float16).astype(np.float32)
 
 
