@@ -91,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", default=None, help="feature / text-embedding cache (default ~/.cache/clustermine)")
     r.add_argument("--quiet", action="store_true")
 
+    pr = sub.add_parser("prepare", help="embed the concept corpus into the cache now, so the first mine skips that "
+                        "stage (set-up runs it for the default encoder and corpus)")
+    for name in ("encoder", "corpus", "template", "device"):
+        f = next(f for f in dataclasses.fields(MineConfig) if f.name == name)
+        pr.add_argument("--" + name, default=getattr(MineConfig(), name), choices=f.metadata.get("choices"),
+                        help=f.metadata.get("help", ""))
+    pr.add_argument("--cache-dir", default=None, help="feature / text-embedding cache (default ~/.cache/clustermine)")
+    pr.add_argument("--quiet", action="store_true")
+
     s = sub.add_parser("score", help="score images (files or folders) with a run's current concepts")
     s.add_argument("run_dir")
     s.add_argument("paths", nargs="+")
@@ -168,6 +177,20 @@ def _cmd_resume(a: argparse.Namespace) -> int:
     finally:
         bars.close()
     return _report_run(run)
+
+
+def _cmd_prepare(a: argparse.Namespace) -> int:
+    from .pipeline import prepare_corpus
+
+    config = MineConfig(encoder=a.encoder, corpus=a.corpus, template=a.template, device=a.device).validate("command line")
+    bars = _Bars(a.quiet)
+    try:
+        info = prepare_corpus(config, progress=bars, cache_dir=a.cache_dir)
+    finally:
+        bars.close()
+    state = "already cached" if info["was_cached"] else f"embedded in {info['seconds']:.0f} s"
+    print(f"corpus {config.corpus} ({info['n']} concepts, encoder {config.encoder}): {state} -> {info['cache']}")
+    return 0
 
 
 def _report_run(run) -> int:
@@ -250,7 +273,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"mine": _cmd_mine, "resume": _cmd_resume, "score": _cmd_score, "evaluate": _cmd_evaluate, "concepts": _cmd_concepts,
+_COMMANDS = {"mine": _cmd_mine, "resume": _cmd_resume, "prepare": _cmd_prepare, "score": _cmd_score, "evaluate": _cmd_evaluate, "concepts": _cmd_concepts,
              "export": _cmd_export}
 
 

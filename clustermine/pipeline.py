@@ -295,6 +295,27 @@ def _final_progress(run, tracker: ProgressTracker, status: str) -> None:
     run.write_progress(prog)
 
 
+def prepare_corpus(config: MineConfig | None = None, *, progress: ProgressFn | None = None,
+                   cache_dir: str | Path | None = None) -> dict:
+    """Embed the corpus of ``config`` (encoder, corpus, template) into the text cache ahead of time,
+    so the first ``mine`` needs no corpus stage. Returns ``{"cache": path, "n": M, "seconds": s,
+    "was_cached": bool}``; a cached corpus returns at once."""
+    from .corpus import corpus_embeddings, embedding_cache_key, load_corpus
+    from .encoders import load_encoder
+
+    config = (config or MineConfig()).resolved()
+    corpus = load_corpus(config.corpus)
+    encoder = load_encoder(config.encoder, device=config.device)
+    template = config.template or encoder.text_template
+    text_root = Path(cache_dir) / "text" if cache_dir else None
+    key = embedding_cache_key(encoder.fingerprint_id, corpus, template)
+    was_cached = ((text_root or cache_root() / "text") / f"{key}.npy").is_file()
+    start = time.perf_counter()
+    on_batch = (lambda done, total: progress("corpus", done, total)) if progress else None
+    _, path = corpus_embeddings(encoder, corpus, template, cache_dir=text_root, progress=on_batch)
+    return {"cache": str(path), "n": len(corpus), "seconds": time.perf_counter() - start, "was_cached": was_cached}
+
+
 def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTracker,
                  cache_dir: str | Path | None, encoder, encode_chunk_size: int = 256) -> None:
     from .clustering import clamp_n_clusters, default_n_clusters, make_clusterer

@@ -34,3 +34,9 @@ if [ "$WITH_BROWSER" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   echo "[setup] installing Debian chromium for the browser tests" >&2
   apt_install chromium || echo "[setup] could not install chromium; browser tests will be skipped" >&2
 fi
+# Embed the default concept corpus (117,798 WordNet nouns, offline encoder) now, once, so the first
+# run in the app needs no corpus stage. Cached under $CLUSTERMINE_CACHE (default ~/.cache/clustermine).
+if ! HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m clustermine prepare --device cpu; then
+  echo "[setup] could not embed the default corpus now; the first run will do it (see the message above)" >&2
+fi
+

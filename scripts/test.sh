@@ -3,7 +3,7 @@
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -m "not browser"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh --with-browser
 export CLUSTERMINE_CACHE="${CLUSTERMINE_CACHE:-$PWD/.cache/clustermine}"
+bash scripts/setup_env.sh --with-browser
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 exec .venv/bin/python -m pytest -q --timeout=1800 "$@"
