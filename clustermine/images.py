@@ -368,6 +368,32 @@ def load_rgb(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_M
         raise ImageError(name, _corrupt_reason(exc)) from None
 
 
+def require_decodable(root: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                      max_reasons: int = 5) -> str:
+    """Check before a job starts that ``root`` holds at least one image that decodes.
+
+    Scans ``root`` like :func:`scan_images` and decodes its candidate files in path order, stopping
+    at the first success, so the usual cost is one decode. Returns the relative path of that image.
+    Raises NoImagesError naming up to ``max_reasons`` files and why each failed (for example a text
+    file renamed ``.jpg``) when none decodes, or when the folder has no image file at all.
+    """
+    folder = Path(root).expanduser()
+    records = scan_images(folder)
+    failures: list[tuple[str, str]] = []
+    for rec in records:
+        if not rec.ok:
+            continue
+        try:
+            load_rgb(folder / rec.path, max_pixels=max_pixels)
+            return rec.path
+        except ImageError as exc:
+            failures.append((rec.path, exc.reason))
+    shown = "; ".join(f"{path}: {reason}" for path, reason in failures[:max_reasons])
+    more = f"; and {len(failures) - max_reasons} more" if len(failures) > max_reasons else ""
+    raise NoImagesError(f"none of the {len(failures)} image file(s) could be read, so no run was created "
+                        f"({shown}{more})")
+
+
 def _corrupt_reason(exc: BaseException) -> str:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if len(detail) > 120:
