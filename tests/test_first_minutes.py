@@ -270,7 +270,7 @@ def test_refresh_keeps_the_ood_sample_and_says_why_images_were_skipped(app_env, 
     no_exception(at)
     first = metrics(at)
     assert at.query_params.get("ood") == str(ood.resolve())
-    assert "3 over the 500-image limit per sample" in texts(at)
+    assert "3 skipped: 3 over the 500-image limit per sample" in _plain(texts(at))
 
     again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     again.query_params["run"] = app_env.name
@@ -331,21 +331,22 @@ def test_scoring_upload_errors_stay_and_a_bad_file_is_removed_alone(app_env, sma
     good = sorted((small_images / "n01440764").iterdir())[:2]
     at = open_app(app_env.name, "pages/scoring.py")
     _score(at, [(p.name, p.read_bytes()) for p in good] + [("fake.jpg", b"plain text, not a jpeg"),
-                                                           ("virus.exe", b"MZ")])
+                                                           ("empty.jpg", b""), ("notes.exe", b"MZ")])
     no_exception(at)
     # the refused file's message survives the rerun that shows the scored images
-    assert "virus.exe" in _errors(at)
+    assert "empty.jpg: empty file" in _errors(at)
     assert len(at.dataframe[0].value) == 2
-    assert _has_button(at, "rm-upload-fake.jpg")
+    assert _has_button(at, "rm-upload-fake.jpg") and _has_button(at, "rm-upload-notes.exe")
     at.run()  # any later rerun keeps it too
-    assert "virus.exe" in _errors(at)
+    assert "empty.jpg" in _errors(at)
     at.button(key="rm-upload-fake.jpg").click().run()
     no_exception(at)
     up = layout.scoring_uploads_dir(app_env)
-    assert sorted(p.name for p in up.iterdir()) == sorted(p.name for p in good)
+    assert sorted(p.name.lower() for p in up.iterdir()) == sorted([p.name.lower() for p in good] + ["notes.exe"])
     assert len(at.dataframe[0].value) == 2 and not _has_button(at, "rm-upload-fake.jpg")
+    assert _has_button(at, "rm-upload-notes.exe")
     at.button(key="dismiss_upload_errors").click().run()
-    assert "virus.exe" not in _errors(at)
+    assert "empty.jpg" not in _errors(at)
 
 
 def _has_button(at, key: str) -> bool:
