@@ -467,7 +467,7 @@ def test_file_names_get_break_opportunities_at_separators():
 @pytest.mark.browser
 def test_concepts_page_fits_1400px(small_run, tmp_path):
     """At a 1400 px wide window no table on the Concepts page scrolls horizontally (hidden columns)
-    and no metric label is cut (DOM measurement: scrollWidth against clientWidth)."""
+    and no metric, widget or button label is cut (DOM measurement: scrollWidth against clientWidth)."""
     if not CHROMIUM.exists():
         missing_resource(f"{CHROMIUM} not installed")
     try:
@@ -491,8 +491,12 @@ def test_concepts_page_fits_1400px(small_run, tmp_path):
             document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller').forEach((el, i) => {
                 if (el.scrollWidth > el.clientWidth + 1) out.push(`table ${i}: ${el.scrollWidth} > ${el.clientWidth}`);
             });
-            document.querySelectorAll('[data-testid="stMetricLabel"] p, [data-testid="stMetricLabel"] div')
-                .forEach(el => { if (el.scrollWidth > el.clientWidth + 1) out.push(`label: ${el.textContent}`); });
+            // any text Streamlit shortens with an ellipsis (metric, widget and button labels)
+            document.querySelectorAll('[data-testid="stMain"] *').forEach(el => {
+                const cs = getComputedStyle(el);
+                if (cs.textOverflow === 'ellipsis' && cs.overflow !== 'visible' && el.scrollWidth > el.clientWidth)
+                    out.push(`cut text: ${el.textContent}`);
+            });
             return out;
         }""")
         n_tables = pg.locator('[data-testid="stDataFrame"] .dvn-scroller').count()
