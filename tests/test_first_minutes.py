@@ -464,10 +464,33 @@ def test_file_names_get_break_opportunities_at_separators():
 
 
 # ====================================================================== 4. concepts page at 1400 px
+_CLIPPED_JS = """() => {
+    const out = [];
+    document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller').forEach((el, i) => {
+        if (el.scrollWidth > el.clientWidth + 1) out.push(`table ${i}: ${el.scrollWidth} > ${el.clientWidth}`);
+    });
+    // any text Streamlit shortens with an ellipsis (metric, widget and button labels)
+    document.querySelectorAll('[data-testid="stMain"] *').forEach(el => {
+        const cs = getComputedStyle(el);
+        if (cs.textOverflow === 'ellipsis' && cs.overflow !== 'visible' && el.scrollWidth > el.clientWidth
+            && el.textContent.trim())
+            out.push(`cut text: ${el.textContent}`);
+    });
+    return out;
+}"""
+
+
+def _settle(pg) -> None:
+    pg.wait_for_timeout(1500)
+    pg.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=180_000)
+    pg.wait_for_timeout(1000)
+
+
 @pytest.mark.browser
-def test_concepts_page_fits_1400px(small_run, tmp_path):
-    """At a 1400 px wide window no table on the Concepts page scrolls horizontally (hidden columns)
-    and no metric, widget or button label is cut (DOM measurement: scrollWidth against clientWidth)."""
+def test_concepts_and_scoring_pages_fit_1400px(small_run, small_images, tmp_path):
+    """At a 1400 px wide window no table on the Concepts and Scoring pages scrolls horizontally
+    (hidden columns) and no text is cut with an ellipsis (DOM measurement: scrollWidth against
+    clientWidth). Screenshots go to test-artifacts/."""
     if not CHROMIUM.exists():
         missing_resource(f"{CHROMIUM} not installed")
     try:
@@ -476,6 +499,9 @@ def test_concepts_page_fits_1400px(small_run, tmp_path):
         missing_resource(f"playwright not importable: {exc}")
     from streamlit_server import streamlit_server
 
+    images = [sorted((small_images / c).iterdir())[0] for c in ("n01440764", "n03028079")]
+    found = {}
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
     with streamlit_server(small_run.parent, tmp_path / "streamlit.log", wait_s=90) as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                     args=["--no-sandbox", "--disable-gpu"])
@@ -483,25 +509,20 @@ def test_concepts_page_fits_1400px(small_run, tmp_path):
         pg.set_default_timeout(120_000)
         pg.goto(f"{srv['url']}/concepts?run={small_run.name}")
         pg.locator('[data-testid="stDataFrame"]').first.wait_for()
-        pg.wait_for_timeout(1500)
-        pg.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=180_000)
-        pg.wait_for_timeout(1000)
-        clipped = pg.evaluate("""() => {
-            const out = [];
-            document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller').forEach((el, i) => {
-                if (el.scrollWidth > el.clientWidth + 1) out.push(`table ${i}: ${el.scrollWidth} > ${el.clientWidth}`);
-            });
-            // any text Streamlit shortens with an ellipsis (metric, widget and button labels)
-            document.querySelectorAll('[data-testid="stMain"] *').forEach(el => {
-                const cs = getComputedStyle(el);
-                if (cs.textOverflow === 'ellipsis' && cs.overflow !== 'visible' && el.scrollWidth > el.clientWidth)
-                    out.push(`cut text: ${el.textContent}`);
-            });
-            return out;
-        }""")
-        n_tables = pg.locator('[data-testid="stDataFrame"] .dvn-scroller').count()
-        (ROOT / "test-artifacts").mkdir(exist_ok=True)
+        _settle(pg)
+        found["concepts"] = (pg.locator('[data-testid="stDataFrame"] .dvn-scroller').count(), pg.evaluate(_CLIPPED_JS))
         pg.screenshot(path=str(ROOT / "test-artifacts" / "concepts_1400.png"), full_page=True)
+
+        pg.goto(f"{srv['url']}/scoring?run={small_run.name}")
+        pg.locator('input[type="file"]').first.wait_for(state="attached")
+        pg.locator('input[type="file"]').first.set_input_files([str(i) for i in images])
+        _settle(pg)
+        pg.get_by_role("button", name="Score these images").click()
+        pg.locator('[data-testid="stDataFrame"]').first.wait_for()
+        _settle(pg)
+        found["scoring"] = (pg.locator('[data-testid="stDataFrame"] .dvn-scroller').count(), pg.evaluate(_CLIPPED_JS))
+        pg.screenshot(path=str(ROOT / "test-artifacts" / "scoring_1400.png"), full_page=True)
         browser.close()
-    assert n_tables >= 1
-    assert clipped == []
+    for page, (n_tables, clipped) in found.items():
+        assert n_tables >= 1, page
+        assert clipped == [], page
