@@ -32,7 +32,7 @@ def cost_lines(runs: list[dict]) -> list[str]:
     corpus = estimate_run_cost(1, "kmeans", runs).corpus_first_use_s
     lines.append(f"the very first run also embeds the concept corpus once (about {fmt_duration(corpus)}; "
                  "cached afterwards)")
-    lines.append(f"estimate from {source}")
+    lines.append(f"rates {source}; an estimate, not a promise: other jobs on the machine slow it down")
     return lines
 
 
