@@ -67,8 +67,10 @@ def sidebar_status(run_path: str, status: str, every_s: float = 2.0) -> None:
         try:
             run = cache.load_run(run_path)
             run.reload_meta()
+            from clustermine import jobs
+
             stage = (run.progress() or {}).get("stage")
-            live_status_badge(run.status, stage, True)
+            live_status_badge(run.status, stage, bool(jobs.job_state(run.path).get("alive")))
         except ClusterMineError:
             status_badge("corrupt")
 
