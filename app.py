@@ -74,7 +74,7 @@ def sidebar() -> None:
             summary = r.get("summary") or {}
             c1, c2 = st.columns(2)
             with c1:
-                widgets.status_badge(r["status"])
+                widgets.sidebar_status(r["path"], r["status"])
             with c2:
                 st.badge(f"device: {system_device()}", icon=":material/memory:", color="violet")
             st.caption(f"Encoder: **{md_escape(enc)}**")
@@ -89,6 +89,7 @@ def sidebar() -> None:
 
 with state.frame():  # pages check it: see ui.state.ensure_frame for deep links into pages/
     state.sync_from_query()
+    state.sync_sticky()
     nav = st.navigation(PAGES, position="sidebar", expanded=True)
     sidebar()
     try:

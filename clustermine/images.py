@@ -368,6 +368,40 @@ def load_rgb(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_M
         raise ImageError(name, _corrupt_reason(exc)) from None
 
 
+def require_decodable(root: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                      max_reasons: int = 5) -> str:
+    """Check before a job starts that ``root`` holds at least one image that decodes.
+
+    Walks ``root`` like :func:`scan_images` (same files ignored or skipped, but nothing is hashed)
+    and decodes its image files in path order, stopping at the first success, so the usual cost is
+    one decode. Returns the relative path of that image. Raises NoImagesError when ``root`` has no
+    image file, or when none decodes: then up to ``max_reasons`` files are named with the reason
+    (for example a text file renamed ``.jpg``).
+    """
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise NoImagesError(f"not a folder: {folder}")
+    failures: list[tuple[str, str]] = []
+    for rel, entry in sorted(_walk(folder), key=lambda item: item[0]):
+        if _is_ignored(entry.name) or not _is_image_name(entry.name):
+            continue
+        if entry.is_symlink():
+            failures.append((rel, SKIP_SYMLINK))
+            continue
+        try:
+            load_rgb(entry.path, max_pixels=max_pixels)
+            return rel
+        except ImageError as exc:
+            failures.append((rel, exc.reason))
+    if not failures:
+        looked_for = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise NoImagesError(f"no image files found in {folder} (looked for {looked_for}), so no run was created")
+    shown = "; ".join(f"{path}: {reason}" for path, reason in failures[:max_reasons])
+    more = f"; and {len(failures) - max_reasons} more" if len(failures) > max_reasons else ""
+    raise NoImagesError(f"none of the {len(failures)} image file(s) could be read, so no run was created "
+                        f"({shown}{more})")
+
+
 def _corrupt_reason(exc: BaseException) -> str:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if len(detail) > 120:

@@ -228,11 +228,32 @@ class AlertRules:
     high_entropy: float = 0.6
     tiny_size: int = 5  # fewer members than this cannot elect a concept reliably
     near_tie_margin: float = 0.1  # runner-up within 10 % of the cluster size
+    # A concept that wins several clusters is normal when a class is split in several clusters
+    # (C above the number of classes). It signals a problem only where the concept is weak: this
+    # cluster's purity is under this fraction of the best purity the concept has in another cluster.
+    shared_purity_ratio: float = 0.5
+
+
+def shared_winners(stats: list[ClusterStats]) -> dict[int, list[int]]:
+    """Concept index -> the cluster ids it wins, for concepts that win two clusters or more."""
+    by_concept: dict[int, list[int]] = {}
+    for s in stats:
+        if s.winner is not None and s.size > 0:
+            by_concept.setdefault(s.winner, []).append(s.cluster)
+    return {w: cs for w, cs in by_concept.items() if len(cs) > 1}
 
 
 def cluster_alerts(stats: list[ClusterStats], rules: AlertRules = AlertRules()) -> dict[int, list[str]]:
-    """Human-readable alerts per cluster id: low purity, high entropy, tiny, shared winner, near tie."""
-    winners = Counter(s.winner for s in stats if s.winner is not None)
+    """Human-readable alerts per cluster id: empty, low purity, high entropy, tiny, near tie, and a
+    shared winner that is weak here.
+
+    Shared-winner rule: cluster ``c`` whose winner ``w`` also wins other clusters is flagged only
+    when ``purity(c) < rules.shared_purity_ratio * max(purity of the other clusters won by w)``,
+    i.e. its members' votes disagree with the clusters the concept describes well. Sharing alone
+    (one class split in several pure clusters) raises no alert.
+    """
+    shared = shared_winners(stats)
+    purity = {s.cluster: s.purity for s in stats}
     alerts: dict[int, list[str]] = {}
     for s in stats:
         msgs: list[str] = []
@@ -245,8 +266,12 @@ def cluster_alerts(stats: list[ClusterStats], rules: AlertRules = AlertRules()) 
                 msgs.append(f"high vote entropy ({s.entropy:.2f})")
             if s.size < rules.tiny_size:
                 msgs.append(f"tiny cluster ({s.size} members)")
-            if s.winner is not None and winners[s.winner] > 1:
-                msgs.append(f"its concept also wins {winners[s.winner] - 1} other cluster(s)")
+            others = [c for c in shared.get(s.winner, []) if c != s.cluster]
+            if others:
+                best = max(others, key=lambda c: (purity[c], -c))
+                if s.purity < rules.shared_purity_ratio * purity[best]:
+                    msgs.append(f"its concept describes cluster {best} far better ({purity[best]:.0%} agree "
+                                f"there, {s.purity:.0%} here): these members may be something else")
             if s.runner_up is not None and s.margin < rules.near_tie_margin:
                 msgs.append("runner-up concept nearly tied with the winner")
         if msgs:

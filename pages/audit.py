@@ -7,7 +7,7 @@ import math
 
 import streamlit as st
 
-from clustermine.mining import cluster_alerts
+from clustermine.mining import cluster_alerts, shared_winners
 from ui import audit_cards, state, widgets
 
 state.ensure_frame()
@@ -28,11 +28,13 @@ widgets.metrics_row([
 ])
 
 c1, c2, c3 = st.columns([2, 1.2, 1])
-sort_key = c1.selectbox("Sort cards by", list(audit_cards.SORTS), index=0, key="audit_sort")
+sort_key = c1.selectbox("Sort cards by", [*audit_cards.SORTS, audit_cards.BY_CONCEPT], index=0, key="audit_sort")
 only_alerts = c2.toggle("Only clusters with alerts", key="audit_only_alerts")
 per_page = int(c3.selectbox("Cards per page", [6, 12, 24, 48], index=1, key="audit_per_page"))
 
-shown = audit_cards.sort_stats(stats, sort_key)
+audit_cards.shared_groups(stats, vocab)
+shown = audit_cards.sort_stats(stats, sort_key, vocab)
+shared = {c: [o for o in cs if o != c] for cs in shared_winners(stats).values() for c in cs}
 if only_alerts:
     shown = [s for s in shown if s.cluster in alerts]
 if not shown:
@@ -45,4 +47,4 @@ if n_pages > 1:
     st.caption(f"clusters {(page - 1) * per_page + 1}–{min(page * per_page, len(shown))} of {len(shown)}")
 
 for s in shown[(page - 1) * per_page: page * per_page]:
-    audit_cards.card(run, s, alerts.get(s.cluster, []), vocab)
+    audit_cards.card(run, s, alerts.get(s.cluster, []), vocab, shared_with=shared.get(s.cluster))

@@ -31,9 +31,8 @@ if hit is None and method == "pca":
 if hit is None:  # UMAP not computed yet for this run
     if settings.umap_warmup_enabled():
         projection.warm_up_umap()  # compiles numba in the background while the user reads this
-    warm = projection.umap_state()["status"]
-    st.info(f"UMAP is computed on demand and cached in the run ({n:,} points; the first map in a server process "
-            f"also compiles UMAP, ~15–40 s on 2 cores). Compiler: {warm}.", icon=":material/hourglass_top:")
+    st.info(f"UMAP is computed on demand and cached in the run ({n:,} points). "
+            + widgets.umap_readiness(projection.umap_state()["status"]), icon=":material/hourglass_top:")
     if st.button("Compute UMAP", type="primary", icon=":material/play_arrow:"):
         with st.spinner("Computing UMAP…"), widgets.guard("computing UMAP"):
             projection.projection(run.path, "umap", feats)

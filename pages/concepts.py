@@ -21,17 +21,19 @@ widgets.metrics_row([
     ("added", counts["added"]), ("edits", len(run.edits())),
 ])
 
-left, right = st.columns([1.35, 1], gap="large")
+st.subheader("Review", anchor=False)
+state.restore_reviewer()
+st.text_input("Your name (recorded in the decision log)", key="reviewer", on_change=state.remember_reviewer,
+              placeholder=concept_review.reviewer(), help="Kept in the page URL, so a refresh keeps it.")
+# Full width: every column of the table stays visible at 1400 px (no horizontal scrolling).
+df = concept_review.table(run)
+st.caption("Change a status in the table, or use the buttons below. The table is rebuilt from the run's "
+           "edit log after every change.")
+left, right = st.columns([1, 1.2], gap="large")
 with left:
-    st.subheader("Review", anchor=False)
-    st.text_input("Your name (recorded in the decision log)", key="reviewer",
-                  placeholder=concept_review.reviewer())
-    df = concept_review.table(run)
-    st.caption("Change a status in the table, or use the buttons below. The table is rebuilt from the run's "
-               "edit log after every change.")
     concept_review.quick_actions(run, df)
     concept_review.add_form(run)
-    concept_review.edit_log(run)
 with right:
     st.subheader("What if?", anchor=False)
     st.fragment(whatif_panel.panel)(run)
+concept_review.edit_log(run)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ui import cache, settings, state, widgets
+from ui import cache, home, settings, state, widgets
 
 state.ensure_frame()
 widgets.page_header("Runs", "Each run is one folder (config, features, clusters, concepts, edits) — "
                     "reproducible and refresh-proof: its id sits in the page URL.")
 
 runs = cache.list_runs_light(settings.runs_root())
+home.intro(runs)
 ref = state.current()
 if ref.error:
     widgets.show_error(ref.error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import scoring_view, state, widgets
+from ui import score_review, scoring_view, state, widgets
 from ui.text import md_escape
 
 state.ensure_frame()
@@ -17,6 +17,7 @@ c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
 tpr = c1.slider("Target ID true-positive rate", 0.80, 0.99, value=float(st.session_state.get("tpr", 0.95)),
                 step=0.01, key="tpr", help="The threshold keeps this share of held-out ID images as ID.")
 scoring_view.input_section(run)
+score_review.show_upload_errors(run)
 
 with widgets.guard("scoring"):
     bar = st.empty()
@@ -32,14 +33,13 @@ with widgets.guard("scoring"):
         n_id = int((df["verdict"] == "ID").sum())
         widgets.metrics_row([("images scored", len(df)), ("ID", n_id), ("OOD", len(df) - n_id),
                              ("concepts (Y_pos)", len(run.positive_concepts()))])
-        scoring_view.gallery(df)
-        scoring_view.show_table(df)
+        shown = score_review.order_results(df, *score_review.gallery_controls())
+        score_review.gallery(shown)
+        scoring_view.show_table(shown)
         d1, d2 = st.columns([1, 1])
         d1.download_button("Download results (CSV)", scoring_view.csv_bytes(df, thr, rule),
                            file_name=f"{run.run_id}-scores.csv", mime="text/csv", icon=":material/download:")
         if d2.button("Clear scored images", icon=":material/delete:"):
             scoring_view.clear(run)
             st.rerun()
-    if skipped:
-        with st.expander(f"Skipped ({len(skipped)})"):
-            st.dataframe([{"file": f, "reason": r} for f, r in skipped], hide_index=True, width="stretch")
+    score_review.skipped_section(run, skipped, df)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clustermine.mining import ClusterStats
+from clustermine.mining import ClusterStats, shared_winners
 from clustermine.runs import Run
 
 from . import charts, rundata, widgets
@@ -18,13 +18,37 @@ SORTS = {
     "margin to runner-up (smallest first)": (lambda s: (s.margin, s.cluster)),
     "cluster id": (lambda s: s.cluster),
 }
+BY_CONCEPT = "concept (clusters sharing one together)"
 
 
-def sort_stats(stats: list[ClusterStats], key: str) -> list[ClusterStats]:
-    return sorted(stats, key=SORTS[key])
+def sort_stats(stats: list[ClusterStats], key: str, vocab: list[str] | None = None) -> list[ClusterStats]:
+    """Cards in the order of ``key``; BY_CONCEPT groups the clusters won by one concept (groups of
+    several clusters first, then by concept text)."""
+    if key != BY_CONCEPT:
+        return sorted(stats, key=SORTS[key])
+    groups = shared_winners(stats)
+
+    def concept_key(s: ClusterStats):
+        text = vocab[s.winner] if (vocab is not None and s.winner is not None) else ""
+        return (s.winner is None, -len(groups.get(s.winner, [s.cluster])), text, s.winner or 0, s.cluster)
+    return sorted(stats, key=concept_key)
 
 
-def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumbs: int = 6, top: int = 8) -> None:
+def shared_groups(stats: list[ClusterStats], vocab: list[str]) -> None:
+    """One line per concept that wins several clusters (normal when a class is split in clusters)."""
+    groups = shared_winners(stats)
+    if not groups:
+        return
+    with st.expander(f"Concepts won by several clusters ({len(groups)})", expanded=False):
+        st.caption("Normal when C is above the number of classes (a class is split in several clusters). "
+                   "A card gets an alert only where the shared concept is weak (purity under half of its best "
+                   "purity in another cluster).")
+        for w, clusters in sorted(groups.items(), key=lambda t: (-len(t[1]), vocab[t[0]])):
+            st.markdown(f"- **{md_escape(vocab[w])}**: clusters {', '.join(map(str, clusters))}")
+
+
+def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumbs: int = 6, top: int = 8,
+         shared_with: list[int] | None = None) -> None:
     winner = vocab[s.winner] if s.winner is not None else "no winner"
     with st.container(border=True, key=f"card-{s.cluster}"):
         st.subheader(f"Cluster {s.cluster} · {md_escape(winner)}", anchor=False)
@@ -34,6 +58,8 @@ def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumb
                                  ("entropy", widgets.fmt_float(s.entropy, 2), "normalised vote entropy (0 = unanimous)")])
             if s.runner_up is not None:
                 st.caption(f"runner-up: **{md_escape(vocab[s.runner_up])}** · margin {s.margin:.0%} of the cluster")
+            if shared_with:
+                st.caption(f":material/link: same concept as cluster(s) {', '.join(map(str, shared_with))}")
             if alerts:
                 st.warning("\n".join(f"- {md_escape(a, None)}" for a in alerts), icon=":material/warning:")
             if not alerts and s.size:

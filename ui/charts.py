@@ -30,17 +30,19 @@ def cluster_map(coords: np.ndarray, rows: np.ndarray, cluster: np.ndarray, names
              "<br>row %{customdata[0]}")
     fig = go.Figure()
     if color_by in ("cluster", "concept"):
-        keys = [("held out" if c < 0 else f"cluster {c}") for c in cluster] if color_by == "cluster" else list(concept)
+        keys = [_cluster_label(c, t) for c, t in zip(cluster, concept)] if color_by == "cluster" else list(concept)
         groups: dict[str, list[int]] = {}
         for i, k in enumerate(keys):
             groups.setdefault(k, []).append(i)
-        ordered = sorted(groups, key=lambda k: (k == "held out", _natural(k)))
+        first_cluster = {k: int(cluster[idx[0]]) for k, idx in groups.items()}
+        ordered = sorted(groups, key=lambda k: (k == "held out", first_cluster[k] if color_by == "cluster" else 0,
+                                                _natural(k)))
         for j, k in enumerate(ordered):
             idx = np.array(groups[k])
             held = k == "held out"
             color = HELD_OUT_COLOR if held else PALETTE[j % len(PALETTE)]
             fig.add_trace(go.Scattergl(
-                x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=hover_escape(k, 40),
+                x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=hover_escape(k, 48),
                 customdata=custom_base[idx], hovertemplate=hover + "<extra></extra>",
                 marker=dict(size=7, color=color, opacity=0.85, symbol="circle-open" if held else "circle",
                             line=dict(width=1.5 if held else 0, color=color))))
@@ -57,6 +59,11 @@ def cluster_map(coords: np.ndarray, rows: np.ndarray, cluster: np.ndarray, names
                       yaxis=dict(showticklabels=False, title=None, zeroline=False, scaleanchor="x"),
                       **_LAYOUT)
     return fig
+
+
+def _cluster_label(cluster_id: int, concept: str) -> str:
+    """Legend entry of one cluster: its id and its winning concept ("cluster 3 · tench")."""
+    return "held out" if cluster_id < 0 else f"cluster {cluster_id} · {concept}"
 
 
 def _natural(k: str):

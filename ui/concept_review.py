@@ -100,7 +100,7 @@ def quick_actions(run: Run, df: pd.DataFrame) -> None:
 
 def add_form(run: Run) -> None:
     with st.form("add_concept", clear_on_submit=True, border=False):
-        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+        c1, c2 = st.columns([2.6, 1], vertical_alignment="bottom")  # room for the button's label
         text = c1.text_input("Add a concept (free text)", max_chars=200, key="add_text",
                              placeholder="e.g. golf ball — embedded with this run's encoder")
         if c2.form_submit_button("Add", icon=":material/add:", width="stretch") and text.strip():

@@ -75,13 +75,22 @@ def progress_view(run: Run) -> str:
     return status
 
 
+def _live_badge(slot, run: Run, status: str) -> None:
+    """The run's live state in ``slot``: starting, running · <stage>, or how it ended."""
+    stage = (run.progress() or {}).get("stage")
+    with slot:
+        widgets.live_status_badge(status, STAGE_LABELS.get(stage, stage), bool(jobs.job_state(run.path).get("alive")))
+
+
 def live_progress(run_path) -> None:
     """Poll the run every second while it is active; cancel / stop buttons; refresh the page when
     the job ends."""
     @st.fragment(run_every=POLL_SECONDS)
     def _poll() -> None:
         run = cache.load_run(run_path)
+        badge = st.empty()  # filled once the run's state is known (below)
         status = progress_view(run)
+        _live_badge(badge, run, status)
         if status not in ("created", "running"):
             st.rerun(scope="app")
         c1, c2, _ = st.columns([1, 1, 3])
@@ -148,16 +157,18 @@ def run_panel(run: Run) -> None:
     run.reload_meta()
     jobs.reconcile(run)
     head = st.columns([3, 1])
+    status = run.status
+    never_started = status == "created" and jobs.read_job(run.path) is None  # e.g. created by a script
+    live = status in ("created", "running") and not never_started
     with head[0]:
         st.subheader(f"Run {md_escape(run.run_id)}", anchor=False)
-        widgets.status_badge(run.status)
+        if not live:  # a live job's badge is drawn (and refreshed) by the progress poll
+            widgets.status_badge(run.status)
     with head[1]:
         if st.button("New run", icon=":material/add:", width="stretch"):
             state.set_run(None)
             st.rerun()
-    status = run.status
-    never_started = status == "created" and jobs.read_job(run.path) is None  # e.g. created by a script
-    if status in ("created", "running") and not never_started:
+    if live:
         live_progress(run.path)
     elif status == "done":
         finished_view(run)

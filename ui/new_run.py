@@ -179,6 +179,19 @@ def _stage_inputs(ch: Choices, staging: Path) -> tuple[UploadReport | None, Path
     return None, resolve_in_roots(ch.folder, settings.data_roots())
 
 
+def _require_readable(images_dir: Path, uploaded: bool) -> None:
+    """Refuse to create a run whose images cannot be read (NoImagesError naming files and reasons)."""
+    from clustermine.errors import NoImagesError
+    from clustermine.images import require_decodable
+
+    try:
+        require_decodable(images_dir)
+    except NoImagesError as exc:
+        if not uploaded:
+            raise
+        raise NoImagesError(str(exc).replace(str(images_dir), "your upload")) from None
+
+
 def launch(ch: Choices) -> str:
     """Create the run from the choices and start its worker; returns the run id.
 
@@ -195,6 +208,7 @@ def launch(ch: Choices) -> str:
         if report is not None and report.n_saved == 0:
             reasons = "; ".join(f"{f.display_name}: {f.reason}" for f in report.skipped[:5])
             raise SafetyError("no file could be used" + (f" ({reasons})" if reasons else ""))
+        _require_readable(folder if folder is not None else layout.uploads_dir(staging), folder is None)
         corpus = ch.corpus
         if ch.corpus == CUSTOM_CORPUS:
             saved = save_upload(ch.corpus_file, staging, "concepts.txt", stored_name=layout.USER_CORPUS,

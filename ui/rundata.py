@@ -51,8 +51,9 @@ def point_table(run: Run, rows: np.ndarray) -> dict[str, list | np.ndarray]:
 
 
 def typical_atypical(run: Run, cluster: int, n: int = 6) -> tuple[list[int], list[int]]:
-    """Feature rows of the ``n`` members closest to the cluster's centroid (cosine) and the ``n``
-    farthest (likely contaminants)."""
+    """Feature rows of the ``n`` members closest to the cluster's centroid (cosine) and up to ``n``
+    farthest (likely contaminants). The two lists never share an image: in a cluster of fewer than
+    ``2 n`` members the atypical list holds only the members not shown as typical."""
     members = np.flatnonzero(run.cluster_ids() == cluster)
     if not len(members):
         return [], []
@@ -62,7 +63,7 @@ def typical_atypical(run: Run, cluster: int, n: int = 6) -> tuple[list[int], lis
     sims = f @ (centroid / norm if norm > 0 else centroid)
     order = np.argsort(-sims, kind="stable")
     typical = members[order[:n]].tolist()
-    atypical = members[order[::-1][:n]].tolist() if len(members) > n else []
+    atypical = members[order[n:][::-1][:n]].tolist()  # farthest first, never one of the typical
     return typical, atypical
 
 

@@ -17,7 +17,8 @@ from clustermine.runs import Run
 from clustermine.storage import atomic_write_json
 from clustermine.uploads import resolve_in_roots, save_uploads
 
-from . import cache, scores, settings, widgets
+from . import cache, score_review, scores, settings, widgets
+from .text import clean_zero, fmt_num
 
 def uploads_dir(run: Run) -> Path:
     return layout.scoring_uploads_dir(run.path)
@@ -48,8 +49,7 @@ def display_names(run: Run) -> dict[str, str]:
 
 def add_uploads(run: Run, files) -> int:
     rep = save_uploads(files, uploads_dir(run))
-    for f in rep.skipped:
-        widgets.show_error(f"{f.display_name}: {f.reason}")
+    score_review.remember_upload_errors(run, rep.skipped)  # shown by the page until dismissed
     names = display_names(run)
     names.update({f.stored_name: f.display_name for f in rep.saved})
     atomic_write_json(_names_file(run), names)
@@ -73,7 +73,7 @@ def _data_uri(path: str) -> str | None:
 
 
 def _fmt_concepts(pairs) -> str:
-    return ", ".join(f"{c} ({s:.2f})" for c, s in pairs)
+    return ", ".join(f"{c} ({fmt_num(s, 2)})" for c, s in pairs)
 
 
 def results(run: Run, tpr: float, progress=None) -> tuple[pd.DataFrame, float | None, str, list]:
@@ -107,13 +107,30 @@ def results(run: Run, tpr: float, progress=None) -> tuple[pd.DataFrame, float | 
 
 def show_table(df: pd.DataFrame) -> None:
     st.dataframe(
-        df.drop(columns=["path"]), hide_index=True, width="stretch", row_height=64,
+        _table_fit(df), hide_index=True, width="stretch", row_height=64,
         column_config={
+            **_TABLE_WIDTHS,
             "thumbnail": st.column_config.ImageColumn("image", width="small"),
             "log score": st.column_config.NumberColumn(format="%.3f", help="log S; higher = more in-distribution"),
             "score": st.column_config.NumberColumn(format="%.4f", help="S = softmax mass on Y_pos, in (0, 1]"),
             "verdict": st.column_config.TextColumn(help="ID when log score >= threshold"),
         })
+
+
+_TABLE_WIDTHS = {"file": st.column_config.TextColumn(width="medium"),
+                 "source": st.column_config.TextColumn(width="small"),
+                 "top positive concepts": st.column_config.TextColumn(width="medium"),
+                 "top negative concepts": st.column_config.TextColumn(width="medium")}
+
+
+def _table_fit(df: pd.DataFrame) -> pd.DataFrame:
+    """The table as shown: no path column, no source column when every row is an upload (so the
+    columns fit a 1400 px window), log scores without a negative zero."""
+    out = df.drop(columns=["path"])
+    if "source" in out and (out["source"] == "upload").all():
+        out = out.drop(columns=["source"])
+    out["log score"] = [clean_zero(v, 3) for v in out["log score"]]
+    return out
 
 
 def csv_bytes(df: pd.DataFrame, threshold: float | None, rule: str) -> bytes:

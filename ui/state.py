@@ -93,11 +93,82 @@ def sync_from_query() -> None:
 
 def set_run(run_id: str | None) -> None:
     """Select a run (None = the new-run form) in the session and the URL."""
+    if run_id != st.session_state.get(RUN_KEY):
+        forget_ood_sample()  # an OOD sample belongs to the run it was chosen for
     st.session_state[RUN_KEY] = run_id
     if run_id:
         st.query_params["run"] = run_id
     elif "run" in st.query_params:
         del st.query_params["run"]
+
+
+# ---------------------------------------------------------------------- reviewer and OOD sample in the URL
+# Same rule as the run id: a query parameter wins (refresh, shared link); without one, the session's
+# value is written back. Kept under their own (non-widget) session keys, because Streamlit drops a
+# widget's state on pages that do not draw that widget.
+REVIEWER_QP, REVIEWER_KEY = "reviewer", "_reviewer_keep"
+OOD_QP, OOD_KEY = "ood", "whatif_ood"  # session value: {"run": run_id, "folder": str}
+
+
+def sync_sticky() -> None:
+    """Reconcile the reviewer name and the OOD sample with the URL (call after :func:`sync_from_query`)."""
+    name = st.query_params.get(REVIEWER_QP)
+    if name:
+        st.session_state[REVIEWER_KEY] = name[:100]
+    elif st.session_state.get(REVIEWER_KEY):
+        st.query_params[REVIEWER_QP] = st.session_state[REVIEWER_KEY]
+    rid = st.session_state.get(RUN_KEY)
+    folder = st.query_params.get(OOD_QP)
+    sample = st.session_state.get(OOD_KEY)
+    if folder and rid and not (sample and sample.get("run") == rid and sample.get("folder") == folder):
+        if ood_folder_allowed(rid, folder):
+            st.session_state[OOD_KEY] = {"run": rid, "folder": folder}
+        else:
+            del st.query_params[OOD_QP]
+    elif not folder and sample and sample.get("run") == rid:
+        st.query_params[OOD_QP] = sample["folder"]
+
+
+def ood_folder_allowed(run_id: str, folder: str) -> bool:
+    """A folder from the URL may be scored only when it is inside the allowed data folders or is the
+    run's own uploaded OOD sample (a URL is user input)."""
+    from clustermine.uploads import resolve_in_roots
+
+    try:
+        check_run_id(run_id)
+        if Path(folder) == layout.ood_sample_dir(settings.runs_root() / run_id):
+            return True
+        resolve_in_roots(folder, settings.data_roots())
+        return True
+    except (ClusterMineError, OSError, ValueError):
+        return False
+
+
+def remember_reviewer() -> None:
+    """on_change of the reviewer text box: keep the name in the session and the URL."""
+    name = (st.session_state.get("reviewer") or "").strip()[:100]
+    st.session_state[REVIEWER_KEY] = name
+    if name:
+        st.query_params[REVIEWER_QP] = name
+    elif REVIEWER_QP in st.query_params:
+        del st.query_params[REVIEWER_QP]
+
+
+def restore_reviewer() -> None:
+    """Before the reviewer text box is drawn: give it the remembered name."""
+    if "reviewer" not in st.session_state and st.session_state.get(REVIEWER_KEY):
+        st.session_state["reviewer"] = st.session_state[REVIEWER_KEY]
+
+
+def remember_ood_sample(run_id: str, folder: str) -> None:
+    st.session_state[OOD_KEY] = {"run": run_id, "folder": folder}
+    st.query_params[OOD_QP] = folder
+
+
+def forget_ood_sample() -> None:
+    st.session_state.pop(OOD_KEY, None)
+    if OOD_QP in st.query_params:
+        del st.query_params[OOD_QP]
 
 
 def current() -> RunRef:

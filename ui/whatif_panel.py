@@ -14,7 +14,7 @@ from clustermine.rundir import layout
 from clustermine.runs import Run
 from clustermine.uploads import resolve_in_roots, save_uploads
 
-from . import cache, charts, scores, settings, widgets
+from . import cache, charts, scores, settings, skips, state, widgets
 from .text import md_code
 
 OOD_KEY = "whatif_ood"  # session: {"run": run_id, "folder": str}
@@ -76,7 +76,7 @@ def ood_panel(run: Run) -> None:
                 "FPR95 with the mined concepts and with the current ones.")
     chosen = _ood_folder_input(run)
     if chosen is not None:
-        st.session_state[OOD_KEY] = {"run": run.run_id, "folder": str(chosen)}
+        state.remember_ood_sample(run.run_id, str(chosen))  # session and URL: a refresh keeps it
     sample = st.session_state.get(OOD_KEY)
     if not sample or sample.get("run") != run.run_id:
         return
@@ -92,8 +92,8 @@ def ood_panel(run: Run) -> None:
             return
         with st.spinner("Scoring the OOD sample against the corpus…"):
             cmp = scores.ood_comparison(run, scores.sample_scorer(run, feats))
-        st.caption(f"OOD sample: {len(feats)} image(s) from {md_code(folder)}"
-                   + (f" ({len(skipped)} skipped)" if skipped else ""))
+        st.caption(f"OOD sample: {len(feats)} image(s) from {md_code(folder)}")
+        skips.show_skipped(skipped, "Skipped OOD images")
         b, a = cmp.get("before"), cmp.get("after")
         if a is None or b is None:
             st.error("Scores are undefined without positive concepts.")

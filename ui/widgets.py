@@ -13,7 +13,7 @@ import streamlit as st
 from clustermine.errors import ClusterMineError
 
 from . import cache
-from .text import md_escape
+from .text import fmt_num, md_escape, wrap_name
 
 _LOG = logging.getLogger("clustermine.app")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -42,6 +42,39 @@ def page_header(title: str, subtitle: str | None = None, icon: str | None = None
 def status_badge(status: str) -> None:
     s = status if status in STATUS_COLORS else "corrupt"
     st.badge(md_escape(status), icon=STATUS_ICONS[s], color=STATUS_COLORS[s])
+
+
+def live_status_badge(status: str, stage_label: str | None = None, worker_alive: bool = False) -> None:
+    """The status of a run whose job may be in flight: "starting" while the worker loads, "running ·
+    <stage>" while it runs, else the run's own status (done / failed / cancelled)."""
+    if status == "created" and worker_alive:
+        st.badge("starting", icon=STATUS_ICONS["created"], color="blue")
+    elif status == "running":
+        label = "running" + (f" · {stage_label}" if stage_label else "")
+        st.badge(md_escape(label), icon=STATUS_ICONS["running"], color=STATUS_COLORS["running"])
+    else:
+        status_badge(status)
+
+
+def sidebar_status(run_path: str, status: str, every_s: float = 2.0) -> None:
+    """The sidebar's status badge; while the run's job is active it is polled (live state and stage)."""
+    if status not in ("created", "running"):
+        status_badge(status)
+        return
+
+    @st.fragment(run_every=every_s)
+    def _poll() -> None:
+        try:
+            run = cache.load_run(run_path)
+            run.reload_meta()
+            from clustermine import jobs
+
+            stage = (run.progress() or {}).get("stage")
+            live_status_badge(run.status, stage, bool(jobs.job_state(run.path).get("alive")))
+        except ClusterMineError:
+            status_badge("corrupt")
+
+    _poll()
 
 
 def show_error(message: object) -> None:
@@ -99,15 +132,27 @@ def thumbnail_grid(items: Iterable[tuple[str, str]], columns: int = 6, size: int
             with col:
                 if data is None:
                     st.markdown(":gray-background[:material/hide_image: unreadable]")
-                    st.caption(md_escape(caption, 60))
+                    st.caption(md_escape(wrap_name(caption), 80))
                 else:
-                    st.image(data, caption=md_escape(caption, 60), width="stretch")
+                    st.image(data, caption=md_escape(wrap_name(caption), 80), width="stretch")
     return len(items)
 
 
 def fmt_float(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+    return fmt_num(x, digits)
 
 
 def fmt_pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f} %"
+    shown = fmt_num(None if x is None else 100 * x, digits)
+    return shown if shown == "–" else f"{shown} %"
+
+
+def umap_readiness(status: str) -> str:
+    """One plain sentence on how long the first UMAP will take (``projection.umap_state()`` status)."""
+    if status == "warm":
+        return "UMAP is ready: a map of this size takes seconds."
+    if status == "warming":
+        return "UMAP is being prepared in the background (one-time set-up of this server, ~15–40 s on 2 cores)."
+    if str(status).startswith("failed"):
+        return "UMAP could not be prepared in the background; computing it may fail or take longer."
+    return "The first UMAP of this server also sets UMAP up once (~15–40 s on 2 cores)."

@@ -1,0 +1,51 @@
+"""The first page's introduction: what the app does, the workflow in three steps, and what a run
+costs on this machine (an estimate from clustermine.estimate, labelled as such)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from clustermine.estimate import estimate_run_cost, fmt_duration
+
+STEPS = [
+    ("1 · Bring your in-distribution images", ":material/add_photo_alternate:",
+     "Upload photos or a zip, or pick a folder on this server (Data & encoding). No labels needed."),
+    ("2 · Mine and audit the concepts", ":material/fact_check:",
+     "The app clusters the images, lets each cluster vote for a word from a large concept list, and keeps "
+     "the winners as the concepts that describe your data. Check them on the Cluster map and Cluster audit."),
+    ("3 · Review, score and export", ":material/speed:",
+     "Accept or reject concepts, score new images (ID or OOD at a calibrated threshold) and export the "
+     "detector."),
+]
+EXAMPLE_SIZES = (200, 1000)
+
+
+def cost_lines(runs: list[dict]) -> list[str]:
+    """One line per example size with the TEMI and k-means estimates, and the source of the figures."""
+    lines = []
+    source = ""
+    for n in EXAMPLE_SIZES:
+        temi, km = estimate_run_cost(n, "temi", runs), estimate_run_cost(n, "kmeans", runs)
+        source = temi.source
+        lines.append(f"{n:,} images: about **{fmt_duration(temi.seconds)}** with TEMI, "
+                     f"**{fmt_duration(km.seconds)}** with k-means")
+    corpus = estimate_run_cost(1, "kmeans", runs).corpus_first_use_s
+    lines.append(f"the very first run also embeds the concept corpus once (about {fmt_duration(corpus)}; "
+                 "cached afterwards)")
+    lines.append(f"rates {source}; an estimate, not a promise: other jobs on the machine slow it down")
+    return lines
+
+
+def intro(runs: list[dict]) -> None:
+    """What the app does, the three steps and the cost estimate (collapsed once runs exist)."""
+    with st.expander("What this app does", expanded=not runs, icon=":material/info:"):
+        st.markdown("**ClusterMine Studio builds an out-of-distribution (OOD) detector from unlabelled images.** "
+                    "Show it examples of what is normal for you (in-distribution, ID); it finds words that "
+                    "describe them and then flags new images that match none of them.")
+        cols = st.columns(3)
+        for col, (title, icon, text) in zip(cols, STEPS):
+            with col.container(border=True):
+                st.markdown(f"{icon} **{title}**")
+                st.caption(text)
+        st.markdown("**What a run costs on this machine** (estimate):\n"
+                    + "\n".join(f"- {line}" for line in cost_lines(runs)))
