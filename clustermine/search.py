@@ -72,6 +72,8 @@ class FeatureIndex:
 _INDEX_CACHE: OrderedDict[tuple, FeatureIndex] = OrderedDict()
 _INDEX_LOCK = threading.Lock()
 _INDEX_MAX = 4
+_QUERY_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (encoder fingerprint, template, text) -> [D]
+_QUERY_MAX = 256
 
 
 def feature_index(run: Run) -> FeatureIndex:
@@ -104,9 +106,20 @@ def embed_query(run: Run, text: str, encoder=None) -> np.ndarray:
         encoder = load_encoder(enc_meta.get("spec") or run.config.get("encoder", "offline"))
     if enc_meta.get("fingerprint_id") and encoder.fingerprint_id != enc_meta["fingerprint_id"]:
         raise ClusterMineError("the given encoder is not the one this run was mined with")
+    template = run.config.get("template") or encoder.text_template
+    key = (encoder.fingerprint_id, template, text)
+    with _INDEX_LOCK:
+        if key in _QUERY_CACHE:
+            _QUERY_CACHE.move_to_end(key)
+            return _QUERY_CACHE[key]
     from .corpus import embed_concepts
 
-    return embed_concepts(encoder, [text], run.config.get("template") or encoder.text_template)[0]
+    emb = embed_concepts(encoder, [text], template)[0]
+    with _INDEX_LOCK:
+        _QUERY_CACHE[key] = emb
+        while len(_QUERY_CACHE) > _QUERY_MAX:
+            _QUERY_CACHE.popitem(last=False)
+    return emb
 
 
 @dataclass
