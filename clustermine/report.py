@@ -27,7 +27,8 @@ from .storage import atomic_write_text
 if TYPE_CHECKING:
     from .rundir.run import Run
 
-__all__ = ["typical_atypical", "histogram_svg", "build_report", "write_report", "ood_metrics_for_folder"]
+__all__ = ["typical_atypical", "histogram_svg", "build_report", "write_report", "ood_metrics_for_folder",
+           "report_html", "stored_ood_sample"]
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -255,6 +256,30 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
         parts.append(_ood_html(ood))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def stored_ood_sample(run: Run) -> Path | None:
+    """The OOD sample uploaded in the app's what-if panel (``ood_sample/``), None when there is none."""
+    from .rundir import layout
+
+    folder = layout.ood_sample_dir(run.path)
+    try:
+        return folder if folder.is_dir() and any(folder.iterdir()) else None
+    except OSError:
+        return None
+
+
+def report_html(run: Run, *, encoder=None) -> str:
+    """The report of ``run``, with the OOD metrics of its stored OOD sample when it has one (the
+    app's Export page; an unreadable sample is left out of the report, never an error)."""
+    ood = None
+    sample = stored_ood_sample(run)
+    if sample is not None:
+        try:
+            ood = ood_metrics_for_folder(run, sample, encoder=encoder)
+        except ClusterMineError:
+            ood = None
+    return build_report(run, ood=ood)
 
 
 def write_report(run: Run, out: str | os.PathLike, *, ood_dir: str | os.PathLike | None = None,

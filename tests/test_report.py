@@ -206,3 +206,38 @@ def test_report_opens_offline_in_chromium(small_run_template, tmp_path):
         browser.close()
     others = [u for u in requests if u != url and not u.startswith("data:")]
     assert others == [], others
+
+
+@pytest.mark.app
+def test_export_page_offers_the_table_and_report(small_run, monkeypatch, tmp_path):
+    """The Export page's deferred payloads (built on click) are the engine's table and report; with an
+    OOD sample stored by the what-if panel the report carries its metrics."""
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
+    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
+    copy_subset(shared("imagenette_train100"), layout.ood_sample_dir(small_run), ["n03425413"], 4)
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=180)
+    at.query_params["run"] = small_run.name
+    at.run()
+    at.switch_page("pages/export.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert {"images.csv", "images.parquet", "Report (.html)"} <= set(labels)
+
+    from ui.exports import deferred
+
+    from clustermine import report, tables
+
+    run = Run.open(small_run)
+    csv_text = deferred(tables.image_table_csv, str(small_run))()
+    assert [r["path"] for r in csv.DictReader(io.StringIO(csv_text))] == \
+        [r["path"] for r in sorted(run.image_records(ok_only=True), key=lambda r: r["row"])]
+    page = deferred(report.report_html, str(small_run))()
+    _check_report_text(page, run)
+    assert '<section id="ood">' in page and "vs 4 images" in page
