@@ -153,7 +153,7 @@ def _card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], paths:
         for r in rows:
             uri = thumbnail_data_uri(paths[r])
             img = f'<img alt="{_e(names[r])}" src="{uri}">' if uri else '<div class="muted">unreadable</div>'
-            out.append(f"<figure>{img}<figcaption>{_e(names[r])}</figcaption></figure>")
+            out.append(f'<figure title="{_e(names[r])}">{img}<figcaption>{_e(names[r])}</figcaption></figure>')
         out.append("</div>")
     out.append("</section>")
     return "\n".join(out)
@@ -215,7 +215,7 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
              f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
              f"<title>ClusterMine report · {_e(run.run_id)}</title><style>{_CSS}</style></head><body>",
              f"<header><h1>ClusterMine report · {_e(run.run_id)}</h1>",
-             f'<div class="muted">{_e(label) + " · " if label else ""}created {_e(run.meta.get("created") or "?")} · '
+             f'<div class="muted">{_e(label) + " · " if label else ""}created {_e(str(run.meta.get("created") or "?")[:16].replace("T", " "))} · '
              f'report made {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC</div></header>',
              '<section id="summary"><h2>Run summary</h2><div class="figures">']
     parts += [f'<div class="fig"><span class="muted">{_e(k)}</span><b>{_e("–" if v is None else v)}</b></div>'
