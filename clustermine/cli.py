@@ -130,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write one self-contained HTML report of a run (opens offline)")
     rp.add_argument("run_dir")
     rp.add_argument("--out", required=True, help="HTML file to write, e.g. report.html")
-    rp.add_argument("--ood", default=None, metavar="FOLDER", help="an OOD image sample: adds AUROC / FPR95 to the report")
+    rp.add_argument("--ood", default=None, metavar="FOLDER",
+                    help="an OOD image sample: adds AUROC / FPR95 to the report")
     rp.add_argument("--ood-limit", type=int, default=500, help="at most this many OOD images are encoded")
 
     se = sub.add_parser("search", help="find the run's images nearest a text (any concept) or one of its images")

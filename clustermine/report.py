@@ -62,7 +62,7 @@ def typical_atypical(features: np.ndarray, cluster_ids: np.ndarray, cluster: int
     members = np.flatnonzero(np.asarray(cluster_ids) == cluster)
     if not len(members):
         return [], []
-    f = np.asarray(features, dtype=np.float64)[members]
+    f = np.asarray(features[members], dtype=np.float64)
     centroid = f.mean(axis=0)
     norm = np.linalg.norm(centroid)
     sims = f @ (centroid / norm if norm > 0 else centroid) / np.maximum(np.linalg.norm(f, axis=1), 1e-12)
@@ -210,12 +210,13 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
     thr = (f"log-score threshold {det.threshold:.4f} ({_e(det.threshold_rule)})" if det.threshold is not None
            else _e(det.threshold_rule or "no threshold"))
     has_support = any("support" in c.to_dict() for c in concepts)
+    created = str(run.meta.get("created") or "?")[:16].replace("T", " ")
 
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
              f"<title>ClusterMine report · {_e(run.run_id)}</title><style>{_CSS}</style></head><body>",
              f"<header><h1>ClusterMine report · {_e(run.run_id)}</h1>",
-             f'<div class="muted">{_e(label) + " · " if label else ""}created {_e(str(run.meta.get("created") or "?")[:16].replace("T", " "))} · '
+             f'<div class="muted">{_e(label) + " · " if label else ""}created {_e(created)} · '
              f'report made {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC</div></header>',
              '<section id="summary"><h2>Run summary</h2><div class="figures">']
     parts += [f'<div class="fig"><span class="muted">{_e(k)}</span><b>{_e("–" if v is None else v)}</b></div>'

@@ -33,7 +33,8 @@ widgets.metrics_row([("runs", len(runs)), ("finished", statuses.count("done")),
 
 def _row(r: dict) -> dict:
     s, c = r.get("summary") or {}, r.get("config") or {}
-    return {"run": r["run_id"], "label": r.get("label") or "", "status": r["status"], "images": s.get("n_images"), "clusters": s.get("n_clusters"),
+    return {"run": r["run_id"], "label": r.get("label") or "", "status": r["status"],
+            "images": s.get("n_images"), "clusters": s.get("n_clusters"),
             "concepts": s.get("n_positive"), "mean purity": s.get("mean_purity"),
             "encoder": c.get("encoder"), "clusterer": c.get("clusterer"), "corpus": c.get("corpus"),
             "created": (r.get("created") or "")[:19].replace("T", " ")}

@@ -241,3 +241,20 @@ def test_export_page_offers_the_table_and_report(small_run, monkeypatch, tmp_pat
     page = deferred(report.report_html, str(small_run))()
     _check_report_text(page, run)
     assert '<section id="ood">' in page and "vs 4 images" in page
+
+
+def test_typical_and_atypical_members_by_angle_to_the_centroid():
+    from clustermine.report import typical_atypical
+
+    angles = np.radians([0.0, 10.0, -10.0, 40.0, -50.0, 170.0])
+    feats = np.stack([np.cos(angles), np.sin(angles)], axis=1) * np.array([[1], [2], [1], [3], [1], [1]])
+    cids = np.array([0, 0, 0, 0, 0, 1])
+    unit = feats[:5] / np.linalg.norm(feats[:5], axis=1, keepdims=True)
+    mean = feats[:5].mean(axis=0)
+    centre = np.arctan2(mean[1], mean[0])
+    by_angle = np.argsort(np.abs(np.arctan2(unit[:, 1], unit[:, 0]) - centre))
+    typical, atypical = typical_atypical(feats, cids, 0, 2)
+    assert typical == by_angle[:2].tolist()
+    assert atypical == by_angle[::-1][:2].tolist()
+    assert typical_atypical(feats, cids, 1, 2) == ([5], [])  # too small for an atypical list
+    assert typical_atypical(feats, cids, 7, 2) == ([], [])
