@@ -170,6 +170,9 @@ def test_report_holds_every_cluster_and_concept_and_the_ood_metrics(small_run, t
 def test_report_refuses_a_folder_as_output(small_run_template, tmp_path, capsys):
     assert main(["report", str(small_run_template), "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+    out = tmp_path / "r.html"
+    assert main(["report", str(small_run_template), "--out", str(out), "--ood", str(tmp_path / "nope")]) == 2
+    assert "OOD folder not found" in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.browser

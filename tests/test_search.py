@@ -126,3 +126,41 @@ def test_search_page(small_run, monkeypatch):
     want = [h.path for h in search_image(run, row_of_path(run, expected[0]), 12)]
     assert len(at.dataframe) == 2  # text results first, then the neighbours
     assert at.dataframe[1].value["image"].tolist() == want
+
+
+@pytest.mark.browser
+def test_search_page_in_chromium(small_run, tmp_path):
+    """The real UI: a deep link to the Find images page, type a class name, see its photos."""
+    import time
+
+    from conftest import CHROMIUM, missing_resource
+
+    if not CHROMIUM.exists():
+        missing_resource(f"{CHROMIUM} not installed")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        missing_resource(f"playwright not importable: {exc}")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from streamlit_server import streamlit_server
+
+    expected = [h.path for h in search_text(Run.open(small_run), "church", k=12)]
+    with streamlit_server(small_run.parent, tmp_path / "streamlit.log", wait_s=60) as srv:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            pg.set_default_timeout(120_000)
+            pg.goto(f"{srv['url']}/search?run={small_run.name}")
+            pg.get_by_role("heading", name="Find images").wait_for()
+            box = pg.get_by_label("Concept")
+            box.fill("church")
+            box.press("Enter")
+            pg.get_by_text("Sits in:").wait_for()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and pg.locator('[data-testid="stImage"] img').count() < 12:
+                pg.wait_for_timeout(250)
+            captions = pg.locator('[data-testid="stImageCaption"]').all_inner_texts()
+            browser.close()
+    assert len(captions) >= 12
+    assert [c.split(" · ")[0].split(". ", 1)[1] for c in captions[:12]] == expected
