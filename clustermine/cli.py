@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--user", default=None)
     c.add_argument("--json", action="store_true")
 
-    x = sub.add_parser("export", help="write the detector bundle and concept lists of a run")
+    x = sub.add_parser("export", help="write the detector bundle, concept lists and per-image results of a run")
     x.add_argument("run_dir")
     x.add_argument("--out", required=True)
 
