@@ -1,4 +1,5 @@
-"""Command-line interface: the same verbs as the web app (mine, resume, score, evaluate, concepts, export).
+"""Command-line interface: the same verbs as the web app (mine, resume, score, evaluate, concepts, export,
+report, search, label, delete).
 
 The ``mine`` flags are derived from :class:`clustermine.config.MineConfig` (one flag per field, its
 default the field's); ``resume RUN_DIR`` continues a run with the settings stored in the run itself.
@@ -122,9 +123,31 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--user", default=None)
     c.add_argument("--json", action="store_true")
 
-    x = sub.add_parser("export", help="write the detector bundle and concept lists of a run")
+    x = sub.add_parser("export", help="write the detector bundle, concept lists and per-image results of a run")
     x.add_argument("run_dir")
     x.add_argument("--out", required=True)
+
+    rp = sub.add_parser("report", help="write one self-contained HTML report of a run (opens offline)")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", required=True, help="HTML file to write, e.g. report.html")
+    rp.add_argument("--ood", default=None, metavar="FOLDER",
+                    help="an OOD image sample: adds AUROC / FPR95 to the report")
+    rp.add_argument("--ood-limit", type=int, default=500, help="at most this many OOD images are encoded")
+
+    se = sub.add_parser("search", help="find the run's images nearest a text (any concept) or one of its images")
+    se.add_argument("run_dir")
+    se.add_argument("query", help="text to search for, or with --image an image path of the run")
+    se.add_argument("--image", action="store_true", help="QUERY is an image of the run: find its nearest neighbours")
+    se.add_argument("--k", type=int, default=12, help="number of images to return (default: 12)")
+    se.add_argument("--json", action="store_true")
+
+    lb = sub.add_parser("label", help="give a run a label (empty text removes it)")
+    lb.add_argument("run_dir")
+    lb.add_argument("text")
+
+    dl = sub.add_parser("delete", help="delete a run folder (refused while its job runs)")
+    dl.add_argument("run_dir")
+    dl.add_argument("--yes", action="store_true", help="confirm the deletion (required)")
     return p
 
 
@@ -273,8 +296,52 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+    from .runs import Run
+
+    out = write_report(Run.open(a.run_dir), a.out, ood_dir=a.ood, ood_limit=a.ood_limit)
+    print(f"report written to {out}")
+    return 0
+
+
+def _cmd_search(a: argparse.Namespace) -> int:
+    from .runs import Run
+    from .search import row_of_path, search_image, search_text
+
+    run = Run.open(a.run_dir)
+    hits = search_image(run, row_of_path(run, a.query), a.k) if a.image else search_text(run, a.query, a.k)
+    if a.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2))
+        return 0
+    for h in hits:
+        where = f"cluster {h.cluster} ({h.cluster_concept})" if h.cluster >= 0 else "held out"
+        print(f"{h.rank:>3}  {h.similarity:.3f}  {h.path}\t{where}")
+    return 0
+
+
+def _cmd_label(a: argparse.Namespace) -> int:
+    from .rundir.admin import set_label
+
+    label = set_label(a.run_dir, a.text)
+    print(f"label of {a.run_dir}: {label!r}" if label else f"label of {a.run_dir} removed")
+    return 0
+
+
+def _cmd_delete(a: argparse.Namespace) -> int:
+    from .rundir.admin import delete_run
+
+    if not a.yes:
+        print(f"error: deleting {a.run_dir} cannot be undone; add --yes to confirm", file=sys.stderr)
+        return 2
+    delete_run(a.run_dir)
+    print(f"deleted {a.run_dir}")
+    return 0
+
+
 _COMMANDS = {"mine": _cmd_mine, "resume": _cmd_resume, "prepare": _cmd_prepare, "score": _cmd_score, "evaluate": _cmd_evaluate, "concepts": _cmd_concepts,
-             "export": _cmd_export}
+             "export": _cmd_export, "report": _cmd_report, "search": _cmd_search, "label": _cmd_label,
+             "delete": _cmd_delete}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,7 +52,11 @@ def run_summary(run: Run) -> dict:
 
 def export_run(run: Run, out_dir: str | Path) -> Path:
     """Write ``positive_concepts.txt``, ``concepts.csv``, ``concepts.json``, ``summary.json`` and
-    ``detector/`` (load it with ``clustermine.Detector.load``) into ``out_dir``."""
+    ``detector/`` (load it with ``clustermine.Detector.load``), and the per-image results
+    ``images.csv`` / ``images.parquet`` (:mod:`clustermine.tables`) into ``out_dir``."""
+    from .storage import atomic_write_bytes
+    from .tables import image_table, image_table_csv, image_table_parquet
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "positive_concepts.txt", concepts_txt(run))
@@ -60,4 +64,7 @@ def export_run(run: Run, out_dir: str | Path) -> Path:
     atomic_write_text(out / "concepts.json", concepts_json(run))
     atomic_write_json(out / "summary.json", run_summary(run))
     run.detector().save(out / "detector")
+    table, _ = image_table(run)
+    atomic_write_text(out / "images.csv", image_table_csv(run, table))
+    atomic_write_bytes(out / "images.parquet", image_table_parquet(run, table))
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clustermine import export
+from clustermine import export, report, tables
 from ui import exports, state, widgets
 
 state.ensure_frame()
@@ -43,3 +43,24 @@ with st.container(border=True):
     st.code("from clustermine import Detector\ndet = Detector.load('detector')\n"
             "log_s = det.log_scores(features)   # features from the same encoder; higher = more ID\n"
             "is_id = log_s >= det.threshold", language="python")
+
+with st.container(border=True):
+    st.subheader("Per-image results and shareable report", anchor=False)
+    st.caption("One row per image: path, cluster, top-1 concept and similarity, score, verdict at the current "
+               "threshold, held-out / excluded flags. The report is one HTML file that opens offline: summary, "
+               "every cluster card, the concepts and your decisions (and OOD metrics if you scored an OOD "
+               "sample in the what-if panel).")
+    with widgets.guard("building the export"):
+        c1, c2, c3 = st.columns(3)
+        c1.download_button("images.csv", exports.deferred(tables.image_table_csv, str(run.path)),
+                           file_name=f"{run.run_id}-images.csv", mime="text/csv", icon=":material/table:",
+                           width="stretch", key="export_images_csv", help="built when you click")
+        c2.download_button("images.parquet", exports.deferred(tables.image_table_parquet, str(run.path)),
+                           file_name=f"{run.run_id}-images.parquet", mime="application/vnd.apache.parquet",
+                           icon=":material/dataset:", width="stretch", key="export_images_parquet",
+                           help="built when you click")
+        c3.download_button("Report (.html)", exports.deferred(report.report_html, str(run.path)),
+                           file_name=f"{run.run_id}-report.html", mime="text/html", icon=":material/article:",
+                           width="stretch", key="export_report",
+                           help="self-contained: thumbnails and charts embedded, no external link; built when "
+                                "you click")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ui import cache, home, settings, state, widgets
+from ui import cache, home, run_admin, settings, state, widgets
 
 state.ensure_frame()
 widgets.page_header("Runs", "Each run is one folder (config, features, clusters, concepts, edits) — "
@@ -34,7 +34,8 @@ widgets.metrics_row([("runs", len(runs)), ("finished", statuses.count("done")),
 
 def _row(r: dict) -> dict:
     s, c = r.get("summary") or {}, r.get("config") or {}
-    return {"run": r["run_id"], "status": r["status"], "images": s.get("n_images"), "clusters": s.get("n_clusters"),
+    return {"run": r["run_id"], "label": r.get("label") or "", "status": r["status"],
+            "images": s.get("n_images"), "clusters": s.get("n_clusters"),
             "concepts": s.get("n_positive"), "mean purity": s.get("mean_purity"),
             "encoder": c.get("encoder"), "clusterer": c.get("clusterer"), "corpus": c.get("corpus"),
             "created": (r.get("created") or "")[:19].replace("T", " ")}
@@ -63,3 +64,4 @@ if ref.run_id and not ref.error:
         cols[2].page_link("pages/audit.py", label="Cluster audit", icon=":material/fact_check:")
         cols[3].page_link("pages/concepts.py", label="Concepts", icon=":material/checklist:")
         cols[4].page_link("pages/scoring.py", label="Scoring", icon=":material/speed:")
+    run_admin.panel(ref.run_id, ref.path, next((r.get("label") or "" for r in runs if r["run_id"] == ref.run_id), ""))

@@ -816,7 +816,7 @@ def test_export_files_hold_the_concept_table(app_env, downloads):
         [(cid, t["concept"], t["status"]) for cid, t in table.iterrows()]  # raw text: JSON is not a spreadsheet
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["concepts.txt", "concepts.csv", "concepts.json", "Detector bundle (.zip)",
-                      "Run summary (.json)"]
+                      "Run summary (.json)", "images.csv", "images.parquet", "Report (.html)"]
 
 
 def test_export_detector_bundle_loads(app_env, tmp_path):

@@ -29,6 +29,9 @@ only: the app's first page imports this without the numeric stack.
     scoring/              the Scoring page's images: uploads/, names.json, folders.json
     ood_sample/           OOD images uploaded in the what-if panel
     detector/             default folder of ``Run.export_detector``
+
+Beside run folders: ``.deleting-<run>-<stamp>/``, a run being deleted (renamed first, then removed;
+never listed as a run).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ SCORING_NAMES = "names.json"  # in scoring/
 OOD_SAMPLE_DIR = "ood_sample"
 DETECTOR_DIR = "detector"
 
+DELETING_PREFIX = ".deleting-"  # a run folder renamed to this prefix is being deleted
+
 META_LOCK = "meta"
 EDITS_LOCK = "edits"
 
@@ -89,6 +94,12 @@ def replaced_name(run_dir: PathLike, stamp: str) -> Path:
     """Where ``create(..., overwrite=True)`` moves an old run aside (never deleted)."""
     run_dir = Path(run_dir)
     return run_dir.with_name(f"{run_dir.name}.replaced-{stamp}")
+
+
+def deleting_name(run_dir: PathLike, stamp: str) -> Path:
+    """Where :func:`clustermine.rundir.admin.delete_run` renames a run before removing it."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(f"{DELETING_PREFIX}{run_dir.name}-{stamp}")
 
 
 def added_embedding(run_dir: PathLike, concept_id: str) -> Path:

@@ -23,6 +23,8 @@ def list_runs(root: str | os.PathLike) -> list[dict]:
     except OSError:
         return out
     for e in entries:
+        if e.name.startswith(layout.DELETING_PREFIX):
+            continue
         meta_path = layout.meta_path(e.path)
         try:
             if not e.is_dir(follow_symlinks=False) or not meta_path.is_file():
@@ -34,10 +36,11 @@ def list_runs(root: str | os.PathLike) -> list[dict]:
             if not isinstance(meta, dict):
                 raise ValueError("not an object")
         except (ValueError, OSError):
-            out.append({"run_id": e.name, "path": e.path, "status": "corrupt", "created": "", "summary": {},
+            out.append({"run_id": e.name, "path": e.path, "status": "corrupt", "created": "", "label": "", "summary": {},
                         "config": {}})
             continue
         out.append({"run_id": e.name, "path": e.path, "status": str(meta.get("status", "?")),
-                    "created": str(meta.get("created") or ""), "summary": meta.get("summary") or {},
+                    "created": str(meta.get("created") or ""), "label": str(meta.get("label") or ""),
+                    "summary": meta.get("summary") or {},
                     "config": meta.get("config") or {}})
     return sorted(out, key=lambda r: r["created"], reverse=True)
