@@ -156,7 +156,7 @@ def part_temi(max_n: int, full_fit: bool = False) -> dict:
     # s/step depends on batch size and C, not on N: 1 epoch at N = 10,240 (bs = 256 by default there)
     X = _synthetic(10240)
     for C in (10, 100, 1000):
-        m = TEMI(C, epochs=1, seed=0)
+        m = TEMI(C, epochs=1, random_state=0)
         t0 = time.perf_counter()
         m.fit(X)
         total = time.perf_counter() - t0
@@ -177,7 +177,7 @@ def part_temi(max_n: int, full_fit: bool = False) -> dict:
         full_sizes = [20_000]
     for n_full in full_sizes:
         X = _synthetic(n_full)
-        m = TEMI(100, seed=0)
+        m = TEMI(100, random_state=0)
         t0 = time.perf_counter()
         m.fit(X)
         res["full"].append({"N": n_full, "C": 100, "steps": m.n_iter_, "batch": m.batch_size_,

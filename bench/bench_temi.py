@@ -184,7 +184,7 @@ def run_one(a: argparse.Namespace, n: int) -> dict:
         return {**row, **step_ab(X, a, bs)}
     m = TEMI(
         a.clusters, n_heads=a.heads, batch_size=a.batch_size, epochs=a.epochs, hidden_dim=a.hidden,
-        bottleneck_dim=a.bottleneck, seed=a.seed, device=a.device,
+        bottleneck_dim=a.bottleneck, random_state=a.seed, device=a.device,
     )
     t = time.perf_counter()
     m.fit(X)
@@ -201,7 +201,7 @@ def run_one(a: argparse.Namespace, n: int) -> dict:
     row["temi_nmi"] = float(nmi(y, m.labels_))
     if not a.no_kmeans:
         t = time.perf_counter()
-        km = KMeansClusterer(a.clusters, seed=a.seed).fit(X)
+        km = KMeansClusterer(a.clusters, random_state=a.seed).fit(X)
         row["kmeans_s"] = time.perf_counter() - t
         row["kmeans_acc"] = hungarian_acc(y, km.labels_)
         row["kmeans_nmi"] = float(nmi(y, km.labels_))

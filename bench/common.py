@@ -25,6 +25,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from clustermine.linalg import l2_normalize as l2n  # noqa: E402,F401  (used as common.l2n)
+
 DATA = Path(os.environ.get("CLUSTERMINE_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "bench" / "results"
 
@@ -120,10 +122,6 @@ def by_class(paths: list[str]) -> dict[str, list[int]]:
     for k in out:
         out[k].sort(key=lambda i: paths[i])
     return out
-
-
-def l2n(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- corpus

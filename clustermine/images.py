@@ -11,7 +11,6 @@ process-wide ``Image.MAX_IMAGE_PIXELS`` is neither read nor changed here.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import struct
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from clustermine.errors import ImageError, NoImagesError
+from clustermine.hashing import file_hash
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -39,8 +39,6 @@ SKIP_SYMLINK = "symbolic link (not followed)"
 SKIP_EXTENSION = "not an image file extension"
 SKIP_EMPTY = "empty file (0 bytes)"
 SKIP_NOT_REGULAR = "not a regular file"
-
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -118,14 +116,6 @@ def _walk(root: Path) -> list[tuple[str, os.DirEntry[str]]]:
     return found
 
 
-def _sha1_of(path: str) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _record_for(rel: str, entry: os.DirEntry[str], max_file_bytes: int | None) -> ImageRecord | None:
     """The record of one directory entry, or None when the entry is silently ignored."""
     name = entry.name
@@ -153,7 +143,7 @@ def _record_for(rel: str, entry: os.DirEntry[str], max_file_bytes: int | None) -
             f"file is {st.st_size:,} bytes, over the limit of {max_file_bytes:,} bytes", st.st_size
         )
     try:
-        sha1 = _sha1_of(entry.path)
+        sha1 = file_hash(entry.path, "sha1")
     except OSError as exc:
         return skipped(f"cannot read file ({exc.strerror or exc})", st.st_size)
     return ImageRecord(rel, abs_path, st.st_size, sha1, "ok")

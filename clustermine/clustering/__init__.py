@@ -1,21 +1,25 @@
 """Clustering of feature arrays: TEMI (the method's clusterer) and a spherical k-means baseline.
 
-Both estimators follow scikit-learn conventions (``fit(X) -> self``, ``predict``, ``fit_predict``,
-fitted attributes ending in ``_``); build them by name with :func:`make_clusterer`.
+Both are scikit-learn estimators (``BaseEstimator`` + ``ClusterMixin``: ``get_params`` /
+``set_params`` / ``clone``, ``fit(X) -> self``, ``predict``, ``fit_predict``, fitted attributes
+ending in ``_``, ``random_state``); build them by name with :func:`make_clusterer`.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable, Union
 
+from clustermine.clustering.base import ClustererBase, InvalidClusteringInput, NotFittedClusterer
 from clustermine.clustering.kmeans import KMeansClusterer
 from clustermine.clustering.temi import TEMI
 from clustermine.errors import ClusterMineError
 
 __all__ = [
     "CLUSTERERS",
+    "ClustererBase",
+    "InvalidClusteringInput",
+    "NotFittedClusterer",
     "MIN_CLUSTER_SIZE",
     "KMeansClusterer",
     "TEMI",
@@ -70,26 +74,38 @@ def make_clusterer(
     name: str,
     n_clusters: int,
     *,
-    seed: int = 0,
+    random_state: Any = None,
+    seed: int | None = None,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
-    **kw: Any,
+    **params: Any,
 ) -> Clusterer:
-    """Build an unfitted clusterer by name ("temi" | "kmeans"); ``kw`` go to its constructor.
+    """Build an unfitted clusterer by name ("temi" | "kmeans"); ``params`` are its constructor
+    parameters (those of ``get_params()``).
 
-    Raises :class:`ClusterMineError` for an unknown name or an unknown keyword.
+    ``seed`` is the run configuration's name for ``random_state`` (either may be given, not two
+    different values); neither means 0. Raises :class:`ClusterMineError` for an unknown name or an
+    unknown parameter, naming the valid ones.
     """
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
     if key not in CLUSTERERS:
         raise ClusterMineError(f"unknown clusterer {name!r}; choose one of: {', '.join(sorted(CLUSTERERS))}")
-    cls = CLUSTERERS[key]
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "n_clusters"}
-    unknown = sorted(set(kw) - allowed)
+    if seed is not None and random_state is not None and seed != random_state:
+        raise ClusterMineError(f"make_clusterer got seed={seed!r} and random_state={random_state!r}; pass one")
+    estimator = CLUSTERERS[key](
+        n_clusters,
+        random_state=next((v for v in (random_state, seed) if v is not None), 0),
+        device=device,
+        progress=progress,
+        cancel=cancel,
+    )
+    valid = set(estimator.get_params(deep=False))
+    unknown = sorted(set(params) - valid)
     if unknown:
+        shown = sorted(valid - {"n_clusters", "random_state", "device", "progress", "cancel"})
         raise ClusterMineError(
-            f"unknown option(s) for clusterer {key!r}: {', '.join(unknown)}; "
-            f"valid: {', '.join(sorted(allowed - {'seed', 'device', 'progress', 'cancel'}))}"
+            f"unknown option(s) for clusterer {key!r}: {', '.join(unknown)}; valid: {', '.join(shown)}"
         )
-    return cls(n_clusters, seed=seed, device=device, progress=progress, cancel=cancel, **kw)
+    return estimator.set_params(**params)

@@ -3,58 +3,60 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from clustermine.clustering.temi import _as_features, l2_normalize
-from clustermine.errors import CancelledError, ClusterMineError
+from clustermine.clustering.base import ClustererBase, random_state_from
+from clustermine.errors import CancelledError
+from clustermine.linalg import l2_normalize
 
 #: Above this many samples MiniBatchKMeans replaces KMeans (METHOD 2.10: N >= ~1e5).
 MINIBATCH_ABOVE = 50_000
 
 
-class KMeansClusterer:
-    """k-means on L2-normalised feature vectors (scikit-learn style estimator).
+class KMeansClusterer(ClustererBase):
+    """k-means on L2-normalised feature vectors (a scikit-learn estimator).
 
     ``fit(X [N, D])`` sets ``labels_`` (int64 [N]), ``cluster_centers_`` ([C, D], in the
     normalised space, not re-normalised), ``inertia_``, ``n_iter_``, ``cluster_sizes_``,
     ``n_occupied_``. ``predict`` assigns the nearest centre after L2 normalisation.
-    MiniBatchKMeans is used when N > 50,000. ``device`` is accepted for API symmetry and ignored.
+    MiniBatchKMeans is used when N > 50,000. ``random_state`` (int, None or a RandomState) goes to
+    scikit-learn unchanged. ``device`` is accepted for API symmetry and ignored. The keyword
+    ``seed`` is a deprecated alias of ``random_state``.
     """
+
+    _model_attribute = "_km"
 
     def __init__(
         self,
-        n_clusters: int,
+        n_clusters: int = 8,
         *,
         n_init: int = 10,
         max_iter: int = 300,
-        seed: int = 0,
+        random_state: Any = 0,
         device: str = "cpu",
         progress: Callable[[int, int], None] | None = None,
         cancel: Callable[[], bool] | None = None,
         verbose: bool = False,
+        **deprecated: Any,
     ) -> None:
         self.n_clusters = n_clusters
         self.n_init = n_init
         self.max_iter = max_iter
-        self.seed = seed
+        self.random_state = random_state_from(type(self).__name__, random_state, deprecated)
         self.device = device
         self.progress = progress
         self.cancel = cancel
         self.verbose = verbose
 
     def fit(self, X: np.ndarray, y: object = None) -> "KMeansClusterer":
-        """Cluster X [N, D]; see the class docstring for the fitted attributes."""
+        """Cluster X [N, D]; see the class docstring for the fitted attributes. Returns self."""
         from sklearn.cluster import KMeans, MiniBatchKMeans
 
-        X = _as_features(X)
+        X = self._features(X, fit=True)
         n = X.shape[0]
-        c = self.n_clusters
-        if not isinstance(c, (int, np.integer)) or c < 1:
-            raise ClusterMineError(f"n_clusters must be a positive integer, got {c!r}")
-        if c > n:
-            raise ClusterMineError(f"n_clusters={c} exceeds the number of samples ({n})")
+        c = self._check_n_clusters(n)
         if self.cancel is not None and self.cancel():
             raise CancelledError("k-means cancelled before start")
         if self.progress is not None:
@@ -62,16 +64,16 @@ class KMeansClusterer:
         Xn = l2_normalize(X)
         if n > MINIBATCH_ABOVE:
             km = MiniBatchKMeans(
-                n_clusters=int(c),
+                n_clusters=c,
                 n_init=min(self.n_init, 3),
                 max_iter=self.max_iter,
                 batch_size=4096,
-                random_state=self.seed,
+                random_state=self.random_state,
                 verbose=int(self.verbose),
             )
         else:
             km = KMeans(
-                n_clusters=int(c), n_init=self.n_init, max_iter=self.max_iter, random_state=self.seed,
+                n_clusters=c, n_init=self.n_init, max_iter=self.max_iter, random_state=self.random_state,
                 verbose=int(self.verbose),
             )
         with warnings.catch_warnings():
@@ -79,26 +81,17 @@ class KMeansClusterer:
             warnings.simplefilter("ignore", category=UserWarning)
             km.fit(Xn)
         self._km = km
-        self.n_features_in_ = X.shape[1]
         self.cluster_centers_ = km.cluster_centers_.astype(np.float32)
         self.labels_ = km.labels_.astype(np.int64)
         self.inertia_ = float(km.inertia_)
         self.n_iter_ = int(km.n_iter_)
-        self.cluster_sizes_ = np.bincount(self.labels_, minlength=int(c))
+        self.cluster_sizes_ = np.bincount(self.labels_, minlength=c)
         self.n_occupied_ = int((self.cluster_sizes_ > 0).sum())
         if self.progress is not None:
             self.progress(1, 1)
         return self
 
-    def fit_predict(self, X: np.ndarray, y: object = None) -> np.ndarray:
-        """``fit(X)`` and return ``labels_`` (int64 [N])."""
-        return self.fit(X).labels_
-
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Index of the nearest centre (int64 [M]) for X [M, D] after L2 normalisation."""
-        if not hasattr(self, "_km"):
-            raise ClusterMineError("this KMeansClusterer is not fitted yet: call fit(X) first")
-        X = _as_features(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ClusterMineError(f"X has {X.shape[1]} features, the model was fitted on {self.n_features_in_}")
+        X = self._features(X, fit=False)
         return self._km.predict(l2_normalize(X)).astype(np.int64)

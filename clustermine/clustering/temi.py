@@ -19,13 +19,15 @@ import contextlib
 import math
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clustermine.errors import CancelledError, ClusterMineError
+from clustermine.clustering.base import ClustererBase, InvalidClusteringInput, random_state_from
+from clustermine.errors import CancelledError
+from clustermine.linalg import l2_normalize
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -68,25 +70,6 @@ def default_epochs(n_samples: int, batch_size: int, min_steps: int = MIN_STEPS) 
 
 # --------------------------------------------------------------------------------------------
 # features
-
-
-def _as_features(X: np.ndarray, name: str = "X") -> np.ndarray:
-    """Validate a feature matrix and return it as C-contiguous float32 [N, D]."""
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ClusterMineError(f"{name} must be a 2-D array [n_samples, n_features], got shape {X.shape}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ClusterMineError(f"{name} is empty (shape {X.shape})")
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    if not np.isfinite(X).all():
-        raise ClusterMineError(f"{name} contains NaN or infinite values")
-    return X
-
-
-def l2_normalize(X: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation [N, D] -> [N, D]; all-zero rows stay zero."""
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return (X / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
 class EmbedNorm:
@@ -147,7 +130,7 @@ def knn_indices(
     """
     n = X.shape[0]
     if not 1 <= k < n:
-        raise ClusterMineError(f"knn must be in [1, n_samples - 1] = [1, {n - 1}], got {k}")
+        raise InvalidClusteringInput(f"knn must be in [1, n_samples - 1] = [1, {n - 1}], got {k}")
     dev = torch.device(device)
     if chunk_bytes is None:
         chunk_bytes = 1 << (27 if dev.type == "cpu" else 30)
@@ -270,8 +253,8 @@ def _flush_denormals() -> Iterator[None]:
 # estimator
 
 
-class TEMI:
-    """TEMI clustering of feature vectors (scikit-learn style estimator).
+class TEMI(ClustererBase):
+    """TEMI clustering of feature vectors (a scikit-learn estimator).
 
     ``fit(X [N, D])`` trains H student/teacher heads with the beta-weighted PMI loss on
     (image, random kNN neighbour) pairs; cluster ids are the teacher's lowest-loss head's argmax.
@@ -281,6 +264,8 @@ class TEMI:
     ``progress(done_steps, total_steps)`` is called about once per epoch (at most ~200 times);
     ``cancel()`` returning True aborts with :class:`~clustermine.errors.CancelledError`.
     ``n_threads`` sets torch's intra-op threads for the duration of fit / predict only.
+    ``random_state``: an int seeds torch and NumPy directly (same int, same labels on the same
+    machine); None or a RandomState draws that int. The keyword ``seed`` is a deprecated alias.
 
     Fitted attributes: ``labels_`` (int64 [N]), ``best_head_``, ``head_losses_`` ([H], last-epoch
     mean loss per head), ``loss_history_`` (epoch mean losses), ``n_iter_`` (optimiser steps),
@@ -289,9 +274,11 @@ class TEMI:
     ``knn_time_`` / ``fit_time_`` (s).
     """
 
+    _model_attribute = "_best"
+
     def __init__(
         self,
-        n_clusters: int,
+        n_clusters: int = 8,
         *,
         n_heads: int = 16,
         knn: int | None = None,
@@ -308,12 +295,13 @@ class TEMI:
         hidden_dim: int = 512,
         bottleneck_dim: int = 256,
         embed_norm: str = "auto",
-        seed: int = 0,
+        random_state: Any = 0,
         device: str = "cpu",
         n_threads: int | None = None,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         verbose: bool = False,
+        **deprecated: Any,
     ) -> None:
         self.n_clusters = n_clusters
         self.n_heads = n_heads
@@ -331,7 +319,7 @@ class TEMI:
         self.hidden_dim = hidden_dim
         self.bottleneck_dim = bottleneck_dim
         self.embed_norm = embed_norm
-        self.seed = seed
+        self.random_state = random_state_from(type(self).__name__, random_state, deprecated)
         self.device = device
         self.n_threads = n_threads
         self.progress = progress
@@ -341,15 +329,12 @@ class TEMI:
     # ---------------------------------------------------------------- public API
 
     def fit(self, X: np.ndarray, y: object = None) -> "TEMI":
-        """Train on X [N, D] (float16/32/64); sets ``labels_`` [N] and the other fitted attributes."""
-        X = _as_features(X)
+        """Train on X [N, D] (float16/32/64); sets ``labels_`` [N] and the other fitted attributes.
+        Returns self."""
+        X = self._features(X, fit=True)
         with _torch_threads(self.n_threads), _flush_denormals():
             self._fit(X)
         return self
-
-    def fit_predict(self, X: np.ndarray, y: object = None) -> np.ndarray:
-        """``fit(X)`` and return ``labels_`` (int64 [N])."""
-        return self.fit(X).labels_
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Cluster ids (int64 [M]) of X [M, D]: argmax of the teacher's best head."""
@@ -360,30 +345,22 @@ class TEMI:
         logits = torch.from_numpy(self._best_logits(X))
         return F.softmax(logits / self.teacher_temp, dim=1).numpy()
 
-    def __getstate__(self) -> dict:
-        # callbacks (often lambdas or closures over a UI) are not part of a saved model
-        return {**self.__dict__, "progress": None, "cancel": None}
-
     # ---------------------------------------------------------------- internals
 
     def _validate(self, n: int, d: int) -> None:
-        c = self.n_clusters
-        if not isinstance(c, (int, np.integer)) or c < 1:
-            raise ClusterMineError(f"n_clusters must be a positive integer, got {c!r}")
         if n < 4:
-            raise ClusterMineError(f"TEMI needs at least 4 samples, got {n}")
-        if c > n:
-            raise ClusterMineError(f"n_clusters={c} exceeds the number of samples ({n})")
+            raise InvalidClusteringInput(f"TEMI needs at least 4 samples, got n_samples={n}")
+        self._check_n_clusters(n)
         if self.n_heads < 1:
-            raise ClusterMineError(f"n_heads must be >= 1, got {self.n_heads}")
+            raise InvalidClusteringInput(f"n_heads must be >= 1, got {self.n_heads}")
         if self.embed_norm not in _EMBED_NORMS:
-            raise ClusterMineError(f"embed_norm must be one of {', '.join(_EMBED_NORMS)}, got {self.embed_norm!r}")
+            raise InvalidClusteringInput(f"embed_norm must be one of {', '.join(_EMBED_NORMS)}, got {self.embed_norm!r}")
         if self.batch_size is not None and not 2 <= self.batch_size <= n:
-            raise ClusterMineError(f"batch_size must be in [2, n_samples={n}], got {self.batch_size}")
+            raise InvalidClusteringInput(f"batch_size must be in [2, n_samples={n}], got {self.batch_size}")
         if self.epochs is not None and self.epochs < 1:
-            raise ClusterMineError(f"epochs must be >= 1, got {self.epochs}")
+            raise InvalidClusteringInput(f"epochs must be >= 1, got {self.epochs}")
         if not 0.0 <= self.warmup_frac < 1.0:
-            raise ClusterMineError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+            raise InvalidClusteringInput(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
 
     def _check_cancel(self, where: str) -> None:
         if self.cancel is not None and self.cancel():
@@ -415,7 +392,6 @@ class TEMI:
 
         self.knn_, self.batch_size_, self.epochs_, self.lr_ = k, bs, epochs, lr
         self.embed_norm_ = mode
-        self.n_features_in_ = d
 
         # ---- data, neighbours
         self._check_cancel("before start")
@@ -425,8 +401,9 @@ class TEMI:
         self.knn_time_ = time.perf_counter() - t_start
 
         # ---- model
-        gen = torch.Generator().manual_seed(int(self.seed))
-        rng = np.random.default_rng(int(self.seed))
+        seed = self._seed()
+        gen = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
         student = {
             name: t.to(dev).requires_grad_(True)
             for name, t in _init_heads(H, Z.shape[1], self.hidden_dim, self.bottleneck_dim, c, gen).items()
@@ -507,11 +484,7 @@ class TEMI:
 
     def _best_logits(self, X: np.ndarray) -> np.ndarray:
         """Teacher best-head logits, float32 [M, C]."""
-        if not hasattr(self, "_best"):
-            raise ClusterMineError("this TEMI instance is not fitted yet: call fit(X) first")
-        X = _as_features(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ClusterMineError(f"X has {X.shape[1]} features, the model was fitted on {self.n_features_in_}")
+        X = self._features(X, fit=False)
         dev = self._best["w1"].device
         out = np.empty((X.shape[0], int(self.n_clusters)), dtype=np.float32)
         with torch.no_grad(), _torch_threads(self.n_threads):

@@ -9,6 +9,7 @@ Specs:
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from clustermine.encoders.base import EncodeResult, Encoder, resolve_device
@@ -26,10 +27,12 @@ VALID_SPECS = (
     "openclip:ARCH:none (untrained; tests only)",
 )
 
-_CACHE: dict[tuple[str, str], Encoder] = {}
-_CACHE_LOCK = threading.Lock()
+# functools.cache alone could build one encoder twice when two threads miss at once: misses are
+# serialised so that each (spec, device) loads its weights once per process.
+_LOAD_LOCK = threading.Lock()
 
 
+@functools.cache
 def _build(spec: str, device: str) -> Encoder:
     if spec == "offline":
         from clustermine.encoders.offline import OfflineEncoder
@@ -49,7 +52,5 @@ def load_encoder(spec: str = "offline", device: str = "auto") -> Encoder:
     weights; the cache is thread-safe. Raises EncoderError for unknown specs or unloadable weights.
     """
     key = ((spec or "").strip(), resolve_device(device))
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = _build(*key)
-        return _CACHE[key]
+    with _LOAD_LOCK:
+        return _build(*key)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from clustermine.errors import CancelledError, EncoderError, ImageError
@@ -75,20 +76,6 @@ def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
     """A short (16 hex digits) stable hash of a JSON-serialisable fingerprint dict."""
     blob = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def l2_normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Rows of ``x`` [N, D] scaled to unit L2 norm (zero rows stay zero)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
 @dataclass
@@ -162,7 +149,7 @@ class Encoder(abc.ABC):
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode(), self._autocast():
             out = self._embed_images(x.to(self.device, non_blocking=True))
-        return l2_normalise(out.float()).cpu().numpy().astype(np.float32, copy=False)
+        return F.normalize(out.float(), dim=-1).cpu().numpy().astype(np.float32, copy=False)
 
     def encode_texts(
         self,
@@ -180,7 +167,7 @@ class Encoder(abc.ABC):
             with torch.inference_mode(), self._autocast():
                 emb = self._embed_texts(part)
             emb_t = torch.as_tensor(emb).float()
-            chunks.append(l2_normalise(emb_t).cpu().numpy().astype(np.float32, copy=False))
+            chunks.append(F.normalize(emb_t, dim=-1).cpu().numpy().astype(np.float32, copy=False))
             if progress is not None:
                 progress(start + len(part), len(items))
         if not chunks:

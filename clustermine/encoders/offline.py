@@ -16,6 +16,7 @@ Models are loaded lazily, once per process and device, and shared by all encoder
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -28,8 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clustermine.encoders.base import Encoder, file_sha256
+from clustermine.encoders.base import Encoder
 from clustermine.errors import EncoderError
+from clustermine.hashing import cached_file_hash
 
 TOP_T = 10
 """Number of top classes mixed into an image embedding (T = 10 worked best; docs/OFFLINE_ENCODER.md)."""
@@ -65,11 +67,10 @@ _BLOCK = {
     "_bn2": "bn3",
 }
 
-_LOCK = threading.RLock()
-_CLASSIFIERS: dict[str, torch.nn.Module] = {}
-_TEXT_MODELS: dict[str, Any] = {}
-_CLASS_EMBEDDINGS: dict[tuple[str, str], torch.Tensor] = {}
-_HASHES: dict[str, str] = {}
+# Serialises the first load of each shared model (the functools caches below do not stop two
+# threads from building the same value at once); re-entrant because the class embeddings load
+# the text model.
+_LOAD_LOCK = threading.RLock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,14 +108,6 @@ def text_model_dir() -> Path:
     return path
 
 
-def _sha256_prefix(path: Path, n: int = 16) -> str:
-    key = str(path)
-    with _LOCK:
-        if key not in _HASHES:
-            _HASHES[key] = file_sha256(path)
-        return _HASHES[key][:n]
-
-
 def map_lukemelas_key(key: str) -> str:
     """Map an EfficientNet-PyTorch (lukemelas) state-dict key to timm's ``tf_efficientnet_lite0``.
 
@@ -135,6 +128,7 @@ def map_lukemelas_key(key: str) -> str:
     return f"blocks.{stage}.{n}.{table[module]}.{rest}"
 
 
+@functools.cache
 def _build_classifier(device: str) -> torch.nn.Module:
     import timm
 
@@ -164,6 +158,7 @@ def _hub_offline() -> Iterator[None]:
                 os.environ[key] = value
 
 
+@functools.cache
 def _build_text_model(device: str) -> Any:
     # Import first, so huggingface_hub's import-time constants are not frozen to offline mode
     # for the whole process; the model itself is always read from the local package folder.
@@ -180,18 +175,14 @@ def _build_text_model(device: str) -> Any:
 
 def get_classifier(device: str) -> torch.nn.Module:
     """The shared EfficientNet-Lite0 classifier on ``device`` (loaded on first use)."""
-    with _LOCK:
-        if device not in _CLASSIFIERS:
-            _CLASSIFIERS[device] = _build_classifier(device)
-        return _CLASSIFIERS[device]
+    with _LOAD_LOCK:
+        return _build_classifier(device)
 
 
 def get_text_model(device: str) -> Any:
     """The shared MiniLM ``SentenceTransformer`` on ``device`` (loaded on first use)."""
-    with _LOCK:
-        if device not in _TEXT_MODELS:
-            _TEXT_MODELS[device] = _build_text_model(device)
-        return _TEXT_MODELS[device]
+    with _LOAD_LOCK:
+        return _build_text_model(device)
 
 
 def imagenet_classnames() -> list[str]:
@@ -240,8 +231,8 @@ class OfflineEncoder(Encoder):
         return {
             "kind": "offline-conse",
             "model": f"timm:{TIMM_ARCH} + sentence-transformers:all-MiniLM-L6-v2",
-            "image_weights_sha256": _sha256_prefix(classifier_weights_path()),
-            "text_weights_sha256": _sha256_prefix(text_model_dir() / "model.safetensors"),
+            "image_weights_sha256": cached_file_hash(str(classifier_weights_path()))[:16],
+            "text_weights_sha256": cached_file_hash(str(text_model_dir() / "model.safetensors"))[:16],
             "top_t": self.top_t,
             "text_template": self.text_template,
             "preprocessing": (
@@ -263,13 +254,8 @@ class OfflineEncoder(Encoder):
 
     def class_embeddings(self) -> torch.Tensor:
         """MiniLM embeddings of the 1000 templated class names, [1000, 384], L2-normalised."""
-        key = (self.device, self.text_template)
-        with _LOCK:
-            if key not in _CLASS_EMBEDDINGS:
-                texts = [self.text_template.format(name) for name in imagenet_classnames()]
-                emb = self.encode_texts(texts, batch_size=256)
-                _CLASS_EMBEDDINGS[key] = torch.from_numpy(emb).to(self.device)
-            return _CLASS_EMBEDDINGS[key]
+        with _LOAD_LOCK:
+            return _class_embeddings(self.device, self.text_template)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return get_classifier(self.device)(x).float()
@@ -295,3 +281,11 @@ class OfflineEncoder(Encoder):
             normalize_embeddings=True,
             show_progress_bar=False,
         )
+
+
+@functools.cache
+def _class_embeddings(device: str, template: str) -> torch.Tensor:
+    """MiniLM embeddings [1000, 384] of the templated ImageNet class names, once per (device, template)."""
+    texts = [template.format(name) for name in imagenet_classnames()]
+    emb = OfflineEncoder(device, text_template=template).encode_texts(texts, batch_size=256)
+    return torch.from_numpy(emb).to(device)

@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from clustermine.encoders.base import Encoder, file_sha256
+from clustermine.encoders.base import Encoder
 from clustermine.errors import EncoderError
+from clustermine.hashing import file_hash
 
 PREFIX = "openclip:"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -233,7 +234,7 @@ def _create(spec: str, parsed: OpenClipSpec) -> tuple[torch.nn.Module, Any, str]
         state = safe_load_state_dict(parsed.checkpoint)
         model, _, val = open_clip.create_model_and_transforms(parsed.model_name, pretrained=None, **kwargs)
         load_weights_into(model, state, parsed.checkpoint)
-        return model, val, f"sha256:{file_sha256(parsed.checkpoint)[:16]}"
+        return model, val, f"sha256:{file_hash(parsed.checkpoint)[:16]}"
     if parsed.schema is not None:
         return _create_from_location(spec, parsed, kwargs)
     tag = parsed.pretrained or _default_tag(parsed.model_name, spec)
@@ -271,7 +272,7 @@ def _create_from_location(spec: str, parsed: OpenClipSpec, kwargs: dict[str, Any
             raise EncoderError(f"{_download_hint(spec, 'ARCH')} ({_short(exc)})") from None
         raise EncoderError(f"{spec}: could not build the model: {_short(exc)}") from None
     load_weights_into(model, safe_load_state_dict(weights), str(weights))
-    return model, val, f"sha256:{file_sha256(weights)[:16]}"
+    return model, val, f"sha256:{file_hash(weights)[:16]}"
 
 
 def _short(exc: BaseException) -> str:
