@@ -198,7 +198,6 @@ def test_data_page_refuses_a_zip_of_only_bad_files(app_env):
 
 # ====================================================================== 3. live status badge
 def test_data_page_badge_shows_the_live_state(app_env):
-    from clustermine import jobs
     from clustermine.runs import Run
     from clustermine.storage import atomic_write_json
 
@@ -209,7 +208,9 @@ def test_data_page_badge_shows_the_live_state(app_env):
                         "done": 3, "total": 40, "eta_s": 12.0, "status": "running"})
     worker = subprocess.Popen(["sleep", "120"])  # stands in for the worker: alive, with its start token
     try:
-        atomic_write_json(run_dir / "job.json", {"pid": worker.pid, "start_token": jobs._start_token(worker.pid)})
+        import psutil
+
+        atomic_write_json(run_dir / "job.json", {"pid": worker.pid, "create_time": psutil.Process(worker.pid).create_time()})
         at = open_app("live-run", "pages/data.py")
         no_exception(at)
         main = "\n".join(m.value for m in at.main.markdown)
