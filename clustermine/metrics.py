@@ -12,9 +12,12 @@ The definitions follow the code of the CLIP zero-shot OOD papers the benchmarks 
   recall is *nearest* 0.95 (see :func:`fpr_at_recall` for the exact rule). This is not the same
   as the "keep at least 95 % of ID" rule (:func:`threshold_at_tpr` / :func:`fpr_at_tpr`, which the
   app uses to place its ID/OOD threshold, and which equals taking the first ROC point with
-  TPR ≥ 0.95); nor as OpenOOD v1.0, which keeps ⌊0.95·N_ID⌋ ID scores and counts OOD scores
-  strictly above the threshold. The three rules pick different ROC points, not only on ties:
-  the gap is up to 1/N_ID in recall, which can be large in FPR at small N or with heavy ties.
+  TPR ≥ 0.95); nor as OpenOOD's older ``fpr_recall``, which keeps ⌊0.95·N_ID⌋ ID scores and
+  counts OOD scores strictly above the threshold. The rules pick different ROC points, not only
+  when OOD scores tie with the threshold: the chosen recall can differ by 1/N_ID, and at equal
+  recall Hendrycks' rule takes the *lowest* threshold (every OOD score above the next lower ID
+  score counts), so the FPRs differ by the OOD mass between adjacent ID scores — large at small
+  N or with heavy ties (measured on the benchmarks in BENCHMARKS.md).
 * ``auroc`` — Mann–Whitney: P(S_ID > S_OOD) + ½·P(S_ID = S_OOD) (= the trapezoid area under the
   tie-grouped ROC curve, as scikit-learn's ``roc_auc_score``, which ``get_measures`` calls).
 * ``aupr_in`` / ``aupr_out`` — step-wise *average precision* AP = Σ_k (R_k − R_{k−1})·P_k over
