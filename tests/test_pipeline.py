@@ -8,11 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-
-from clustermine.errors import ClusterMineError, RunError
 from scipy.special import logsumexp
 
 from clustermine.encoders import load_encoder
+from clustermine.errors import ClusterMineError, RunError
 from clustermine.pipeline import MineConfig, evaluate, load_folder, mine, score_images
 from clustermine.runs import Run
 from conftest import IMAGENETTE_ID, IMAGENETTE_OOD, ROOT, copy_subset, shared
