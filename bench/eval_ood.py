@@ -231,7 +231,7 @@ def run_bench(split: dict, seeds, *, C=None, tau=TAU, corpus_spec="wordnet-nouns
               clusterers=("temi", "kmeans"), baselines=True, verbose=True, subsample=None,
               temi_seeds=None) -> dict:
     from clustermine.corpus import embed_concepts
-    from clustermine.metrics import clustering_scores
+    from clustermine.metrics import FPR95_RULE, clustering_scores
     from clustermine.mining import posmine, zero_shot_topk
     from clustermine.scoring import mcm_scores, neg_mining, neglabel_scores
 
@@ -248,7 +248,7 @@ def run_bench(split: dict, seeds, *, C=None, tau=TAU, corpus_spec="wordnet-nouns
     cls_emb = embed_concepts(enc, list(class_names.values()), tmpl)
     res = {"split": split["name"], "rule": split["rule"], "C": C_used, "n_mine": len(X), "tau": tau,
            "corpus": corpus_spec, "corpus_size": len(corpus), "template": tmpl, "neg": neg, "seeds": list(seeds),
-           "methods": {}, "machine": machine_info()}
+           "methods": {}, "machine": machine_info(), "fpr95_rule": FPR95_RULE}
 
     def score_pos(pos):
         if neg == "rest":
@@ -407,7 +407,9 @@ def render(res: dict, key: str) -> str:
            f"corpus {res['corpus']} ({res['corpus_size']:,} concepts), template `{res['template']}`, τ = {res['tau']}, "
            f"Y_neg = corpus minus Y_pos, one group · machine: {machine_line(res['machine'])}.\n\n"
            f"Split: {res['rule']}.\n\n"
-           f"AUROC / FPR95 in % (ID = positive, higher score = more ID; FPR95 = engine variant, ties count as FP); "
+           f"AUROC / FPR95 in % (ID = positive, higher score = more ID; FPR95 rule: "
+           f"{res.get('fpr95_rule', 'threshold keeps >= 95 % of ID, OOD ties count as FP (rule before issue 9)')}; "
+           f"AUPR = step-wise average precision); "
            f"purity = size-weighted share of cluster members whose own top-1 concept is the cluster's winner "
            f"(PosMine: share of mining images whose top-1 is in Y_pos); matched = true classes with a matching "
            f"mined concept (WordNet synonym, or nearest class-name embedding with cosine ≥ {MATCH_COS}).\n\n")

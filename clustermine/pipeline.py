@@ -464,5 +464,5 @@ def evaluate(run, id_dir: str | Path, ood_dir: str | Path, *, encoder=None,
     _, ood_feats = load_folder(ood_dir, encoder, cache_dir=cache_dir)
     res = _metrics.ood_metrics(detector.log_scores(id_feats), detector.log_scores(ood_feats))
     res["n_positive"] = int(len(detector.positive_idx))
-    res["fpr95_variant"] = "threshold keeps >=95% of ID; OOD >= threshold counted"
+    res["fpr95_variant"] = _metrics.FPR95_RULE
     return res

@@ -122,6 +122,10 @@ def test_temi_fit_predict_and_float16(data: tuple[np.ndarray, np.ndarray]) -> No
     m = TEMI(4, **dict(FAST, epochs=2))
     labels = m.fit_predict(X.astype(np.float16))
     assert np.array_equal(labels, m.labels_)
+    # float16 input is the same data as its exact float32 widening: same seed, same clustering
+    ref = TEMI(4, **dict(FAST, epochs=2)).fit(X.astype(np.float16).astype(np.float32))
+    assert np.array_equal(labels, ref.labels_)
+    assert np.array_equal(m.head_losses_, ref.head_losses_)
 
 
 def test_temi_constant_dimensions_no_nan() -> None:
@@ -133,13 +137,26 @@ def test_temi_constant_dimensions_no_nan() -> None:
     assert np.isfinite(m.loss_history_).all() and np.isfinite(m.head_losses_).all()
     assert np.isfinite(m.predict_proba(X)).all()
     assert hungarian_acc(y, m.labels_) > 0.95
+    # the constant columns are really dropped (not divided by a tiny std): other constants, same output
+    moved = X.copy()
+    moved[:, 12:15] = 0.3
+    moved[:, 15] = -2.0
+    np.testing.assert_array_equal(m.predict_proba(moved), m.predict_proba(X))
 
 
-def test_temi_identical_points_no_nan() -> None:
+def test_temi_identical_points_get_one_cluster() -> None:
+    # 40 copies of one point: every row must get the same (finite) probabilities, so one cluster.
     X = np.ones((40, 8), np.float32)
     m = TEMI(2, **dict(FAST, batch_size=8, epochs=2)).fit(X)
     assert np.isfinite(m.head_losses_).all()
-    assert m.labels_.shape == (40,)
+    proba = m.predict_proba(X)
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba, np.repeat(proba[:1], 40, axis=0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-6)
+    assert np.unique(m.labels_).size == 1 and m.n_occupied_ == 1
+    expected_sizes = [0, 0]
+    expected_sizes[int(m.labels_[0])] = 40
+    assert m.cluster_sizes_.tolist() == expected_sizes
 
 
 def test_temi_cancel(data: tuple[np.ndarray, np.ndarray]) -> None:

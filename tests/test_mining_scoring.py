@@ -56,10 +56,15 @@ def test_cluster_statistics_hand_worked():
     assert s["mean_purity"] == pytest.approx((4 * 0.75 + 2 * 0.5) / 6)
 
 
-def test_entropy_bounds():
+def test_entropy_known_values():
     assert normalized_entropy(np.array([5]), 100) == 0.0
     assert normalized_entropy(np.array([1, 1, 1]), 100) == pytest.approx(1.0)
-    assert 0 < normalized_entropy(np.array([3, 1]), 100) < 1
+    # votes 3:1 -> H = -(3/4 ln 3/4 + 1/4 ln 1/4) nats, divided by ln(min(n=4, |V|=100)) = ln 4
+    h = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+    assert normalized_entropy(np.array([3, 1]), 100) == pytest.approx(h / np.log(4), abs=1e-12)
+    # a vocabulary smaller than the cluster caps the denominator: ln 3 instead of ln 4
+    assert normalized_entropy(np.array([2, 1, 1, 0]), 3) == pytest.approx(
+        -(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25)) / np.log(3), abs=1e-12)
 
 
 def test_posmine():
@@ -81,17 +86,52 @@ def test_log_score_equals_naive_formula():
         log_scores(f, t, np.array([], dtype=int), 0.01)
 
 
-def test_grouping_and_neglabel():
+def _naive_grouped_score(f, pos_emb, groups, tau):
+    """NegLabel's grouped score by its definition, in float64: mean over the negative groups of
+    sum_pos e^{cos/tau} / (sum_pos e^{cos/tau} + sum_group e^{cos/tau})."""
+    f64 = f.astype(np.float64)
+    pos_mass = np.exp(f64 @ pos_emb.astype(np.float64).T / tau).sum(1)
+    per_group = [pos_mass / (pos_mass + np.exp(f64 @ g.astype(np.float64).T / tau).sum(1)) for g in groups]
+    return np.log(np.mean(per_group, axis=0))
+
+
+def test_grouping_one_negative_per_group_equals_naive_formula():
+    # With as many groups as negatives every group is one negative, whatever the permutation seed:
+    # S = mean_j P / (P + e^{cos_j/tau}).
     rng = np.random.default_rng(2)
     f, t = _unit(rng, 5, 8), _unit(rng, 41, 8)
-    pos = np.array([0])
-    g = log_scores(f, t, pos, 0.1, n_groups=4)
-    assert g.shape == (5,) and np.all(g <= 0)
-    # NegLabel with positives first equals log_scores over the concatenation.
-    nl = neglabel_scores(f, t[:1], t[1:], tau=0.1)
-    np.testing.assert_allclose(nl, log_scores(f, t, pos, 0.1))
-    m = mcm_scores(f, t[:4])
-    assert np.all((m > 0.25 - 1e-9) & (m <= 1))
+    pos = np.array([0, 3])
+    negs = np.setdiff1d(np.arange(41), pos)
+    ref = _naive_grouped_score(f, t[pos], [t[[j]] for j in negs], 0.1)
+    for seed in (0, 1, 7):
+        np.testing.assert_allclose(log_scores(f, t, pos, 0.1, n_groups=negs.size, seed=seed), ref, rtol=1e-6)
+    # the grouped score is not the ungrouped one (the grouping is actually applied)
+    assert np.max(np.abs(ref - log_scores(f, t, pos, 0.1))) > 0.1
+
+
+def test_grouping_uses_equal_groups_and_drops_the_remainder():
+    # 10 identical negatives in 3 groups: groups of floor(10 / 3) = 3, the 10th is dropped, so every
+    # group scores P / (P + 3 e^{q/tau}) whichever negatives it holds.
+    rng = np.random.default_rng(4)
+    f = _unit(rng, 6, 8)
+    pos_emb, neg = _unit(rng, 2, 8), _unit(rng, 1, 8)
+    t = np.concatenate([pos_emb, np.repeat(neg, 10, axis=0)])
+    ref = _naive_grouped_score(f, pos_emb, [np.repeat(neg, 3, axis=0)], 0.2)
+    np.testing.assert_allclose(log_scores(f, t, np.array([0, 1]), 0.2, n_groups=3, seed=5), ref, rtol=1e-6)
+    np.testing.assert_allclose(neglabel_scores(f, pos_emb, np.repeat(neg, 10, axis=0), tau=0.2, n_groups=3),
+                               ref, rtol=1e-6)
+
+
+def test_neglabel_and_mcm_equal_naive_formulas():
+    rng = np.random.default_rng(2)
+    f, t = _unit(rng, 5, 8), _unit(rng, 41, 8)
+    # NegLabel without grouping: log S over positives (first rows) and negatives, computed naively
+    nl = neglabel_scores(f, t[:2], t[2:], tau=0.1)
+    np.testing.assert_allclose(nl, _naive_grouped_score(f, t[:2], [t[2:]], 0.1), rtol=1e-6)
+    # MCM: the largest softmax probability over the class-name similarities / tau
+    logits = f.astype(np.float64) @ t[:4].astype(np.float64).T / 0.5
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(mcm_scores(f, t[:4], tau=0.5), p.max(1), rtol=1e-12)
 
 
 def test_neg_mining_picks_least_similar():
@@ -114,8 +154,13 @@ def test_whatif_equals_detector_with_extras(tmp_path):
     det.save(tmp_path / "det")
     det2 = Detector.load(tmp_path / "det")
     assert det2.positive_concepts == ["c5", "c7", "c301"]
-    # fp16 storage: scores agree to ~1e-2 in log space; reload twice is bit-identical
-    np.testing.assert_allclose(det2.log_scores(f), ref, atol=0.5)
+    # fp16 storage: the reloaded detector scores exactly the fp16-rounded embeddings ...
+    np.testing.assert_allclose(det2.log_scores(f), log_scores(f, full.astype(np.float16).astype(np.float32), pos, 0.01),
+                               rtol=0, atol=1e-9)
+    # ... and rounding moves each unit-norm embedding by at most u = 2^-11 relative per component, so
+    # every cosine by at most 2^-11 and log S = LSE(pos) - LSE(all) by at most 2 * 2^-11 / tau = 0.098
+    # (measured here: 0.015)
+    assert np.max(np.abs(det2.log_scores(f) - ref)) <= 2 * 2.0 ** -11 / 0.01
     np.testing.assert_array_equal(Detector.load(tmp_path / "det").log_scores(f), det2.log_scores(f))
     ex = det.explain(f[:2], top=3)
     assert len(ex[0]["top_positive"]) == 3 and len(ex[0]["top_negative"]) == 3

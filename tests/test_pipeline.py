@@ -8,11 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 
+from clustermine.encoders import load_encoder
 from clustermine.errors import ClusterMineError, RunError
-from clustermine.pipeline import MineConfig, evaluate, mine, score_images
+from clustermine.pipeline import MineConfig, evaluate, load_folder, mine, score_images
 from clustermine.runs import Run
 from conftest import IMAGENETTE_ID, IMAGENETTE_OOD, ROOT, copy_subset, shared
+from test_metrics import ref_fpr_at_recall
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +43,9 @@ def test_mine_imagenette_run_contents(imagenette_run):
     assert len(positives & expected) >= 4, positives
     cfg = json.loads((run.path / "run.json").read_text())
     assert cfg["config"]["clusterer"] == "temi" and cfg["encoder"]["fingerprint_id"]
-    assert "torch" in cfg["versions"]
+    import torch
+
+    assert torch.__version__.startswith(cfg["versions"]["torch"])  # the installed version is recorded
 
 
 def test_imagenette_near_and_far_ood(imagenette_run):
@@ -89,7 +94,16 @@ def test_cli_score_evaluate_concepts_export(imagenette_run, tmp_path):
     r = _cli("score", path, img, "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert res[0]["path"] == str(img) and "log_score" in res[0] and res[0]["is_id"] in (True, False)
+    # reference: log S by its definition in float64, on the image encoded here (float16 like the run)
+    det = Run.open(path).detector()
+    enc = load_encoder(det.encoder_spec)
+    feat = enc.encode_images([str(img)]).features.astype(np.float16).astype(np.float64)
+    logits = feat @ det.text_embeddings.astype(np.float64).T / det.tau
+    want = float(logsumexp(logits[0, det.positive_idx]) - logsumexp(logits[0]))
+    assert res[0]["path"] == str(img)
+    assert res[0]["log_score"] == pytest.approx(want, abs=1e-4)  # float32 cosines / tau = 0.01
+    assert res[0]["threshold"] == det.threshold
+    assert res[0]["is_id"] is (res[0]["log_score"] >= det.threshold)
     r = _cli("concepts", path, "--json")
     concepts = json.loads(r.stdout)
     first = concepts[0]["text"]
@@ -99,7 +113,17 @@ def test_cli_score_evaluate_concepts_export(imagenette_run, tmp_path):
     assert state[first] == "rejected" and state["zebra"] == "added"
     r = _cli("evaluate", path, "--id", base / "val_id", "--ood", shared("dtd10"), "--json")
     assert r.returncode == 0, r.stderr
-    assert set(json.loads(r.stdout)) >= {"auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood"}
+    got = json.loads(r.stdout)
+    # reference: the edited run's detector on the same features (feature cache), metrics recomputed
+    # by the pairwise AUROC count and the plain-Python FPR95 of test_metrics
+    det = Run.open(path).detector()
+    assert first not in det.positive_concepts and "zebra" in det.positive_concepts
+    s_id = det.log_scores(load_folder(base / "val_id", enc)[1])
+    s_ood = det.log_scores(load_folder(shared("dtd10"), enc)[1])
+    assert (got["n_id"], got["n_ood"], got["n_positive"]) == (600, 600, len(det.positive_idx))
+    pairs = s_id[:, None] - s_ood[None, :]
+    assert got["auroc"] == pytest.approx(((pairs > 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size, abs=1e-12)
+    assert got["fpr95"] == pytest.approx(ref_fpr_at_recall(s_id, s_ood), abs=1e-12)
     r = _cli("export", path, "--out", tmp_path / "export")
     assert r.returncode == 0, r.stderr
     assert "zebra" in (tmp_path / "export" / "positive_concepts.txt").read_text().split("\n")

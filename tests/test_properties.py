@@ -280,15 +280,32 @@ def test_rejecting_a_concept_never_grows_y_pos_or_raises_scores(synthetic_templa
 
 
 # ------------------------------------------------------------------------------------ metrics vs scikit-learn
+# metrics.py computes these from its own counts (no scikit-learn), so scikit-learn is an independent reference.
 
 score_lists = st.lists(st.integers(-20, 20), min_size=1, max_size=60)  # small integers: many ties
 
 
-def _sklearn_fpr_at_tpr(id_s, ood_s, tpr=0.95):
+def _sklearn_roc(id_s, ood_s):
+    """scikit-learn's tie-grouped ROC curve, ID positive, highest threshold first (no (0, 0) point)."""
     labels = np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))]
-    fpr, tprs, thr = roc_curve(labels, np.r_[id_s, ood_s], drop_intermediate=False)
+    fpr, tpr, thr = roc_curve(labels, np.r_[id_s, ood_s], drop_intermediate=False)
+    return fpr[1:], tpr[1:], thr[1:]  # drop the (0, 0) point at threshold +inf
+
+
+def _sklearn_fpr_keeping_tpr(id_s, ood_s, tpr=0.95):
+    fpr, tprs, thr = _sklearn_roc(id_s, ood_s)
     i = int(np.argmax(tprs >= tpr - 1e-12))  # first (largest) threshold keeping >= 95 % of ID
     return fpr[i], thr[i]
+
+
+def _sklearn_fpr_nearest_recall(id_s, ood_s, level=0.95):
+    """Hendrycks' rule on scikit-learn's ROC points: from the first full-recall point back up,
+    first point whose recall (TP / N_ID) is nearest ``level``."""
+    fpr, _, thr = _sklearn_roc(id_s, ood_s)
+    tp = np.array([np.sum(id_s >= t) for t in thr])  # recall recomputed as TP / N_ID, as the reference
+    full = int(np.argmax(tp == id_s.size))
+    recall = tp[full::-1] / id_s.size
+    return fpr[full::-1][int(np.argmin(np.abs(recall - level)))]
 
 
 @FAST
@@ -299,15 +316,12 @@ def test_ood_metrics_equal_sklearn(id_raw, ood_raw, scale, shift):
     m = metrics.ood_metrics(id_s, ood_s)
     labels = np.r_[np.ones(id_s.size), np.zeros(ood_s.size)]
     both = np.r_[id_s, ood_s]
-    if 0 < labels.sum() < labels.size:
-        assert m["auroc"] == pytest.approx(roc_auc_score(labels, both), abs=1e-12)
-    # AUROC = P(ID > OOD) + 1/2 P(tie), computed independently of scikit-learn
-    diff = id_s[:, None] - ood_s[None, :]
-    assert m["auroc"] == pytest.approx(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size, abs=1e-12)
+    assert m["auroc"] == pytest.approx(roc_auc_score(labels, both), abs=1e-12)
     assert m["aupr_in"] == pytest.approx(average_precision_score(labels, both), abs=1e-12)
     assert m["aupr_out"] == pytest.approx(average_precision_score(1 - labels, -both), abs=1e-12)
-    fpr, thr = _sklearn_fpr_at_tpr(id_s, ood_s)
-    assert m["fpr95"] == pytest.approx(fpr, abs=1e-12)
+    assert m["fpr95"] == pytest.approx(_sklearn_fpr_nearest_recall(id_s, ood_s), abs=1e-12)
+    fpr, thr = _sklearn_fpr_keeping_tpr(id_s, ood_s)
+    assert metrics.fpr_at_tpr(id_s, ood_s, 0.95) == pytest.approx(fpr, abs=1e-12)
     assert metrics.threshold_at_tpr(id_s, 0.95) == pytest.approx(thr)
     assert m["n_id"] == id_s.size and m["n_ood"] == ood_s.size
 
