@@ -57,7 +57,7 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def fitted(data: tuple[np.ndarray, np.ndarray]) -> TEMI:
-    return TEMI(4, seed=0, **FAST).fit(data[0])
+    return TEMI(4, random_state=0, **FAST).fit(data[0])
 
 
 # ------------------------------------------------------------------------------------------ TEMI
@@ -108,12 +108,12 @@ def test_temi_pickles_without_callbacks(fitted: TEMI, data: tuple[np.ndarray, np
 def test_temi_deterministic(data: tuple[np.ndarray, np.ndarray]) -> None:
     X, _ = data
     kw = dict(FAST, epochs=5)
-    a = TEMI(4, seed=3, **kw).fit(X)
-    b = TEMI(4, seed=3, **kw).fit(X)
+    a = TEMI(4, random_state=3, **kw).fit(X)
+    b = TEMI(4, random_state=3, **kw).fit(X)
     assert np.array_equal(a.labels_, b.labels_)
     assert np.array_equal(a.head_losses_, b.head_losses_)
     assert a.loss_history_ == b.loss_history_
-    c = TEMI(4, seed=4, **kw).fit(X)
+    c = TEMI(4, random_state=4, **kw).fit(X)
     assert not np.array_equal(a.head_losses_, c.head_losses_)
 
 
@@ -208,8 +208,8 @@ def test_temi_input_errors(data: tuple[np.ndarray, np.ndarray]) -> None:
 
 
 def test_temi_init_only_stores_params() -> None:
-    m = TEMI(7, n_heads=3, seed=5)
-    assert (m.n_clusters, m.n_heads, m.seed, m.knn, m.epochs) == (7, 3, 5, None, None)
+    m = TEMI(7, n_heads=3, random_state=5)
+    assert (m.n_clusters, m.n_heads, m.random_state, m.knn, m.epochs) == (7, 3, 5, None, None)
     assert not hasattr(m, "labels_")
 
 
@@ -280,14 +280,14 @@ def test_batched_heads_match_per_head_reference() -> None:
 
 def test_kmeans_baseline(data: tuple[np.ndarray, np.ndarray]) -> None:
     X, y = data
-    km = KMeansClusterer(4, seed=0).fit(X)
+    km = KMeansClusterer(4, random_state=0).fit(X)
     assert hungarian_acc(y, km.labels_) > 0.95
     assert km.cluster_centers_.shape == (4, X.shape[1])
     assert np.array_equal(km.predict(X), km.labels_)
     assert km.n_occupied_ == 4 and km.cluster_sizes_.sum() == len(X)
     # scale-invariant: features are L2-normalised first
     assert np.array_equal(km.predict(3.0 * X), km.labels_)
-    assert np.array_equal(KMeansClusterer(4, seed=0).fit_predict(X), km.labels_)
+    assert np.array_equal(KMeansClusterer(4, random_state=0).fit_predict(X), km.labels_)
     with pytest.raises(CancelledError):
         KMeansClusterer(4, cancel=lambda: True).fit(X)
     with pytest.raises(ClusterMineError):
@@ -299,7 +299,7 @@ def test_kmeans_minibatch_branch(monkeypatch: pytest.MonkeyPatch, data: tuple[np
 
     monkeypatch.setattr(kmeans_mod, "MINIBATCH_ABOVE", 100)
     X, y = data
-    km = KMeansClusterer(4, seed=0).fit(X)
+    km = KMeansClusterer(4, random_state=0).fit(X)
     assert type(km._km).__name__ == "MiniBatchKMeans"
     assert hungarian_acc(y, km.labels_) > 0.95
 
@@ -310,7 +310,7 @@ def test_kmeans_minibatch_branch(monkeypatch: pytest.MonkeyPatch, data: tuple[np
 def test_make_clusterer() -> None:
     progress = lambda d, t: None  # noqa: E731
     m = make_clusterer("TEMI", 7, seed=3, progress=progress, n_heads=2)
-    assert isinstance(m, TEMI) and (m.n_clusters, m.seed, m.n_heads, m.progress) == (7, 3, 2, progress)
+    assert isinstance(m, TEMI) and (m.n_clusters, m.random_state, m.n_heads, m.progress) == (7, 3, 2, progress)
     assert isinstance(make_clusterer("kmeans", 3), KMeansClusterer)
     assert isinstance(make_clusterer("k-means", 3, n_init=2), KMeansClusterer)
     with pytest.raises(ClusterMineError, match="kmeans, temi"):

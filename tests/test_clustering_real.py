@@ -27,8 +27,8 @@ def imagenette_features():
 def test_temi_matches_kmeans_on_imagenette(imagenette_features):
     feats, labels = imagenette_features
     assert feats.shape[0] == 1000 and len(set(labels)) == 10
-    km = clustering_scores(labels, KMeansClusterer(10, seed=0).fit_predict(feats))
-    temi = clustering_scores(labels, TEMI(10, seed=0).fit_predict(feats))
+    km = clustering_scores(labels, KMeansClusterer(10, random_state=0).fit_predict(feats))
+    temi = clustering_scores(labels, TEMI(10, random_state=0).fit_predict(feats))
     print(f"k-means {km}  TEMI {temi}")
     assert temi["acc"] >= km["acc"] - 0.02
     assert temi["nmi"] >= km["nmi"] - 0.02
