@@ -6,6 +6,11 @@ concepts for WordNet); it does not depend on which concepts are positive, so it 
 per image and cached in the run (``projections/corpus_lse.npy``, with a stamp of the
 ``features.npy`` / ``text_embeddings.npy`` versions and τ it was computed from). Re-scoring then
 costs N × (|Y_pos| + |added|) dot products (:class:`~clustermine.scoring.WhatIfScorer`).
+
+The default threshold (:func:`current_threshold`, used by ``Run.detector``, the CLI and the app) is
+:func:`calibration`: the order-statistic rule of :mod:`clustermine.calibration` on cross-fitted
+mining scores pooled with the held-out scores (:func:`calibration_set`, cached in the run as
+``projections/calibration.npz``).
 Convention everywhere: higher score = more in-distribution. Nothing here imports a UI.
 """
 

@@ -124,7 +124,8 @@ def vote(cids, top1, sim1, members, n_clusters) -> list[int]:
         if not m.any():
             continue
         concepts = np.unique(top1[m])
-        key = [(-(top1[m] == w).sum(), -float(sim1[m][top1[m] == w].astype(np.float64).sum()), int(w)) for w in concepts]
+        key = [(-(top1[m] == w).sum(), -float(sim1[m][top1[m] == w].astype(np.float64).sum()), int(w))
+               for w in concepts]
         won.add(min(key)[2])
     return sorted(won)
 
