@@ -136,10 +136,12 @@ def calibration_notes(run: Run, tpr: float, threshold: float | None, cal: whatif
     if manual:
         far = 1.0 - cal.kept_share(threshold)
         how = "calibration ID images below the hand-set threshold"
-    else:
+    elif cal.n_folds > 1:
         far = cal.false_alarms
         how = (f"each of the {cal.n} calibration ID images judged by the threshold the rule sets on the other "
                f"{cal.n_folds - 1} folds (never by a threshold it helped set)")
+    else:  # a one-image run: nothing else to judge it by
+        far, how = cal.false_alarms, "a single calibration image, judged by its own threshold"
     st.caption(f"Expected ID false alarms: **{100 * far:.1f} %** — {how}.")
     if cal.warning:
         st.warning(cal.warning, icon=":material/warning:")
