@@ -234,12 +234,23 @@ def _report_run(run) -> int:
     return 0
 
 
+def _calibration_warning(run) -> None:
+    """Issue 12: say on stderr when the calibration set is too small for the default 95 % TPR."""
+    from .whatif import calibration_warning
+
+    if len(run.vocabulary()[2]):
+        msg = calibration_warning(run, 0.95)
+        if msg:
+            print(f"warning: {msg}", file=sys.stderr)
+
+
 def _cmd_score(a: argparse.Namespace) -> int:
     from .pipeline import score_images
     from .runs import Run
 
     run = Run.open(a.run_dir)
     results = score_images(run, a.paths, top=a.top)
+    _calibration_warning(run)
     if a.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -257,7 +268,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .pipeline import evaluate
     from .runs import Run
 
-    res = evaluate(Run.open(a.run_dir), a.id_dir, a.ood_dir, cache_dir=a.cache_dir)
+    run = Run.open(a.run_dir)
+    res = evaluate(run, a.id_dir, a.ood_dir, cache_dir=a.cache_dir)
+    _calibration_warning(run)
     if a.json:
         print(json.dumps(res, indent=2))
     else:

@@ -41,13 +41,30 @@ def concepts_json(run: Run) -> str:
     return json.dumps([c.to_dict() for c in run.concepts()], indent=2, ensure_ascii=False)
 
 
+def calibration_summary(run: Run, tpr: float = 0.95) -> dict | None:
+    """How the default threshold (``tpr``) was calibrated, with the too-few-images warning (None:
+    no positive concept, nothing to calibrate). See :mod:`clustermine.calibration`."""
+    if not len(run.vocabulary()[2]):
+        return None
+    from .whatif import calibration
+
+    cal = calibration(run, tpr)
+    return {"tpr": cal.tpr, "confidence": cal.confidence, "threshold": cal.threshold, "k": cal.k,
+            "n_calibration": cal.n, "n_mining_crossfitted": cal.n_mining, "n_holdout": cal.n_holdout,
+            "n_folds": cal.n_folds, "tpr_guaranteed": cal.guaranteed, "min_n_for_guarantee": cal.min_n,
+            "id_false_alarms_crossval": cal.false_alarms, "warning": cal.warning}
+
+
 def run_summary(run: Run) -> dict:
-    """Config, encoder, summary figures, Y_pos and the edit log of a run."""
+    """Config, encoder, summary figures, Y_pos, the threshold and its calibration (with the warning
+    when the calibration set is too small for the target TPR) and the edit log of a run."""
     det = run.detector()
+    cal = calibration_summary(run)
     return {"run_id": run.run_id, "status": run.status, "created": run.meta.get("created"),
             "config": run.config, "encoder": run.meta.get("encoder"), "versions": run.meta.get("versions"),
             "summary": run.meta.get("summary"), "positive_concepts": run.positive_concepts(),
-            "threshold": det.threshold, "threshold_rule": det.threshold_rule, "edits": run.edits()}
+            "threshold": det.threshold, "threshold_rule": det.threshold_rule, "calibration": cal,
+            "warnings": [cal["warning"]] if cal and cal["warning"] else [], "edits": run.edits()}
 
 
 def export_run(run: Run, out_dir: str | Path) -> Path:

@@ -6,6 +6,11 @@ concepts for WordNet); it does not depend on which concepts are positive, so it 
 per image and cached in the run (``projections/corpus_lse.npy``, with a stamp of the
 ``features.npy`` / ``text_embeddings.npy`` versions and τ it was computed from). Re-scoring then
 costs N × (|Y_pos| + |added|) dot products (:class:`~clustermine.scoring.WhatIfScorer`).
+
+The default threshold (:func:`current_threshold`, used by ``Run.detector``, the CLI and the app) is
+:func:`calibration`: the order-statistic rule of :mod:`clustermine.calibration` on cross-fitted
+mining scores pooled with the held-out scores (:func:`calibration_set`, cached in the run as
+``projections/calibration.npz``).
 Convention everywhere: higher score = more in-distribution. Nothing here imports a UI.
 """
 
@@ -18,19 +23,20 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from . import calibration as _cal
 from .metrics import ood_metrics, threshold_at_tpr
 from .rundir import layout
 from .scoring import Detector, WhatIfScorer, corpus_logsumexp, threshold_rule
-from .storage import atomic_save_npy, atomic_write_json
+from .storage import atomic_save_npy, atomic_save_npz, atomic_write_json
 
 if TYPE_CHECKING:
     from .rundir.run import Run
 
 ProgressFn = Callable[[int, int], None]
 
-__all__ = ["HeldOut", "WhatIf", "all_scores", "corpus_lse", "current_threshold", "encode_folder", "heldout",
-           "heldout_rows", "lse_ready", "lse_stamp", "ood_comparison", "sample_scorer", "score_features",
-           "threshold_rule", "what_if"]
+__all__ = ["Calibration", "CalibrationSet", "HeldOut", "WhatIf", "all_scores", "calibration", "calibration_set",
+           "calibration_warning", "corpus_lse", "current_threshold", "encode_folder", "heldout", "heldout_rows",
+           "lse_ready", "lse_stamp", "ood_comparison", "sample_scorer", "score_features", "threshold_rule", "what_if"]
 
 
 # ------------------------------------------------------------------------------------ corpus LSE cache
@@ -128,6 +134,15 @@ class WhatIf:
     rule: str
     n_pos_before: int
     n_pos_after: int
+    # The calibrated operating point (clustermine.calibration): threshold of the mined concepts by the
+    # order-statistic rule on the cross-fitted + held-out calibration scores, and the ID false alarms
+    # of each concept set judged by thresholds their own fold did not set (see ``Calibration``).
+    cal_threshold: float = float("nan")
+    cal_far_before: float = float("nan")
+    cal_far_after: float = float("nan")
+    cal_rule: str = ""
+    cal_warning: str | None = None
+    n_cal: int = 0
 
 
 def _threshold(log_scores: np.ndarray, tpr: float) -> float:
@@ -143,19 +158,152 @@ def what_if(run: Run, tpr: float = 0.95, held: HeldOut | None = None) -> WhatIf:
     before = h.scorer.log_scores(mined)
     after = h.scorer.log_scores(pos_now, extra)
     thr = _threshold(before, tpr)
-    return WhatIf(len(h.rows), tpr, before, after, thr, _threshold(after, tpr), float(np.mean(before < thr)),
-                  float(np.mean(after < thr)), threshold_rule(tpr, len(h.rows), h.is_holdout),
-                  len(mined), len(pos_now))
+    wi = WhatIf(len(h.rows), tpr, before, after, thr, _threshold(after, tpr), float(np.mean(before < thr)),
+                float(np.mean(after < thr)), threshold_rule(tpr, len(h.rows), h.is_holdout),
+                len(mined), len(pos_now))
+    cs = calibration_set(run)
+    if np.isfinite(cs.mined).any():
+        cal = calibration(run, tpr, concepts="mined", cal_set=cs)
+        wi.cal_threshold, wi.cal_rule, wi.cal_warning, wi.n_cal = cal.threshold, cal.rule, cal.warning, cal.n
+        wi.cal_far_before = cal.false_alarms
+        wi.cal_far_after = _cal.crossval_false_alarms(cs.mined, cs.folds, tpr, cal.confidence, judged=cs.current)
+    return wi
 
 
 def current_threshold(run: Run, tpr: float, held: HeldOut | None = None) -> tuple[float | None, str]:
-    """Log-score threshold of the current concept set keeping ``tpr`` of the held-out ID images,
-    and its rule text; ``(None, reason)`` without positive concepts."""
-    h = held if held is not None else heldout(run)
-    _, extra, pos_now = run.vocabulary()
+    """Log-score threshold of the current concept set for target ``tpr`` and its rule text
+    (:func:`calibration`: order statistic at :data:`~clustermine.calibration.DEFAULT_CONFIDENCE` on
+    the cross-fitted + held-out calibration scores); ``(None, reason)`` without positive concepts.
+    ``held`` is accepted for compatibility and not needed."""
+    _, _, pos_now = run.vocabulary()
     if len(pos_now) == 0:
         return None, "no positive concepts: accept or add at least one"
-    return threshold_at_tpr(h.scorer.log_scores(pos_now, extra), tpr), threshold_rule(tpr, len(h.rows), h.is_holdout)
+    cal = calibration(run, tpr)
+    return cal.threshold, cal.rule
+
+
+# ------------------------------------------------------------------------------------ calibration
+@dataclass
+class CalibrationSet:
+    """Calibration log scores of a run (clustermine.calibration): one per usable image row.
+
+    Mining rows are cross-fitted (scored against the concepts elected without their fold's votes);
+    held-out rows are scored against the full concept set. ``mined``: the concepts as mined;
+    ``current``: with the user's edits applied by :func:`clustermine.calibration.apply_edits`."""
+
+    rows: np.ndarray  # int64 [n]
+    folds: np.ndarray  # int64 [n]
+    is_holdout: np.ndarray  # bool [n]
+    mined: np.ndarray  # float64 [n]
+    current: np.ndarray  # float64 [n]
+    n_folds: int  # folds actually used: min(requested, number of images)
+
+
+def _calibration_stamp(run: Run, n_folds: int) -> dict:
+    names = (layout.FEATURES, layout.CLUSTER_IDS, layout.VOTES, layout.TEXT_EMBEDDINGS, layout.MINED, layout.EDITS)
+    stamp: dict = {n: list(layout.file_stamp(run.file(n))) for n in names}
+    stamp.update(tau=run.tau, n_folds=n_folds, seed=int(run.config.get("seed", 0)), format=1)
+    return stamp
+
+
+def _edit_rows(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """Vocabulary rows of the rejected concepts and of the user-added (positive) ones, numbered as
+    in :meth:`Run.vocabulary` (corpus rows, then user concepts outside the corpus)."""
+    concepts = run.concepts()
+    n_base = len(run.vocabulary_base())
+    extra_row = {c.text: n_base + j for j, c in enumerate(c for c in concepts if c.corpus_index is None)}
+
+    def row(c):
+        return c.corpus_index if c.corpus_index is not None else extra_row[c.text]
+
+    rejected = [row(c) for c in concepts if c.status == "rejected"]
+    added = [row(c) for c in concepts if c.source == "user" and c.is_positive]
+    return np.array(rejected, dtype=np.int64), np.array(added, dtype=np.int64)
+
+
+def calibration_set(run: Run, n_folds: int = _cal.N_FOLDS, progress: ProgressFn | None = None) -> CalibrationSet:
+    """The run's calibration scores, read from ``projections/calibration.npz`` when its stamp matches
+    (features, clusters, votes, embeddings, mined concepts, edit log, τ, folds, seed), else computed
+    (corpus LSE from the run's cache, then N × |Y_pos| dot products per fold) and stored."""
+    npy, meta = layout.calibration_files(run.path)
+    stamp = _calibration_stamp(run, n_folds)
+    try:
+        if json.loads(meta.read_text(encoding="utf-8")) == stamp:
+            with np.load(npy, allow_pickle=False) as z:
+                return CalibrationSet(z["rows"], z["folds"], z["is_holdout"], z["mined"], z["current"],
+                                      len(np.unique(z["folds"])))
+    except (OSError, ValueError, KeyError, EOFError):
+        pass
+    feats = run.features()
+    n = feats.shape[0]
+    lse = corpus_lse(run, np.arange(n), progress)
+    scorer = WhatIfScorer(feats, run.text_embeddings(), run.tau, base_lse=lse)
+    cids = run.cluster_ids()
+    top_idx, top_sim = run.votes()
+    folds = _cal.fold_ids(n, n_folds, int(run.config.get("seed", 0)))
+    voted = _cal.crossfit_positive_rows(cids, top_idx[:, 0], top_sim[:, 0], folds, len(run.vocabulary_base()),
+                                        len(run.cluster_stats()))
+    mined = _cal.crossfit_scores(scorer, cids, folds, voted, run.mined_positive_rows())
+    _, extra, pos_now = run.vocabulary()
+    rejected, added = _edit_rows(run)
+    edited = {f: _cal.apply_edits(v, rejected, added) for f, v in voted.items()}
+    current = _cal.crossfit_scores(scorer, cids, folds, edited, pos_now, extra)
+    out = CalibrationSet(mined.rows, mined.folds, mined.is_holdout, mined.scores, current.scores,
+                         len(np.unique(mined.folds)))
+    try:
+        atomic_save_npz(npy, rows=out.rows, folds=out.folds, is_holdout=out.is_holdout, mined=out.mined,
+                        current=out.current)
+        atomic_write_json(meta, stamp)
+    except OSError:
+        pass  # a read-only run only loses the cache
+    return out
+
+
+@dataclass
+class Calibration:
+    """The calibrated threshold of one concept set and what it rests on."""
+
+    tpr: float
+    confidence: float
+    threshold: float  # log-score units; ID when log score >= threshold
+    k: int  # rank of the threshold among the n calibration scores
+    n: int  # calibration images (cross-fitted mining + held-out)
+    n_mining: int
+    n_holdout: int
+    n_folds: int
+    guaranteed: bool
+    min_n: int  # calibration images needed to guarantee ``tpr`` at ``confidence``
+    false_alarms: float  # share of calibration ID images below a threshold set without their fold
+    rule: str
+    warning: str | None
+    scores: np.ndarray  # float64 [n] calibration log scores
+
+    def kept_share(self, threshold: float) -> float:
+        """Share of the calibration ID images kept as ID (log score >= ``threshold``)."""
+        return float(np.mean(self.scores >= threshold)) if self.n else float("nan")
+
+
+def calibration(run: Run, tpr: float = 0.95, confidence: float = _cal.DEFAULT_CONFIDENCE, *, concepts: str = "current",
+                cal_set: CalibrationSet | None = None) -> Calibration:
+    """The order-statistic threshold (clustermine.calibration) on the run's calibration scores of
+    the ``"current"`` (edited) or ``"mined"`` concept set, its rule text, warning and the
+    cross-validated ID false-alarm rate."""
+    cs = cal_set if cal_set is not None else calibration_set(run)
+    scores = cs.current if concepts == "current" else cs.mined
+    choice = _cal.choose_threshold(scores, tpr, confidence)
+    n_hold = int(cs.is_holdout.sum())
+    n_mine = int(scores.size - n_hold)
+    rule = (f"order statistic k = {choice.k} of {choice.n} calibration ID images ({n_mine} mining images "
+            f"cross-fitted over {cs.n_folds} folds + {n_hold} held-out): {tpr:.0%} TPR with "
+            f"{confidence:.0%} confidence" + ("" if choice.guaranteed else " NOT guaranteed (too few images)"))
+    far = _cal.crossval_false_alarms(scores, cs.folds, tpr, confidence)
+    return Calibration(float(tpr), float(confidence), choice.threshold, choice.k, choice.n, n_mine, n_hold, cs.n_folds,
+                       choice.guaranteed, choice.min_n, far, rule, choice.warning, scores)
+
+
+def calibration_warning(run: Run, tpr: float = 0.95, confidence: float = _cal.DEFAULT_CONFIDENCE) -> str | None:
+    """The too-few-calibration-images warning of the current concepts at ``tpr`` (None when fine)."""
+    return calibration(run, tpr, confidence).warning
 
 
 # ------------------------------------------------------------------------------------ other image sets

@@ -13,20 +13,24 @@ widgets.page_header("Scoring", "Scores always reflect the current concept edits.
                     "more in-distribution; an image is ID when its log score reaches the threshold.")
 run = state.require_run(done=True)
 
-c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
-tpr = c1.slider("Target ID true-positive rate", 0.80, 0.99, value=float(st.session_state.get("tpr", 0.95)),
-                step=0.01, key="tpr", help="The threshold keeps this share of held-out ID images as ID.")
+c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
+tpr, thr, rule, cal = float(st.session_state.get("tpr", 0.95)), None, "", None
+with widgets.guard("calibrating the threshold"), st.spinner("Calibrating the threshold (first time per run: "
+                                                             "every image is scored against the corpus)…"):
+    tpr, thr, rule, cal = scoring_view.threshold_controls(run, c1, c2)
+    st.markdown(f"**Threshold** {widgets.fmt_float(thr)} — {md_escape(rule)}")
+    scoring_view.calibration_notes(run, tpr, thr, cal)
 scoring_view.input_section(run)
 score_review.show_upload_errors(run)
 
 with widgets.guard("scoring"):
     bar = st.empty()
-    df, thr, rule = None, None, ""
+    df, skipped = None, []
     with st.spinner("Scoring…"):
-        df, thr, rule, skipped = scoring_view.results(
-            run, tpr, progress=lambda d, t: bar.progress(d / t, text=f"encoding {d} / {t}") if t else None)
+        df, _, _, skipped = scoring_view.results(
+            run, tpr, progress=lambda d, t: bar.progress(d / t, text=f"encoding {d} / {t}") if t else None,
+            threshold=thr)
     bar.empty()
-    c2.markdown(f"**Threshold** {widgets.fmt_float(thr)} — {md_escape(rule)}")
     if df is None or df.empty:
         widgets.empty_state("No test image yet — upload some above, or add a server folder.")
     else:

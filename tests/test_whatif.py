@@ -193,12 +193,13 @@ def test_what_if_after_a_reject_equals_a_fresh_detector(run, tiny_env):
     assert wi.far_after == pytest.approx(np.mean(after_ref < thr))
     assert wi.rule == f"log-score at {TPR:.0%} TPR on {len(held)} held-out ID images"
 
-    # The run's calibrated detector uses the same rows, concepts and rule.
+    # The run's calibrated detector uses the current concepts ...
     det = Run.open(run.path).detector(tpr=TPR)
     assert sorted(det.positive_idx.tolist()) == pos_rows + [len(CONCEPTS)]
-    assert det.threshold == pytest.approx(threshold_at_tpr(after_ref, TPR), abs=ATOL)
-    assert det.threshold_rule == wi.rule
-    assert whatif.current_threshold(run, TPR) == (det.threshold, det.threshold_rule)
+    # ... and the calibrated threshold of issue 12 (checked against a recomputation in test_calibration.py).
+    cal = whatif.calibration(run, TPR)
+    assert (det.threshold, det.threshold_rule) == (cal.threshold, cal.rule) == whatif.current_threshold(run, TPR)
+    assert cal.rule.startswith(f"order statistic k = {cal.k} of {len(feats)} calibration ID images")
 
 
 def test_accept_and_restore_bring_the_mined_scores_back(run):

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
+from clustermine import whatif
+from clustermine.calibration import DEFAULT_CONFIDENCE
 from clustermine.errors import ClusterMineError, NoImagesError
 from clustermine.rundir import layout
 from clustermine.runs import Run
@@ -76,9 +80,78 @@ def _fmt_concepts(pairs) -> str:
     return ", ".join(f"{c} ({fmt_num(s, 2)})" for c, s in pairs)
 
 
-def results(run: Run, tpr: float, progress=None) -> tuple[pd.DataFrame, float | None, str, list]:
+TPR_KEY = "tpr"
+THRESHOLD_KEY = "score_threshold"  # the threshold slider, in log-score units
+MANUAL_KEY = "score_threshold_manual"  # run id whose threshold was set by hand with the slider
+
+
+def _tpr_moved() -> None:
+    st.session_state.pop(MANUAL_KEY, None)  # the TPR rule sets the threshold again
+
+
+def _threshold_moved(run_id: str) -> None:
+    st.session_state[MANUAL_KEY] = run_id
+
+
+def threshold_controls(run: Run, tpr_col, thr_col) -> tuple[float, float | None, str, whatif.Calibration | None]:
+    """The TPR slider and, beside it, the threshold slider in log-score units, kept consistent:
+    moving the TPR slider puts the calibrated threshold (order-statistic rule) on the threshold
+    slider; moving the threshold slider sets the threshold by hand until the TPR slider moves again.
+    Returns ``(tpr, threshold, rule text, calibration of the current concepts)``."""
+    tpr = tpr_col.slider("Target ID true-positive rate", 0.80, 0.99, value=float(st.session_state.get(TPR_KEY, 0.95)),
+                         step=0.01, key=TPR_KEY, on_change=_tpr_moved,
+                         help="The threshold keeps at least this share of ID images, with "
+                              f"{DEFAULT_CONFIDENCE:.0%} confidence when the calibration set is large enough.")
+    thr, rule = scores.current_threshold(run, tpr)
+    if thr is None:
+        return tpr, None, rule, None
+    cal = whatif.calibration(run, tpr)
+    finite = cal.scores[np.isfinite(cal.scores)]
+    if not math.isfinite(thr) or not finite.size:
+        return tpr, thr, rule, cal
+    lo, hi = float(math.floor(min(finite.min(), thr)) - 1.0), 0.0
+    manual = st.session_state.get(MANUAL_KEY) == run.run_id and THRESHOLD_KEY in st.session_state
+    if not manual:
+        st.session_state[THRESHOLD_KEY] = min(max(round(thr, 3), lo), hi)
+    else:
+        st.session_state[THRESHOLD_KEY] = min(max(float(st.session_state[THRESHOLD_KEY]), lo), hi)
+    chosen = thr_col.slider("Threshold (log score)", lo, hi, step=0.01, key=THRESHOLD_KEY, format="%.3f",
+                            on_change=_threshold_moved, args=(run.run_id,),
+                            help="An image is ID when its log score reaches this value. Moving it sets the "
+                                 "threshold by hand; moving the TPR slider brings back the calibrated one.")
+    if manual:
+        kept = cal.kept_share(chosen)
+        rule = (f"set by hand: keeps {kept:.1%} of the {cal.n} calibration ID images "
+                f"(the {tpr:.0%} TPR rule gives {thr:.3f})")
+        return tpr, float(chosen), rule, cal
+    return tpr, thr, rule, cal
+
+
+def calibration_notes(run: Run, tpr: float, threshold: float | None, cal: whatif.Calibration | None) -> None:
+    """Under the threshold: the expected ID false-alarm rate (from images that did not set the
+    threshold) and the warning when the calibration set is too small for the target TPR."""
+    if cal is None or threshold is None:
+        return
+    manual = st.session_state.get(MANUAL_KEY) == run.run_id
+    if manual:
+        far = 1.0 - cal.kept_share(threshold)
+        how = "calibration ID images below the hand-set threshold"
+    elif cal.n_folds > 1:
+        far = cal.false_alarms
+        how = (f"each of the {cal.n} calibration ID images judged by the threshold the rule sets on the other "
+               f"{cal.n_folds - 1} folds (never by a threshold it helped set)")
+    else:  # a one-image run: nothing else to judge it by
+        far, how = cal.false_alarms, "a single calibration image, judged by its own threshold"
+    st.caption(f"Expected ID false alarms: **{100 * far:.1f} %** — {how}.")
+    if cal.warning:
+        st.warning(cal.warning, icon=":material/warning:")
+
+
+def results(run: Run, tpr: float, progress=None, threshold: float | None = None
+            ) -> tuple[pd.DataFrame, float | None, str, list]:
     """Score every image in the run's scoring sources with the current concepts.
 
+    ``threshold``: a log-score threshold set by hand (default: the calibrated one for ``tpr``).
     Returns (table, threshold, rule, skipped [(file, reason)])."""
     sources = ([str(uploads_dir(run))] if uploads_dir(run).is_dir() else []) + folders(run)
     enc = None
@@ -94,6 +167,9 @@ def results(run: Run, tpr: float, progress=None) -> tuple[pd.DataFrame, float | 
             continue
         skipped += skip
         out, thr, rule = scores.score_features(run, feats, tpr)
+        if threshold is not None:
+            for e in out:
+                e["is_id"] = bool(e["log_score"] >= threshold)
         for r, e in zip(recs, out):
             rows.append({
                 "thumbnail": _data_uri(r.abs_path), "file": r.path if src != str(uploads_dir(run)) else shown.get(Path(r.path).name, Path(r.path).name),
@@ -102,7 +178,7 @@ def results(run: Run, tpr: float, progress=None) -> tuple[pd.DataFrame, float | 
                 "top positive concepts": _fmt_concepts(e["top_positive"]),
                 "top negative concepts": _fmt_concepts(e["top_negative"]), "path": r.abs_path})
     thr, rule = scores.current_threshold(run, tpr)
-    return pd.DataFrame(rows), thr, rule, skipped
+    return pd.DataFrame(rows), thr if threshold is None else threshold, rule, skipped
 
 
 def show_table(df: pd.DataFrame) -> None:

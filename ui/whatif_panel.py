@@ -23,28 +23,31 @@ TPR_KEY = "tpr"
 
 def heldout_panel(run: Run) -> None:
     tpr = float(st.session_state.get(TPR_KEY, 0.95))
-    with st.spinner("Scoring the held-out ID images (first time per run: the whole corpus is scanned)…"):
+    with st.spinner("Scoring the ID images (first time per run: the whole corpus is scanned)…"):
         wi = scores.what_if(run, tpr)
-    delta = wi.far_after - wi.far_before
+    delta = wi.cal_far_after - wi.cal_far_before
+    far_help = (f"calibration ID images ({wi.n_cal}: cross-fitted mining + held-out) below the threshold that "
+                "the rule sets without their fold, i.e. never judged by a threshold they helped set")
     widgets.metrics_row([
         ("concepts (Y_pos)", wi.n_pos_after, f"{wi.n_pos_before} as mined"),
-        ("ID false alarms, mined", widgets.fmt_pct(wi.far_before),
-         f"held-out ID images below the threshold ({wi.rule}, mined concepts)"),
-        ("ID false alarms, now", widgets.fmt_pct(wi.far_after),
-         "same images, same threshold, current concepts"),
+        ("ID false alarms, mined", widgets.fmt_pct(wi.cal_far_before), far_help + "; mined concepts"),
+        ("ID false alarms, now", widgets.fmt_pct(wi.cal_far_after),
+         "same images and thresholds (mined concepts), current concepts"),
         ("median score shift", widgets.fmt_float(float(np.median(wi.after - wi.before))
-                                                 if np.isfinite(wi.after).all() else None, 3), "log-score units"),
+                                                 if np.isfinite(wi.after).all() else None, 3),
+         "held-out ID images, log-score units"),
     ], per_row=2)
+    if wi.cal_warning:
+        st.warning(wi.cal_warning, icon=":material/warning:")
     if delta > 0:
         st.warning(f"The edits raise false alarms on ID images by {100 * delta:.1f} points at this threshold; "
                    "re-calibrate (Scoring page) or revisit the last rejections.", icon=":material/trending_up:")
     if wi.n_pos_after == 0:
         st.error("No positive concept is left: accept or add at least one, or nothing scores as ID.")
-    st.plotly_chart(charts.score_histograms(wi.before, wi.after, wi.threshold), width="stretch",
+    st.plotly_chart(charts.score_histograms(wi.before, wi.after, wi.cal_threshold), width="stretch",
                     key="whatif_hist", config={"displayModeBar": False})
-    st.caption(f"Threshold: {wi.rule}, with the mined concepts = {widgets.fmt_float(wi.threshold)}; "
-               f"re-calibrated on the current concepts it would be {widgets.fmt_float(wi.threshold_after)}. "
-               "Higher score = more in-distribution.")
+    st.caption(f"Held-out ID images. Threshold with the mined concepts = {widgets.fmt_float(wi.cal_threshold)} "
+               f"({wi.cal_rule}). Higher score = more in-distribution.")
 
 
 def _ood_folder_input(run: Run) -> Path | None:

@@ -25,7 +25,8 @@ only: the app's first page imports this without the numeric stack.
     uploads/              images uploaded from the app (the run's images_dir)
     uploads.json          upload report: saved files with the user's names, refused files
     user_corpus.txt       a concept list uploaded from the app
-    projections/          cached 2-D maps, and corpus_lse.npy / corpus_lse.json (corpus LSE cache)
+    projections/          cached 2-D maps, and corpus_lse.npy / corpus_lse.json (corpus LSE cache),
+                          calibration.npz / calibration.json (cross-fitted calibration scores)
     scoring/              the Scoring page's images: uploads/, names.json, folders.json
     ood_sample/           OOD images uploaded in the what-if panel
     detector/             default folder of ``Run.export_detector``
@@ -64,6 +65,8 @@ USER_CORPUS = "user_corpus.txt"
 PROJECTIONS_DIR = "projections"
 CORPUS_LSE = "corpus_lse.npy"  # in projections/
 CORPUS_LSE_STAMP = "corpus_lse.json"  # in projections/: the inputs the cached LSE was computed from
+CALIBRATION = "calibration.npz"  # in projections/: cross-fitted calibration scores (clustermine.calibration)
+CALIBRATION_STAMP = "calibration.json"  # in projections/: the inputs they were computed from
 SCORING_DIR = "scoring"
 SCORING_FOLDERS = "folders.json"  # in scoring/
 SCORING_NAMES = "names.json"  # in scoring/
@@ -115,6 +118,12 @@ def corpus_lse_files(run_dir: PathLike) -> tuple[Path, Path]:
     """(cached corpus LSE float64 [N_ok], JSON stamp of its inputs)."""
     folder = projections_dir(run_dir)
     return folder / CORPUS_LSE, folder / CORPUS_LSE_STAMP
+
+
+def calibration_files(run_dir: PathLike) -> tuple[Path, Path]:
+    """(cached calibration scores .npz, JSON stamp of their inputs)."""
+    folder = projections_dir(run_dir)
+    return folder / CALIBRATION, folder / CALIBRATION_STAMP
 
 
 def uploads_dir(run_dir: PathLike) -> Path:

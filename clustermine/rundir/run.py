@@ -21,8 +21,9 @@ class Run(ConceptTable):
     """
 
     def detector(self, *, calibrate: bool = True, tpr: float = 0.95) -> Detector:
-        """A Detector reflecting the current concept edits; with ``calibrate`` its threshold keeps
-        ``tpr`` of the held-out ID images (see :func:`clustermine.whatif.current_threshold`)."""
+        """A Detector reflecting the current concept edits; with ``calibrate`` its threshold is the
+        calibrated one for target ``tpr`` (cross-fitted + held-out ID images, order-statistic rule:
+        :func:`clustermine.whatif.current_threshold`)."""
         vocab, extra_emb, pos_rows = self.vocabulary()
         emb = self.text_embeddings()
         if len(extra_emb):
