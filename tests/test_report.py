@@ -69,7 +69,7 @@ def test_image_table_equals_the_run_arrays_and_scores(small_run):
     clear = np.abs(ref - threshold) > 1e-4
     want = np.where(ref >= threshold, "ID", "OOD")
     assert np.array(cols["verdict"])[clear].tolist() == want[clear].tolist()
-    assert "OOD" in cols["verdict"]  # the threshold keeps 95 % of held-out: some images fall below
+    assert clear.sum() >= len(ref) - 1  # the check above covers (nearly) every row
     assert cols["excluded"] == [False] * len(usable)
 
 
