@@ -220,6 +220,25 @@ def posmine(top1_idx: np.ndarray, k: int | None = None, min_count: int = 1) -> n
     return np.array(chosen, dtype=np.int64)
 
 
+def typical_atypical(features: np.ndarray, cluster_ids: np.ndarray, cluster: int,
+                     n: int = 6) -> tuple[list[int], list[int]]:
+    """Feature rows of the ``n`` members of ``cluster`` closest to its centroid (cosine; ties by row)
+    and of up to ``n`` farthest (likely contaminants), farthest first. The two lists never share an
+    image: in a cluster of fewer than ``2 n`` members the atypical list holds only the members not
+    shown as typical. ``features`` float [N, D], ``cluster_ids`` int [N]."""
+    members = np.flatnonzero(np.asarray(cluster_ids) == cluster)
+    if not len(members):
+        return [], []
+    f = np.asarray(features[members], dtype=np.float64)
+    centroid = f.mean(axis=0)
+    norm = np.linalg.norm(centroid)
+    sims = f @ (centroid / norm if norm > 0 else centroid) / np.maximum(np.linalg.norm(f, axis=1), 1e-12)
+    order = np.lexsort((members, -sims))  # closest first
+    typical = members[order[:n]].tolist()
+    atypical = members[order[n:][::-1][:n]].tolist()
+    return typical, atypical
+
+
 @dataclass(frozen=True)
 class AlertRules:
     """Thresholds of the cluster audit alerts (documented defaults, not tuned to any data set)."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import ClusterMineError, ImageError
-from .mining import ClusterStats, cluster_alerts
+from .mining import ClusterStats, cluster_alerts, typical_atypical
 from .storage import atomic_write_text
 
 if TYPE_CHECKING:
@@ -54,25 +54,6 @@ def _e(text: object) -> str:
 
 
 # ------------------------------------------------------------------------------------ pieces
-def typical_atypical(features: np.ndarray, cluster_ids: np.ndarray, cluster: int,
-                     n: int = 4) -> tuple[list[int], list[int]]:
-    """Feature rows of the ``n`` members of ``cluster`` closest to its centroid (cosine, ties by
-    row) and of the ``n`` farthest (likely contaminants; [] when the cluster has ≤ ``n`` members).
-    ``features`` float [N, D], ``cluster_ids`` int [N]."""
-    members = np.flatnonzero(np.asarray(cluster_ids) == cluster)
-    if not len(members):
-        return [], []
-    f = np.asarray(features[members], dtype=np.float64)
-    centroid = f.mean(axis=0)
-    norm = np.linalg.norm(centroid)
-    sims = f @ (centroid / norm if norm > 0 else centroid) / np.maximum(np.linalg.norm(f, axis=1), 1e-12)
-    order = np.lexsort((members, -sims))
-    typical = members[order[:n]].tolist()
-    far = np.lexsort((members, sims))
-    atypical = members[far[:n]].tolist() if len(members) > n else []
-    return typical, atypical
-
-
 def thumbnail_data_uri(path: str | os.PathLike, size: int = 96, quality: int = 70) -> str | None:
     """``data:image/jpeg;base64,...`` of a ``size``-pixel thumbnail; None if the file cannot be read."""
     from .images import load_rgb

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clustermine import mining
 from clustermine.rundir import layout
 from clustermine.runs import Run
 
@@ -51,20 +52,8 @@ def point_table(run: Run, rows: np.ndarray) -> dict[str, list | np.ndarray]:
 
 
 def typical_atypical(run: Run, cluster: int, n: int = 6) -> tuple[list[int], list[int]]:
-    """Feature rows of the ``n`` members closest to the cluster's centroid (cosine) and up to ``n``
-    farthest (likely contaminants). The two lists never share an image: in a cluster of fewer than
-    ``2 n`` members the atypical list holds only the members not shown as typical."""
-    members = np.flatnonzero(run.cluster_ids() == cluster)
-    if not len(members):
-        return [], []
-    f = run.features()[members]
-    centroid = f.mean(axis=0)
-    norm = np.linalg.norm(centroid)
-    sims = f @ (centroid / norm if norm > 0 else centroid)
-    order = np.argsort(-sims, kind="stable")
-    typical = members[order[:n]].tolist()
-    atypical = members[order[n:][::-1][:n]].tolist()  # farthest first, never one of the typical
-    return typical, atypical
+    """The cluster's most typical and most atypical members (see :func:`clustermine.mining.typical_atypical`)."""
+    return mining.typical_atypical(run.features(), run.cluster_ids(), cluster, n)
 
 
 def concept_table(run: Run) -> pd.DataFrame:
