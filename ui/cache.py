@@ -117,19 +117,15 @@ def edits_key(run: Run) -> tuple[int, int, int]:
     return _stat_key(run.file(layout.EDITS))
 
 
-_CHECKED: set[tuple] = set()
-_CHECK_LOCK = threading.Lock()
+@st.cache_resource(max_entries=256, show_spinner=False)
+def _checked(path: str, stamp: tuple, _run: Run) -> bool:
+    _run.check_complete()  # a RunError is raised, not cached: a fixed run is checked again
+    return True
 
 
 def check_complete(run: Run) -> None:
     """``run.check_complete()`` once per version of its files (RunError names a missing file)."""
-    key = (str(run.path), run.files_stamp(layout.REQUIRED_FILES))
-    with _CHECK_LOCK:
-        if key in _CHECKED:
-            return
-    run.check_complete()
-    with _CHECK_LOCK:
-        _CHECKED.add(key)
+    _checked(str(run.path), run.files_stamp(layout.REQUIRED_FILES), run)
 
 
 # ------------------------------------------------------------------------------------ thumbnails
