@@ -166,3 +166,41 @@ def test_bad_input_is_named_and_cli_verbs(planted, capsys):
 
     table, _ = image_table(Run.open(planted.path))
     assert sum(table["excluded"]) == 5
+
+
+@pytest.mark.app
+def test_audit_page_excludes_from_a_card_and_remines(small_run, monkeypatch):
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
+    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=180)
+    at.query_params["run"] = small_run.name
+    at.run()
+    at.switch_page("pages/audit.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    run = Run.open(small_run)
+    members = np.flatnonzero(run.cluster_ids() == 0)
+    pick = at.multiselect(key="excl-pick-0")
+    row = int(pick.options[0]) if str(pick.options[0]).isdigit() else None
+    pick.set_value([pick.options[0]]).run()
+    at.button(key="excl-go-0").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    mask = Run.open(small_run).excluded_mask()
+    assert int(mask.sum()) == 1 and mask[members].any()
+    if row is not None:
+        assert mask[row]
+    assert Run.open(small_run).exclusion_log()[0]["action"] == "exclude"
+    before = {s.cluster: s.size for s in run.cluster_stats()}
+    at.button(key="remine_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    after = Run.open(small_run)
+    assert after.meta["last_remine"]["clusters_affected"] == [0]
+    assert after.cluster_stats()[0].size == before[0] - 1
+    shown = "\n".join(m.value for m in at.markdown)
+    assert "Changes since last mining" in shown

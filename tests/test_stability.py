@@ -122,3 +122,52 @@ def test_temi_head_labels_are_each_heads_argmax():
     assert est.head_labels_.shape == (3, 60)
     assert np.array_equal(est.head_labels_[est.best_head_], est.labels_)
     assert est.head_labels_.min() >= 0 and est.head_labels_.max() < 3
+
+
+def _open_page(run_dir, page, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(run_dir.parent))
+    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=180)
+    at.query_params["run"] = run_dir.name
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.mark.app
+def test_concepts_and_audit_pages_flag_single_head_concepts(small_run, monkeypatch):
+    run = Run.open(small_run)
+    cids = run.cluster_ids()
+    one = np.where(cids >= 0, 0, -1)
+    np.save(run.file(layout.HEAD_LABELS), np.stack([cids, one, one]).astype(np.int32))
+    flagged = sorted(c.text for c in Run.open(small_run).concepts() if c.single_head)
+    assert flagged
+    at = _open_page(small_run, "pages/concepts.py", monkeypatch)
+    table = at.data_editor[0].value
+    assert sorted(table.loc[table["stability"] == "⚠ one head only", "concept"]) == flagged
+    assert "one head only" in "\n".join(w.value for w in at.warning)
+    at = _open_page(small_run, "pages/audit.py", monkeypatch)
+    shown = "\n".join(m.value for m in at.markdown)  # st.badge is drawn as markdown
+    assert shown.count("elected by one head only") == sum(
+        1 for s in run.cluster_stats() if s.winner is not None and run.vocabulary_base()[s.winner] in flagged)
+
+
+@pytest.mark.app
+def test_concepts_page_computes_seed_support_with_a_button(small_run, monkeypatch):
+    at = _open_page(small_run, "pages/concepts.py", monkeypatch)
+    assert "Support unknown" in "\n".join(c.value for c in at.caption)
+    at.number_input(key="stability_seeds").set_value(2).run()
+    at.button(key="stability_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    run = Run.open(small_run)
+    assert run.file(layout.SEED_LABELS).is_file()
+    assert all(c.support is not None and c.support_total == 2 for c in run.concepts())
