@@ -17,6 +17,7 @@ import shutil
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+from filelock import Timeout
 
 from .errors import RunError
 from .mining import cluster_statistics, mine_positive_concepts, summary
@@ -86,6 +87,14 @@ def remine(run: Run, *, recluster: bool = False, user: str | None = None,
     """
     if run.status != "done":
         raise RunError(f"{run.path}: the run is not finished (status {run.status!r})")
+    try:  # one re-mine at a time, and no exclusion changes while it runs
+        with run._lock(layout.EXCLUSIONS_LOCK, timeout=5):
+            return _remine(run, recluster, user, progress)
+    except Timeout as exc:
+        raise RunError(f"{run.path}: another session is re-mining or excluding images; try again") from exc
+
+
+def _remine(run: Run, recluster: bool, user: str | None, progress: ProgressFn | None) -> dict:
     before_pos = set(run.positive_concepts())
     before_mined = {m.text for m in run.mined_concepts()}
     before_stats = {s.cluster: s for s in run.cluster_stats()}
