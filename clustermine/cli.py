@@ -311,7 +311,8 @@ def _cmd_concepts(a: argparse.Namespace) -> int:
         pur = f"{c.purity:.2f}" if c.purity is not None else "-"
         sup = f"{c.support:.2f}" if c.support is not None else "?"
         flag = "  [one head only]" if c.single_head else ""
-        print(f"{c.id:<14} {c.status:<9} {c.votes:>5} {pur:>6} {sup:>7}  {c.text} {c.clusters if c.clusters else ''}{flag}")
+        where = c.clusters if c.clusters else ""
+        print(f"{c.id:<14} {c.status:<9} {c.votes:>5} {pur:>6} {sup:>7}  {c.text} {where}{flag}")
     print(f"|Y_pos| = {sum(c.is_positive for c in concepts)}")
     return 0
 
