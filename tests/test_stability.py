@@ -111,6 +111,22 @@ def test_real_tiny_temi_run_stores_heads_and_support(small_images, tmp_path):
     for c in run.concepts():
         assert 0.0 <= c.support <= 1.0 and c.support >= 1 / n_heads
         assert c.support == pytest.approx(sum(c.corpus_index in w for w in winners) / n_heads)
+    # re-clustering without a few excluded images stores the new heads; excluded images do not vote
+    from clustermine.exclusions import remine
+
+    gone = [int(r) for r in np.flatnonzero(cids >= 0)[:3]]
+    run.set_excluded(gone)
+    remine(run, recluster=True)
+    run = Run.open(run.path)
+    heads = np.load(run.file(layout.HEAD_LABELS))
+    assert heads.shape == (n_heads, len(cids)) and (heads[:, gone] == -1).all()
+    assert (run.cluster_ids()[gone] >= 0).all()
+    voters = (run.cluster_ids() >= 0) & ~run.excluded_mask()
+    assert (heads[:, voters] >= 0).all()
+    assert any(np.array_equal(h[voters], run.cluster_ids()[voters]) for h in heads)
+    winners = [reference_winners(h, top_idx[:, 0], top_sim[:, 0]) for h in heads]
+    for c in run.concepts():
+        assert c.support == pytest.approx(sum(c.corpus_index in w for w in winners) / n_heads) and c.support > 0
 
 
 def test_temi_head_labels_are_each_heads_argmax():
