@@ -204,3 +204,42 @@ def test_audit_page_excludes_from_a_card_and_remines(small_run, monkeypatch):
     assert after.cluster_stats()[0].size == before[0] - 1
     shown = "\n".join(m.value for m in at.markdown)
     assert "Changes since last mining" in shown
+
+
+@pytest.mark.app
+def test_cluster_map_selection_marks_images_not_id(small_run, monkeypatch):
+    """A lasso selection on the map (sent as the browser sends it: the chart's JSON widget state)
+    and the button under it exclude exactly the selected images."""
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
+    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=180)
+    at.query_params["run"] = small_run.name
+    at.run()
+    at.switch_page("pages/clusters.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    chart = at.get("plotly_chart")[0]
+    picked = [3, 17, 25]
+    original = at._tree.get_widget_states
+
+    def with_selection():
+        ws = original()
+        w = ws.widgets.add()
+        w.id = chart.proto.id
+        w.string_value = json.dumps({"selection": {"points": [{"customdata": [r]} for r in picked],
+                                                   "point_indices": picked, "box": [], "lasso": []}})
+        return ws
+
+    at._tree.get_widget_states = with_selection
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.button(key="map_exclude").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    mask = Run.open(small_run).excluded_mask()
+    assert sorted(map(int, np.flatnonzero(mask))) == picked
