@@ -480,9 +480,10 @@ class TEMI(ClustererBase):
         self.prior_ = prior[h].cpu().numpy()
         self.labels_ = self.predict(X)
         with torch.no_grad():
+            step = max(1, _PREDICT_CHUNK // 4)  # all H heads at once: keep [H, step, hidden] small
             self.head_labels_ = np.concatenate(
-                [_heads_forward(teacher, Z[i0 : i0 + _PREDICT_CHUNK]).argmax(-1).cpu().numpy()
-                 for i0 in range(0, n, _PREDICT_CHUNK)], axis=1).astype(np.int64)
+                [_heads_forward(teacher, Z[i0 : i0 + step]).argmax(-1).cpu().numpy()
+                 for i0 in range(0, n, step)], axis=1).astype(np.int64)
         self.head_labels_[h] = self.labels_  # the best head exactly as predict() labels it
         self.cluster_sizes_ = np.bincount(self.labels_, minlength=c)
         self.n_occupied_ = int((self.cluster_sizes_ > 0).sum())
