@@ -31,6 +31,7 @@ PAGES = {
         st.Page("pages/clusters.py", title="Cluster map", icon=":material/scatter_plot:", url_path="clusters"),
         st.Page("pages/audit.py", title="Cluster audit", icon=":material/fact_check:", url_path="audit"),
         st.Page("pages/search.py", title="Find images", icon=":material/image_search:", url_path="search"),
+        st.Page("pages/compare.py", title="Compare runs", icon=":material/compare_arrows:", url_path="compare"),
     ],
     "Review & use": [
         st.Page("pages/concepts.py", title="Concepts", icon=":material/checklist:", url_path="concepts"),

@@ -1,5 +1,5 @@
 """Command-line interface: the same verbs as the web app (mine, resume, score, evaluate, concepts, export,
-report, search, label, delete).
+report, search, label, delete, exclude, remine, stability, diff).
 
 The ``mine`` flags are derived from :class:`clustermine.config.MineConfig` (one flag per field, its
 default the field's); ``resume RUN_DIR`` continues a run with the settings stored in the run itself.
@@ -148,6 +148,33 @@ def _parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("delete", help="delete a run folder (refused while its job runs)")
     dl.add_argument("run_dir")
     dl.add_argument("--yes", action="store_true", help="confirm the deletion (required)")
+
+    ex = sub.add_parser("exclude", help="mark images of a run \"not ID\" (or restore them); re-mine to apply")
+    ex.add_argument("run_dir")
+    ex.add_argument("paths", nargs="*", metavar="PATH", help="image paths (as listed in the run, or absolute)")
+    ex.add_argument("--row", type=int, action="append", default=[], help="an image by its feature row")
+    ex.add_argument("--restore", action="store_true", help="restore the images instead of excluding them")
+    ex.add_argument("--user", default=None)
+    ex.add_argument("--list", action="store_true", help="list the excluded images")
+
+    rm = sub.add_parser("remine", help="mine again without the excluded images (no re-encoding)")
+    rm.add_argument("run_dir")
+    rm.add_argument("--recluster", action="store_true",
+                    help="re-cluster the remaining images (default: reuse the clusters minus excluded images)")
+    rm.add_argument("--user", default=None)
+    rm.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("stability", help="support of every concept across the run's TEMI heads or several seeds")
+    st.add_argument("run_dir")
+    st.add_argument("--seeds", type=int, default=None,
+                    help="re-cluster with this many seeds (the run's own clustering counts as one)")
+    st.add_argument("--json", action="store_true")
+
+    df = sub.add_parser("diff", help="compare two runs: Y_pos, cluster agreement, score shift, settings")
+    df.add_argument("run_a")
+    df.add_argument("run_b")
+    df.add_argument("--ood", default=None, metavar="FOLDER", help="an OOD image sample: its score shift")
+    df.add_argument("--json", action="store_true")
     return p
 
 
@@ -292,10 +319,13 @@ def _cmd_concepts(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps([c.to_dict() for c in concepts], indent=2))
         return 0
-    print(f"{'id':<14} {'status':<9} {'votes':>5} {'purity':>6}  concept (clusters)")
+    print(f"{'id':<14} {'status':<9} {'votes':>5} {'purity':>6} {'support':>7}  concept (clusters)")
     for c in concepts:
         pur = f"{c.purity:.2f}" if c.purity is not None else "-"
-        print(f"{c.id:<14} {c.status:<9} {c.votes:>5} {pur:>6}  {c.text} {c.clusters if c.clusters else ''}")
+        sup = f"{c.support:.2f}" if c.support is not None else "?"
+        flag = "  [one head only]" if c.single_head else ""
+        where = c.clusters if c.clusters else ""
+        print(f"{c.id:<14} {c.status:<9} {c.votes:>5} {pur:>6} {sup:>7}  {c.text} {where}{flag}")
     print(f"|Y_pos| = {sum(c.is_positive for c in concepts)}")
     return 0
 
@@ -352,9 +382,114 @@ def _cmd_delete(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_exclude(a: argparse.Namespace) -> int:
+    from .runs import Run
+
+    run = Run.open(a.run_dir)
+    keys = list(a.paths) + list(a.row)
+    if keys:
+        changed = run.set_excluded(keys, restore=a.restore, user=a.user)
+        verb = "restored" if a.restore else "excluded"
+        print(f"{verb} {len(changed)} image(s); {len(keys) - len(changed)} already {verb}. "
+              "Run `clustermine remine RUN_DIR` to mine again without the excluded images.")
+    elif not a.list:
+        raise ClusterMineError("give image paths (or --row N) to exclude, or --list")
+    mask = run.excluded_mask()
+    paths = {r["row"]: r["path"] for r in run.image_records(ok_only=True)}
+    if a.list:
+        for row in map(int, mask.nonzero()[0]):
+            print(f"{row}\t{paths[row]}")
+    print(f"{int(mask.sum())} image(s) excluded")
+    return 0
+
+
+def _print_changes(ch: dict) -> None:
+    print(f"re-mined ({ch['mode']}) without {ch['n_excluded']} excluded image(s); {ch['n_voters']} images voted")
+    print("Y_pos added: " + (", ".join(ch["y_pos_added"]) or "-"))
+    print("Y_pos removed: " + (", ".join(ch["y_pos_removed"]) or "-"))
+    print("clusters affected: " + (" ".join(map(str, ch["clusters_affected"])) or "-"))
+    for d in ch["decisions_not_applying"]:
+        print(f"no longer applies: {d['action']} of {d['concept']!r} by {d['user']} (concept no longer mined)")
+
+
+def _cmd_remine(a: argparse.Namespace) -> int:
+    from .exclusions import remine
+    from .runs import Run
+
+    run = Run.open(a.run_dir)
+    changes = remine(run, recluster=a.recluster, user=a.user)
+    if a.json:
+        print(json.dumps(changes, indent=2))
+    else:
+        _print_changes(changes)
+    return 0
+
+
+def _cmd_stability(a: argparse.Namespace) -> int:
+    from .runs import Run
+    from .stability import clustering_winners, seed_stability, stability_source, support_counts
+
+    run = Run.open(a.run_dir)
+    if a.seeds is not None:
+        bars = _Bars(a.json)
+        labels = seed_stability(run, a.seeds, progress=lambda d, t: bars("stability", d, t))
+        bars.close()
+        top_idx, top_sim = run.votes()
+        counts = support_counts(clustering_winners(labels, top_idx[:, 0], top_sim[:, 0], len(run.vocabulary_base()),
+                                                   ~run.excluded_mask()))
+        rows = [{"id": c.id, "text": c.text, "status": c.status,
+                 "support": (counts.get(c.corpus_index, 0) / len(labels)) if c.corpus_index is not None else None,
+                 "support_count": counts.get(c.corpus_index, 0) if c.corpus_index is not None else None,
+                 "support_total": len(labels)} for c in run.concepts()]
+        source = "seeds"
+    else:
+        source = stability_source(run)
+        rows = [{"id": c.id, "text": c.text, "status": c.status, "support": c.support,
+                 "support_count": c.support_count, "support_total": c.support_total} for c in run.concepts()]
+    if a.json:
+        print(json.dumps({"source": source, "concepts": rows}, indent=2))
+        return 0
+    if source is None:
+        print("support unknown: this run stores no head labels (k-means or an older run); "
+              "compute it with --seeds 5")
+    for r in rows:
+        sup = "?" if r["support"] is None else f"{r['support']:.2f} ({r['support_count']}/{r['support_total']})"
+        flag = "  [elected once]" if r["support_count"] == 1 and (r["support_total"] or 0) > 1 else ""
+        print(f"{sup:>16}  {r['status']:<9} {r['text']}{flag}")
+    return 0
+
+
+def _cmd_diff(a: argparse.Namespace) -> int:
+    from .compare import diff_runs
+    from .runs import Run
+
+    d = diff_runs(Run.open(a.run_a), Run.open(a.run_b), ood_folder=a.ood)
+    if a.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    y, c, h = d["y_pos"], d["clusters"], d["heldout_shift"]
+    print(f"Y_pos: +{len(y['added'])} -{len(y['removed'])} ={len(y['kept'])}")
+    for t in y["added"]:
+        print(f"  + {t}")
+    for t in y["removed"]:
+        print(f"  - {t}")
+    ari = "-" if c["ari"] is None else f"{c['ari']:.3f}"
+    mf = "-" if c["matched_fraction"] is None else f"{c['matched_fraction']:.0%}"
+    print(f"clusters: ARI {ari} on {c['n_shared']} shared mined images; matched clusters hold {mf} of them")
+    mean = "-" if h["mean"] is None else f"{h['mean']:+.4f}"
+    print(f"held-out score shift (B - A): mean {mean} over {h['n']} images; verdict changes: {h['verdict_changes']}")
+    if d["ood_shift"]:
+        o = d["ood_shift"]
+        print(f"OOD score shift (B - A): mean {o['mean']:+.4f} over {o['n']} images")
+    print("settings that differ: " + (", ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in d["settings"].items())
+                                      or "none"))
+    return 0
+
+
 _COMMANDS = {"mine": _cmd_mine, "resume": _cmd_resume, "prepare": _cmd_prepare, "score": _cmd_score, "evaluate": _cmd_evaluate, "concepts": _cmd_concepts,
              "export": _cmd_export, "report": _cmd_report, "search": _cmd_search, "label": _cmd_label,
-             "delete": _cmd_delete}
+             "delete": _cmd_delete, "exclude": _cmd_exclude, "remine": _cmd_remine, "stability": _cmd_stability,
+             "diff": _cmd_diff}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -384,6 +384,8 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
                                    **config.clusterer_params)
         cluster_ids[mine_rows] = clusterer.fit_predict(features[mine_rows])
     run.write_array(layout.CLUSTER_IDS, cluster_ids.astype(np.int32))
+    if n_clusters > 1 and getattr(clusterer, "head_labels_", None) is not None:  # TEMI: every head's clustering
+        write_head_labels(run, clusterer.head_labels_, mine_rows)
     run.mark_stage("cluster")
 
     # 5. vote
@@ -406,6 +408,15 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
         "clamp_warning": clamp_msg, "timings_s": tracker.timings,
     })
     run.mark_stage("vote", summary=summ, status="done", error=None)
+
+
+def write_head_labels(run, head_labels: np.ndarray, rows: np.ndarray) -> None:
+    """Store per-head cluster ids int [H, len(rows)] of feature ``rows`` as int32 [H, N_ok] (-1 elsewhere),
+    the input of concept stability (:mod:`clustermine.stability`)."""
+    n = run.cluster_ids().shape[0]
+    full = np.full((head_labels.shape[0], n), -1, dtype=np.int32)
+    full[:, rows] = head_labels
+    run.write_array(layout.HEAD_LABELS, full)
 
 
 # ----------------------------------------------------------------------------- score / evaluate

@@ -141,6 +141,8 @@ def _card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], paths:
 
 
 def _support_text(value) -> str:
+    if value is None:
+        return "unknown"
     if isinstance(value, (int, float)):
         return f"{float(value):.0%}"
     if isinstance(value, dict):

@@ -14,6 +14,8 @@ state.ensure_frame()
 widgets.page_header("Cluster audit", "Check that each cluster names itself well before trusting its concept: "
                     "impure, tied or tiny clusters are flagged.")
 run = state.require_run(done=True)
+audit_cards.exclusion_feedback()
+audit_cards.remine_panel(run)
 stats = run.cluster_stats()
 alerts = cluster_alerts(stats)
 vocab = run.vocabulary_base()
@@ -46,5 +48,7 @@ if n_pages > 1:
     page = int(st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=1, key="audit_page"))
     st.caption(f"clusters {(page - 1) * per_page + 1}–{min(page * per_page, len(shown))} of {len(shown)}")
 
+single = {c.corpus_index for c in run.concepts() if c.single_head}
 for s in shown[(page - 1) * per_page: page * per_page]:
-    audit_cards.card(run, s, alerts.get(s.cluster, []), vocab, shared_with=shared.get(s.cluster))
+    audit_cards.card(run, s, alerts.get(s.cluster, []), vocab, shared_with=shared.get(s.cluster),
+                     single_head=s.winner in single)

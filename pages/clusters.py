@@ -8,13 +8,14 @@ import streamlit as st
 
 from clustermine import projection
 from clustermine.rundir import layout
-from ui import charts, rundata, scores, settings, state, widgets
+from ui import audit_cards, charts, rundata, scores, settings, state, widgets
 from ui.text import md_code
 
 state.ensure_frame()
 widgets.page_header("Cluster map", "Each point is one image. Lasso or box-select points to see them; "
                     "hover for the file, its cluster and the cluster's concept.")
 run = state.require_run(done=True)
+audit_cards.exclusion_feedback()
 feats = run.features()
 n = feats.shape[0]
 
@@ -85,6 +86,12 @@ def map_and_selection() -> None:
     widgets.thumbnail_grid([(paths[r], f"{names[r]} · c{run.cluster_ids()[r]}") for r in picked[:limit]], columns=8)
     if len(picked) > limit:
         st.caption(f"… and {len(picked) - limit} more (narrow the selection to see them).")
+    c1, c2 = st.columns(2)
+    c1.button(f"Mark {len(picked)} selected as not ID", key="map_exclude", icon=":material/block:",
+              on_click=audit_cards.exclude_images, args=(str(run.path), picked),
+              help="Logged with your name; re-mine on the Cluster audit page to mine without them.")
+    c2.button("Restore selected", key="map_restore", icon=":material/undo:",
+              on_click=audit_cards.exclude_images, args=(str(run.path), picked, True))
 
 
 map_and_selection()

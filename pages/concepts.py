@@ -27,6 +27,7 @@ st.text_input("Your name (recorded in the decision log)", key="reviewer", on_cha
               placeholder=concept_review.reviewer(), help="Kept in the page URL, so a refresh keeps it.")
 # Full width: every column of the table stays visible at 1400 px (no horizontal scrolling).
 df = concept_review.table(run)
+concept_review.stability_panel(run)
 st.caption("Change a status in the table, or use the buttons below. The table is rebuilt from the run's "
            "edit log after every change.")
 left, right = st.columns([1, 1.2], gap="large")

@@ -47,11 +47,73 @@ def shared_groups(stats: list[ClusterStats], vocab: list[str]) -> None:
             st.markdown(f"- **{md_escape(vocab[w])}**: clusters {', '.join(map(str, clusters))}")
 
 
+def exclude_images(run_path: str, rows: list[int], restore: bool = False) -> None:
+    """Mark feature ``rows`` "not ID" (or restore them) in the run's exclusion log; the outcome is
+    shown by :func:`exclusion_feedback` on the next script run (callbacks cannot draw)."""
+    from clustermine.errors import ClusterMineError
+
+    from . import cache
+    from .concept_review import reviewer
+
+    try:
+        changed = cache.load_run(run_path).set_excluded(rows, restore=restore, user=reviewer())
+        verb = "restored" if restore else "marked not ID"
+        st.session_state["exclusion_ok"] = f"{len(changed)} image(s) {verb}; re-mine on the Cluster audit page to apply"
+    except ClusterMineError as exc:
+        st.session_state["exclusion_error"] = str(exc)
+
+
+def exclusion_feedback() -> None:
+    err, ok = st.session_state.pop("exclusion_error", None), st.session_state.pop("exclusion_ok", None)
+    if err:
+        widgets.show_error(err)
+    elif ok:
+        st.toast(md_escape(ok), icon=":material/block:")
+
+
+def remine_panel(run: Run) -> None:
+    """Excluded images, the re-mine button (reuse clusters or re-cluster) and the last re-mine's changes."""
+    from clustermine.exclusions import last_changes, remine
+
+    from .concept_review import reviewer
+
+    excluded = run.excluded_mask()
+    changes = last_changes(run)
+    if changes:
+        with st.container(border=True, key="remine-changes"):
+            st.markdown(f"**Changes since last mining** ({md_escape(changes['mode'])}, "
+                        f"{changes['n_excluded']} image(s) excluded, by {md_escape(changes['user'])})")
+            st.markdown(f"- Y_pos added: {md_escape(', '.join(changes['y_pos_added']) or '–')}\n"
+                        f"- Y_pos removed: {md_escape(', '.join(changes['y_pos_removed']) or '–')}\n"
+                        f"- clusters affected: {', '.join(map(str, changes['clusters_affected'])) or '–'}")
+            for d in changes["decisions_not_applying"]:
+                st.caption(f":material/info: no longer applies: {md_escape(d['action'])} of "
+                           f"**{md_escape(d['concept'])}** by {md_escape(d['user'] or '?')} (concept no longer mined)")
+    if not excluded.any() and not changes:
+        return
+    with st.expander(f"Excluded images ({int(excluded.sum())}) and re-mining", expanded=bool(excluded.any())):
+        rows = [int(r) for r in excluded.nonzero()[0]]
+        paths, names = run.image_paths(), rundata.image_names(run)
+        widgets.thumbnail_grid([(paths[r], names[r]) for r in rows[:24]], columns=8, empty="no image excluded")
+        if rows:
+            st.button("Restore all", key="restore_all", icon=":material/undo:",
+                      on_click=exclude_images, args=(str(run.path), rows, True))
+        mode = st.radio("Re-mine", ["reuse", "recluster"], horizontal=True, key="remine_mode",
+                        format_func={"reuse": "reuse the clusters minus excluded images",
+                                     "recluster": "re-cluster the remaining images"}.get)
+        if st.button("Re-mine now", type="primary", key="remine_go", icon=":material/refresh:"):
+            with st.spinner("Re-mining (no re-encoding)…"), widgets.guard("re-mining"):
+                remine(run, recluster=mode == "recluster", user=reviewer())
+                st.rerun()
+
+
 def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumbs: int = 6, top: int = 8,
-         shared_with: list[int] | None = None) -> None:
+         shared_with: list[int] | None = None, single_head: bool = False) -> None:
     winner = vocab[s.winner] if s.winner is not None else "no winner"
     with st.container(border=True, key=f"card-{s.cluster}"):
         st.subheader(f"Cluster {s.cluster} · {md_escape(winner)}", anchor=False)
+        if single_head:
+            st.badge("elected by one head only", icon=":material/warning:", color="orange")
         left, right = st.columns([1, 1.4])
         with left:
             widgets.metrics_row([("size", s.size), ("purity", widgets.fmt_pct(s.purity, 0), "winner votes / size"),
@@ -79,3 +141,10 @@ def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumb
         if atypical:
             st.markdown("**Most atypical** (farthest from the centroid — possible contaminants)")
             widgets.thumbnail_grid([(paths[r], names[r]) for r in atypical], columns=n_thumbs)
+        members = list(dict.fromkeys([*atypical, *typical]))
+        if members:
+            c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+            picked = c1.multiselect("Mark as not ID (contaminants)", members, key=f"excl-pick-{s.cluster}",
+                                    format_func=lambda r: names[r])
+            c2.button("Exclude", key=f"excl-go-{s.cluster}", icon=":material/block:", disabled=not picked,
+                      on_click=exclude_images, args=(str(run.path), [int(r) for r in picked]))

@@ -68,7 +68,7 @@ def feedback() -> None:
 def table(run: Run) -> pd.DataFrame:
     """The editable concept table. Its widget key changes with every edit, so it is always rebuilt
     from the run (the edit log), never from stale widget state."""
-    df = rundata.concept_table(run)
+    df = with_support(run, rundata.concept_table(run))
     key = f"concepts-editor-{cache.edits_key(run)}"
     st.data_editor(
         df, key=key, width="stretch", hide_index=False, num_rows="fixed",
@@ -80,9 +80,57 @@ def table(run: Run) -> pd.DataFrame:
                                                             "become negatives"),
             "purity": st.column_config.ProgressColumn("purity", min_value=0.0, max_value=1.0, format="%.2f"),
             "votes": st.column_config.NumberColumn("votes", format="%d"),
+            "support": st.column_config.ProgressColumn(
+                "support", min_value=0.0, max_value=1.0, format="%.2f",
+                help="fraction of the run's clusterings (TEMI heads, or seeds) whose vote elects this concept; "
+                     "empty = unknown"),
+            "stability": st.column_config.TextColumn("stability", help="⚠ one head only: elected by a single "
+                                                     "clustering, may be noise"),
         },
         on_change=_on_table_edit, args=(str(run.path), key, list(df.index), list(df["status"])))
     return df
+
+
+def with_support(run: Run, df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``support`` column (None = unknown) and a ``stability`` flag, by concept id."""
+    by_id = {c.id: c for c in run.concepts()}
+    df = df.copy()
+    df["support"] = [by_id[i].support if i in by_id else None for i in df.index]
+    df["stability"] = ["⚠ one head only" if i in by_id and by_id[i].single_head
+                       else ("unknown" if i not in by_id or by_id[i].support is None else "")
+                       for i in df.index]
+    return df
+
+
+def stability_panel(run: Run) -> None:
+    """Where the support comes from; for runs without head labels (k-means, older runs), a button
+    that re-clusters with a few seeds (progress bar) to compute it."""
+    from clustermine.stability import seed_stability, stability_source
+
+    source = stability_source(run)
+    concepts = run.concepts()
+    flagged = [c.text for c in concepts if c.single_head]
+    with st.expander("Stability (support across heads / seeds)", expanded=bool(flagged)):
+        if source == "heads":
+            st.caption(f"Support = share of the {concepts[0].support_total if concepts else '?'} TEMI heads whose "
+                       "own cluster vote elects the concept.")
+        elif source == "seeds":
+            st.caption(f"Support = share of {concepts[0].support_total if concepts else '?'} clusterings "
+                       "(different seeds) whose vote elects the concept.")
+        else:
+            st.caption("Support unknown: this run stores no head labels (k-means, or a run mined before "
+                       "stability existed). Compute it by re-clustering with a few seeds.")
+        if flagged:
+            st.warning("Elected by one head only: " + ", ".join(md_escape(t) for t in flagged),
+                       icon=":material/warning:")
+        c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+        n_seeds = int(c1.number_input("Seeds", min_value=2, max_value=20, value=5, key="stability_seeds"))
+        if c2.button("Compute support across seeds", key="stability_go", icon=":material/replay:"):
+            bar = st.progress(0.0, text="clustering with several seeds…")
+            with widgets.guard("computing stability"):
+                seed_stability(run, n_seeds,
+                               progress=lambda d, t: bar.progress(d / max(t, 1), text=f"{d} / {t} clusterings"))
+                st.rerun()
 
 
 def quick_actions(run: Run, df: pd.DataFrame) -> None:

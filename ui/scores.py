@@ -29,8 +29,10 @@ def _heldout(path: str, stamp: str) -> HeldOut:
 
 
 def heldout(run: Run) -> HeldOut:
-    """``whatif.heldout(run)``, kept per run and per version of its features, embeddings and τ."""
-    return _heldout(str(run.path), json.dumps(whatif.lse_stamp(run)))
+    """``whatif.heldout(run)``, kept per run and per version of its features, embeddings, τ and
+    exclusions (an excluded image no longer calibrates)."""
+    excluded = layout.file_stamp(run.file(layout.EXCLUSIONS))
+    return _heldout(str(run.path), json.dumps([whatif.lse_stamp(run), excluded]))
 
 
 def what_if(run: Run, tpr: float = 0.95) -> WhatIf:

@@ -270,8 +270,9 @@ class TEMI(ClustererBase):
     Fitted attributes: ``labels_`` (int64 [N]), ``best_head_``, ``head_losses_`` ([H], last-epoch
     mean loss per head), ``loss_history_`` (epoch mean losses), ``n_iter_`` (optimiser steps),
     ``cluster_sizes_`` ([C]), ``n_occupied_``, ``prior_`` ([C], best head's cluster prior), the
-    resolved ``knn_``, ``batch_size_``, ``epochs_``, ``lr_``, ``embed_norm_``, and timings
-    ``knn_time_`` / ``fit_time_`` (s).
+    resolved ``knn_``, ``batch_size_``, ``epochs_``, ``lr_``, ``embed_norm_``, ``head_labels_``
+    (int64 [H, N]: every teacher head's argmax on the training set, each head a clustering; row
+    ``best_head_`` is ``labels_``), and timings ``knn_time_`` / ``fit_time_`` (s).
     """
 
     _model_attribute = "_best"
@@ -478,6 +479,12 @@ class TEMI(ClustererBase):
         }
         self.prior_ = prior[h].cpu().numpy()
         self.labels_ = self.predict(X)
+        with torch.no_grad():
+            step = max(1, _PREDICT_CHUNK // 4)  # all H heads at once: keep [H, step, hidden] small
+            self.head_labels_ = np.concatenate(
+                [_heads_forward(teacher, Z[i0 : i0 + step]).argmax(-1).cpu().numpy()
+                 for i0 in range(0, n, step)], axis=1).astype(np.int64)
+        self.head_labels_[h] = self.labels_  # the best head exactly as predict() labels it
         self.cluster_sizes_ = np.bincount(self.labels_, minlength=c)
         self.n_occupied_ = int((self.cluster_sizes_ > 0).sum())
         self.fit_time_ = time.perf_counter() - t_start

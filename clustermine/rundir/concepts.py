@@ -47,6 +47,16 @@ class Concept:
     examples: list[int] = field(default_factory=list)  # feature rows of example images
     updated: str | None = None
     user: str | None = None
+    # Stability (:mod:`clustermine.stability`): fraction of the run's clusterings (TEMI heads, or
+    # seeds) whose own vote elects this concept; None = unknown (no head / seed labels stored).
+    support: float | None = None
+    support_count: int | None = None  # clusterings electing it
+    support_total: int | None = None  # clusterings in all
+
+    @property
+    def single_head(self) -> bool:
+        """Elected by exactly one of several clusterings (a concept that may be noise)."""
+        return self.support_count == 1 and (self.support_total or 0) > 1
 
     @property
     def is_positive(self) -> bool:
@@ -126,7 +136,11 @@ class ConceptTable(RunStore):
         return self._cached("vocab_index", lambda: {c: i for i, c in enumerate(self.vocabulary_base())})
 
     def _replay(self, edits: list[dict]) -> list[Concept]:
-        return replay_edits(self.mined_concepts(), edits, self._vocab_index())
+        concepts = replay_edits(self.mined_concepts(), edits, self._vocab_index())
+        from ..stability import attach_support
+
+        attach_support(self, concepts)
+        return concepts
 
     def concepts(self) -> list[Concept]:
         """The current concept table: mined concepts and user additions with their status."""

@@ -16,11 +16,15 @@ only: the app's first page imports this without the numeric stack.
     text_embeddings.npy   float16 [M, D]
     mined.json            the mined Y_pos with provenance (never edited)
     edits.jsonl           append-only log of concept edits (accept / reject / restore / add)
+    exclusions.jsonl      append-only log of image exclusions ("not ID": exclude / restore, who, when)
+    head_labels.npy       int32 [H, N_ok]     cluster id of every image under each TEMI head (-1 = not clustered)
+    seed_labels.npy       int32 [S, N_ok]     cluster ids of S seeds (``clustermine stability``), -1 = not clustered
+    previous/             the mining before the last re-mine (clusters.npy, clusters.json, mined.json, concepts.json)
     concepts.json         current concept table (derived from mined.json + edits.jsonl)
     added/<id>.npy        text embedding of each user-added concept that is not in V
     progress.json         stage, done, total, eta while a job runs
     cancel.requested      present while a cancel is asked for
-    .<name>.lock          file locks (run.json updates, concept edits)
+    .<name>.lock          file locks (run.json updates, concept edits, exclusions)
     job.json, job.log     the app's worker: pid / start token, and its output
     uploads/              images uploaded from the app (the run's images_dir)
     uploads.json          upload report: saved files with the user's names, refused files
@@ -53,6 +57,10 @@ TEXT_EMBEDDINGS = "text_embeddings.npy"
 MINED = "mined.json"
 EDITS = "edits.jsonl"
 CONCEPTS = "concepts.json"
+EXCLUSIONS = "exclusions.jsonl"
+HEAD_LABELS = "head_labels.npy"
+SEED_LABELS = "seed_labels.npy"
+PREVIOUS_DIR = "previous"
 ADDED_DIR = "added"
 PROGRESS = "progress.json"
 CANCEL_FLAG = "cancel.requested"
@@ -77,6 +85,7 @@ DELETING_PREFIX = ".deleting-"  # a run folder renamed to this prefix is being d
 
 META_LOCK = "meta"
 EDITS_LOCK = "edits"
+EXCLUSIONS_LOCK = "exclusions"
 
 # The files a finished run must hold (non-empty); ``run.json`` first.
 REQUIRED_FILES = (RUN_META, IMAGES, FEATURES, CLUSTER_IDS, VOTES, CLUSTER_STATS, CORPUS, TEXT_EMBEDDINGS, MINED)
@@ -108,6 +117,11 @@ def deleting_name(run_dir: PathLike, stamp: str) -> Path:
 def added_embedding(run_dir: PathLike, concept_id: str) -> Path:
     """Text embedding (float16 [D]) of a user-added concept outside the corpus."""
     return Path(run_dir) / ADDED_DIR / f"{concept_id}.npy"
+
+
+def previous_dir(run_dir: PathLike) -> Path:
+    """The mining before the last re-mine (same file names as the run's own)."""
+    return Path(run_dir) / PREVIOUS_DIR
 
 
 def projections_dir(run_dir: PathLike) -> Path:

@@ -10,14 +10,16 @@ import numpy as np
 from ..scoring import Detector, WhatIfScorer
 from . import layout
 from .concepts import ConceptTable
+from .exclusions import ExclusionTable
 
 
-class Run(ConceptTable):
+class Run(ConceptTable, ExclusionTable):
     """A run directory. Use :meth:`create` or :meth:`open`; arrays are loaded lazily and cached.
 
     Files and folders: :mod:`clustermine.rundir.layout`. Storage, metadata and progress:
     :class:`~clustermine.rundir.store.RunStore`; concepts and edits:
-    :class:`~clustermine.rundir.concepts.ConceptTable`; what-if analyses: :mod:`clustermine.whatif`.
+    :class:`~clustermine.rundir.concepts.ConceptTable`; images marked "not ID":
+    :class:`~clustermine.rundir.exclusions.ExclusionTable`; what-if analyses: :mod:`clustermine.whatif`.
     """
 
     def detector(self, *, calibrate: bool = True, tpr: float = 0.95) -> Detector:
