@@ -200,7 +200,8 @@ class CalibrationSet:
 
 
 def _calibration_stamp(run: Run, n_folds: int) -> dict:
-    names = (layout.FEATURES, layout.CLUSTER_IDS, layout.VOTES, layout.TEXT_EMBEDDINGS, layout.MINED, layout.EDITS)
+    names = (layout.FEATURES, layout.CLUSTER_IDS, layout.VOTES, layout.TEXT_EMBEDDINGS, layout.MINED, layout.EDITS,
+             layout.EXCLUSIONS)
     stamp: dict = {n: list(layout.file_stamp(run.file(n))) for n in names}
     stamp.update(tau=run.tau, n_folds=n_folds, seed=int(run.config.get("seed", 0)), format=1)
     return stamp
@@ -223,7 +224,7 @@ def _edit_rows(run: Run) -> tuple[np.ndarray, np.ndarray]:
 
 def calibration_set(run: Run, n_folds: int = _cal.N_FOLDS, progress: ProgressFn | None = None) -> CalibrationSet:
     """The run's calibration scores, read from ``projections/calibration.npz`` when its stamp matches
-    (features, clusters, votes, embeddings, mined concepts, edit log, τ, folds, seed), else computed
+    (features, clusters, votes, embeddings, mined concepts, edit log, exclusions, τ, folds, seed), else computed
     (corpus LSE from the run's cache, then N × |Y_pos| dot products per fold) and stored."""
     npy, meta = layout.calibration_files(run.path)
     stamp = _calibration_stamp(run, n_folds)
@@ -238,7 +239,8 @@ def calibration_set(run: Run, n_folds: int = _cal.N_FOLDS, progress: ProgressFn 
     n = feats.shape[0]
     lse = corpus_lse(run, np.arange(n), progress)
     scorer = WhatIfScorer(feats, run.text_embeddings(), run.tau, base_lse=lse)
-    cids = run.cluster_ids()
+    excluded = run.excluded_mask()
+    cids = np.where(excluded, -1, run.cluster_ids())  # images marked "not ID" never vote ...
     top_idx, top_sim = run.votes()
     folds = _cal.fold_ids(n, n_folds, int(run.config.get("seed", 0)))
     voted = _cal.crossfit_positive_rows(cids, top_idx[:, 0], top_sim[:, 0], folds, len(run.vocabulary_base()),
@@ -248,8 +250,9 @@ def calibration_set(run: Run, n_folds: int = _cal.N_FOLDS, progress: ProgressFn 
     rejected, added = _edit_rows(run)
     edited = {f: _cal.apply_edits(v, rejected, added) for f, v in voted.items()}
     current = _cal.crossfit_scores(scorer, cids, folds, edited, pos_now, extra)
-    out = CalibrationSet(mined.rows, mined.folds, mined.is_holdout, mined.scores, current.scores,
-                         len(np.unique(mined.folds)))
+    keep = ~excluded[mined.rows]  # ... and never calibrate the threshold
+    out = CalibrationSet(mined.rows[keep], mined.folds[keep], mined.is_holdout[keep], mined.scores[keep],
+                         current.scores[keep], len(np.unique(mined.folds[keep])))
     try:
         atomic_save_npz(npy, rows=out.rows, folds=out.folds, is_holdout=out.is_holdout, mined=out.mined,
                         current=out.current)

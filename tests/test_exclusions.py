@@ -15,7 +15,6 @@ from conftest import copy_subset, shared
 from clustermine.cli import main
 from clustermine.errors import ClusterMineError
 from clustermine.exclusions import last_changes, remine
-from clustermine.metrics import threshold_at_tpr
 from clustermine.rundir import layout
 from clustermine.runs import Run
 
@@ -105,19 +104,30 @@ def test_decision_on_a_concept_no_longer_mined_is_reported_and_returns_with_it(p
 
 
 def test_threshold_is_calibrated_without_excluded_images(planted):
+    """Excluding a held-out image (held-out images never vote, so no other calibration score can
+    change) removes exactly its score from the calibration set; the threshold is then the
+    order-statistic rule on the remaining scores."""
+    from clustermine.calibration import choose_threshold
+    from clustermine.whatif import calibration_set
+
     run = planted
-    hold = np.flatnonzero(run.cluster_ids() < 0)
-    assert len(hold) >= 3
-    before = run.detector(calibrate=False).log_scores(run.features()[hold])
-    hold = hold[np.argsort(before, kind="stable")]  # the lowest-scoring one sets the threshold: exclude it
-    run.set_excluded([int(hold[0])], user="bob")
+    before = calibration_set(run)
+    hold_rows = before.rows[before.is_holdout]
+    assert len(hold_rows) >= 3
+    victim = int(hold_rows[np.argmin(before.current[before.is_holdout])])  # the lowest held-out score
+    run.set_excluded([victim], user="bob")
     remine(run)
     run = Run.open(run.path)
-    assert not run.holdout_mask()[hold[0]] and run.holdout_mask()[hold[1:]].all()
-    det = run.detector()
-    reference = run.detector(calibrate=False).log_scores(run.features()[hold[1:]])  # full corpus LSE, no cache
-    assert det.threshold == pytest.approx(threshold_at_tpr(reference, 0.95), abs=1e-6)
-    assert det.threshold > threshold_at_tpr(np.sort(before), 0.95) + 1e-6  # it did move
+    assert not run.holdout_mask()[victim]
+    after = calibration_set(run)
+    assert victim not in after.rows.tolist()
+    keep = before.rows != victim
+    np.testing.assert_array_equal(after.rows, before.rows[keep])
+    np.testing.assert_allclose(after.current, before.current[keep], atol=1e-9)
+    expected = choose_threshold(before.current[keep], 0.95).threshold
+    assert run.detector().threshold == pytest.approx(expected, abs=1e-9)
+    if before.current.min() == before.current[before.rows == victim][0]:  # it set the old threshold
+        assert run.detector().threshold > choose_threshold(before.current, 0.95).threshold
 
 
 def test_recluster_uses_the_stored_settings_and_leaves_excluded_images_out(planted):
