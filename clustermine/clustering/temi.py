@@ -32,9 +32,13 @@ from clustermine.linalg import l2_normalize
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
-#: Optimiser steps a default schedule runs at least (METHOD 2.9b: ~300 steps is under-trained,
-#: ~1.5k+ ties or beats k-means).
+#: Optimiser steps a default schedule runs at least from N >= 1000 on (METHOD 2.9b: ~300 steps is
+#: under-trained, ~1.5k+ ties or beats k-means).
 MIN_STEPS = 2000
+#: The floor of the step count for small N (METHOD 2.9b: below ~1.5k steps seeds disagree).
+MIN_STEPS_SMALL_N = 1500
+#: Heads of a default schedule: clip(round(N / HEADS_PER_SAMPLES), MIN_HEADS, MAX_HEADS).
+MIN_HEADS, MAX_HEADS, HEADS_PER_SAMPLES = 4, 16, 250
 #: Upper bound on the number of epochs a default schedule picks (only reached for tiny N).
 MAX_EPOCHS = 1000
 _EMBED_NORMS = ("auto", "standardize", "l2", "none")
@@ -51,14 +55,33 @@ def default_knn(n_samples: int, n_clusters: int) -> int:
     return max(1, min(k, n_samples - 1))
 
 
+def default_n_heads(n_samples: int) -> int:
+    """H = clip(round(N / 250), 4, 16): 4 heads up to N ~ 1.1k, 16 from N = 3,875 on.
+
+    A step costs about H x batch; at small N the heads agree anyway (4 heads gave the ACC / NMI of
+    16 at N = 1000 in a quarter of the time, BENCHMARKS "Clustering: TEMI vs k-means"), while large
+    N, where a step is a small part of the run, keeps the official 16 heads' robustness.
+    """
+    return int(np.clip(round(max(n_samples, 0) / HEADS_PER_SAMPLES), MIN_HEADS, MAX_HEADS))
+
+
+def default_min_steps(n_samples: int) -> int:
+    """Step floor clip(1000 + N, 1500, 2000): 1,500 steps up to N = 500, 2,000 from N = 1000 on.
+
+    Never below METHOD 2.9b's ~1.5k steps (fewer leave seeds disagreeing); small N saves time by
+    fewer heads and a smaller batch instead of fewer steps.
+    """
+    return int(np.clip(1000 + max(n_samples, 0), MIN_STEPS_SMALL_N, MIN_STEPS))
+
+
 def default_batch_size(n_samples: int) -> int:
-    """Power of two nearest to N / 16, clipped to [32, 256], and at most N / 4 (METHOD 2.9).
+    """Power of two nearest to N / 16, clipped to [16, 256], and at most N / 4 (METHOD 2.9).
 
     N = 1000 gives 64, the batch size measured to work in METHOD 2.9b; small batches buy more
-    optimiser steps per second of CPU time.
+    optimiser steps per second of CPU time (N < ~360 gets 16).
     """
     b = 2 ** int(round(math.log2(max(n_samples, 1) / 16))) if n_samples >= 16 else 1
-    b = int(np.clip(b, 32, 256))
+    b = int(np.clip(b, 16, 256))
     return max(2, min(b, n_samples // 4))
 
 
@@ -66,6 +89,26 @@ def default_epochs(n_samples: int, batch_size: int, min_steps: int = MIN_STEPS) 
     """Epochs so that training runs >= ``min_steps`` optimiser steps (drop_last), in [1, 1000]."""
     steps_per_epoch = max(1, n_samples // batch_size)
     return int(np.clip(math.ceil(min_steps / steps_per_epoch), 1, MAX_EPOCHS))
+
+
+def default_schedule(
+    n_samples: int,
+    *,
+    n_heads: int | None = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    min_steps: int | None = None,
+) -> dict[str, int]:
+    """The training schedule TEMI runs on N samples: ``n_heads``, ``batch_size``, ``epochs``,
+    ``min_steps`` and ``steps`` (optimiser steps, drop_last). Values given win; ``None`` resolves
+    from N by the default_* rules above. Used by TEMI.fit and by the run-cost estimate."""
+    n = max(int(n_samples), 0)
+    heads = default_n_heads(n) if n_heads is None else int(n_heads)
+    floor = default_min_steps(n) if min_steps is None else int(min_steps)
+    bs = default_batch_size(n) if batch_size is None else int(batch_size)
+    bs = max(1, bs)
+    ep = default_epochs(n, bs, floor) if epochs is None else int(epochs)
+    return {"n_heads": heads, "batch_size": bs, "epochs": ep, "min_steps": floor, "steps": (n // bs) * ep}
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,8 +301,9 @@ class TEMI(ClustererBase):
 
     ``fit(X [N, D])`` trains H student/teacher heads with the beta-weighted PMI loss on
     (image, random kNN neighbour) pairs; cluster ids are the teacher's lowest-loss head's argmax.
-    Parameters left at ``None`` are derived from N and C (METHOD 2.9): ``knn``, ``batch_size``,
-    ``epochs`` (>= ``min_steps`` optimiser steps), ``lr`` (1e-4 * batch / 256).
+    Parameters left at ``None`` are derived from N and C (METHOD 2.9, :func:`default_schedule`):
+    ``n_heads`` (clip(round(N / 250), 4, 16)), ``min_steps`` (clip(1000 + N, 1500, 2000)),
+    ``knn``, ``batch_size``, ``epochs`` (>= ``min_steps`` optimiser steps), ``lr`` (1e-4 * batch / 256).
     ``embed_norm="auto"`` standardises per dimension when N >= 10 D, otherwise L2-normalises.
     ``progress(done_steps, total_steps)`` is called about once per epoch (at most ~200 times);
     ``cancel()`` returning True aborts with :class:`~clustermine.errors.CancelledError`.
@@ -280,11 +324,11 @@ class TEMI(ClustererBase):
         self,
         n_clusters: int = 8,
         *,
-        n_heads: int = 16,
+        n_heads: int | None = None,
         knn: int | None = None,
         batch_size: int | None = None,
         epochs: int | None = None,
-        min_steps: int = MIN_STEPS,
+        min_steps: int | None = None,
         beta: float = 0.6,
         student_temp: float = 0.1,
         teacher_temp: float = 0.1,
@@ -351,7 +395,7 @@ class TEMI(ClustererBase):
         if n < 4:
             raise InvalidClusteringInput(f"TEMI needs at least 4 samples, got n_samples={n}")
         self._check_n_clusters(n)
-        if self.n_heads < 1:
+        if self.n_heads is not None and self.n_heads < 1:
             raise InvalidClusteringInput(f"n_heads must be >= 1, got {self.n_heads}")
         if self.embed_norm not in _EMBED_NORMS:
             raise InvalidClusteringInput(f"embed_norm must be one of {', '.join(_EMBED_NORMS)}, got {self.embed_norm!r}")
@@ -371,14 +415,14 @@ class TEMI(ClustererBase):
         self._validate(n, d)
         self.__dict__.pop("_best", None)  # a failed or cancelled re-fit must not leave a stale model
         c = int(self.n_clusters)
-        H = int(self.n_heads)
         dev = torch.device(self.device)
         t_start = time.perf_counter()
 
         # ---- resolved hyper-parameters
         k = default_knn(n, c) if self.knn is None else int(self.knn)
-        bs = default_batch_size(n) if self.batch_size is None else int(self.batch_size)
-        epochs = default_epochs(n, bs, self.min_steps) if self.epochs is None else int(self.epochs)
+        sched = default_schedule(n, n_heads=self.n_heads, batch_size=self.batch_size, epochs=self.epochs,
+                                 min_steps=self.min_steps)
+        H, bs, epochs = sched["n_heads"], sched["batch_size"], sched["epochs"]
         spe = n // bs  # drop_last
         total = spe * epochs
         lr = 1e-4 * bs / 256 if self.lr is None else float(self.lr)
@@ -391,6 +435,7 @@ class TEMI(ClustererBase):
             mode = "standardize" if n >= 10 * d else "l2"
 
         self.knn_, self.batch_size_, self.epochs_, self.lr_ = k, bs, epochs, lr
+        self.n_heads_, self.min_steps_ = H, sched["min_steps"]
         self.embed_norm_ = mode
 
         # ---- data, neighbours
