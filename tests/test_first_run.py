@@ -162,3 +162,23 @@ def test_data_page_shows_the_cost_before_launch(app_env):
     no_exception(at)
     km_line = _cost_info(at)
     assert "k-means" in km_line and "TEMI" not in km_line
+
+
+def test_data_page_shows_the_whole_job_eta_of_a_running_job(app_env):
+    import time
+
+    from clustermine.runs import Run
+
+    run = Run.open(app_env)
+    run.set_status("running")  # no job.json: a CLI job, left alone by the app's reconcile
+    now = time.time()
+    run.write_progress({"stage": "encode", "stage_index": 1, "stages": ["scan", "encode", "corpus", "cluster", "vote"],
+                        "done": 10, "total": 40, "started": now - 5, "stage_started": now - 4, "updated": now,
+                        "eta_s": 12.0, "status": "running", "job_eta_s": 75.0,
+                        "plan_s": {"scan": 0.0, "encode": 16.0, "corpus": 0.0, "cluster": 55.0, "vote": 0.1},
+                        "plan_detail": "corpus cached, TEMI 4 heads x 1,503 steps"})
+    at = open_app(app_env.name, "pages/data.py")
+    no_exception(at)
+    shown = "\n".join(m.value for m in at.markdown).replace("\\", "")
+    assert "Whole job: about 1 min 15 s left" in shown and "TEMI 4 heads x 1,503 steps" in shown
+    assert any("stage ETA 12 s" in p.proto.text for p in at.get("progress"))
