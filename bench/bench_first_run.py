@@ -2,10 +2,11 @@
 N-scaled default schedule vs the former fixed one on real features.
 
     python bench/bench_first_run.py                 # mine 160 imagenette images (4 classes x 40), defaults
-    python bench/bench_first_run.py --quality       # TEMI new vs old defaults, 3 seeds, real features
+    python bench/bench_first_run.py --quality --out q.jsonl   # TEMI new vs old defaults, 3 seeds, real features
+    python bench/bench_first_run.py --table q.jsonl           # the BENCHMARKS.md table of that file
 
-``mine`` runs in a fresh subprocess-free call with the corpus embedding already cached (set-up embeds
-it: ``clustermine prepare``); the stage timings come from the run's summary. ``--quality`` uses the
+``mine`` runs in this process on a fresh folder with an empty feature cache and the corpus embedding
+already cached (set-up embeds it: ``clustermine prepare``); stage timings come from the run's summary. ``--quality`` uses the
 offline encoder's features of ../shared/data/imagenette_train100 (4 classes x 40, C = 4) and
 caltech101_sub (21 classes x 10, C = 21), cached in the feature cache; "old" is the fixed schedule
 before issue 12 (16 heads, >= 2,000 steps, batch >= 32).
@@ -85,6 +86,21 @@ def quality(seeds: list[int], out: Path | None, threads: int | None = 1) -> list
     return rows
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown table of --quality rows: per set and variant, mean +- sd over seeds."""
+    out = ["| set (N, C) | schedule | ACC mean ± sd | NMI mean ± sd | per seed ACC / NMI | fit s (median) |",
+           "|---|---|---|---|---|---|"]
+    keys = sorted({(r["set"], r["variant"]) for r in rows}, key=lambda k: (k[0], k[1] != "old"))
+    for name, variant in keys:
+        rs = sorted((r for r in rows if (r["set"], r["variant"]) == (name, variant)), key=lambda r: r["seed"])
+        acc, nmi = np.array([r["acc"] for r in rs]), np.array([r["nmi"] for r in rs])
+        sched = f"{variant}: {rs[0]['heads']} heads, batch {rs[0]['batch']}, {rs[0]['steps']:,} steps"
+        per = ", ".join(f"{r['acc']:.3f} / {r['nmi']:.3f}" for r in rs)
+        out.append(f"| {name} ({rs[0]['N']}, {rs[0]['C']}) | {sched} | {acc.mean():.3f} ± {acc.std():.3f} | "
+                   f"{nmi.mean():.3f} ± {nmi.std():.3f} | {per} | {float(np.median([r['fit_s'] for r in rs])):.0f} |")
+    return "\n".join(out)
+
+
 def first_mine(n_classes: int, per_class: int, clusterer: str) -> dict:
     """Wall time of one ``mine`` of a fresh folder (feature cache empty, corpus embedding cached)."""
     from clustermine.config import MineConfig
@@ -120,8 +136,11 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=40)
     ap.add_argument("--clusterer", default="temi")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for --quality (1: robust on a shared machine)")
+    ap.add_argument("--table", type=Path, help="print the markdown table of a --quality JSON-lines file")
     a = ap.parse_args()
-    if a.quality:
+    if a.table:
+        print(table([json.loads(ln) for ln in a.table.read_text().splitlines() if ln.strip()]))
+    elif a.quality:
         quality([int(s) for s in a.seeds.split(",")], a.out, a.threads)
     else:
         print(json.dumps(first_mine(a.classes, a.per_class, a.clusterer)))

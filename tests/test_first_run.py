@@ -182,3 +182,18 @@ def test_data_page_shows_the_whole_job_eta_of_a_running_job(app_env):
     shown = "\n".join(m.value for m in at.markdown).replace("\\", "")
     assert "Whole job: about 1 min 15 s left" in shown and "TEMI 4 heads x 1,503 steps" in shown
     assert any("stage ETA 12 s" in p.proto.text for p in at.get("progress"))
+
+
+def test_first_page_says_whether_the_corpus_is_cached(app_env, tmp_path, monkeypatch):
+    import streamlit as st
+
+    at = open_app(None, "pages/runs.py")
+    no_exception(at)
+    shown = "\n".join(m.value for m in at.markdown).replace("\\", "")
+    assert "already embedded on this machine (cached)" in shown  # the test cache holds the WordNet embedding
+    assert "TEMI (4 heads)" in shown  # 200 images: clip(round(180 / 250), 4, 16) heads
+    monkeypatch.setenv("CLUSTERMINE_CACHE", str(tmp_path / "empty-cache"))
+    st.cache_data.clear()  # the cache state is memoised for 30 s
+    at = open_app(None, "pages/runs.py")
+    shown = "\n".join(m.value for m in at.markdown).replace("\\", "")
+    assert "not cached yet" in shown and "clustermine prepare" in shown
