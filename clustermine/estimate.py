@@ -71,16 +71,19 @@ class CostEstimate:
         return f"~{fmt_duration(self.total_s)} on this machine: {self.detail}"
 
 
-def temi_schedule(n_mining: int, params: dict | None = None) -> dict[str, int]:
-    """TEMI's resolved schedule for ``n_mining`` images and the run's clusterer options."""
+def temi_schedule(n_mining: int, params: dict | None = None, n_clusters: int | None = None) -> dict[str, int]:
+    """TEMI's resolved schedule for ``n_mining`` images, C clusters (None: the default rule
+    ``clustermine.clustering.default_n_clusters``) and the run's clusterer options."""
+    from .clustering import default_n_clusters
     from .clustering.temi import default_schedule
 
     p = params or {}
+    c = default_n_clusters(n_mining) if n_clusters is None else int(n_clusters)
     keys = ("n_heads", "batch_size", "epochs", "min_steps")
     try:
-        return default_schedule(n_mining, **{k: (None if p.get(k) is None else int(p[k])) for k in keys})
+        return default_schedule(n_mining, c, **{k: (None if p.get(k) is None else int(p[k])) for k in keys})
     except (TypeError, ValueError):  # options the run will refuse anyway: estimate the defaults
-        return default_schedule(n_mining)
+        return default_schedule(n_mining, c)
 
 
 def temi_reference_seconds(schedule: dict[str, int]) -> float:
@@ -123,13 +126,14 @@ def _measured_rates(runs: list[dict]) -> tuple[dict[str, float], int]:
 
 
 def estimate_run_cost(n_images: int, clusterer: str = "temi", runs: list[dict] | None = None, *,
-                      clusterer_params: dict | None = None, corpus_cached: bool | None = None,
-                      corpus_size: int | None = None, holdout_fraction: float = DEFAULT_HOLDOUT) -> CostEstimate:
+                      clusterer_params: dict | None = None, n_clusters: int | None = None,
+                      corpus_cached: bool | None = None, corpus_size: int | None = None, holdout_fraction: float = DEFAULT_HOLDOUT) -> CostEstimate:
     """Estimate a run's wall time from finished runs on this machine, else from reference figures.
 
     ``runs``: dicts as returned by ``clustermine.runs.list_runs`` (``status``, ``summary``, ``config``).
     A stage never measured here (e.g. the other clusterer) uses its reference rate. Linear in N,
-    except TEMI, which follows its schedule for the ``n_images x (1 - holdout_fraction)`` mining images.
+    except TEMI, which follows its schedule for the ``n_images x (1 - holdout_fraction)`` mining images
+    and ``n_clusters`` (None: the default rule).
     ``corpus_cached`` (see :func:`corpus_cache_state`) decides whether the corpus stage costs anything;
     ``corpus_size`` (texts; None = the WordNet nouns) scales its first-use cost.
     """
@@ -142,7 +146,7 @@ def estimate_run_cost(n_images: int, clusterer: str = "temi", runs: list[dict] |
         rate = rates.get(stage)
         measured_any |= rate is not None
         if stage == "cluster:temi":
-            schedule = temi_schedule(_n_mining(n, holdout_fraction), clusterer_params)
+            schedule = temi_schedule(_n_mining(n, holdout_fraction), clusterer_params, n_clusters)
             stages["cluster"] = (1.0 if rate is None else rate) * temi_reference_seconds(schedule) if n else 0.0
             continue
         if rate is None:

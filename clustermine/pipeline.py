@@ -352,7 +352,7 @@ def _plan_job(tracker: ProgressTracker, run, config: MineConfig, encoder, n_file
         cached = corpus_cache_state(encoder, corpus, config.template,
                                     Path(cache_dir) / "text" if cache_dir else None)
         est = estimate_run_cost(n_files, config.clusterer, runs, clusterer_params=config.clusterer_params,
-                                corpus_cached=cached, corpus_size=len(corpus),
+                                n_clusters=config.n_clusters, corpus_cached=cached, corpus_size=len(corpus),
                                 holdout_fraction=config.holdout_fraction)
         tracker.set_plan(est.stages, est.detail)
     except Exception:  # noqa: BLE001 - the ETA is a convenience

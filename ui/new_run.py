@@ -189,8 +189,8 @@ def cost_line(ch: Choices) -> str:
     if n == 0:
         return ""
     runs = cache.list_runs_light(settings.runs_root())
-    est = estimate_run_cost(n, ch.clusterer, runs, corpus_cached=_corpus_cached(ch.encoder, ch.corpus),
-                            holdout_fraction=ch.holdout)
+    est = estimate_run_cost(n, ch.clusterer, runs, n_clusters=ch.n_clusters,
+                            corpus_cached=_corpus_cached(ch.encoder, ch.corpus), holdout_fraction=ch.holdout)
     return f"Estimated cost for {n:,} image{'s' if n != 1 else ''}: {est.line()} (rates {est.source})"
 
 

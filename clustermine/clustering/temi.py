@@ -37,8 +37,9 @@ CancelFn = Callable[[], bool]
 MIN_STEPS = 2000
 #: The floor of the step count for small N (METHOD 2.9b: below ~1.5k steps seeds disagree).
 MIN_STEPS_SMALL_N = 1500
-#: Heads of a default schedule: clip(round(N / HEADS_PER_SAMPLES), MIN_HEADS, MAX_HEADS).
-MIN_HEADS, MAX_HEADS, HEADS_PER_SAMPLES = 4, 16, 250
+#: Heads of a default schedule: clip(round(N / HEADS_PER_SAMPLES), MIN_HEADS, MAX_HEADS), but
+#: MAX_HEADS when clusters are small (N / C < SMALL_CLUSTERS).
+MIN_HEADS, MAX_HEADS, HEADS_PER_SAMPLES, SMALL_CLUSTERS = 4, 16, 250, 15
 #: Upper bound on the number of epochs a default schedule picks (only reached for tiny N).
 MAX_EPOCHS = 1000
 _EMBED_NORMS = ("auto", "standardize", "l2", "none")
@@ -55,13 +56,17 @@ def default_knn(n_samples: int, n_clusters: int) -> int:
     return max(1, min(k, n_samples - 1))
 
 
-def default_n_heads(n_samples: int) -> int:
-    """H = clip(round(N / 250), 4, 16): 4 heads up to N ~ 1.1k, 16 from N = 3,875 on.
+def default_n_heads(n_samples: int, n_clusters: int | None = None) -> int:
+    """H = clip(round(N / 250), 4, 16): 4 heads up to N ~ 1.1k, 16 from N = 3,875 on; 16 whenever the
+    clusters are small (N / C < 15).
 
-    A step costs about H x batch; at small N the heads agree anyway (4 heads gave the ACC / NMI of
-    16 at N = 1000 in a quarter of the time, BENCHMARKS "Clustering: TEMI vs k-means"), while large
-    N, where a step is a small part of the run, keeps the official 16 heads' robustness.
+    A step costs about H x batch; with clusters of 15+ samples the heads agree (4 heads gave the
+    ACC / NMI of 16 at N = 1000, BENCHMARKS "Clustering: TEMI vs k-means", and at N = 160, C = 4,
+    "First run (issue 12)"), but with ~10 samples a cluster (caltech101_sub, 21 classes x 10) 4 heads
+    lost 6-15 ACC points to 16: picking the lowest-loss of many heads is what makes such runs stable.
     """
+    if n_clusters and n_samples / max(int(n_clusters), 1) < SMALL_CLUSTERS:
+        return MAX_HEADS
     return int(np.clip(round(max(n_samples, 0) / HEADS_PER_SAMPLES), MIN_HEADS, MAX_HEADS))
 
 
@@ -93,17 +98,18 @@ def default_epochs(n_samples: int, batch_size: int, min_steps: int = MIN_STEPS) 
 
 def default_schedule(
     n_samples: int,
+    n_clusters: int | None = None,
     *,
     n_heads: int | None = None,
     batch_size: int | None = None,
     epochs: int | None = None,
     min_steps: int | None = None,
 ) -> dict[str, int]:
-    """The training schedule TEMI runs on N samples: ``n_heads``, ``batch_size``, ``epochs``,
+    """The training schedule TEMI runs on N samples and C clusters (None: unknown, heads from N only): ``n_heads``, ``batch_size``, ``epochs``,
     ``min_steps`` and ``steps`` (optimiser steps, drop_last). Values given win; ``None`` resolves
     from N by the default_* rules above. Used by TEMI.fit and by the run-cost estimate."""
     n = max(int(n_samples), 0)
-    heads = default_n_heads(n) if n_heads is None else int(n_heads)
+    heads = default_n_heads(n, n_clusters) if n_heads is None else int(n_heads)
     floor = default_min_steps(n) if min_steps is None else int(min_steps)
     bs = default_batch_size(n) if batch_size is None else int(batch_size)
     bs = max(1, bs)
@@ -302,7 +308,7 @@ class TEMI(ClustererBase):
     ``fit(X [N, D])`` trains H student/teacher heads with the beta-weighted PMI loss on
     (image, random kNN neighbour) pairs; cluster ids are the teacher's lowest-loss head's argmax.
     Parameters left at ``None`` are derived from N and C (METHOD 2.9, :func:`default_schedule`):
-    ``n_heads`` (clip(round(N / 250), 4, 16)), ``min_steps`` (clip(1000 + N, 1500, 2000)),
+    ``n_heads`` (clip(round(N / 250), 4, 16); 16 when N / C < 15), ``min_steps`` (clip(1000 + N, 1500, 2000)),
     ``knn``, ``batch_size``, ``epochs`` (>= ``min_steps`` optimiser steps), ``lr`` (1e-4 * batch / 256).
     ``embed_norm="auto"`` standardises per dimension when N >= 10 D, otherwise L2-normalises.
     ``progress(done_steps, total_steps)`` is called about once per epoch (at most ~200 times);
@@ -420,7 +426,7 @@ class TEMI(ClustererBase):
 
         # ---- resolved hyper-parameters
         k = default_knn(n, c) if self.knn is None else int(self.knn)
-        sched = default_schedule(n, n_heads=self.n_heads, batch_size=self.batch_size, epochs=self.epochs,
+        sched = default_schedule(n, c, n_heads=self.n_heads, batch_size=self.batch_size, epochs=self.epochs,
                                  min_steps=self.min_steps)
         H, bs, epochs = sched["n_heads"], sched["batch_size"], sched["epochs"]
         spe = n // bs  # drop_last
