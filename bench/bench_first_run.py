@@ -31,12 +31,12 @@ DATA = ROOT / ".." / "shared" / "data"
 
 
 def subset_folder(src: Path, dst: Path, n_classes: int, per_class: int) -> list[str]:
-    """Symlink the first ``per_class`` images of the first ``n_classes`` class folders of src into dst."""
+    """Copy the first ``per_class`` images of the first ``n_classes`` class folders of src into dst."""
     labels = []
     for cls in sorted(p for p in src.iterdir() if p.is_dir())[:n_classes]:
         (dst / cls.name).mkdir(parents=True, exist_ok=True)
         for f in sorted(cls.iterdir())[:per_class]:
-            os.symlink(f.resolve(), dst / cls.name / f.name)
+            shutil.copyfile(f, dst / cls.name / f.name)
             labels.append(cls.name)
     return labels
 
@@ -60,7 +60,8 @@ def old_defaults(n: int) -> dict:
     return {"n_heads": 16, "min_steps": 2000, "batch_size": max(2, min(int(np.clip(b, 32, 256)), n // 4))}
 
 
-def quality(seeds: list[int], out: Path | None, threads: int | None = 1) -> list[dict]:
+def quality(seeds: list[int], out: Path | None, threads: int | None = 1, variants: tuple[str, ...] = ("new", "old"),
+            only: str = "") -> list[dict]:
     from clustermine.clustering import TEMI
     from clustermine.metrics import clustering_scores
 
@@ -68,9 +69,11 @@ def quality(seeds: list[int], out: Path | None, threads: int | None = 1) -> list
             "caltech101_sub 21x10": real_features("caltech101_sub", 21, 10)}
     rows = []
     for name, (X, y) in sets.items():
+        if only and only not in name:
+            continue
         c = len(set(y))
         for seed in seeds:
-            for variant in ("new", "old"):  # interleaved: a busy machine slows both alike
+            for variant in variants:  # interleaved: a busy machine slows both alike
                 kw = old_defaults(len(X)) if variant == "old" else {}
                 t = time.perf_counter()
                 m = TEMI(c, random_state=seed, n_threads=threads, **kw).fit(X)
@@ -136,12 +139,14 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=40)
     ap.add_argument("--clusterer", default="temi")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for --quality (1: robust on a shared machine)")
+    ap.add_argument("--variants", default="new,old", help="--quality: new, old or both")
+    ap.add_argument("--only", default="", help="--quality: only sets whose name contains this")
     ap.add_argument("--table", type=Path, help="print the markdown table of a --quality JSON-lines file")
     a = ap.parse_args()
     if a.table:
         print(table([json.loads(ln) for ln in a.table.read_text().splitlines() if ln.strip()]))
     elif a.quality:
-        quality([int(s) for s in a.seeds.split(",")], a.out, a.threads)
+        quality([int(s) for s in a.seeds.split(",")], a.out, a.threads, tuple(a.variants.split(",")), a.only)
     else:
         print(json.dumps(first_mine(a.classes, a.per_class, a.clusterer)))
 

@@ -40,6 +40,9 @@ MIN_STEPS_SMALL_N = 1500
 #: Heads of a default schedule: clip(round(N / HEADS_PER_SAMPLES), MIN_HEADS, MAX_HEADS), but
 #: MAX_HEADS when clusters are small (N / C < SMALL_CLUSTERS).
 MIN_HEADS, MAX_HEADS, HEADS_PER_SAMPLES, SMALL_CLUSTERS = 4, 16, 250, 15
+#: Heads x batch up to which a step runs on one thread when ``n_threads`` is None (issue 12: 300
+#: steps of 4 heads x 16 took 5.7 s on one thread, 27 s on two, on a loaded 2-core machine).
+SMALL_STEP_WORK = 256
 #: Upper bound on the number of epochs a default schedule picks (only reached for tiny N).
 MAX_EPOCHS = 1000
 _EMBED_NORMS = ("auto", "standardize", "l2", "none")
@@ -313,7 +316,8 @@ class TEMI(ClustererBase):
     ``embed_norm="auto"`` standardises per dimension when N >= 10 D, otherwise L2-normalises.
     ``progress(done_steps, total_steps)`` is called about once per epoch (at most ~200 times);
     ``cancel()`` returning True aborts with :class:`~clustermine.errors.CancelledError`.
-    ``n_threads`` sets torch's intra-op threads for the duration of fit / predict only.
+    ``n_threads`` sets torch's intra-op threads for the duration of fit / predict only; None keeps
+    torch's setting, except one thread for small steps (heads x batch <= 256).
     ``random_state``: an int seeds torch and NumPy directly (same int, same labels on the same
     machine); None or a RandomState draws that int. The keyword ``seed`` is a deprecated alias.
 
@@ -382,7 +386,13 @@ class TEMI(ClustererBase):
         """Train on X [N, D] (float16/32/64); sets ``labels_`` [N] and the other fitted attributes.
         Returns self."""
         X = self._features(X, fit=True)
-        with _torch_threads(self.n_threads), _flush_denormals():
+        threads = self.n_threads
+        if threads is None and X.ndim == 2:
+            sched = default_schedule(X.shape[0], int(self.n_clusters), n_heads=self.n_heads,
+                                     batch_size=self.batch_size, epochs=self.epochs, min_steps=self.min_steps)
+            if sched["n_heads"] * sched["batch_size"] <= SMALL_STEP_WORK:
+                threads = 1  # a small step's GEMMs cost less than waking a second thread (5x on a busy machine)
+        with _torch_threads(threads), _flush_denormals():
             self._fit(X)
         return self
 
