@@ -18,7 +18,7 @@ from test_app import app_env, no_exception, open_app  # noqa: F401  (app_env is 
     (40, 2, 4, 1500, 10),        # batch capped at N / 4
     (144, 8, 4, 1500, 16),       # a 160-image first run (10 % held out, default C = 8): 18 per cluster
     (144, None, 4, 1500, 16),    # C unknown: heads from N only
-    (210, 21, 16, 1500, 16),     # 10 images per cluster: small clusters keep 16 heads
+    (210, 21, 16, 2000, 32),     # 10 images per cluster: small clusters keep the former schedule
     (500, 4, 4, 1500, 32),
     (700, 19, 4, 1700, 32),      # 1000 + N steps
     (1000, 22, 4, 2000, 64),     # METHOD 2.9b's batch 64 at N = 1000
@@ -158,7 +158,7 @@ def test_data_page_shows_the_cost_before_launch(app_env):
     at.file_uploader(key="up_files").set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files]).run()
     no_exception(at)
     temi_line = _cost_info(at)
-    # 3 images: 2 mining images in 2 clusters, clusters far under 15 images -> 16 heads
+    # 3 images: 2 mining images in 2 clusters, clusters far under 15 images -> the former 16 heads
     assert "3 images" in temi_line and "TEMI 16 heads" in temi_line and "on this machine" in temi_line
     assert "corpus" in temi_line
     at.radio(key="clusterer").set_value("kmeans").run()

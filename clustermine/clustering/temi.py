@@ -61,7 +61,7 @@ def default_knn(n_samples: int, n_clusters: int) -> int:
 
 def default_n_heads(n_samples: int, n_clusters: int | None = None) -> int:
     """H = clip(round(N / 250), 4, 16): 4 heads up to N ~ 1.1k, 16 from N = 3,875 on; 16 whenever the
-    clusters are small (N / C < 15).
+    clusters are small (N / C < 15), where :func:`default_schedule` keeps the former schedule.
 
     A step costs about H x batch; with clusters of 15+ samples the heads agree (4 heads gave the
     ACC / NMI of 16 at N = 1000, BENCHMARKS "Clustering: TEMI vs k-means", and at N = 160, C = 4,
@@ -112,9 +112,17 @@ def default_schedule(
     ``min_steps`` and ``steps`` (optimiser steps, drop_last). Values given win; ``None`` resolves
     from N by the default_* rules above. Used by TEMI.fit and by the run-cost estimate."""
     n = max(int(n_samples), 0)
+    # Small clusters (N / C < 15) keep the former schedule (16 heads, batch >= 32, 2,000 steps):
+    # fewer heads, a smaller batch or fewer steps all lost ACC there (BENCHMARKS "First run").
+    small = bool(n_clusters) and n / max(int(n_clusters or 1), 1) < SMALL_CLUSTERS
     heads = default_n_heads(n, n_clusters) if n_heads is None else int(n_heads)
-    floor = default_min_steps(n) if min_steps is None else int(min_steps)
-    bs = default_batch_size(n) if batch_size is None else int(batch_size)
+    floor = (MIN_STEPS if small else default_min_steps(n)) if min_steps is None else int(min_steps)
+    if batch_size is None:
+        bs = default_batch_size(n)
+        if small:
+            bs = max(2, min(max(bs, 32), n // 4))
+    else:
+        bs = int(batch_size)
     bs = max(1, bs)
     ep = default_epochs(n, bs, floor) if epochs is None else int(epochs)
     return {"n_heads": heads, "batch_size": bs, "epochs": ep, "min_steps": floor, "steps": (n // bs) * ep}
@@ -311,7 +319,8 @@ class TEMI(ClustererBase):
     ``fit(X [N, D])`` trains H student/teacher heads with the beta-weighted PMI loss on
     (image, random kNN neighbour) pairs; cluster ids are the teacher's lowest-loss head's argmax.
     Parameters left at ``None`` are derived from N and C (METHOD 2.9, :func:`default_schedule`):
-    ``n_heads`` (clip(round(N / 250), 4, 16); 16 when N / C < 15), ``min_steps`` (clip(1000 + N, 1500, 2000)),
+    ``n_heads`` (clip(round(N / 250), 4, 16); the former 16 heads, batch >= 32, 2,000 steps when
+    N / C < 15), ``min_steps`` (clip(1000 + N, 1500, 2000)),
     ``knn``, ``batch_size``, ``epochs`` (>= ``min_steps`` optimiser steps), ``lr`` (1e-4 * batch / 256).
     ``embed_norm="auto"`` standardises per dimension when N >= 10 D, otherwise L2-normalises.
     ``progress(done_steps, total_steps)`` is called about once per epoch (at most ~200 times);
