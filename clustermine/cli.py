@@ -183,6 +183,11 @@ class _Bars:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet, self.bar, self.stage = quiet, None, None
+        self.job_eta_s: float | None = None
+
+    def on_job_eta(self, seconds: float) -> None:
+        """The whole job's remaining time (all stages), shown beside the current stage's bar."""
+        self.job_eta_s = seconds
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self.quiet:
@@ -199,6 +204,10 @@ class _Bars:
             if total and self.bar.total != total:
                 self.bar.total = total
             self.bar.n = done
+            if self.job_eta_s is not None:
+                from .estimate import fmt_duration
+
+                self.bar.set_postfix_str(f"job ETA {fmt_duration(self.job_eta_s)}", refresh=False)
             self.bar.refresh()
 
     def close(self) -> None:

@@ -28,7 +28,12 @@ __all__ = ["MineConfig", "mine", "resume", "score_images", "evaluate", "load_fol
 
 # ----------------------------------------------------------------------------- progress
 class ProgressTracker:
-    """Forwards stage progress to a callback and to the run's ``progress.json`` (throttled)."""
+    """Forwards stage progress to a callback and to the run's ``progress.json`` (throttled).
+
+    Once :meth:`set_plan` has given per-stage estimates (``clustermine.estimate``), every update also
+    carries ``job_eta_s``: seconds left for the whole job (the current stage and all later ones). A
+    callback object with an ``on_job_eta(seconds)`` method (the CLI's bars) receives it too.
+    """
 
     def __init__(self, run=None, callback: ProgressFn | None = None, cancel: CancelFn | None = None,
                  min_interval: float = 0.5) -> None:
@@ -39,6 +44,13 @@ class ProgressTracker:
         self.stage_started = self.started
         self._last_write = 0.0
         self.timings: dict[str, float] = {}
+        self.plan: dict[str, float] = {}
+        self.plan_detail = ""
+        self.job_eta_s: float | None = None
+
+    def set_plan(self, stage_estimates: dict[str, float], detail: str = "") -> None:
+        """Estimated seconds per stage (``CostEstimate.stages``) for the whole-job ETA."""
+        self.plan, self.plan_detail = dict(stage_estimates), detail
 
     def start(self, stage: str, total: int = 0) -> None:
         if self.stage:
@@ -52,19 +64,27 @@ class ProgressTracker:
         self.stage = ""
 
     def update(self, done: int, total: int, force: bool = False) -> None:
-        if self.callback:
-            self.callback(self.stage, done, total)
         now = time.time()
+        elapsed = now - self.stage_started
+        if self.plan:
+            from .estimate import job_eta
+
+            self.job_eta_s = job_eta(self.plan, self.stage, done, total, elapsed)
         if self.run is not None and (force or done >= total or now - self._last_write >= self.min_interval):
-            elapsed = now - self.stage_started
             eta = (elapsed / done * (total - done)) if done and total else None
             self.run.write_progress({
                 "stage": self.stage, "stage_index": STAGES.index(self.stage) if self.stage in STAGES else -1,
                 "stages": list(STAGES), "done": int(done), "total": int(total), "started": self.started,
                 "stage_started": self.stage_started, "updated": now,
                 "eta_s": None if eta is None else round(eta, 1), "status": "running",
+                "job_eta_s": None if self.job_eta_s is None else round(self.job_eta_s, 3),
+                "plan_s": {k: round(v, 3) for k, v in self.plan.items()}, "plan_detail": self.plan_detail,
             })
             self._last_write = now
+        if self.callback:  # after the write: a callback reading progress.json sees this update
+            if self.job_eta_s is not None and callable(getattr(self.callback, "on_job_eta", None)):
+                self.callback.on_job_eta(self.job_eta_s)
+            self.callback(self.stage, done, total)
         self.check_cancel()
 
     def check_cancel(self) -> None:
@@ -316,6 +336,29 @@ def prepare_corpus(config: MineConfig | None = None, *, progress: ProgressFn | N
     return {"cache": str(path), "n": len(corpus), "seconds": time.perf_counter() - start, "was_cached": was_cached}
 
 
+def _plan_job(tracker: ProgressTracker, run, config: MineConfig, encoder, n_files: int, corpus,
+              cache_dir: str | Path | None) -> None:
+    """Give the tracker per-stage estimates for the whole-job ETA (rates measured on this machine's
+    finished runs beside this one, the corpus cache state, TEMI's schedule for N). An estimate only:
+    any failure leaves the job without a whole-job ETA, never fails it."""
+    from .estimate import corpus_cache_state, estimate_run_cost
+    from .runs import list_runs
+
+    try:
+        try:
+            runs = list_runs(Path(run.path).parent)
+        except Exception:
+            runs = []
+        cached = corpus_cache_state(encoder, corpus, config.template,
+                                    Path(cache_dir) / "text" if cache_dir else None)
+        est = estimate_run_cost(n_files, config.clusterer, runs, clusterer_params=config.clusterer_params,
+                                n_clusters=config.n_clusters, corpus_cached=cached, corpus_size=len(corpus),
+                                holdout_fraction=config.holdout_fraction)
+        tracker.set_plan(est.stages, est.detail)
+    except Exception:  # noqa: BLE001 - the ETA is a convenience
+        pass
+
+
 def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTracker,
                  cache_dir: str | Path | None, encoder, encode_chunk_size: int = 256) -> None:
     from .clustering import clamp_n_clusters, default_n_clusters, make_clusterer
@@ -332,6 +375,7 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
     # 1. scan
     tracker.start("scan")
     records = scan_images(images_dir)
+    _plan_job(tracker, run, config, encoder, len(records), corpus, cache_dir)
     tracker.update(len(records), len(records), force=True)
 
     # 2. encode
@@ -375,6 +419,7 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
     n_clusters, clamp_msg = clamp_n_clusters(requested, len(mine_rows))
     tracker.start("cluster", 1)
     cluster_ids = np.full(len(usable), -1, dtype=np.int64)
+    temi_schedule = None
     if n_clusters <= 1:
         cluster_ids[mine_rows] = 0
     else:
@@ -383,6 +428,9 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
                                    progress=tracker.stage_callback(), cancel=lambda: tracker.check_cancel_flag(),
                                    **config.clusterer_params)
         cluster_ids[mine_rows] = clusterer.fit_predict(features[mine_rows])
+        if hasattr(clusterer, "n_heads_"):  # TEMI's resolved schedule, for this machine's cost estimates
+            temi_schedule = {"n_heads": int(clusterer.n_heads_), "batch_size": int(clusterer.batch_size_),
+                             "steps": int(clusterer.n_iter_)}
     run.write_array(layout.CLUSTER_IDS, cluster_ids.astype(np.int32))
     if n_clusters > 1 and getattr(clusterer, "head_labels_", None) is not None:  # TEMI: every head's clustering
         write_head_labels(run, clusterer.head_labels_, mine_rows)
@@ -407,6 +455,8 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
         "n_holdout": len(hold), "n_clusters_requested": int(requested), "corpus_size": len(corpus),
         "clamp_warning": clamp_msg, "timings_s": tracker.timings,
     })
+    if temi_schedule:
+        summ["temi_schedule"] = temi_schedule
     run.mark_stage("vote", summary=summ, status="done", error=None)
 
 

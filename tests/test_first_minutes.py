@@ -136,7 +136,7 @@ def test_fmt_num_never_prints_a_negative_zero():
 
 # ====================================================================== engine: cost estimate
 def test_estimate_uses_this_machines_finished_runs():
-    from clustermine.estimate import REFERENCE_S_PER_IMAGE, estimate_run_cost
+    from clustermine.estimate import REFERENCE_S_PER_IMAGE, estimate_run_cost, temi_reference_seconds
 
     runs = [{"status": "done", "config": {"clusterer": "kmeans"},
              "summary": {"n_images": 100, "timings_s": {"scan": 0.1, "encode": 10.0, "corpus": 700.0, "cluster": 0.5,
@@ -150,12 +150,12 @@ def test_estimate_uses_this_machines_finished_runs():
     by_hand = 400 * (0.001 + np.median([0.1, 0.15]) + 0.005 + 0.01)
     assert est.seconds == pytest.approx(by_hand)
     assert "2 finished runs" in est.source
-    temi = estimate_run_cost(400, "temi", runs)  # never measured here: the reference TEMI rate
-    assert temi.stages["cluster"] == pytest.approx(400 * REFERENCE_S_PER_IMAGE["cluster:temi"])
+    temi = estimate_run_cost(400, "temi", runs)  # never measured here: the reference TEMI cost
     ref = estimate_run_cost(1000, "temi", [])
+    assert temi.stages["cluster"] == pytest.approx(temi_reference_seconds(temi.schedule))
     assert "BENCHMARKS.md" in ref.source
-    assert ref.seconds == pytest.approx(1000 * sum(REFERENCE_S_PER_IMAGE[k] for k in
-                                                    ("scan", "encode", "cluster:temi", "vote")))
+    assert ref.seconds == pytest.approx(1000 * sum(REFERENCE_S_PER_IMAGE[k] for k in ("scan", "encode", "vote"))
+                                        + temi_reference_seconds(ref.schedule))
 
 
 # ====================================================================== 3. no dead ends: launch

@@ -20,20 +20,36 @@ STEPS = [
 EXAMPLE_SIZES = (200, 1000)
 
 
-def cost_lines(runs: list[dict]) -> list[str]:
-    """One line per example size with the TEMI and k-means estimates, and the source of the figures."""
+def cost_lines(runs: list[dict], corpus_cached: bool | None = None) -> list[str]:
+    """One line per example size with the TEMI and k-means estimates, the corpus cache state and the
+    source of the figures."""
     lines = []
     source = ""
     for n in EXAMPLE_SIZES:
-        temi, km = estimate_run_cost(n, "temi", runs), estimate_run_cost(n, "kmeans", runs)
+        temi = estimate_run_cost(n, "temi", runs, corpus_cached=corpus_cached)
+        km = estimate_run_cost(n, "kmeans", runs, corpus_cached=corpus_cached)
         source = temi.source
-        lines.append(f"{n:,} images: about **{fmt_duration(temi.seconds)}** with TEMI, "
-                     f"**{fmt_duration(km.seconds)}** with k-means")
+        lines.append(f"{n:,} images: about **{fmt_duration(temi.seconds)}** with TEMI "
+                     f"({temi.schedule['n_heads']} heads), **{fmt_duration(km.seconds)}** with k-means")
     corpus = estimate_run_cost(1, "kmeans", runs).corpus_first_use_s
-    lines.append(f"the very first run also embeds the concept corpus once (about {fmt_duration(corpus)}; "
-                 "cached afterwards)")
+    if corpus_cached:
+        lines.append("the concept corpus is already embedded on this machine (cached): no run waits for it")
+    else:
+        state = "not cached yet" if corpus_cached is False else "cache state unknown"
+        lines.append(f"the concept corpus ({state}) is embedded once by the first run, about "
+                     f"{fmt_duration(corpus)}, and cached afterwards (`clustermine prepare` does it ahead)")
     lines.append(f"rates {source}; an estimate, not a promise: other jobs on the machine slow it down")
     return lines
+
+
+def _default_corpus_cached() -> bool | None:
+    """Whether the default encoder's default corpus embedding is cached (same check as the Data page)."""
+    from clustermine.config import MineConfig
+
+    from .new_run import _corpus_cached
+
+    d = MineConfig()
+    return _corpus_cached(d.encoder, d.corpus)
 
 
 def intro(runs: list[dict]) -> None:
@@ -48,4 +64,4 @@ def intro(runs: list[dict]) -> None:
                 st.markdown(f"{icon} **{title}**")
                 st.caption(text)
         st.markdown("**What a run costs on this machine** (estimate):\n"
-                    + "\n".join(f"- {line}" for line in cost_lines(runs)))
+                    + "\n".join(f"- {line}" for line in cost_lines(runs, _default_corpus_cached())))

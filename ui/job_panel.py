@@ -63,12 +63,16 @@ def progress_view(run: Run) -> str:
         if s == current:
             done, total = int(prog.get("done", 0)), int(prog.get("total", 0))
             frac = min(done / total, 1.0) if total else 0.0
-            tail = f"ETA {_fmt_eta(prog.get('eta_s'))}" if status == "running" else f"stopped here ({status})"
+            tail = f"stage ETA {_fmt_eta(prog.get('eta_s'))}" if status == "running" else f"stopped here ({status})"
             st.progress(frac, text=f"**{label}** — {done:,} / {total:,} · {tail}")
         elif s in done_stages or status == "done":
             st.markdown(f":green[:material/check_circle:] {label}")
         else:
             st.markdown(f":gray[:material/radio_button_unchecked: {label}]")
+    if status == "running" and prog.get("job_eta_s") is not None:
+        detail = f" ({md_escape(prog['plan_detail'], None)})" if prog.get("plan_detail") else ""
+        st.markdown(f":material/schedule: **Whole job: about {_fmt_eta(prog['job_eta_s'])} left**, all remaining "
+                    f"stages{detail}")
     if status == "running" and prog.get("started"):
         st.caption(f"running for {_fmt_eta(time.time() - float(prog['started']))}"
                    + (f" · worker pid {job['pid']}" if job.get("pid") else ""))

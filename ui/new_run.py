@@ -136,6 +136,64 @@ def _option_inputs(ch: Choices) -> None:
         ch.name = st.text_input("Run name (optional)", key="run_name", placeholder="e.g. imagenette-offline-c10")
 
 
+MAX_COUNTED_FILES = 200_000  # counting a huge server folder for the estimate stops here
+
+
+def _n_images(ch: Choices) -> int:
+    """How many image files the chosen source holds (by file name; the scan decides for real)."""
+    from clustermine.images import IMAGE_EXTENSIONS
+
+    def is_image(name: str) -> bool:
+        return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+    try:
+        if ch.source == "files":
+            return sum(1 for f in ch.files if is_image(getattr(f, "name", "")))
+        if ch.source == "zip" and ch.zip_file is not None:
+            import zipfile
+
+            with zipfile.ZipFile(ch.zip_file) as z:
+                n = sum(1 for info in z.infolist() if not info.is_dir() and is_image(info.filename))
+            ch.zip_file.seek(0)
+            return n
+        if ch.source == "folder" and ch.folder:
+            n = 0
+            for _, _, names in os.walk(resolve_in_roots(ch.folder, settings.data_roots())):
+                n += sum(1 for name in names if is_image(name))
+                if n >= MAX_COUNTED_FILES:
+                    break
+            return n
+    except (OSError, ValueError, SafetyError, RuntimeError):
+        pass  # an unreadable zip or folder is reported at launch
+    return 0
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _corpus_cached(encoder_spec: str, corpus: str) -> bool | None:
+    """Whether the corpus embedding for this encoder is already cached (None: cannot tell)."""
+    from clustermine.estimate import corpus_cache_state
+
+    if corpus == CUSTOM_CORPUS:
+        return False
+    try:
+        return corpus_cache_state(cache.get_encoder(encoder_spec), corpus)
+    except Exception:  # noqa: BLE001 - a bad encoder spec is reported at launch, not here
+        return None
+
+
+def cost_line(ch: Choices) -> str:
+    """The pre-launch line: what the job will cost on this machine (``clustermine.estimate``)."""
+    from clustermine.estimate import estimate_run_cost
+
+    n = _n_images(ch)
+    if n == 0:
+        return ""
+    runs = cache.list_runs_light(settings.runs_root())
+    est = estimate_run_cost(n, ch.clusterer, runs, n_clusters=ch.n_clusters,
+                            corpus_cached=_corpus_cached(ch.encoder, ch.corpus), holdout_fraction=ch.holdout)
+    return f"Estimated cost for {n:,} image{'s' if n != 1 else ''}: {est.line()} (rates {est.source})"
+
+
 def form() -> Choices | None:
     """Draw the form; returns the choices when the user pressed Launch."""
     st.subheader("1 · ID images", anchor=False)
@@ -147,6 +205,9 @@ def form() -> Choices | None:
     ready = {"files": bool(ch.files), "zip": ch.zip_file is not None, "folder": bool(ch.folder)}[ch.source]
     if ch.corpus == CUSTOM_CORPUS and ch.corpus_file is None:
         ready = False
+    line = cost_line(ch)
+    if line:
+        st.info(md_escape(line, None), icon=":material/timer:")
     if st.button("Launch mining", type="primary", icon=":material/rocket_launch:", disabled=not ready,
                  key="launch"):
         return ch

@@ -32,9 +32,17 @@ from clustermine.linalg import l2_normalize
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
-#: Optimiser steps a default schedule runs at least (METHOD 2.9b: ~300 steps is under-trained,
-#: ~1.5k+ ties or beats k-means).
+#: Optimiser steps a default schedule runs at least from N >= 1000 on (METHOD 2.9b: ~300 steps is
+#: under-trained, ~1.5k+ ties or beats k-means).
 MIN_STEPS = 2000
+#: The floor of the step count for small N (METHOD 2.9b: below ~1.5k steps seeds disagree).
+MIN_STEPS_SMALL_N = 1500
+#: Heads of a default schedule: clip(round(N / HEADS_PER_SAMPLES), MIN_HEADS, MAX_HEADS), but
+#: MAX_HEADS when clusters are small (N / C < SMALL_CLUSTERS).
+MIN_HEADS, MAX_HEADS, HEADS_PER_SAMPLES, SMALL_CLUSTERS = 4, 16, 250, 15
+#: Heads x batch up to which a step runs on one thread when ``n_threads`` is None (issue 12: 300
+#: steps of 4 heads x 16 took 5.7 s on one thread, 27 s on two, on a loaded 2-core machine).
+SMALL_STEP_WORK = 256
 #: Upper bound on the number of epochs a default schedule picks (only reached for tiny N).
 MAX_EPOCHS = 1000
 _EMBED_NORMS = ("auto", "standardize", "l2", "none")
@@ -51,14 +59,37 @@ def default_knn(n_samples: int, n_clusters: int) -> int:
     return max(1, min(k, n_samples - 1))
 
 
+def default_n_heads(n_samples: int, n_clusters: int | None = None) -> int:
+    """H = clip(round(N / 250), 4, 16): 4 heads up to N ~ 1.1k, 16 from N = 3,875 on; 16 whenever the
+    clusters are small (N / C < 15), where :func:`default_schedule` keeps the former schedule.
+
+    A step costs about H x batch; with clusters of 15+ samples the heads agree (4 heads gave the
+    ACC / NMI of 16 at N = 1000, BENCHMARKS "Clustering: TEMI vs k-means", and at N = 160, C = 4,
+    "First run (issue 12)"), but with ~10 samples a cluster (caltech101_sub, 21 classes x 10) 4 heads
+    lost 6-15 ACC points to 16: picking the lowest-loss of many heads is what makes such runs stable.
+    """
+    if n_clusters and n_samples / max(int(n_clusters), 1) < SMALL_CLUSTERS:
+        return MAX_HEADS
+    return int(np.clip(round(max(n_samples, 0) / HEADS_PER_SAMPLES), MIN_HEADS, MAX_HEADS))
+
+
+def default_min_steps(n_samples: int) -> int:
+    """Step floor clip(1000 + N, 1500, 2000): 1,500 steps up to N = 500, 2,000 from N = 1000 on.
+
+    Never below METHOD 2.9b's ~1.5k steps (fewer leave seeds disagreeing); small N saves time by
+    fewer heads and a smaller batch instead of fewer steps.
+    """
+    return int(np.clip(1000 + max(n_samples, 0), MIN_STEPS_SMALL_N, MIN_STEPS))
+
+
 def default_batch_size(n_samples: int) -> int:
-    """Power of two nearest to N / 16, clipped to [32, 256], and at most N / 4 (METHOD 2.9).
+    """Power of two nearest to N / 16, clipped to [16, 256], and at most N / 4 (METHOD 2.9).
 
     N = 1000 gives 64, the batch size measured to work in METHOD 2.9b; small batches buy more
-    optimiser steps per second of CPU time.
+    optimiser steps per second of CPU time (N < ~360 gets 16).
     """
     b = 2 ** int(round(math.log2(max(n_samples, 1) / 16))) if n_samples >= 16 else 1
-    b = int(np.clip(b, 32, 256))
+    b = int(np.clip(b, 16, 256))
     return max(2, min(b, n_samples // 4))
 
 
@@ -66,6 +97,35 @@ def default_epochs(n_samples: int, batch_size: int, min_steps: int = MIN_STEPS) 
     """Epochs so that training runs >= ``min_steps`` optimiser steps (drop_last), in [1, 1000]."""
     steps_per_epoch = max(1, n_samples // batch_size)
     return int(np.clip(math.ceil(min_steps / steps_per_epoch), 1, MAX_EPOCHS))
+
+
+def default_schedule(
+    n_samples: int,
+    n_clusters: int | None = None,
+    *,
+    n_heads: int | None = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    min_steps: int | None = None,
+) -> dict[str, int]:
+    """The training schedule TEMI runs on N samples and C clusters (None: unknown, heads from N only): ``n_heads``, ``batch_size``, ``epochs``,
+    ``min_steps`` and ``steps`` (optimiser steps, drop_last). Values given win; ``None`` resolves
+    from N by the default_* rules above. Used by TEMI.fit and by the run-cost estimate."""
+    n = max(int(n_samples), 0)
+    # Small clusters (N / C < 15) keep the former schedule (16 heads, batch >= 32, 2,000 steps):
+    # fewer heads, a smaller batch or fewer steps all lost ACC there (BENCHMARKS "First run").
+    small = bool(n_clusters) and n / max(int(n_clusters or 1), 1) < SMALL_CLUSTERS
+    heads = default_n_heads(n, n_clusters) if n_heads is None else int(n_heads)
+    floor = (MIN_STEPS if small else default_min_steps(n)) if min_steps is None else int(min_steps)
+    if batch_size is None:
+        bs = default_batch_size(n)
+        if small:
+            bs = max(2, min(max(bs, 32), n // 4))
+    else:
+        bs = int(batch_size)
+    bs = max(1, bs)
+    ep = default_epochs(n, bs, floor) if epochs is None else int(epochs)
+    return {"n_heads": heads, "batch_size": bs, "epochs": ep, "min_steps": floor, "steps": (n // bs) * ep}
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,12 +318,15 @@ class TEMI(ClustererBase):
 
     ``fit(X [N, D])`` trains H student/teacher heads with the beta-weighted PMI loss on
     (image, random kNN neighbour) pairs; cluster ids are the teacher's lowest-loss head's argmax.
-    Parameters left at ``None`` are derived from N and C (METHOD 2.9): ``knn``, ``batch_size``,
-    ``epochs`` (>= ``min_steps`` optimiser steps), ``lr`` (1e-4 * batch / 256).
+    Parameters left at ``None`` are derived from N and C (METHOD 2.9, :func:`default_schedule`):
+    ``n_heads`` (clip(round(N / 250), 4, 16); the former 16 heads, batch >= 32, 2,000 steps when
+    N / C < 15), ``min_steps`` (clip(1000 + N, 1500, 2000)),
+    ``knn``, ``batch_size``, ``epochs`` (>= ``min_steps`` optimiser steps), ``lr`` (1e-4 * batch / 256).
     ``embed_norm="auto"`` standardises per dimension when N >= 10 D, otherwise L2-normalises.
     ``progress(done_steps, total_steps)`` is called about once per epoch (at most ~200 times);
     ``cancel()`` returning True aborts with :class:`~clustermine.errors.CancelledError`.
-    ``n_threads`` sets torch's intra-op threads for the duration of fit / predict only.
+    ``n_threads`` sets torch's intra-op threads for the duration of fit / predict only; None keeps
+    torch's setting, except one thread for small steps (heads x batch <= 256).
     ``random_state``: an int seeds torch and NumPy directly (same int, same labels on the same
     machine); None or a RandomState draws that int. The keyword ``seed`` is a deprecated alias.
 
@@ -281,11 +344,11 @@ class TEMI(ClustererBase):
         self,
         n_clusters: int = 8,
         *,
-        n_heads: int = 16,
+        n_heads: int | None = None,
         knn: int | None = None,
         batch_size: int | None = None,
         epochs: int | None = None,
-        min_steps: int = MIN_STEPS,
+        min_steps: int | None = None,
         beta: float = 0.6,
         student_temp: float = 0.1,
         teacher_temp: float = 0.1,
@@ -333,7 +396,13 @@ class TEMI(ClustererBase):
         """Train on X [N, D] (float16/32/64); sets ``labels_`` [N] and the other fitted attributes.
         Returns self."""
         X = self._features(X, fit=True)
-        with _torch_threads(self.n_threads), _flush_denormals():
+        threads = self.n_threads
+        if threads is None and X.ndim == 2:
+            sched = default_schedule(X.shape[0], int(self.n_clusters), n_heads=self.n_heads,
+                                     batch_size=self.batch_size, epochs=self.epochs, min_steps=self.min_steps)
+            if sched["n_heads"] * sched["batch_size"] <= SMALL_STEP_WORK:
+                threads = 1  # a small step's GEMMs cost less than waking a second thread (5x on a busy machine)
+        with _torch_threads(threads), _flush_denormals():
             self._fit(X)
         return self
 
@@ -352,7 +421,7 @@ class TEMI(ClustererBase):
         if n < 4:
             raise InvalidClusteringInput(f"TEMI needs at least 4 samples, got n_samples={n}")
         self._check_n_clusters(n)
-        if self.n_heads < 1:
+        if self.n_heads is not None and self.n_heads < 1:
             raise InvalidClusteringInput(f"n_heads must be >= 1, got {self.n_heads}")
         if self.embed_norm not in _EMBED_NORMS:
             raise InvalidClusteringInput(f"embed_norm must be one of {', '.join(_EMBED_NORMS)}, got {self.embed_norm!r}")
@@ -372,14 +441,14 @@ class TEMI(ClustererBase):
         self._validate(n, d)
         self.__dict__.pop("_best", None)  # a failed or cancelled re-fit must not leave a stale model
         c = int(self.n_clusters)
-        H = int(self.n_heads)
         dev = torch.device(self.device)
         t_start = time.perf_counter()
 
         # ---- resolved hyper-parameters
         k = default_knn(n, c) if self.knn is None else int(self.knn)
-        bs = default_batch_size(n) if self.batch_size is None else int(self.batch_size)
-        epochs = default_epochs(n, bs, self.min_steps) if self.epochs is None else int(self.epochs)
+        sched = default_schedule(n, c, n_heads=self.n_heads, batch_size=self.batch_size, epochs=self.epochs,
+                                 min_steps=self.min_steps)
+        H, bs, epochs = sched["n_heads"], sched["batch_size"], sched["epochs"]
         spe = n // bs  # drop_last
         total = spe * epochs
         lr = 1e-4 * bs / 256 if self.lr is None else float(self.lr)
@@ -392,6 +461,7 @@ class TEMI(ClustererBase):
             mode = "standardize" if n >= 10 * d else "l2"
 
         self.knn_, self.batch_size_, self.epochs_, self.lr_ = k, bs, epochs, lr
+        self.n_heads_, self.min_steps_ = H, sched["min_steps"]
         self.embed_norm_ = mode
 
         # ---- data, neighbours
