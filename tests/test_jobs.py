@@ -82,8 +82,8 @@ def test_non_default_topk_and_clusterer_params_survive_the_job_path(tmp_path):
     chosen = np.sort(np.take_along_axis(sims, top_idx.astype(np.int64), 1), axis=1)
     # votes were taken before the text embeddings were stored as float16 (cosine error < 1e-3)
     np.testing.assert_allclose(chosen, best_two, rtol=0, atol=1e-3)
-    with_params = KMeansClusterer(3, seed=0, **params).fit_predict(feats)
-    with_defaults = KMeansClusterer(3, seed=0).fit_predict(feats)
+    with_params = KMeansClusterer(3, random_state=0, **params).fit_predict(feats)
+    with_defaults = KMeansClusterer(3, random_state=0).fit_predict(feats)
     assert np.array_equal(run.cluster_ids(), with_params)
     assert not np.array_equal(with_params, with_defaults)  # so the check above can fail
 

@@ -169,7 +169,7 @@ def test_concepts_and_audit_pages_flag_single_head_concepts(small_run, monkeypat
     assert flagged
     at = _open_page(small_run, "pages/concepts.py", monkeypatch)
     table = at.data_editor[0].value
-    assert sorted(table.loc[table["stability"] == "⚠ one head only", "concept"]) == flagged
+    assert sorted(table.loc[table["stability"] == "⚠ 1 head", "concept"]) == flagged
     assert "one head only" in "\n".join(w.value for w in at.warning)
     at = _open_page(small_run, "pages/audit.py", monkeypatch)
     shown = "\n".join(m.value for m in at.markdown)  # st.badge is drawn as markdown

@@ -78,13 +78,19 @@ def table(run: Run) -> pd.DataFrame:
             "status": st.column_config.SelectboxColumn("status", options=STATUSES, required=True,
                                                        help="mined / accepted count as positive; rejected ones "
                                                             "become negatives"),
-            "purity": st.column_config.ProgressColumn("purity", min_value=0.0, max_value=1.0, format="%.2f"),
-            "votes": st.column_config.NumberColumn("votes", format="%d"),
+            "source": st.column_config.TextColumn("source", width="small"),
+            "clusters": st.column_config.TextColumn("clusters", width="small"),
+            "purity": st.column_config.ProgressColumn("purity", min_value=0.0, max_value=1.0, format="%.2f",
+                                                      width="small"),
+            "votes": st.column_config.NumberColumn("votes", format="%d", width="small"),
+            "updated": st.column_config.TextColumn("updated", width="small"),
+            "by": st.column_config.TextColumn("by", width="small"),
             "support": st.column_config.ProgressColumn(
-                "support", min_value=0.0, max_value=1.0, format="%.2f",
+                "support", min_value=0.0, max_value=1.0, format="%.2f", width="small",
                 help="fraction of the run's clusterings (TEMI heads, or seeds) whose vote elects this concept; "
                      "empty = unknown"),
-            "stability": st.column_config.TextColumn("stability", help="⚠ one head only: elected by a single "
+            "stability": st.column_config.TextColumn("stability", width="small",
+                                                     help="⚠ 1 head: elected by a single "
                                                      "clustering, may be noise"),
         },
         on_change=_on_table_edit, args=(str(run.path), key, list(df.index), list(df["status"])))
@@ -96,7 +102,7 @@ def with_support(run: Run, df: pd.DataFrame) -> pd.DataFrame:
     by_id = {c.id: c for c in run.concepts()}
     df = df.copy()
     df["support"] = [by_id[i].support if i in by_id else None for i in df.index]
-    df["stability"] = ["⚠ one head only" if i in by_id and by_id[i].single_head
+    df["stability"] = ["⚠ 1 head" if i in by_id and by_id[i].single_head
                        else ("unknown" if i not in by_id or by_id[i].support is None else "")
                        for i in df.index]
     return df
