@@ -235,22 +235,3 @@ def input_section(run: Run) -> None:
                 st.rerun()
             except ClusterMineError as exc:
                 widgets.show_error(exc)
-
-
-def gallery(df: pd.DataFrame, limit: int = 12, columns: int = 6) -> None:
-    """The first scored images as cards: thumbnail, verdict and log score (file names escaped)."""
-    from .text import md_escape
-
-    head = df.head(limit)
-    for start in range(0, len(head), columns):
-        cols = st.columns(columns)
-        for col, (_, r) in zip(cols, head.iloc[start:start + columns].iterrows()):
-            with col.container(border=True):
-                data = cache.thumb(r["path"], 192)
-                if data is not None:
-                    st.image(data, width="stretch")
-                color = "green" if r["verdict"] == "ID" else "red"
-                st.markdown(f":{color}-badge[{r['verdict']}] **{r['log score']:.2f}**", help="log score")
-                st.caption(md_escape(r["file"], 60))
-    if len(df) > limit:
-        st.caption(f"… {len(df) - limit} more in the table below.")
