@@ -17,6 +17,7 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 
 from clustermine import calibration as cal
+from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -220,21 +221,9 @@ def test_export_summary_carries_the_warning(small_run, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the app
-@pytest.fixture
-def app_env(small_run, monkeypatch):
-    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
-    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
-    return small_run
-
-
 def open_page(run_id: str, page: str):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.query_params["run"] = run_id
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_app(run_id, page)
+    no_exception(at)
     return at
 
 

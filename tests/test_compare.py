@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from math import comb
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from conftest import copy_subset, shared
 from clustermine.cli import main
 from clustermine.compare import diff_runs
 from clustermine.runs import Run
+from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,21 +118,12 @@ def test_cli_diff(small_run_template, other_run, capsys):
 
 
 @pytest.mark.app
-def test_compare_page(small_run, other_run, monkeypatch):
+def test_compare_page(app_env, small_run, other_run):
     import shutil
 
-    from streamlit.testing.v1 import AppTest
-
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     shutil.copytree(other_run, small_run.parent / "other")
-    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
-    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.query_params["run"] = small_run.name
-    at.run()
-    at.switch_page("pages/compare.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_app(small_run.name, "pages/compare.py")
+    no_exception(at)
     at.selectbox(key="compare_b").set_value("other").run()
     at.button(key="compare_go").click().run()
     assert not at.exception, [e.value for e in at.exception]

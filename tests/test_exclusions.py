@@ -17,6 +17,7 @@ from clustermine.errors import ClusterMineError
 from clustermine.exclusions import last_changes, remine
 from clustermine.rundir import layout
 from clustermine.runs import Run
+from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
 
 ID_CLASSES = ["n01440764", "n02102040", "n03028079"]
 CONTAMINANT = "n03417042"
@@ -179,21 +180,9 @@ def test_bad_input_is_named_and_cli_verbs(planted, capsys):
 
 
 @pytest.mark.app
-def test_audit_page_excludes_from_a_card_and_remines(small_run, monkeypatch):
-    import sys
-
-    from streamlit.testing.v1 import AppTest
-
-    root = Path(__file__).resolve().parents[1]
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
-    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
-    at = AppTest.from_file(str(root / "app.py"), default_timeout=180)
-    at.query_params["run"] = small_run.name
-    at.run()
-    at.switch_page("pages/audit.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+def test_audit_page_excludes_from_a_card_and_remines(app_env, small_run):
+    at = open_app(small_run.name, "pages/audit.py")
+    no_exception(at)
     run = Run.open(small_run)
     members = np.flatnonzero(run.cluster_ids() == 0)
     pick = at.multiselect(key="excl-pick-0")
@@ -217,23 +206,11 @@ def test_audit_page_excludes_from_a_card_and_remines(small_run, monkeypatch):
 
 
 @pytest.mark.app
-def test_cluster_map_selection_marks_images_not_id(small_run, monkeypatch):
+def test_cluster_map_selection_marks_images_not_id(app_env, small_run):
     """A lasso selection on the map (sent as the browser sends it: the chart's JSON widget state)
     and the button under it exclude exactly the selected images."""
-    import sys
-
-    from streamlit.testing.v1 import AppTest
-
-    root = Path(__file__).resolve().parents[1]
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
-    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
-    at = AppTest.from_file(str(root / "app.py"), default_timeout=180)
-    at.query_params["run"] = small_run.name
-    at.run()
-    at.switch_page("pages/clusters.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_app(small_run.name, "pages/clusters.py")
+    no_exception(at)
     chart = at.get("plotly_chart")[0]
     picked = [3, 17, 25]
     original = at._tree.get_widget_states

@@ -21,6 +21,7 @@ from clustermine.mining import cluster_alerts
 from clustermine.rundir import layout
 from clustermine.runs import Run
 from clustermine.tables import IMAGE_FIELDS, image_table, image_table_csv, image_table_parquet
+from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
 
 
 def _lse(x: np.ndarray) -> np.ndarray:
@@ -212,24 +213,12 @@ def test_report_opens_offline_in_chromium(small_run_template, tmp_path):
 
 
 @pytest.mark.app
-def test_export_page_offers_the_table_and_report(small_run, monkeypatch, tmp_path):
+def test_export_page_offers_the_table_and_report(app_env, small_run, tmp_path):
     """The Export page's deferred payloads (built on click) are the engine's table and report; with an
     OOD sample stored by the what-if panel the report carries its metrics."""
-    import sys
-
-    from streamlit.testing.v1 import AppTest
-
-    root = Path(__file__).resolve().parents[1]
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
-    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
     copy_subset(shared("imagenette_train100"), layout.ood_sample_dir(small_run), ["n03425413"], 4)
-    at = AppTest.from_file(str(root / "app.py"), default_timeout=180)
-    at.query_params["run"] = small_run.name
-    at.run()
-    at.switch_page("pages/export.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_app(small_run.name, "pages/export.py")
+    no_exception(at)
     labels = [b.proto.label for b in at.get("download_button")]
     assert {"images.csv", "images.parquet", "Report (.html)"} <= set(labels)
 

@@ -16,6 +16,7 @@ from clustermine.errors import ClusterMineError, RunError
 from clustermine.rundir import layout, list_runs
 from clustermine.rundir.admin import MAX_LABEL_CHARS, delete_run, set_label
 from clustermine.runs import Run
+from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,17 +84,9 @@ def test_cli_label_and_delete(small_run, capsys):
 
 
 @pytest.mark.app
-def test_runs_page_label_and_delete_with_confirmation(small_run, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
-    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.query_params["run"] = small_run.name
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
+def test_runs_page_label_and_delete_with_confirmation(app_env, small_run):
+    at = open_app(small_run.name)
+    no_exception(at)
     at.text_input(key="runs_label").set_value("my baseline").run()
     at.button(key="runs_label_save").click().run()
     assert not at.exception, [e.value for e in at.exception]

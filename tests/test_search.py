@@ -14,6 +14,7 @@ from clustermine.cli import main
 from clustermine.errors import ClusterMineError
 from clustermine.runs import Run
 from clustermine.search import FeatureIndex, feature_index, row_of_path, search_image, search_text, top_k
+from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,18 +102,9 @@ def test_cli_search(small_run_template, capsys):
 
 
 @pytest.mark.app
-def test_search_page(small_run, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
-    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.query_params["run"] = small_run.name
-    at.run()
-    at.switch_page("pages/search.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+def test_search_page(app_env, small_run):
+    at = open_app(small_run.name, "pages/search.py")
+    no_exception(at)
     at.text_input(key="search_text").set_value("church").run()
     assert not at.exception, [e.value for e in at.exception]
     run = Run.open(small_run)

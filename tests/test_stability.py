@@ -14,6 +14,7 @@ import pytest
 from clustermine.cli import main
 from clustermine.rundir import layout
 from clustermine.runs import Run
+from test_app import no_exception, open_app  # noqa: E402
 
 
 def reference_winners(labels: np.ndarray, top1: np.ndarray, sim: np.ndarray) -> set[int]:
@@ -141,21 +142,11 @@ def test_temi_head_labels_are_each_heads_argmax():
 
 
 def _open_page(run_dir, page, monkeypatch):
-    import sys
-    from pathlib import Path
-
-    from streamlit.testing.v1 import AppTest
-
-    root = Path(__file__).resolve().parents[1]
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    """``page`` of the app with ``run_dir`` selected (runs root = its parent folder)."""
     monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(run_dir.parent))
     monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
-    at = AppTest.from_file(str(root / "app.py"), default_timeout=180)
-    at.query_params["run"] = run_dir.name
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_app(run_dir.name, page)
+    no_exception(at)
     return at
 
 
