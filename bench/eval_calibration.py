@@ -56,7 +56,7 @@ def emulate_run(X: np.ndarray, top1: np.ndarray, sim1: np.ndarray, seed: int, n_
     sel = cids >= 0
     stats = cluster_statistics(cids[sel], top1[sel], sim1[sel], n_vocab, C)  # the run's own vote
     ypos = np.array(sorted({s.winner for s in stats if s.winner is not None}), dtype=np.int64)
-    voted = crossfit_positive_rows(cids, top1, sim1, folds, n_vocab, C)
+    voted = crossfit_positive_rows(cids, top1, sim1, folds, n_vocab)
     return {"hold": hold, "cids": cids, "C": C, "folds": folds, "ypos": ypos, "voted": voted}
 
 

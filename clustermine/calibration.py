@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .mining import cluster_statistics
+from .mining import elected_concepts
 
 N_FOLDS = 5
 DEFAULT_CONFIDENCE = 0.9
@@ -156,7 +156,7 @@ def fold_ids(n: int, n_folds: int = N_FOLDS, seed: int = 0) -> np.ndarray:
 
 
 def crossfit_positive_rows(cluster_ids: np.ndarray, top1_idx: np.ndarray, top1_sim: np.ndarray, folds: np.ndarray,
-                           n_vocab: int, n_clusters: int) -> dict[int, np.ndarray]:
+                           n_vocab: int) -> dict[int, np.ndarray]:
     """Y_pos^(-f) per fold f: corpus rows (int64, ascending) of the distinct cluster winners when the
     vote counts only mining images (cluster id >= 0) outside fold f. Inputs are per image row:
     cluster ids int [N] (-1 = held out), stored top-1 concept int [N] and its similarity float [N]."""
@@ -164,9 +164,8 @@ def crossfit_positive_rows(cluster_ids: np.ndarray, top1_idx: np.ndarray, top1_s
     top1_idx, top1_sim = np.asarray(top1_idx).ravel(), np.asarray(top1_sim).ravel()
     out = {}
     for f in np.unique(folds[cluster_ids >= 0]):
-        keep = (cluster_ids >= 0) & (folds != f)
-        stats = cluster_statistics(cluster_ids[keep], top1_idx[keep], top1_sim[keep], n_vocab, n_clusters)
-        out[int(f)] = np.array(sorted({s.winner for s in stats if s.winner is not None}), dtype=np.int64)
+        voting = np.where(folds != f, cluster_ids, -1)
+        out[int(f)] = np.array(sorted(elected_concepts(voting, top1_idx, top1_sim, n_vocab)), dtype=np.int64)
     return out
 
 

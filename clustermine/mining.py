@@ -172,6 +172,18 @@ def cluster_statistics(cluster_ids: np.ndarray, top1_idx: np.ndarray, top1_sim: 
     return out
 
 
+def elected_concepts(cluster_ids: np.ndarray, top1_idx: np.ndarray, top1_sim: np.ndarray,
+                     n_vocab: int) -> set[int]:
+    """Corpus indices elected by one clustering: the winners of its non-empty clusters under the
+    vote of :func:`cluster_statistics`. Inputs per image: cluster id int [N] (-1 = does not vote),
+    zero-shot top-1 concept int [N] and its similarity float [N]."""
+    cluster_ids = np.asarray(cluster_ids).ravel()
+    sel = cluster_ids >= 0
+    stats = cluster_statistics(cluster_ids[sel], np.asarray(top1_idx).ravel()[sel],
+                               np.asarray(top1_sim).ravel()[sel], n_vocab)
+    return {s.winner for s in stats if s.winner is not None}
+
+
 @dataclass
 class MinedConcept:
     """A concept elected by at least one cluster, with its provenance."""

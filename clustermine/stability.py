@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .errors import ClusterMineError, RunError
-from .mining import cluster_statistics
+from .mining import elected_concepts
 from .rundir import layout
 
 if TYPE_CHECKING:
@@ -34,12 +34,7 @@ def clustering_winners(labels: np.ndarray, top1_idx: np.ndarray, top1_sim: np.nd
     Returns S sets of corpus indices (the winners of the clustering's non-empty clusters)."""
     labels = np.atleast_2d(np.asarray(labels))
     voters = np.ones(labels.shape[1], dtype=bool) if voters is None else np.asarray(voters, dtype=bool)
-    out = []
-    for row in labels:
-        sel = (row >= 0) & voters
-        stats = cluster_statistics(row[sel], np.asarray(top1_idx)[sel], np.asarray(top1_sim)[sel], n_vocab)
-        out.append({s.winner for s in stats if s.winner is not None})
-    return out
+    return [elected_concepts(np.where(voters, row, -1), top1_idx, top1_sim, n_vocab) for row in labels]
 
 
 def support_counts(winners: list[set[int]]) -> dict[int, int]:

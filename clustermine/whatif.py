@@ -243,8 +243,7 @@ def calibration_set(run: Run, n_folds: int = _cal.N_FOLDS, progress: ProgressFn 
     cids = np.where(excluded, -1, run.cluster_ids())  # images marked "not ID" never vote ...
     top_idx, top_sim = run.votes()
     folds = _cal.fold_ids(n, n_folds, int(run.config.get("seed", 0)))
-    voted = _cal.crossfit_positive_rows(cids, top_idx[:, 0], top_sim[:, 0], folds, len(run.vocabulary_base()),
-                                        len(run.cluster_stats()))
+    voted = _cal.crossfit_positive_rows(cids, top_idx[:, 0], top_sim[:, 0], folds, len(run.vocabulary_base()))
     mined = _cal.crossfit_scores(scorer, cids, folds, voted, run.mined_positive_rows())
     _, extra, pos_now = run.vocabulary()
     rejected, added = _edit_rows(run)
