@@ -10,36 +10,69 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 
 
 def zero_shot_topk(image_features: np.ndarray, text_embeddings: np.ndarray, k: int = 5,
-                   chunk_size: int = 16384, image_chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                   chunk_size: int = 16384, image_chunk_size: int = 1024, *, tau: float | None = None,
+                   progress: Callable[[int, int], None] | None = None,
+                   cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, ...]:
     """Top-k corpus concepts of every image by cosine similarity, the same on every CPU.
 
     Returns ``(top_idx int32 [N, k], top_sim float32 [N, k])`` sorted by decreasing similarity,
     exact ties broken by lower corpus index. The ranking never depends on BLAS summation order
     or on the chunk sizes: a float32 matmul only *selects* candidates (every concept within a
     proven error bound of the k-th best), and the candidates are then ranked by an exact
-    fixed-point dot product (:func:`exact_similarity`), identical on any machine. Working memory
-    is bounded by ``image_chunk_size * chunk_size`` similarities (~200 MB at the defaults).
+    fixed-point dot product (:func:`exact_similarity`), identical on any machine.
+
+    ``image_features`` may be float16 or memory-mapped: rows are read and cast ``image_chunk_size``
+    at a time, so working memory is bounded by ``image_chunk_size * chunk_size`` similarities
+    (~64 MB at the defaults) plus the outputs, whatever N. With ``tau`` the same pass also returns
+    the corpus log-sum-exp of cos/τ per image (float64 [N], :func:`corpus_lse_rows`), the score's
+    denominator, so paper-scale runs never multiply by the corpus twice. ``progress(done, N)``
+    after each image chunk; ``cancel()`` returning True stops with CancelledError.
     """
-    feats = np.asarray(image_features, dtype=np.float32)
-    texts = np.asarray(text_embeddings, dtype=np.float32)
-    n, d = feats.shape
+    import torch
+
+    from .errors import CancelledError
+
+    texts = np.ascontiguousarray(text_embeddings, dtype=np.float32)
+    n, d = image_features.shape
     k = max(1, min(k, texts.shape[0]))
     top_idx = np.zeros((n, k), dtype=np.int32)
     top_sim = np.zeros((n, k), dtype=np.float32)
+    lse = np.zeros(n, dtype=np.float64) if tau is not None else None
     scale = _fixed_point_scale(d)
     texts_q = _quantize(texts, scale)
+    texts_t = torch.from_numpy(texts)
     step = max(1, int(image_chunk_size))
     for lo in range(0, n, step):
-        rows = feats[lo:lo + step]
-        idx, exact = _topk_rows(rows, _quantize(rows, scale), texts, texts_q, k, chunk_size, scale)
+        if cancel is not None and cancel():
+            raise CancelledError("cancelled during the zero-shot vote")
+        rows = np.ascontiguousarray(image_features[lo:lo + step], dtype=np.float32)
+        idx, exact, part_lse = _topk_rows(rows, _quantize(rows, scale), texts_t, texts_q, k, chunk_size, scale, tau)
         top_idx[lo:lo + step] = idx
         top_sim[lo:lo + step] = (exact / (scale * scale)).astype(np.float32)
-    return top_idx, top_sim
+        if lse is not None:
+            lse[lo:lo + step] = part_lse
+        if progress is not None:
+            progress(min(n, lo + step), n)
+    return (top_idx, top_sim) if lse is None else (top_idx, top_sim, lse)
+
+
+def corpus_lse_rows(sims, tau: float) -> np.ndarray:
+    """Log-sum-exp over a row of cos/τ (torch float32 [n, m] similarities) → float64 [n].
+
+    Shifted by the row maximum, so every exponent is in [-2/τ, 0] and float32 ``exp`` keeps a
+    relative error near 1e-7; the sum is taken in float64. Accurate to ~1e-6 (absolute, in log
+    space) however the similarities were summed, which is all a continuous score needs."""
+    import torch
+
+    top = sims.max(dim=1, keepdim=True).values
+    total = torch.exp((sims - top) / tau).sum(dim=1, dtype=torch.float64)
+    return (torch.log(total) + top.squeeze(1).double() / tau).numpy()
 
 
 def _fixed_point_scale(dim: int) -> float:
@@ -67,21 +100,41 @@ def exact_similarity(image_features_q: np.ndarray, text_embeddings_q: np.ndarray
     return out
 
 
-def _topk_rows(feats: np.ndarray, feats_q: np.ndarray, texts: np.ndarray, texts_q: np.ndarray, k: int,
-               chunk_size: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+def _topk_rows(feats: np.ndarray, feats_q: np.ndarray, texts, texts_q: np.ndarray, k: int,
+               chunk_size: int, scale: float, tau: float | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    import torch
+
     n, d = feats.shape
     m = texts.shape[0]
     # Bound on |float32 BLAS dot - exact fixed-point dot| for unit vectors: rounding of D products
     # and sums in float32 (D * 2^-23) plus the grid's rounding of both operands (2 * sqrt(D) / scale).
     # Twice that, so the true k-th best is never excluded from the candidates.
     tol = 2.0 * (d * 2.0 ** -23 + 2.0 * math.sqrt(d) / scale + 1e-7)
+    feats_t = torch.from_numpy(feats)
     best_idx = np.zeros((n, 0), dtype=np.int64)
     best_key = np.zeros((n, 0), dtype=np.float64)
+    lse = np.full(n, -np.inf) if tau is not None else None
     for start in range(0, m, chunk_size):
-        sims = feats @ texts[start:start + chunk_size].T
-        kk = min(k, sims.shape[1])
-        kth = np.partition(sims, sims.shape[1] - kk, axis=1)[:, sims.shape[1] - kk]
-        r, c = np.nonzero(sims >= (kth - tol)[:, None])
+        sims = feats_t @ texts[start:start + chunk_size].T
+        width = sims.shape[1]
+        kk = min(k, width)
+        if lse is not None:
+            lse = np.logaddexp(lse, corpus_lse_rows(sims, tau))
+        # Candidates: every concept within tol of the chunk's k-th best. The top k + 16 usually hold
+        # them all; rows where the (k + 16)-th still qualifies take the full (rare) scan.
+        wide = min(width, kk + 16)
+        vals, cols = torch.topk(sims, wide, dim=1)
+        vals, cols = vals.numpy(), cols.numpy()
+        thresh = vals[:, kk - 1] - tol
+        ok = vals >= thresh[:, None]
+        spill = np.flatnonzero(ok[:, -1]) if wide < width else np.zeros(0, dtype=np.int64)
+        ok[spill] = False
+        r, c = np.nonzero(ok)
+        c = cols[r, c]
+        if len(spill):
+            sr, sc = np.nonzero(sims.numpy()[spill] >= thresh[spill, None])
+            r, c = np.concatenate([r, spill[sr]]), np.concatenate([c, sc])
         key = exact_similarity(feats_q, texts_q[start:start + chunk_size], r, c)
         order = np.lexsort((c, -key, r))  # per row: exact similarity desc, then corpus index asc
         r, c, key = r[order], c[order], key[order]
@@ -94,7 +147,7 @@ def _topk_rows(feats: np.ndarray, feats_q: np.ndarray, texts: np.ndarray, texts_
         order = np.lexsort((cand_idx, -cand_key), axis=1)[:, :k]
         best_key = np.take_along_axis(cand_key, order, axis=1)
         best_idx = np.take_along_axis(cand_idx, order, axis=1)
-    return best_idx.astype(np.int32), best_key
+    return best_idx.astype(np.int32), best_key, lse
 
 
 @dataclass

@@ -32,13 +32,24 @@ def _lse_rows(logits: np.ndarray) -> np.ndarray:
 
 
 def corpus_logsumexp(image_features: np.ndarray, text_embeddings: np.ndarray, tau: float,
-                     chunk_size: int = 16384) -> np.ndarray:
-    """LSE over all rows of ``text_embeddings`` of cos/τ, per image, chunked. float64 [N]."""
-    feats = np.asarray(image_features, dtype=np.float32)
-    out = np.full(feats.shape[0], -np.inf)
-    for start in range(0, text_embeddings.shape[0], chunk_size):
-        sims = feats @ np.asarray(text_embeddings[start:start + chunk_size], dtype=np.float32).T
-        out = np.logaddexp(out, _lse_rows(sims / tau))
+                     chunk_size: int = 16384, image_chunk_size: int = 4096) -> np.ndarray:
+    """LSE over all rows of ``text_embeddings`` of cos/τ, per image, chunked. float64 [N].
+
+    ``image_features`` may be float16 or memory-mapped (rows are cast ``image_chunk_size`` at a
+    time); the same arithmetic as the vote's fused LSE (:func:`clustermine.mining.corpus_lse_rows`)."""
+    import torch
+
+    from .mining import corpus_lse_rows
+
+    texts = torch.from_numpy(np.ascontiguousarray(text_embeddings, dtype=np.float32))
+    n = image_features.shape[0]
+    out = np.full(n, -np.inf)
+    for lo in range(0, n, image_chunk_size):
+        feats = torch.from_numpy(np.ascontiguousarray(image_features[lo:lo + image_chunk_size], dtype=np.float32))
+        part = np.full(feats.shape[0], -np.inf)
+        for start in range(0, texts.shape[0], chunk_size):
+            part = np.logaddexp(part, corpus_lse_rows(feats @ texts[start:start + chunk_size].T, tau))
+        out[lo:lo + image_chunk_size] = part
     return out
 
 

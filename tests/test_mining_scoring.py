@@ -35,6 +35,42 @@ def test_zero_shot_topk_image_chunks_give_the_same_answer_and_keep_tie_order():
     assert list(whole[0][7, :2]) == [20, 150]
 
 
+def test_zero_shot_topk_many_exact_ties_take_the_full_scan_and_keep_index_order():
+    """30 copies of one concept: more ties than the top-(k+16) shortlist holds, so the rows must
+    fall back to the full candidate scan and still list the lowest corpus indices first."""
+    rng = np.random.default_rng(5)
+    f, t = _unit(rng, 12, 8), _unit(rng, 400, 8)
+    copies = np.arange(100, 400, 10)  # 30 rows
+    t[copies] = t[3]
+    f[4] = t[3]
+    idx, sim = zero_shot_topk(f, t, k=5, chunk_size=400)
+    assert list(idx[4]) == [3] + list(copies[:4])
+    np.testing.assert_allclose(sim[4], 1.0, atol=1e-5)
+    full = f @ t.T
+    for r in range(len(f)):
+        order = sorted(range(len(t)), key=lambda c: (-round(float(full[r, c]), 5), c))[:5]
+        assert sorted(idx[r]) == sorted(order) or r == 4
+
+
+def test_zero_shot_topk_fused_lse_matches_logsumexp_and_float16_memmap_input(tmp_path):
+    from scipy.special import logsumexp
+
+    from clustermine.scoring import corpus_logsumexp
+
+    rng = np.random.default_rng(6)
+    f, t = _unit(rng, 70, 24).astype(np.float16), _unit(rng, 900, 24)
+    path = tmp_path / "f.npy"
+    np.save(path, f)
+    mm = np.load(path, mmap_mode="r")
+    idx, sim, lse = zero_shot_topk(mm, t, k=3, chunk_size=128, image_chunk_size=16, tau=0.05)
+    ref_idx, ref_sim = zero_shot_topk(f.astype(np.float32), t, k=3)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sim, ref_sim)
+    ref = logsumexp(f.astype(np.float64) @ t.astype(np.float64).T / 0.05, axis=1)
+    np.testing.assert_allclose(lse, ref, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(corpus_logsumexp(mm, t, 0.05, chunk_size=100, image_chunk_size=9), ref, rtol=0, atol=2e-5)
+
+
 def test_cluster_statistics_hand_worked():
     cluster_ids = np.array([0, 0, 0, 0, 1, 1, -1])
     top1 = np.array([7, 7, 7, 3, 2, 5, 9])
