@@ -222,7 +222,7 @@ def test_blank_path_refused_and_duplicates_warned(tmp_path):
     assert str(p) in msg and "(first: 1)" in msg and "empty path" in msg
     p.write_text("a.jpg\nb.jpg\na.jpg\n")
     stats = validate_features(load_feature_source(f, p), D)
-    assert stats.duplicate_paths == 1 and "repeat" in stats.warnings[0]
+    assert stats.duplicate_paths == 1 and "repeat" in stats.warnings[0] and "a.jpg" in stats.warnings[0]
 
 
 def test_validate_progress_reaches_n(tmp_path):
@@ -230,3 +230,12 @@ def test_validate_progress_reaches_n(tmp_path):
     seen: list[tuple[int, int]] = []
     validate_features(src, D, chunk_rows=4, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(4, 10), (8, 10), (10, 10)]
+
+
+def test_views_stay_valid_after_pages_are_released(tmp_path):
+    # several pages per chunk so that the release after each chunk really unmaps resident pages
+    x = _feats(2000, seed=3)
+    src = load_feature_source(*_npy(tmp_path, x))
+    views = [(s, rows) for s, rows, _ in src.iter_chunks(chunk_rows=300)]
+    assert [s for s, _ in views] == list(range(0, 2000, 300))
+    np.testing.assert_array_equal(np.concatenate([r for _, r in views]), x)
