@@ -193,12 +193,10 @@ def read_paths(file: str | Path) -> Any:
                     batch = []
     except UnicodeDecodeError as exc:
         raise FeatureInputError(f"{file}: not UTF-8 text ({exc}); save the paths list as UTF-8") from None
-    while batch and batch[-1] == "":
-        batch.pop()
     chunks.append(pa.array(batch, type=pa.string()))
     arr = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
     n = len(arr)
-    while n and arr[n - 1].as_py() == "":  # trailing blank lines that fell in an earlier batch
+    while n and arr[n - 1].as_py() == "":  # trailing blank lines
         n -= 1
     return arr.slice(0, n)
 

@@ -239,3 +239,16 @@ def test_views_stay_valid_after_pages_are_released(tmp_path):
     views = [(s, rows) for s, rows, _ in src.iter_chunks(chunk_rows=300)]
     assert [s for s, _ in views] == list(range(0, 2000, 300))
     np.testing.assert_array_equal(np.concatenate([r for _, r in views]), x)
+
+
+def test_unusable_paths_files(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9.jpg\n".encode("latin-1"))
+    with pytest.raises(FeatureInputError, match="latin1.txt: not UTF-8"):
+        read_paths(bad)
+    npy = tmp_path / "names.npy"
+    np.save(npy, np.array(["a", "b"]))
+    with pytest.raises(FeatureInputError, match="names.npy: .npy is not a paths format"):
+        read_paths(npy)
+    with pytest.raises(FeatureInputError, match="paths file not found"):
+        read_paths(tmp_path / "missing.txt")
