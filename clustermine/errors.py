@@ -43,3 +43,7 @@ class CancelledError(ClusterMineError):
 
 class SafetyError(ClusterMineError):
     """An input was refused for safety: a path outside the allowed roots, a hostile archive, a limit."""
+
+
+class FeatureInputError(ClusterMineError):
+    """Precomputed image embeddings (``mine --features``) or their paths list are missing or unusable."""
