@@ -204,7 +204,4 @@ def crossfit_scores(scorer, cluster_ids: np.ndarray, folds: np.ndarray, fold_pos
 
 
 def _score_rows(scorer, rows: np.ndarray, positives: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
-    from .scoring import WhatIfScorer
-
-    sub = WhatIfScorer(scorer.image_features[rows], scorer.base_embeddings, scorer.tau, base_lse=scorer.base_lse[rows])
-    return sub.log_scores(positives, extra)
+    return scorer.log_scores(positives, extra, rows=rows)

@@ -79,8 +79,18 @@ def _parser() -> argparse.ArgumentParser:
                                 "clusters of your in-distribution images (ClusterMine).")
     sub = p.add_subparsers(dest="verb", required=True)
 
-    m = sub.add_parser("mine", help="encode a folder of ID images, cluster, vote and mine concepts into a run folder")
-    m.add_argument("images_dir")
+    m = sub.add_parser("mine", help="encode a folder of ID images (or import their embeddings), cluster, vote and "
+                       "mine concepts into a run folder")
+    m.add_argument("images_dir", nargs="?", default=None, help="folder of ID images (or use --features)")
+    m.add_argument("--features", default=None, metavar="FILE",
+                   help="precomputed image embeddings instead of a folder: a .npy float16/float32 [N, D], or a "
+                        "clip-retrieval output folder (img_emb/ + metadata/); --encoder names the matching text tower")
+    m.add_argument("--paths", default=None, metavar="PATHS",
+                   help="with --features: one image path per row (text, one per line; or .csv/.parquet with an "
+                        "image_path column); optional for clip-retrieval folders (their metadata has the paths)")
+    m.add_argument("--image-root", default=None, metavar="DIR",
+                   help="with --features: folder that relative paths are resolved against (default: the folder "
+                        "of the paths file)")
     m.add_argument("--out", required=True, help="run folder to create (or resume with the same settings)")
     add_config_arguments(m)
     m.add_argument("--cache-dir", default=None, help="feature / text-embedding cache (default ~/.cache/clustermine)")
@@ -217,11 +227,20 @@ class _Bars:
 
 
 def _cmd_mine(a: argparse.Namespace) -> int:
-    from .pipeline import mine
+    from .pipeline import mine, mine_features
 
+    if (a.images_dir is None) == (a.features is None):
+        raise ClusterMineError("mine: give either an images folder or --features FILE (not both)")
+    if a.features is None and (a.paths or a.image_root):
+        raise ClusterMineError("mine: --paths and --image-root go with --features")
     bars = _Bars(a.quiet)
     try:
-        run = mine(a.images_dir, a.out, config_from_args(a), progress=bars, overwrite=a.force, cache_dir=a.cache_dir)
+        if a.features is not None:
+            run = mine_features(a.features, a.paths, a.out, config_from_args(a), image_root=a.image_root,
+                                progress=bars, overwrite=a.force, cache_dir=a.cache_dir)
+        else:
+            run = mine(a.images_dir, a.out, config_from_args(a), progress=bars, overwrite=a.force,
+                       cache_dir=a.cache_dir)
     finally:
         bars.close()
     return _report_run(run)
@@ -261,11 +280,14 @@ def _report_run(run) -> int:
           f"mean purity: {s['mean_purity']:.3f}, corpus: {s['corpus_size']} concepts, tau: {run.config.get('tau')}")
     if s.get("clamp_warning"):
         print(f"note: {s['clamp_warning']}")
-    skipped = [r for r in run.image_records() if r["status"] != "ok"]
-    for r in skipped[:20]:
+    import pyarrow.compute as pc
+
+    table = run.image_table()
+    skipped = table.filter(pc.not_equal(table["status"], "ok"))
+    for r in skipped.slice(0, 20).to_pylist():
         print(f"skipped {r['path']}: {r['reason']}")
-    if len(skipped) > 20:
-        print(f"... and {len(skipped) - 20} more skipped files (see {run.file(layout.IMAGES)})")
+    if skipped.num_rows > 20:
+        print(f"... and {skipped.num_rows - 20} more skipped files (see {run.file(layout.IMAGES)})")
     print("Y_pos: " + ", ".join(run.positive_concepts()))
     return 0
 

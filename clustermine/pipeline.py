@@ -23,7 +23,7 @@ from .storage import atomic_save_npz, cache_root
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 STAGES = ("scan", "encode", "corpus", "cluster", "vote")
-__all__ = ["MineConfig", "mine", "resume", "score_images", "evaluate", "load_folder", "STAGES"]
+__all__ = ["MineConfig", "mine", "mine_features", "resume", "score_images", "evaluate", "load_folder", "STAGES"]
 
 
 # ----------------------------------------------------------------------------- progress
@@ -160,11 +160,14 @@ class FeatureCache:
 
 
 def encode_records(encoder, records: list, *, cache: FeatureCache | None = None, tracker: ProgressTracker | None = None,
-                   batch_size: int = 32, chunk_size: int = 256, max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, str]]:
+                   batch_size: int = 32, chunk_size: int = 256, max_pixels: int | None = None,
+                   assemble: bool = True) -> tuple[np.ndarray | None, dict[str, str]]:
     """Encode the "ok" image records (``clustermine.images.ImageRecord``), using and filling the cache.
 
-    Returns ``(features float32 [n, D] for records that encoded, errors {path: reason})``;
-    records that fail to decode are marked skipped in place.
+    The cache's chunk files are the feature shards: each is written atomically as encoding goes,
+    so a re-run resumes after the last finished shard. Returns ``(features float32 [n, D] for
+    records that encoded (None unless ``assemble``), errors {path: reason})``; records that fail
+    to decode are marked skipped in place.
     """
     from .images import DEFAULT_MAX_PIXELS, check_pixel_limit
     from .errors import ImageError
@@ -208,6 +211,8 @@ def encode_records(encoder, records: list, *, cache: FeatureCache | None = None,
     for r in records:
         if r.path in bad:
             r.status, r.reason = "skipped", errors[r.path]
+    if not assemble:
+        return None, errors
     usable = [r for r in records if r.status == "ok"]
     feats = cache.get_many([r.sha1 for r in usable]) if usable else np.zeros((0, encoder.dim), dtype=np.float32)
     return feats, errors
@@ -250,20 +255,107 @@ def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None 
     ``encode_chunk_size``: images per feature-cache chunk (a killed job loses at most one chunk);
     it does not change any result, so it is not part of the run's config.
     """
-    from .runs import Run
-
     config = (config or MineConfig()).validate().resolved()
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise NoImagesError(f"{images_dir}: folder not found")
     cfg = config.to_dict()
     cfg["images_dir"] = str(images_dir.resolve())
+    run = _start_run(run_dir, cfg, overwrite)
+    tracker = ProgressTracker(run, progress, cancel)
+    _run_guarded(run, tracker, lambda: _mine_stages(run, images_dir, config, tracker, cache_dir, encoder,
+                                                    encode_chunk_size))
+    return run
+
+
+def mine_features(features: str | Path, paths: str | Path | None, run_dir: str | Path,
+                  config: MineConfig | None = None, *, image_root: str | Path | None = None,
+                  progress: ProgressFn | None = None, cancel: CancelFn | None = None, overwrite: bool = False,
+                  cache_dir: str | Path | None = None, encoder=None):
+    """Mine from precomputed image embeddings (bring your own; :mod:`clustermine.feature_input`
+    reads a ``.npy`` [N, D] or a clip-retrieval folder) instead of encoding a folder.
+
+    ``config.encoder`` names the text tower matching the image tower that made the features; the
+    features are checked against it (dimension, finite, sane norms) before anything is written,
+    then L2-normalised into the run's ``features.npy`` block by block (memory independent of N).
+    Relative image paths are resolved against ``image_root`` (default: the paths file's folder,
+    or the features folder for clip-retrieval metadata); they are only opened to show thumbnails.
+    Stages: ``scan`` (check), ``encode`` (import), then corpus / cluster / vote as :func:`mine`.
+    """
+    from .corpus import load_corpus
+    from .encoders import load_encoder
+    from .feature_input import load_feature_source, validate_features
+
+    config = (config or MineConfig()).validate().resolved()
+    # Every check before the run folder is made: a bad file leaves nothing behind.
+    source = load_feature_source(features, paths)  # FeatureInputError on a missing / unreadable file
+    corpus = load_corpus(config.corpus)
+    encoder = encoder or load_encoder(config.encoder, device=config.device)
+    on_check = (lambda done, total: progress("scan", done, total)) if progress else None
+    stats = validate_features(source, encoder.dim, encoder_name=config.encoder, progress=on_check)
+    cfg = config.to_dict()
+    cfg["features_file"] = str(Path(features).resolve())
+    cfg["paths_file"] = str(Path(paths).resolve()) if paths else None
+    root = image_root or (Path(paths).parent if paths else Path(features))
+    cfg["image_root"] = str(Path(root).resolve())
+    run = _start_run(run_dir, cfg, overwrite)
+    tracker = ProgressTracker(run, progress, cancel)
+    _run_guarded(run, tracker, lambda: _import_stages(run, source, stats, config, tracker, cache_dir, encoder,
+                                                      corpus, Path(cfg["image_root"])))
+    return run
+
+
+def _import_stages(run, source, stats, config: MineConfig, tracker: ProgressTracker, cache_dir, encoder, corpus,
+                   image_root: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .feature_input import iter_normalized_chunks
+    from .rundir.store import IMAGE_COLUMNS
+
+    _store_encoder(run, encoder)
+    tracker.start("encode", source.n)
+    with run.feature_writer(source.n, source.d) as out:
+        for start, block in iter_normalized_chunks(source):
+            out[start:start + len(block)] = block
+            tracker.update(start + len(block), source.n)
+    hold = holdout_rows(source.n, config.holdout_fraction, config.seed)
+    is_hold = np.zeros(source.n, dtype=bool)
+    is_hold[hold] = True
+    given = pc.cast(source.paths, pa.string())
+    absolute = pc.starts_with(given, "/")
+    prefix = str(image_root).rstrip("/") + "/"
+    abs_path = pc.if_else(absolute, given, pc.binary_join_element_wise(prefix, given, ""))
+    n = source.n
+    columns = {"path": given, "abs_path": abs_path, "size_bytes": pa.nulls(n, pa.int64()),
+               "sha1": pa.nulls(n, pa.string()), "status": pa.array(np.full(n, "ok", dtype=object), pa.string()),
+               "reason": pa.nulls(n, pa.string()), "duplicate_of": pa.nulls(n, pa.string()),
+               "row": pa.array(np.arange(n, dtype=np.int64)),
+               "split": pa.array(np.where(is_hold, "holdout", "mine").astype(object), pa.string())}
+    run.write_images(pa.table({name: columns[name] for name, _ in IMAGE_COLUMNS}))
+    run.mark_stage("encode")
+    _analyse(run, config, tracker, cache_dir, encoder, corpus, is_hold,
+             {"n_files": n, "n_skipped": 0, "n_duplicates": int(stats.duplicate_paths),
+              "features_import": {"n": n, "d": source.d, "dtype": str(source.dtype), "layout": source.layout,
+                                  "norm_median": float(stats.norm_median), "normalised": bool(stats.normalised),
+                                  "warnings": list(stats.warnings)}})
+
+
+def _start_run(run_dir: str | Path, cfg: dict, overwrite: bool):
+    """Create (or resume) the run in ``run_dir`` with config ``cfg`` and mark it running."""
+    from .runs import Run
+
     run = Run.create(run_dir, cfg, overwrite=overwrite)
     run.clear_cancel()
     run.set_status("running")
-    tracker = ProgressTracker(run, progress, cancel)
+    return run
+
+
+def _run_guarded(run, tracker: ProgressTracker, stages: Callable[[], None]) -> None:
+    """Run ``stages``; on cancel or error the run's status and progress say so (work kept), and the
+    exception propagates."""
     try:
-        _mine_stages(run, images_dir, config, tracker, cache_dir, encoder, encode_chunk_size)
+        stages()
     except CancelledError as exc:
         run.set_status("cancelled", str(exc))
         _final_progress(run, tracker, "cancelled")
@@ -277,7 +369,6 @@ def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None 
         _final_progress(run, tracker, "failed")
         raise
     _final_progress(run, tracker, "done")
-    return run
 
 
 def run_mine_config(run) -> tuple[MineConfig, Path]:
@@ -300,6 +391,12 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, cancel: C
     run = Run.open(run_dir, require_complete=False)
     if run.status == "done":
         raise RunError(f"{run.path}: the run is already finished")
+    if run.config.get("features_file"):  # a run mined from imported embeddings
+        stored = run.config
+        config = MineConfig.from_dict(stored, str(layout.meta_path(run.path))).resolved()
+        return mine_features(stored["features_file"], stored.get("paths_file"), run.path, config,
+                             image_root=stored.get("image_root"), progress=progress, cancel=cancel,
+                             cache_dir=cache_dir, encoder=encoder)
     config, images_dir = run_mine_config(run)
     full = {**config.to_dict(), "images_dir": str(images_dir.resolve())}
     if _comparable(full) != _comparable(run.config):  # an older run lacking a newer setting: store it
@@ -361,11 +458,10 @@ def _plan_job(tracker: ProgressTracker, run, config: MineConfig, encoder, n_file
 
 def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTracker,
                  cache_dir: str | Path | None, encoder, encode_chunk_size: int = 256) -> None:
-    from .clustering import clamp_n_clusters, default_n_clusters, make_clusterer
-    from .corpus import corpus_embeddings, load_corpus
+    from .clustering import make_clusterer
+    from .corpus import load_corpus
     from .encoders import load_encoder
     from .images import scan_images
-    from .mining import cluster_statistics, mine_positive_concepts, summary, zero_shot_topk
 
     # Fail fast on a bad corpus, clusterer option or encoder spec, before the long scan and encode.
     corpus = load_corpus(config.corpus)
@@ -379,31 +475,58 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
     tracker.update(len(records), len(records), force=True)
 
     # 2. encode
-    template = config.template or encoder.text_template
-    run._update_meta(encoder={"spec": encoder.spec, "fingerprint": encoder.fingerprint,
-                              "fingerprint_id": encoder.fingerprint_id, "device": encoder.device})
+    _store_encoder(run, encoder)
     tracker.start("encode")
     feat_cache = FeatureCache(encoder.fingerprint_id, Path(cache_dir) / "features" if cache_dir else None)
-    features, _ = encode_records(encoder, records, cache=feat_cache, tracker=tracker,
-                                 batch_size=config.batch_size, max_pixels=config.max_pixels,
-                                 chunk_size=max(1, int(encode_chunk_size)))
+    encode_records(encoder, records, cache=feat_cache, tracker=tracker, batch_size=config.batch_size,
+                   max_pixels=config.max_pixels, chunk_size=max(1, int(encode_chunk_size)), assemble=False)
     usable = [r for r in records if r.status == "ok"]
     if not usable:
         examples = "; ".join(f"{r.path}: {r.reason}" for r in records[:5])
         raise NoImagesError(f"{images_dir}: no readable image among {len(records)} files ({examples})")
-    hold = set(holdout_rows(len(usable), config.holdout_fraction, config.seed).tolist())
+    hold = holdout_rows(len(usable), config.holdout_fraction, config.seed)
+    is_hold = np.zeros(len(usable), dtype=bool)
+    is_hold[hold] = True
     row_of = {id(r): i for i, r in enumerate(usable)}
     rows = []
     for r in records:
         d = r.to_dict()
         i = row_of.get(id(r))
         d["row"] = i
-        d["split"] = None if i is None else ("holdout" if i in hold else "mine")
+        d["split"] = None if i is None else ("holdout" if is_hold[i] else "mine")
         rows.append(d)
     run.write_images(rows)
-    run.write_array(layout.FEATURES, features.astype(np.float16))
-    features = features.astype(np.float16).astype(np.float32)  # exactly what later readers see
+    write_cached_features(run, feat_cache, [r.sha1 for r in usable], encoder.dim)
     run.mark_stage("encode")
+    _analyse(run, config, tracker, cache_dir, encoder, corpus, is_hold,
+             {"n_files": len(records), "n_skipped": len(records) - len(usable),
+              "n_duplicates": sum(1 for r in usable if r.duplicate_of)})
+
+
+def _store_encoder(run, encoder) -> None:
+    run._update_meta(encoder={"spec": encoder.spec, "fingerprint": encoder.fingerprint,
+                              "fingerprint_id": encoder.fingerprint_id, "device": encoder.device})
+
+
+def write_cached_features(run, cache: FeatureCache, sha1s: Sequence[str], dim: int, block: int = 65536) -> None:
+    """Write the run's ``features.npy`` (float16 [len(sha1s), D], row i = ``sha1s[i]``) from the
+    feature cache's shards, ``block`` rows at a time (memory independent of N)."""
+    with run.feature_writer(len(sha1s), dim) as out:
+        for lo in range(0, len(sha1s), block):
+            out[lo:lo + block] = cache.get_many(sha1s[lo:lo + block])
+
+
+def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str | Path | None, encoder, corpus,
+             is_hold: np.ndarray, counts: dict) -> None:
+    """Stages 3-5 (corpus, cluster, vote) on the run's stored features; ``is_hold`` bool [N_ok]."""
+    from .clustering import clamp_n_clusters, default_n_clusters, make_clusterer
+    from .corpus import corpus_embeddings
+    from .mining import cluster_statistics, mine_positive_concepts, summary, zero_shot_topk
+    from .whatif import store_corpus_lse
+
+    template = config.template or encoder.text_template
+    features = run.feature_matrix()  # float16 memmap [N_ok, D]
+    n_usable = features.shape[0]
 
     # 3. corpus
     tracker.start("corpus", len(corpus))
@@ -414,11 +537,11 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
     run.mark_stage("corpus")
 
     # 4. cluster (mining rows only)
-    mine_rows = np.array([i for i in range(len(usable)) if i not in hold], dtype=np.int64)
+    mine_rows = np.flatnonzero(~is_hold)
     requested = config.n_clusters or default_n_clusters(len(mine_rows))
     n_clusters, clamp_msg = clamp_n_clusters(requested, len(mine_rows))
     tracker.start("cluster", 1)
-    cluster_ids = np.full(len(usable), -1, dtype=np.int64)
+    cluster_ids = np.full(n_usable, -1, dtype=np.int64)
     temi_schedule = None
     if n_clusters <= 1:
         cluster_ids[mine_rows] = 0
@@ -427,7 +550,7 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
                                    if config.clusterer == "temi" else "cpu",
                                    progress=tracker.stage_callback(), cancel=lambda: tracker.check_cancel_flag(),
                                    **config.clusterer_params)
-        cluster_ids[mine_rows] = clusterer.fit_predict(features[mine_rows])
+        cluster_ids[mine_rows] = clusterer.fit_predict(np.asarray(features[mine_rows], dtype=np.float32))
         if hasattr(clusterer, "n_heads_"):  # TEMI's resolved schedule, for this machine's cost estimates
             temi_schedule = {"n_heads": int(clusterer.n_heads_), "batch_size": int(clusterer.batch_size_),
                              "steps": int(clusterer.n_iter_)}
@@ -436,11 +559,14 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
         write_head_labels(run, clusterer.head_labels_, mine_rows)
     run.mark_stage("cluster")
 
-    # 5. vote
-    tracker.start("vote", len(usable))
-    top_idx, top_sim = zero_shot_topk(features, text_emb, k=config.topk)
-    tracker.update(len(usable), len(usable), force=True)
+    # 5. vote (and, in the same pass over the corpus, every image's corpus LSE: the score's denominator)
+    tracker.start("vote", n_usable)
+    features = run.feature_matrix()
+    top_idx, top_sim, lse = zero_shot_topk(features, text_emb, k=config.topk, tau=run.tau,
+                                           progress=tracker.stage_callback(),
+                                           cancel=lambda: tracker.check_cancel_flag())
     run.write_votes(top_idx, top_sim)
+    store_corpus_lse(run, lse)
     top_sim = top_sim.astype(np.float16).astype(np.float32)
     sel = cluster_ids >= 0
     stats = cluster_statistics(cluster_ids[sel], top_idx[sel, 0], top_sim[sel, 0], len(corpus), n_clusters)
@@ -450,10 +576,9 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
     tracker.finish()
     summ = summary(stats, mined)
     summ.update({
-        "n_files": len(records), "n_images": len(usable), "n_skipped": len(records) - len(usable),
-        "n_duplicates": sum(1 for r in usable if r.duplicate_of), "n_mining": int(len(mine_rows)),
-        "n_holdout": len(hold), "n_clusters_requested": int(requested), "corpus_size": len(corpus),
-        "clamp_warning": clamp_msg, "timings_s": tracker.timings,
+        **counts, "n_images": int(n_usable), "n_mining": int(len(mine_rows)), "n_holdout": int(is_hold.sum()),
+        "n_clusters_requested": int(requested), "corpus_size": len(corpus), "clamp_warning": clamp_msg,
+        "timings_s": tracker.timings,
     })
     if temi_schedule:
         summ["temi_schedule"] = temi_schedule

@@ -240,10 +240,16 @@ class WhatIfScorer:
     concepts (``extra_embeddings``, rows M.. of the vocabulary) join the denominator on the fly.
     """
 
+    #: Images per block of a re-score (float32 blocks: memory independent of N).
+    BLOCK = 65536
+
     def __init__(self, image_features: np.ndarray, base_embeddings: np.ndarray, tau: float,
                  base_lse: np.ndarray | None = None) -> None:
-        """``base_lse`` float64 [N]: a precomputed ``corpus_logsumexp`` of these features (e.g. from disk)."""
-        self.image_features = np.asarray(image_features, dtype=np.float32)
+        """``image_features`` [N, D]: float32, or float16 (e.g. a run's memory-mapped features, kept as
+        they are and cast block by block). ``base_lse`` float64 [N]: a precomputed
+        ``corpus_logsumexp`` of these features (e.g. from disk)."""
+        self.image_features = (image_features if np.asarray(image_features[:0]).dtype == np.float16
+                               else np.asarray(image_features, dtype=np.float32))
         self.base_embeddings = base_embeddings
         self.tau = tau
         if base_lse is not None and np.shape(base_lse) != (self.image_features.shape[0],):
@@ -251,20 +257,30 @@ class WhatIfScorer:
         self.base_lse = (np.asarray(base_lse, dtype=np.float64) if base_lse is not None
                          else corpus_logsumexp(self.image_features, base_embeddings, tau))
 
-    def log_scores(self, positive_idx: np.ndarray, extra_embeddings: np.ndarray | None = None) -> np.ndarray:
-        """log S with ``positive_idx`` indexing the base rows followed by ``extra_embeddings``."""
+    def log_scores(self, positive_idx: np.ndarray, extra_embeddings: np.ndarray | None = None,
+                   rows: np.ndarray | None = None) -> np.ndarray:
+        """log S with ``positive_idx`` indexing the base rows followed by ``extra_embeddings``;
+        ``rows``: score only these images (int [R]; default all) → float64 [R]."""
         positive_idx = np.unique(np.asarray(positive_idx, dtype=np.int64))
         n_base = self.base_embeddings.shape[0]
-        all_lse = self.base_lse
+        index = np.arange(self.image_features.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+        if positive_idx.size == 0:
+            return np.full(len(index), -np.inf)
         extra = None
         if extra_embeddings is not None and len(extra_embeddings):
             extra = np.asarray(extra_embeddings, dtype=np.float32)
-            all_lse = np.logaddexp(all_lse, _lse_rows(self.image_features @ extra.T / self.tau))
-        if positive_idx.size == 0:
-            return np.full(self.image_features.shape[0], -np.inf)
-        base_pos = positive_idx[positive_idx < n_base]
-        rows = [self.base_embeddings[base_pos]]
+        parts = [np.asarray(self.base_embeddings[positive_idx[positive_idx < n_base]], dtype=np.float32)]
         if extra is not None:
-            rows.append(extra[positive_idx[positive_idx >= n_base] - n_base])
-        pos = self.image_features @ np.concatenate(rows).T / self.tau
-        return np.minimum(_lse_rows(pos) - all_lse, 0.0)
+            parts.append(extra[positive_idx[positive_idx >= n_base] - n_base])
+        pos_emb = np.concatenate(parts)
+        out = np.empty(len(index), dtype=np.float64)
+        contiguous = rows is None
+        for lo in range(0, len(index), self.BLOCK):
+            sel = index[lo:lo + self.BLOCK]
+            block = self.image_features[lo:lo + len(sel)] if contiguous else self.image_features[sel]
+            feats = np.asarray(block, dtype=np.float32)
+            all_lse = self.base_lse[sel]
+            if extra is not None:
+                all_lse = np.logaddexp(all_lse, _lse_rows(feats @ extra.T / self.tau))
+            out[lo:lo + len(sel)] = np.minimum(_lse_rows(feats @ pos_emb.T / self.tau) - all_lse, 0.0)
+        return out

@@ -36,7 +36,7 @@ ProgressFn = Callable[[int, int], None]
 
 __all__ = ["Calibration", "CalibrationSet", "HeldOut", "WhatIf", "all_scores", "calibration", "calibration_set",
            "calibration_warning", "corpus_lse", "current_threshold", "encode_folder", "heldout", "heldout_rows",
-           "lse_ready", "lse_stamp", "ood_comparison", "sample_scorer", "score_features", "threshold_rule", "what_if"]
+           "lse_ready", "lse_stamp", "store_corpus_lse", "ood_comparison", "sample_scorer", "score_features", "threshold_rule", "what_if"]
 
 
 # ------------------------------------------------------------------------------------ corpus LSE cache
@@ -65,7 +65,7 @@ def corpus_lse(run: Run, rows: np.ndarray, progress: ProgressFn | None = None, c
     (``progress(done, total)`` after each) and added to the cache. The cache is discarded when the
     features, the text embeddings or τ change; an unwritable run folder only loses the cache.
     """
-    feats, text = run.features(), run.text_embeddings()
+    feats, text = run.feature_matrix(), run.text_embeddings()
     stamp = lse_stamp(run)
     lse = _read_lse_cache(run, feats.shape[0], stamp)
     if lse is None:
@@ -87,9 +87,16 @@ def corpus_lse(run: Run, rows: np.ndarray, progress: ProgressFn | None = None, c
     return lse[rows]
 
 
+def store_corpus_lse(run: Run, lse: np.ndarray) -> None:
+    """Cache the corpus LSE float64 [N_ok] of every image (computed by the vote's fused pass)."""
+    npy, meta = layout.corpus_lse_files(run.path)
+    atomic_save_npy(npy, np.asarray(lse, dtype=np.float64))
+    atomic_write_json(meta, lse_stamp(run))
+
+
 def lse_ready(run: Run, rows: np.ndarray) -> bool:
     """True when the corpus LSE of all ``rows`` is cached (scoring them is instant)."""
-    lse = _read_lse_cache(run, run.features().shape[0], lse_stamp(run))
+    lse = _read_lse_cache(run, run.n_images(), lse_stamp(run))
     try:
         return lse is not None and bool(np.isfinite(lse[np.asarray(rows, dtype=np.int64)]).all())
     except IndexError:
@@ -118,7 +125,7 @@ def heldout(run: Run) -> HeldOut:
     """The what-if scorer over the run's held-out ID images (their corpus LSE from the run's cache)."""
     rows, is_hold = heldout_rows(run)
     lse = corpus_lse(run, rows)
-    return HeldOut(WhatIfScorer(run.features()[rows], run.text_embeddings(), run.tau, base_lse=lse), rows, is_hold)
+    return HeldOut(WhatIfScorer(run.feature_matrix()[rows], run.text_embeddings(), run.tau, base_lse=lse), rows, is_hold)
 
 
 @dataclass
@@ -235,7 +242,7 @@ def calibration_set(run: Run, n_folds: int = _cal.N_FOLDS, progress: ProgressFn 
                                       len(np.unique(z["folds"])))
     except (OSError, ValueError, KeyError, EOFError):
         pass
-    feats = run.features()
+    feats = run.feature_matrix()
     n = feats.shape[0]
     lse = corpus_lse(run, np.arange(n), progress)
     scorer = WhatIfScorer(feats, run.text_embeddings(), run.tau, base_lse=lse)
@@ -366,7 +373,7 @@ def score_features(run: Run, features: np.ndarray, tpr: float, top: int = 3, *, 
 
 def all_scores(run: Run, progress: ProgressFn | None = None) -> np.ndarray:
     """Log scores float64 [N_ok] of every image of the run with the current concepts (LSE cached)."""
-    rows = np.arange(run.features().shape[0])
+    rows = np.arange(run.n_images())
     lse = corpus_lse(run, rows, progress)
     _, extra, pos_now = run.vocabulary()
-    return WhatIfScorer(run.features(), run.text_embeddings(), run.tau, base_lse=lse).log_scores(pos_now, extra)
+    return WhatIfScorer(run.feature_matrix(), run.text_embeddings(), run.tau, base_lse=lse).log_scores(pos_now, extra)

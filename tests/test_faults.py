@@ -291,10 +291,14 @@ def test_hostile_names_reach_no_shell(hostile):
     for where in (hostile["cwd"], hostile["folder"], hostile["base"], Path.cwd()):
         assert not (where / "x").exists() and not (where / "y").exists(), where
     assert (hostile["outside"] / "secret.jpg").is_file()  # nothing "rm -rf"-ed
-    # images.jsonl is valid JSON lines even with a newline and quotes in file names
-    lines = (hostile["run"].path / "images.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == len(BAD_FILES) + len(good_names())
-    assert {json.loads(ln)["path"] for ln in lines} >= set(HOSTILE_NAMES)
+    # the image table (parquet) keeps names with a newline and quotes verbatim
+    import pyarrow.parquet as pq
+
+    from clustermine.rundir import layout
+
+    names = pq.read_table(hostile["run"].path / layout.IMAGES).column("path").to_pylist()
+    assert len(names) == len(BAD_FILES) + len(good_names())
+    assert set(names) >= set(HOSTILE_NAMES)
 
 
 def test_special_images_decode_upright(hostile):

@@ -51,7 +51,9 @@ def test_image_table_equals_the_run_arrays_and_scores(small_run):
     with np.load(small_run / layout.VOTES) as z:
         top_idx, top_sim = z["top_idx"], z["top_sim"].astype(np.float64)
     corpus = (small_run / layout.CORPUS).read_text(encoding="utf-8").split("\n")[:-1]
-    records = [json.loads(ln) for ln in (small_run / layout.IMAGES).read_text(encoding="utf-8").splitlines()]
+    import pyarrow.parquet as pq
+
+    records = pq.read_table(small_run / layout.IMAGES).to_pylist()
     usable = sorted((r for r in records if r.get("row") is not None), key=lambda r: r["row"])
     ref = reference_log_scores(small_run, run.positive_concepts())
     assert dropped not in run.positive_concepts()

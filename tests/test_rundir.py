@@ -46,6 +46,8 @@ OTHER_FORMATS = {
     ("clustermine/export.py", "detector"): "the export folder of export_run",
     ("ui/exports.py", "detector"): "a temporary folder zipped for download",
     ("pages/export.py", "concepts.json"): "a download button label",
+    ("clustermine/export.py", "images.parquet"): "the export folder of export_run (the image table with scores)",
+    ("pages/export.py", "images.parquet"): "a download button label",
     # jobs.py belongs to another change in progress (issue 9, mining settings); its only remaining
     # literal is in an error message of mine_command. Drop this line once that change lands.
 }
@@ -226,9 +228,45 @@ def test_edits_append_to_a_format1_log(tmp_path):
 def test_each_required_file_is_checked_by_name(tmp_path, name):
     run_dir = tmp_path / "r"
     write_format1_run(run_dir)
-    (run_dir / name).unlink()
+    # the image table of a run written before images.parquet is images.jsonl
+    (layout.images_table_path(run_dir) if name == layout.IMAGES else run_dir / name).unlink()
     with pytest.raises(RunError, match=str(run_dir / name).replace(".", r"\.")):
         Run.open(run_dir)
+
+
+def test_an_older_runs_jsonl_image_table_reads_and_migrates_to_parquet(tmp_path):
+    run_dir = tmp_path / "old"
+    write_format1_run(run_dir)
+    assert layout.images_table_path(run_dir).name == layout.IMAGES_LEGACY
+    run = Run.open(run_dir)
+    legacy = [json.loads(ln) for ln in (run_dir / layout.IMAGES_LEGACY).read_text(encoding="utf-8").splitlines()]
+    records = run.image_records()
+    assert [{k: r.get(k) for k in ("path", "status", "row", "split")} for r in records] == \
+        [{k: r.get(k) for k in ("path", "status", "row", "split")} for r in legacy]
+    ok = sorted((r for r in legacy if r.get("row") is not None), key=lambda r: r["row"])
+    assert run.image_paths() == [r["abs_path"] for r in ok] and run.n_images() == len(ok)
+    run.write_images(run.image_table())  # migrate
+    assert (run_dir / layout.IMAGES).is_file() and not (run_dir / layout.IMAGES_LEGACY).exists()
+    again = Run.open(run_dir)
+    assert again.image_records() == records and again.image_paths() == run.image_paths()
+
+
+def test_features_are_memory_mapped_and_written_block_by_block(tmp_path):
+    run_dir = tmp_path / "r"
+    write_format1_run(run_dir)
+    run = Run.open(run_dir)
+    feats = run.features()
+    mm = run.feature_matrix()
+    assert isinstance(mm, np.memmap) and mm.dtype == np.float16
+    np.testing.assert_array_equal(np.asarray(mm, dtype=np.float32), feats)
+    with pytest.raises(ValueError):
+        with run.feature_writer(*feats.shape) as out:
+            out[:1] = feats[:1]
+            raise ValueError("crash mid-write")
+    np.testing.assert_array_equal(Run.open(run_dir).features(), feats)  # the old file is untouched
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    run.write_features(feats[::-1].copy())
+    np.testing.assert_array_equal(Run.open(run_dir).features(), feats[::-1])
 
 
 def test_optional_files_are_not_required(tmp_path):

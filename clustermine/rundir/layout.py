@@ -7,8 +7,11 @@ only: the app's first page imports this without the numeric stack.
 ::
 
     run.json              format, id, status, config, package versions, encoder fingerprint, summary
-    images.jsonl          one line per scanned file: path, size, sha1, status, reason, row, split
-    features.npy          float16 [N_ok, D]   image features, rows = images with status "ok"
+    images.parquet        one row per scanned file (columns path, abs_path, size_bytes, sha1, status,
+                          reason, duplicate_of, row, split); runs made before it hold images.jsonl
+                          (one JSON line per file, same fields), which is still read
+    features.npy          float16 [N_ok, D]   image features, rows = images with status "ok", L2-normalised;
+                          read memory-mapped, written block by block (never whole in RAM)
     clusters.npy          int32 [N_ok]        cluster id per image (-1 = held out of mining)
     votes.npz             top_idx int32 [N_ok, k], top_sim float16 [N_ok, k]  zero-shot top-k
     clusters.json         per-cluster audit statistics (size, histogram, winner, purity, entropy)
@@ -47,7 +50,8 @@ from pathlib import Path
 RUN_FORMAT = 1
 
 RUN_META = "run.json"
-IMAGES = "images.jsonl"
+IMAGES = "images.parquet"
+IMAGES_LEGACY = "images.jsonl"  # the per-image table of runs made before images.parquet
 FEATURES = "features.npy"
 CLUSTER_IDS = "clusters.npy"
 VOTES = "votes.npz"
@@ -91,6 +95,14 @@ EXCLUSIONS_LOCK = "exclusions"
 REQUIRED_FILES = (RUN_META, IMAGES, FEATURES, CLUSTER_IDS, VOTES, CLUSTER_STATS, CORPUS, TEXT_EMBEDDINGS, MINED)
 
 PathLike = str | os.PathLike
+
+
+def images_table_path(run_dir: PathLike) -> Path:
+    """The run's per-image table: ``images.parquet``, or an older run's ``images.jsonl``."""
+    run_dir = Path(run_dir)
+    new = run_dir / IMAGES
+    legacy = run_dir / IMAGES_LEGACY
+    return legacy if not new.exists() and legacy.exists() else new
 
 
 def meta_path(run_dir: PathLike) -> Path:

@@ -6,9 +6,12 @@ a file lock. Arrays are loaded lazily and cached on the object (a writer drops w
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import io
 import json
 import os
+import tempfile
 import platform
 import uuid
 from importlib import metadata
@@ -21,10 +24,16 @@ from filelock import FileLock
 from ..errors import RunError
 from ..mining import ClusterStats
 from ..config import stored_tau
-from ..storage import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from ..storage import atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text
 from . import layout
 
 RUN_FORMAT = layout.RUN_FORMAT
+#: Rows per block when features are copied or cast (float32 blocks of ~100 MB at D = 512).
+FEATURE_BLOCK = 65536
+#: Columns of the per-image table, in order, and their Arrow types.
+IMAGE_COLUMNS = (("path", "string"), ("abs_path", "string"), ("size_bytes", "int64"), ("sha1", "string"),
+                 ("status", "string"), ("reason", "string"), ("duplicate_of", "string"), ("row", "int64"),
+                 ("split", "string"))
 STATUSES = ("created", "running", "done", "failed", "cancelled")
 _PACKAGES = ("clustermine", "torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "timm",
              "sentence-transformers", "umap-learn", "streamlit")
@@ -44,6 +53,14 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def records_table(records: list[dict]):
+    """A pyarrow.Table of per-image dicts with the :data:`IMAGE_COLUMNS` (missing keys -> null)."""
+    import pyarrow as pa
+
+    return pa.table({name: pa.array([r.get(name) for r in records], type=getattr(pa, typ)())
+                     for name, typ in IMAGE_COLUMNS})
+
+
 def _comparable(config: dict) -> dict:
     """The settings that decide whether an unfinished run may be resumed (not who / when)."""
     return {k: v for k, v in (config or {}).items() if k not in ("created", "user")}
@@ -58,7 +75,10 @@ class RunStore:
         self._cache: dict[str, Any] = {}
 
     def file(self, name: str) -> Path:
-        """Path of the run file ``name`` (a :mod:`~clustermine.rundir.layout` constant)."""
+        """Path of the run file ``name`` (a :mod:`~clustermine.rundir.layout` constant); for
+        ``layout.IMAGES``, an older run's ``images.jsonl`` when it has no ``images.parquet``."""
+        if name == layout.IMAGES:
+            return layout.images_table_path(self.path)
         return self.path / name
 
     # ------------------------------------------------------------------ create / open
@@ -123,8 +143,8 @@ class RunStore:
             p = self.file(name)
             if not p.is_file() or p.stat().st_size == 0:
                 raise RunError(f"{p}: missing or empty; the run is incomplete")
-        n = len(self.image_records(ok_only=True))
-        for name, loader in ((layout.FEATURES, self.features), (layout.CLUSTER_IDS, self.cluster_ids)):
+        n = self.n_images()
+        for name, loader in ((layout.FEATURES, self.feature_matrix), (layout.CLUSTER_IDS, self.cluster_ids)):
             arr = loader()
             if arr.shape[0] != n:
                 raise RunError(f"{self.file(name)}: has {arr.shape[0]} rows, {layout.IMAGES} lists {n} usable images")
@@ -228,28 +248,71 @@ class RunStore:
         except (ValueError, OSError) as exc:
             raise RunError(f"{p}: corrupt ({exc})") from exc
 
-    def image_records(self, ok_only: bool = False) -> list[dict]:
-        """Scanned files (dicts with path, status, reason, row, split ...); ``ok_only``: usable ones."""
-        def load():
-            p = self.file(layout.IMAGES)
-            try:
+    def image_table(self):
+        """The per-image table (pyarrow.Table, one row per scanned file: path, abs_path, size_bytes,
+        sha1, status, reason, duplicate_of, row, split), read from ``images.parquet`` or, for runs
+        made before it, ``images.jsonl``. Columnar: 1M+ rows cost tens of MB, not Python objects."""
+        return self._cached("images", self._read_image_table)
+
+    def _read_image_table(self):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        p = self.file(layout.IMAGES)
+        try:
+            if p.name == layout.IMAGES_LEGACY:
                 lines = p.read_text(encoding="utf-8").splitlines()
-                return [json.loads(ln) for ln in lines if ln.strip()]
-            except FileNotFoundError as exc:
-                raise RunError(f"{p}: missing; the run is incomplete") from exc
-            except (ValueError, OSError) as exc:
-                raise RunError(f"{p}: corrupt ({exc})") from exc
-        records = self._cached("images", load)
-        return [r for r in records if r.get("row") is not None] if ok_only else records
+                return records_table([json.loads(ln) for ln in lines if ln.strip()])
+            return pq.read_table(p)
+        except FileNotFoundError as exc:
+            raise RunError(f"{p}: missing; the run is incomplete") from exc
+        except (ValueError, OSError, pa.ArrowException, KeyError, TypeError) as exc:
+            raise RunError(f"{p}: corrupt ({exc})") from exc
+
+    def ok_rows_table(self):
+        """The usable images' rows of :meth:`image_table`, sorted by feature row (row i = feature i)."""
+        def load():
+            import pyarrow.compute as pc
+
+            table = self.image_table()
+            ok = table.filter(pc.is_valid(table["row"]))
+            return ok.take(pc.sort_indices(ok["row"]))
+        return self._cached("ok_rows", load)
+
+    def n_images(self) -> int:
+        """Number of usable images N_ok (= feature rows)."""
+        return self.ok_rows_table().num_rows
+
+    def image_records(self, ok_only: bool = False) -> list[dict]:
+        """Scanned files as dicts (path, status, reason, row, split ...); ``ok_only``: usable ones,
+        by feature row. Builds one dict per row: on 1M+ row runs use :meth:`image_table`."""
+        return (self.ok_rows_table() if ok_only else self.image_table()).to_pylist()
 
     def image_paths(self) -> list[str]:
         """Absolute paths of the usable images, aligned with feature rows."""
-        rows = sorted(self.image_records(ok_only=True), key=lambda r: r["row"])
-        return [r["abs_path"] for r in rows]
+        return self._cached("paths", lambda: self.ok_rows_table().column("abs_path").to_pylist())
+
+    def image_path(self, row: int) -> str:
+        """Absolute path of feature row ``row``."""
+        return str(self.ok_rows_table().column("abs_path")[int(row)])
+
+    def feature_matrix(self) -> np.ndarray:
+        """float16 [N_ok, D] image features, memory-mapped (read-only; nothing loaded until used).
+        Read row blocks and cast them (``np.asarray(m[a:b], np.float32)``) for arithmetic."""
+        def load():
+            p = self.file(layout.FEATURES)
+            try:
+                return np.load(p, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError as exc:
+                raise RunError(f"{p}: missing; the run is incomplete") from exc
+            except (ValueError, OSError, EOFError) as exc:
+                raise RunError(f"{p}: corrupt ({exc})") from exc
+        return self._cached("feature_matrix", load)
 
     def features(self) -> np.ndarray:
-        """float32 [N_ok, D] image features (stored as float16)."""
-        return self._cached("features", lambda: self._load_npy(layout.FEATURES, np.float32))
+        """float32 [N_ok, D] image features, all in RAM (4 N D bytes): for small runs and row
+        subsets; chunked code reads :meth:`feature_matrix` instead."""
+        return self._cached("features", lambda: np.asarray(self.feature_matrix(), dtype=np.float32))
 
     def cluster_ids(self) -> np.ndarray:
         """int64 [N_ok] cluster id per image, -1 = held out of mining."""
@@ -291,9 +354,21 @@ class RunStore:
         return self._cached("text_embeddings", lambda: self._load_npy(layout.TEXT_EMBEDDINGS, np.float32))
 
     # ------------------------------------------------------------------ writers (used by the pipeline)
-    def write_images(self, records: list[dict]) -> None:
-        atomic_write_jsonl(self.file(layout.IMAGES), records)
-        self._cache.pop("images", None)
+    def write_images(self, records) -> None:
+        """Store the per-image table (a list of dicts, or a pyarrow.Table with those columns) as
+        ``images.parquet``; an older run's ``images.jsonl`` is removed once it is replaced."""
+        import pyarrow.parquet as pq
+
+        table = records if hasattr(records, "num_rows") else records_table(records)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        atomic_write_bytes(self.path / layout.IMAGES, buf.getvalue())
+        try:
+            (self.path / layout.IMAGES_LEGACY).unlink()
+        except FileNotFoundError:
+            pass
+        for key in ("images", "ok_rows", "paths"):
+            self._cache.pop(key, None)
 
     def write_array(self, name: str, array: np.ndarray) -> None:
         atomic_save_npy(self.file(name), array)
@@ -301,7 +376,33 @@ class RunStore:
 
     def write_features(self, features: np.ndarray) -> None:
         """Store [N_ok, D] features (as float16)."""
-        self.write_array(layout.FEATURES, np.asarray(features).astype(np.float16))
+        with self.feature_writer(features.shape[0], features.shape[1]) as out:
+            for lo in range(0, features.shape[0], FEATURE_BLOCK):
+                out[lo:lo + FEATURE_BLOCK] = features[lo:lo + FEATURE_BLOCK]
+
+    @contextlib.contextmanager
+    def feature_writer(self, n_rows: int, dim: int):
+        """``with run.feature_writer(N, D) as out: out[a:b] = block`` fills ``features.npy`` (float16)
+        block by block through a memory map of a temporary file, flushed, fsynced and renamed over
+        the old one on success (removed on error): never the whole matrix in RAM, never torn."""
+        target = self.file(layout.FEATURES)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=self.path)
+        os.close(fd)
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(int(n_rows), int(dim)))
+            yield out
+            out.flush()
+            del out
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self._cache.clear()
 
     def write_cluster_ids(self, cluster_ids: np.ndarray) -> None:
         """Store [N_ok] cluster ids (as int32; -1 = held out)."""
