@@ -358,8 +358,10 @@ def map_key(features, groups: np.ndarray, fit_rows: np.ndarray) -> str:
 
 
 def cached_full_map(run_dir: str | os.PathLike, method: str, features, groups: np.ndarray, *, seed: int = 0,
-                    fit_points: int = FIT_POINTS) -> FullMap | None:
-    """The cached all-row map of ``features`` (array-like [N, D]) or None when not computed yet."""
+                    fit_points: int | None = None) -> FullMap | None:
+    """The cached all-row map of ``features`` (array-like [N, D]) or None when not computed yet.
+    ``fit_points``: the fit sample's size, default :data:`FIT_POINTS` (read at call time)."""
+    fit_points = FIT_POINTS if fit_points is None else fit_points
     if method not in METHODS:
         raise ValueError(f"unknown projection {method!r}; use one of {METHODS}")
     fit_rows = stratified_rows(groups, fit_points, seed)
@@ -375,12 +377,13 @@ def cached_full_map(run_dir: str | os.PathLike, method: str, features, groups: n
 
 
 def full_map(run_dir: str | os.PathLike, method: str, features, groups: np.ndarray, *, seed: int = 0,
-             fit_points: int = FIT_POINTS, progress=None) -> FullMap:
+             fit_points: int | None = None, progress=None) -> FullMap:
     """The 2-D map of every row of ``features`` (array-like [N, D], e.g. a float16 memmap; read in
     row chunks): fitted on :func:`stratified_rows` (``groups`` = cluster ids, so every cluster is
     in the fit) and extended to all rows — PCA by the same linear map (:func:`pca_extend`), UMAP by
     :func:`extend_map` within each row's group. From the cache, or computed and cached atomically
     in ``<run_dir>/projections/``. ``progress(done, total)`` is called while extending."""
+    fit_points = FIT_POINTS if fit_points is None else fit_points
     hit = cached_full_map(run_dir, method, features, groups, seed=seed, fit_points=fit_points)
     if hit is not None:
         return hit

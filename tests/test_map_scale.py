@@ -5,11 +5,18 @@ large-run ones, selected by passing the sample sizes explicitly)."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from clustermine import projection as pj
 from clustermine.rundir import layout
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_app import app_env, no_exception, open_app, texts  # noqa: F401,E402  (app_env is a fixture)
 
 
 def mixture(n: int = 3000, d: int = 16, k: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -184,3 +191,47 @@ def test_box_and_lasso_select_exactly_the_rows_inside() -> None:
     in_b = (c[:, 0] >= -3) & (c[:, 0] <= -2) & (c[:, 1] >= -3) & (c[:, 1] <= 3)
     assert sel.tolist() == np.flatnonzero(in_l | in_b).tolist()
     assert pj.rows_in_selection(c).size == 0 and pj.rows_in_polygon(c, [0, 1], [0, 1]).size == 0
+
+
+def _plotly_array(v) -> np.ndarray:
+    """A plotly JSON array: a list, or plotly's typed-array form ``{"dtype", "bdata"}``."""
+    if isinstance(v, dict):
+        import base64
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v, dtype=float)
+
+
+@pytest.mark.app
+@pytest.mark.parametrize("color_by", ["cluster", "purity", "concept"])
+def test_clusters_page_large_run_path(app_env, monkeypatch, color_by) -> None:
+    """The small run, with the large-run thresholds lowered: the page shows every image as a density
+    image, a stratified sample of points carrying row ids, and states the choice and its limits."""
+    from clustermine.runs import Run
+
+    monkeypatch.setattr(pj, "LARGE_MAP", 10)
+    monkeypatch.setattr(pj, "FIT_POINTS", 12)
+    monkeypatch.setattr(pj, "DRAW_POINTS", 12)
+    run = Run.open(app_env)
+    at = open_app(app_env.name, "pages/clusters.py")
+    if color_by != "cluster":
+        at.selectbox(key="map_color").set_value(color_by).run()
+    no_exception(at)
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [t["type"] for t in fig["data"]] == ["scattergl"]
+    rows = [int(cd[0]) for cd in fig["data"][0]["customdata"]]
+    cids = run.cluster_ids()
+    assert len(rows) == 12 and len(set(rows)) == 12
+    assert set(cids[rows]) == set(cids)  # stratified: every cluster (and the held-out images) drawn
+    # the drawn points sit where the all-row map puts them
+    m = pj.cached_full_map(app_env, "pca", run.features(), cids, fit_points=12)
+    assert m is not None and len(m) == len(cids)
+    xy = np.c_[_plotly_array(fig["data"][0]["x"]), _plotly_array(fig["data"][0]["y"])]
+    np.testing.assert_allclose(xy, m.coords[rows], atol=1e-5)
+    images = fig["layout"]["images"]
+    assert len(images) == 1 and images[0]["source"].startswith("data:image/png;base64,")
+    page = texts(at)
+    assert f"{len(cids):,} images" in page and "stratified sample of 12 images" in page
+    assert "every" in page and "selects every image inside" in page
+    if color_by == "purity":
+        assert fig["data"][0]["marker"]["showscale"]
