@@ -396,7 +396,14 @@ def full_map(run_dir: str | os.PathLike, method: str, features, groups: np.ndarr
         coords = pca_extend(features, mean, axes)
     else:
         coords = extend_map(features, fit_rows, umap_2d(sample, seed=seed), groups, progress=progress)
-    seconds = round(time.perf_counter() - t0, 3)
+    return save_full_map(run_dir, method, features, groups, fit_rows, coords, seed=seed,
+                         seconds=round(time.perf_counter() - t0, 3))
+
+
+def save_full_map(run_dir: str | os.PathLike, method: str, features, groups: np.ndarray, fit_rows: np.ndarray,
+                  coords: np.ndarray, *, seed: int = 0, seconds: float | None = None) -> FullMap:
+    """Cache an all-row map (``coords`` float32 [N, 2] fitted on ``fit_rows``) atomically where
+    :func:`cached_full_map` finds it (an unwritable run dir is not an error)."""
     npz, meta = layout.full_map_files(run_dir, method, seed, map_key(features, groups, fit_rows))
     try:
         atomic_save_npz(npz, coords=coords, fit_rows=fit_rows)
