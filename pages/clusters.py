@@ -171,56 +171,58 @@ def large_map(method: str, color_by: str) -> None:
     chart()
 
 
+def small_map(method: str, color_by: str) -> None:
+    """The map of a run up to ``projection.LARGE_MAP`` images (all drawn as points above
+    ``projection.MAX_POINTS``: a random sample)."""
+    hit = projection.cached_projection(run.path, method, feats)
+    if hit is None and method == "pca":
+        hit = projection.projection(run.path, "pca", feats)
+    if hit is None:  # UMAP not computed yet for this run
+        if settings.umap_warmup_enabled():
+            projection.warm_up_umap()  # compiles numba in the background while the user reads this
+        st.info(f"UMAP is computed on demand and cached in the run ({n:,} points). "
+                + widgets.umap_readiness(projection.umap_state()["status"]), icon=":material/hourglass_top:")
+        if st.button("Compute UMAP", type="primary", icon=":material/play_arrow:"):
+            with st.spinner("Computing UMAP…"), widgets.guard("computing UMAP"):
+                projection.projection(run.path, "umap", feats)
+                st.rerun()
+        st.caption("Showing PCA meanwhile.")
+        hit = projection.projection(run.path, "pca", feats)
+    rows, coords = hit
+    info = rundata.point_table(run, rows)
+
+    values = None
+    if color_by == "purity":
+        values = info["purity"]
+    elif color_by == "score":
+        all_scores = scores_or_offer()
+        if all_scores is not None:
+            values = all_scores[rows]
+        else:
+            color_by = "cluster"
+
+    if len(rows) < n:
+        c3.caption(f"Showing a random sample of {len(rows):,} of {n:,} images (WebGL).")
+    else:
+        c3.caption(f"{n:,} images · {int((info['cluster'] < 0).sum())} held out of mining (grey when coloured by cluster)")
+
+    @st.fragment
+    def map_and_selection() -> None:
+        fig = charts.cluster_map(coords, rows, info["cluster"], info["names"], info["concept"], color_by, values)
+        event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                                key=f"map-{method}-{color_by}", config={"displaylogo": False})
+        points = event.selection.points if event is not None and hasattr(event, "selection") else []
+        picked = [int(p["customdata"][0]) for p in points if p.get("customdata") is not None]
+        if not picked:
+            st.caption("Tip: choose Lasso or Box select in the chart's toolbar, then draw around points.")
+            return
+        show_selection(list(dict.fromkeys(picked)))  # unique, in selection order
+
+    map_and_selection()
+
+
 if n > projection.LARGE_MAP:
     large_map(method, color_by)
-    glance()
-    st.stop()
-
-hit = projection.cached_projection(run.path, method, feats)
-if hit is None and method == "pca":
-    hit = projection.projection(run.path, "pca", feats)
-if hit is None:  # UMAP not computed yet for this run
-    if settings.umap_warmup_enabled():
-        projection.warm_up_umap()  # compiles numba in the background while the user reads this
-    st.info(f"UMAP is computed on demand and cached in the run ({n:,} points). "
-            + widgets.umap_readiness(projection.umap_state()["status"]), icon=":material/hourglass_top:")
-    if st.button("Compute UMAP", type="primary", icon=":material/play_arrow:"):
-        with st.spinner("Computing UMAP…"), widgets.guard("computing UMAP"):
-            projection.projection(run.path, "umap", feats)
-            st.rerun()
-    st.caption("Showing PCA meanwhile.")
-    hit = projection.projection(run.path, "pca", feats)
-rows, coords = hit
-info = rundata.point_table(run, rows)
-
-values = None
-if color_by == "purity":
-    values = info["purity"]
-elif color_by == "score":
-    all_scores = scores_or_offer()
-    if all_scores is not None:
-        values = all_scores[rows]
-    else:
-        color_by = "cluster"
-
-if len(rows) < n:
-    c3.caption(f"Showing a random sample of {len(rows):,} of {n:,} images (WebGL).")
 else:
-    c3.caption(f"{n:,} images · {int((info['cluster'] < 0).sum())} held out of mining (grey when coloured by cluster)")
-
-
-@st.fragment
-def map_and_selection() -> None:
-    fig = charts.cluster_map(coords, rows, info["cluster"], info["names"], info["concept"], color_by, values)
-    event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            key=f"map-{method}-{color_by}", config={"displaylogo": False})
-    points = event.selection.points if event is not None and hasattr(event, "selection") else []
-    picked = [int(p["customdata"][0]) for p in points if p.get("customdata") is not None]
-    if not picked:
-        st.caption("Tip: choose Lasso or Box select in the chart's toolbar, then draw around points.")
-        return
-    show_selection(list(dict.fromkeys(picked)))  # unique, in selection order
-
-
-map_and_selection()
+    small_map(method, color_by)
 glance()

@@ -235,3 +235,21 @@ def test_clusters_page_large_run_path(app_env, monkeypatch, color_by) -> None:
     assert "every" in page and "selects every image inside" in page
     if color_by == "purity":
         assert fig["data"][0]["marker"]["showscale"]
+
+
+def test_point_table_reads_only_the_drawn_rows_and_matches_the_full_tables(small_run) -> None:
+    from clustermine.runs import Run
+    from ui import rundata
+
+    run = Run.open(small_run)
+    rows = np.array([5, 0, 17, 3], dtype=np.int64)
+    table = rundata.point_table(run, rows)
+    everyone = rundata.image_names(run)
+    assert table["names"] == [everyone[r] for r in rows]
+    assert rundata.paths_for_rows(run, rows) == [run.image_paths()[r] for r in rows]
+    assert np.array_equal(table["cluster"], run.cluster_ids()[rows])
+    # records stored out of row order: the same answer through the row lookup
+    run.write_images(run.image_records()[::-1])
+    assert rundata.names_for_rows(run, rows) == [everyone[r] for r in rows]
+    purity = rundata.cluster_purity(run)
+    assert all(purity[s.cluster] == s.purity for s in run.cluster_stats())
