@@ -222,7 +222,10 @@ def stratified_rows(groups: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
         return np.arange(n, dtype=np.int64)
     _, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
     quota = _allocate(counts, size)
-    order = np.lexsort((np.random.default_rng(seed).random(n), inv.ravel()))  # by group, random within
+    # by group, random within: a seeded permutation, then a stable sort by group (radix for <= 16 bits)
+    perm = np.random.default_rng(seed).permutation(n)
+    inv = inv.ravel()[perm]
+    order = perm[np.argsort(inv.astype(np.int16) if len(counts) < 2**15 else inv, kind="stable")]
     starts = np.cumsum(counts) - counts
     rank = np.arange(n) - np.repeat(starts, counts)
     return np.sort(order[rank < np.repeat(quota, counts)]).astype(np.int64)
@@ -342,6 +345,14 @@ class FullMap:
 
     def __len__(self) -> int:
         return len(self.coords)
+
+
+def drawn_rows(fmap: FullMap, groups: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Rows (int64, sorted) a large map draws as points: a stratified sample of :data:`DRAW_POINTS`
+    (read at call time) — the fitted rows themselves when the sizes agree (no second sample)."""
+    if DRAW_POINTS == len(fmap.fit_rows) or DRAW_POINTS >= len(fmap):
+        return fmap.fit_rows if DRAW_POINTS < len(fmap) else np.arange(len(fmap), dtype=np.int64)
+    return stratified_rows(groups, DRAW_POINTS, seed)
 
 
 def map_key(features, groups: np.ndarray, fit_rows: np.ndarray) -> str:

@@ -111,7 +111,7 @@ def large_map(method: str, color_by: str) -> None:
         method = "pca"
         fmap = projection.full_map(run.path, "pca", feats, groups)
     coords = fmap.coords
-    draw = projection.stratified_rows(groups, projection.DRAW_POINTS, 0)
+    draw = projection.drawn_rows(fmap, groups)
     info = rundata.point_table(run, draw)
     shape = (360, 540)
     extent = projection.map_extent(coords)

@@ -50,6 +50,18 @@ def test_stratified_sample_covers_every_cluster_and_is_deterministic() -> None:
     assert sorted(many[few]) == list(range(90, 100))
 
 
+def test_drawn_rows_are_a_stratified_sample(monkeypatch) -> None:
+    _, lab = mixture(n=2000)
+    m = pj.FullMap(np.zeros((2000, 2), np.float32), pj.stratified_rows(lab, 300), "pca")
+    monkeypatch.setattr(pj, "DRAW_POINTS", 300)
+    assert np.array_equal(pj.drawn_rows(m, lab), m.fit_rows)  # same size: the fitted rows themselves
+    monkeypatch.setattr(pj, "DRAW_POINTS", 120)
+    drawn = pj.drawn_rows(m, lab)
+    assert np.array_equal(drawn, pj.stratified_rows(lab, 120)) and set(lab[drawn]) == set(lab)
+    monkeypatch.setattr(pj, "DRAW_POINTS", 5000)
+    assert np.array_equal(pj.drawn_rows(m, lab), np.arange(2000))
+
+
 def test_pca_extension_agrees_with_the_sample_fit() -> None:
     x, lab = mixture()
     fit = pj.stratified_rows(lab, 400)
