@@ -298,6 +298,8 @@ def extend_map(features, fit_rows: np.ndarray, fit_coords: np.ndarray, groups: n
     cluster's fitted members, never in another cluster's region. Deterministic: no randomness, and
     each row depends only on its own features.
     """
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
     n = len(features)
     fit_rows = np.asarray(fit_rows, dtype=np.int64)
     fit_coords = np.asarray(fit_coords, dtype=np.float32)
@@ -323,13 +325,16 @@ def extend_map(features, fit_rows: np.ndarray, fit_coords: np.ndarray, groups: n
             g = groups[a:b]
             order = np.argsort(g, kind="stable")
             vals, starts = np.unique(g[order], return_index=True)
-            for v, s, e in zip(vals.tolist(), starts, list(starts[1:]) + [len(order)]):
-                idx = order[s:e]
-                cand = by_group.get(v)
-                if cand is None:
-                    out[a + idx] = _weighted_neighbours(x[idx], fit_x, fit_coords, k, temperature)
-                else:
-                    out[a + idx] = _weighted_neighbours(x[idx], fit_x[cand], fit_coords[cand], k, temperature)
+            # thousands of tiny products: a multi-threaded BLAS spends more on waking its threads
+            # than on the work (34x slower measured on 2 busy cores), so one thread here
+            with threadpool_limits(1, user_api="blas"):
+                for v, s, e in zip(vals.tolist(), starts, list(starts[1:]) + [len(order)]):
+                    idx = order[s:e]
+                    cand = by_group.get(v)
+                    if cand is None:
+                        out[a + idx] = _weighted_neighbours(x[idx], fit_x, fit_coords, k, temperature)
+                    else:
+                        out[a + idx] = _weighted_neighbours(x[idx], fit_x[cand], fit_coords[cand], k, temperature)
         if progress is not None:
             progress(b, n)
     out[fit_rows] = fit_coords
