@@ -265,3 +265,49 @@ def test_point_table_reads_only_the_drawn_rows_and_matches_the_full_tables(small
     assert rundata.names_for_rows(run, rows) == [everyone[r] for r in rows]
     purity = rundata.cluster_purity(run)
     assert all(purity[s.cluster] == s.purity for s in run.cluster_stats())
+
+
+@pytest.mark.app
+def test_large_map_box_and_lasso_select_every_image_inside(app_env, monkeypatch) -> None:
+    """A box (then a lasso) sent as the browser sends it selects every image inside — also those
+    not drawn as dots — and "Mark selected as not ID" excludes exactly them."""
+    from clustermine.runs import Run
+
+    monkeypatch.setattr(pj, "LARGE_MAP", 10)
+    monkeypatch.setattr(pj, "FIT_POINTS", 12)
+    monkeypatch.setattr(pj, "DRAW_POINTS", 12)
+    at = open_app(app_env.name, "pages/clusters.py")
+    no_exception(at)
+    run = Run.open(app_env)
+    coords = pj.cached_full_map(app_env, "pca", run.features(), run.cluster_ids(), fit_points=12).coords
+    x_mid = float(np.median(coords[:, 0]))
+    box = {"xref": "x", "yref": "y", "x": [float(coords[:, 0].min()) - 1, x_mid],
+           "y": [float(coords[:, 1].min()) - 1, float(coords[:, 1].max()) + 1]}
+    inside = [i for i, (x, _) in enumerate(coords.tolist()) if x <= x_mid]
+    drawn = set(pj.drawn_rows(pj.cached_full_map(app_env, "pca", run.features(), run.cluster_ids(), fit_points=12),
+                              run.cluster_ids()).tolist())
+    assert set(inside) - drawn, "the box must hold images that are not drawn as dots"
+    chart = at.get("plotly_chart")[0]
+    original = at._tree.get_widget_states
+    selection = {"points": [], "point_indices": [], "box": [box], "lasso": []}
+
+    def with_selection():
+        ws = original()
+        w = ws.widgets.add()
+        w.id = chart.proto.id
+        w.string_value = json.dumps({"selection": selection})
+        return ws
+
+    at._tree.get_widget_states = with_selection
+    at.run()
+    no_exception(at)
+    assert f"{len(inside):,} selected image(s)" in [s.value for s in at.subheader]
+    at.button(key="map_exclude").click().run()
+    no_exception(at)
+    assert np.flatnonzero(Run.open(app_env).excluded_mask()).tolist() == inside
+    # a lasso: the same half as a polygon
+    selection.update(box=[], lasso=[{"xref": "x", "yref": "y", "x": [box["x"][0], x_mid + 1e-6, x_mid + 1e-6, box["x"][0]],
+                                     "y": [box["y"][0], box["y"][0], box["y"][1], box["y"][1]]}])
+    at.run()
+    no_exception(at)
+    assert f"{len(inside):,} selected image(s)" in [s.value for s in at.subheader]
