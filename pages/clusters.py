@@ -1,5 +1,9 @@
 """Cluster map: a 2-D map of the image features (PCA at once, UMAP on demand), coloured by
-cluster, purity, winning concept or score; a lasso / box selection opens the selected images."""
+cluster, purity, winning concept or score; a lasso / box selection opens the selected images.
+
+Above ``projection.LARGE_MAP`` images the map is fitted on a stratified sample and extended to
+every image; every image is shown as a density image, a sample is drawn as points, and a box /
+lasso selects every image inside it (:func:`large_map`)."""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ widgets.page_header("Cluster map", "Each point is one image. Lasso or box-select
                     "hover for the file, its cluster and the cluster's concept.")
 run = state.require_run(done=True)
 audit_cards.exclusion_feedback()
-feats = run.features()
+# float16 memmap [N, D] where the run offers it (large runs), else the in-memory float32 features
+feats = run.feature_matrix() if hasattr(run, "feature_matrix") else run.features()
 n = feats.shape[0]
 
 c1, c2, c3 = st.columns([1.2, 1.4, 2])
@@ -26,79 +31,198 @@ color_by = c2.selectbox("Colour by", ["cluster", "concept", "purity", "score"], 
                         format_func={"cluster": "cluster", "concept": "winning concept", "purity": "cluster purity",
                                      "score": "OOD score (current concepts)"}.get)
 
-hit = projection.cached_projection(run.path, method, feats)
-if hit is None and method == "pca":
-    hit = projection.projection(run.path, "pca", feats)
-if hit is None:  # UMAP not computed yet for this run
-    if settings.umap_warmup_enabled():
-        projection.warm_up_umap()  # compiles numba in the background while the user reads this
-    st.info(f"UMAP is computed on demand and cached in the run ({n:,} points). "
-            + widgets.umap_readiness(projection.umap_state()["status"]), icon=":material/hourglass_top:")
-    if st.button("Compute UMAP", type="primary", icon=":material/play_arrow:"):
-        with st.spinner("Computing UMAP…"), widgets.guard("computing UMAP"):
-            projection.projection(run.path, "umap", feats)
-            st.rerun()
-    st.caption("Showing PCA meanwhile.")
-    hit = projection.projection(run.path, "pca", feats)
-rows, coords = hit
-info = rundata.point_table(run, rows)
 
-values = None
-if color_by == "purity":
-    values = info["purity"]
-elif color_by == "score":
+def scores_or_offer() -> np.ndarray | None:
+    """All images' OOD log scores when cached, else None after offering to compute them."""
     if scores.lse_ready(run, np.arange(n)):
-        values = scores.all_scores(run)[rows]
-    else:
-        st.info(f"Scoring all {n:,} images against the whole corpus takes a while the first time "
-                "(then it is cached in the run).", icon=":material/speed:")
-        if st.button("Compute scores", icon=":material/play_arrow:"):
-            bar = st.progress(0.0, text="scoring images…")
-            with widgets.guard("scoring the images"):
-                scores.all_scores(run, progress=lambda d, t: bar.progress(d / max(t, 1), text=f"{d:,} / {t:,} images"))
-                st.rerun()
-        color_by = "cluster"
-
-if len(rows) < n:
-    c3.caption(f"Showing a random sample of {len(rows):,} of {n:,} images (WebGL).")
-else:
-    c3.caption(f"{n:,} images · {int((info['cluster'] < 0).sum())} held out of mining (grey when coloured by cluster)")
+        return scores.all_scores(run)
+    st.info(f"Scoring all {n:,} images against the whole corpus takes a while the first time "
+            "(then it is cached in the run).", icon=":material/speed:")
+    if st.button("Compute scores", icon=":material/play_arrow:"):
+        bar = st.progress(0.0, text="scoring images…")
+        with widgets.guard("scoring the images"):
+            scores.all_scores(run, progress=lambda d, t: bar.progress(d / max(t, 1), text=f"{d:,} / {t:,} images"))
+            st.rerun()
+    return None
 
 
-@st.fragment
-def map_and_selection() -> None:
-    fig = charts.cluster_map(coords, rows, info["cluster"], info["names"], info["concept"], color_by, values)
-    event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            key=f"map-{method}-{color_by}", config={"displaylogo": False})
-    points = event.selection.points if event is not None and hasattr(event, "selection") else []
-    picked = [int(p["customdata"][0]) for p in points if p.get("customdata") is not None]
-    if not picked:
-        st.caption("Tip: choose Lasso or Box select in the chart's toolbar, then draw around points.")
-        return
-    picked = list(dict.fromkeys(picked))  # unique, in selection order
-    st.subheader(f"{len(picked)} selected image(s)", anchor=False)
+def glance() -> None:
+    """The per-cluster table and where the maps are cached."""
+    with st.expander("Clusters at a glance"):
+        winners = rundata.winner_texts(run)
+        st.dataframe([{"cluster": s.cluster, "size": s.size, "concept": winners.get(s.cluster, "–"),
+                       "purity": round(s.purity, 3), "entropy": round(s.entropy, 3)} for s in run.cluster_stats()],
+                     hide_index=True, width="stretch")
+    st.caption(f"Projection cached in {md_code(layout.projections_dir(run.path))}.")
+
+
+def _selected(event) -> tuple[list[int], bool]:
+    """(rows picked in the chart, whether they came from a drawn box / lasso) of a selection event."""
+    sel = event.selection if event is not None and hasattr(event, "selection") else {}
+    boxes, lassos = list(sel.get("box") or []), list(sel.get("lasso") or [])
+    points = sel.get("points") or []
+    return [int(p["customdata"][0]) for p in points if p.get("customdata") is not None], bool(boxes or lassos)
+
+
+def show_selection(picked: list[int], total: int | None = None) -> None:
+    """Thumbnails (first 60) and the exclude / restore buttons of the selected feature rows."""
+    st.subheader(f"{total or len(picked):,} selected image(s)", anchor=False)
     cids = run.cluster_ids()[picked]
-    counts = {int(c): int((cids == c).sum()) for c in np.unique(cids)}
-    st.caption("by cluster: " + ", ".join(f"{'held out' if c < 0 else c}: {k}" for c, k in counts.items()))
-    paths = run.image_paths()
-    names = rundata.image_names(run)
+    vals, counts = np.unique(cids, return_counts=True)
+    top = np.argsort(-counts, kind="stable")[:12]
+    st.caption("by cluster: " + ", ".join(f"{'held out' if vals[i] < 0 else vals[i]}: {counts[i]:,}" for i in top)
+               + (f" … ({len(vals) - 12} more clusters)" if len(vals) > 12 else ""))
     limit = 60
-    widgets.thumbnail_grid([(paths[r], f"{names[r]} · c{run.cluster_ids()[r]}") for r in picked[:limit]], columns=8)
+    shown = picked[:limit]
+    names = rundata.names_for_rows(run, np.asarray(shown, dtype=np.int64))
+    paths = rundata.paths_for_rows(run, np.asarray(shown, dtype=np.int64))
+    widgets.thumbnail_grid([(p, f"{nm} · c{c}") for p, nm, c in zip(paths, names, cids[:limit])], columns=8)
     if len(picked) > limit:
-        st.caption(f"… and {len(picked) - limit} more (narrow the selection to see them).")
+        st.caption(f"… and {len(picked) - limit:,} more (narrow the selection to see them).")
     c1, c2 = st.columns(2)
-    c1.button(f"Mark {len(picked)} selected as not ID", key="map_exclude", icon=":material/block:",
+    c1.button(f"Mark {len(picked):,} selected as not ID", key="map_exclude", icon=":material/block:",
               on_click=audit_cards.exclude_images, args=(str(run.path), picked),
               help="Logged with your name; re-mine on the Cluster audit page to mine without them.")
     c2.button("Restore selected", key="map_restore", icon=":material/undo:",
               on_click=audit_cards.exclude_images, args=(str(run.path), picked, True))
 
 
-map_and_selection()
+def large_map(method: str, color_by: str) -> None:
+    """The map of a run above ``projection.LARGE_MAP`` images: fitted on a stratified sample,
+    extended to all images, all of them as a density image, a sample as points."""
+    groups = run.cluster_ids()
+    fmap = projection.cached_full_map(run.path, method, feats, groups)
+    if fmap is None and method == "pca":
+        with st.spinner(f"Projecting all {n:,} images (PCA fitted on {min(n, projection.FIT_POINTS):,})…"):
+            fmap = projection.full_map(run.path, "pca", feats, groups)
+    if fmap is None:
+        if settings.umap_warmup_enabled():
+            projection.warm_up_umap()
+        st.info(f"UMAP is computed on demand and cached in the run: fitted on a stratified sample of "
+                f"{projection.FIT_POINTS:,} images, then extended to all {n:,}. "
+                + widgets.umap_readiness(projection.umap_state()["status"]), icon=":material/hourglass_top:")
+        if st.button("Compute UMAP", type="primary", icon=":material/play_arrow:"):
+            bar = st.progress(0.0, text="fitting UMAP on the sample…")
+            with widgets.guard("computing UMAP"):
+                projection.full_map(run.path, "umap", feats, groups, progress=lambda d, t: bar.progress(
+                    d / max(t, 1), text=f"placing images: {d:,} / {t:,}"))
+                st.rerun()
+        st.caption("Showing PCA meanwhile.")
+        method = "pca"
+        fmap = projection.full_map(run.path, "pca", feats, groups)
+    coords = fmap.coords
+    draw = projection.drawn_rows(fmap, groups)
+    info = rundata.point_table(run, draw)
+    shape = (360, 540)
+    extent = projection.map_extent(coords)
+    counts = projection.density_counts(coords, extent, shape)
+    point_colors, values, vrange, labels, means = None, None, (0.0, 1.0), None, None
+    winners = run.cluster_stats()
+    all_scores = scores_or_offer() if color_by == "score" else None
+    if color_by == "score" and all_scores is None:
+        color_by = "cluster"
+    if color_by in ("purity", "score"):
+        if color_by == "purity":
+            per_row = np.append(rundata.cluster_purity(run), np.nan)[np.where(groups >= 0, groups, -1)]
+        else:
+            per_row = np.asarray(all_scores, dtype=float)
+        finite = per_row[np.isfinite(per_row)]
+        vrange = (float(np.quantile(finite, 0.01)), float(np.quantile(finite, 0.99))) if len(finite) else (0.0, 1.0)
+        means = projection.density_mean(coords, per_row, extent, shape)
+        values = per_row[draw]
+    else:
+        if color_by == "cluster":
+            per_row = groups
+        else:  # concept: one colour per winning concept (index in the corpus), held out grey
+            win = np.full(int(groups.max(initial=-1)) + 2, -1, dtype=np.int64)
+            for s in winners:
+                win[s.cluster] = -1 if s.winner is None else s.winner
+            per_row = win[groups]  # index -1 (held out) reads the last entry, -1
+        labels, _ = projection.density_majority(coords, per_row, extent, shape)
+        labels = np.where(counts > 0, labels, -1)
+        point_colors = charts.category_colors(per_row[draw])
+    rgba = charts.raster_rgba(counts, labels=labels, values=means, vrange=vrange)
+    what = {"cluster": "the most frequent cluster", "concept": "the most frequent winning concept",
+            "purity": "the mean cluster purity", "score": "the mean OOD score"}[color_by]
+    st.caption(f"**{n:,} images.** Map fitted on a stratified sample of {len(fmap.fit_rows):,} images (every "
+               f"cluster present) and extended to all images — "
+               + ("PCA: the same linear projection. " if method == "pca" else
+                  f"UMAP: each other image placed at the similarity-weighted mean of its {projection.EXTEND_K} most "
+                  "similar fitted images of its own cluster, so distances inside a cluster are approximate. ")
+               + f"The shaded image shows **every** image ({shape[1]} x {shape[0]} pixels; colour = {what} in the "
+               f"pixel, opacity = how many); the dots are a stratified sample of {len(draw):,} images for hover. "
+               "Box or lasso selects every image inside the drawn area, not only the dots.")
 
-with st.expander("Clusters at a glance"):
-    winners = rundata.winner_texts(run)
-    st.dataframe([{"cluster": s.cluster, "size": s.size, "concept": winners.get(s.cluster, "–"),
-                   "purity": round(s.purity, 3), "entropy": round(s.entropy, 3)} for s in run.cluster_stats()],
-                 hide_index=True, width="stretch")
-st.caption(f"Projection cached in {md_code(layout.projections_dir(run.path))}.")
+    @st.fragment
+    def chart() -> None:
+        fig = charts.density_map(rgba, extent, coords[draw], draw, info["cluster"], info["names"], info["concept"],
+                                 color_by, point_colors=point_colors, values=values, vrange=vrange)
+        event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                                key=f"bigmap-{method}-{color_by}", config={"displaylogo": False})
+        picked, drawn = _selected(event)
+        if drawn:
+            sel = event.selection
+            picked = projection.rows_in_selection(coords, sel.get("box"), sel.get("lasso")).tolist()
+        if not picked:
+            st.caption("Tip: choose Lasso or Box select in the chart's toolbar, then draw around an area.")
+            return
+        show_selection(list(dict.fromkeys(picked)))
+
+    chart()
+
+
+def small_map(method: str, color_by: str) -> None:
+    """The map of a run up to ``projection.LARGE_MAP`` images (all drawn as points above
+    ``projection.MAX_POINTS``: a random sample)."""
+    hit = projection.cached_projection(run.path, method, feats)
+    if hit is None and method == "pca":
+        hit = projection.projection(run.path, "pca", feats)
+    if hit is None:  # UMAP not computed yet for this run
+        if settings.umap_warmup_enabled():
+            projection.warm_up_umap()  # compiles numba in the background while the user reads this
+        st.info(f"UMAP is computed on demand and cached in the run ({n:,} points). "
+                + widgets.umap_readiness(projection.umap_state()["status"]), icon=":material/hourglass_top:")
+        if st.button("Compute UMAP", type="primary", icon=":material/play_arrow:"):
+            with st.spinner("Computing UMAP…"), widgets.guard("computing UMAP"):
+                projection.projection(run.path, "umap", feats)
+                st.rerun()
+        st.caption("Showing PCA meanwhile.")
+        hit = projection.projection(run.path, "pca", feats)
+    rows, coords = hit
+    info = rundata.point_table(run, rows)
+
+    values = None
+    if color_by == "purity":
+        values = info["purity"]
+    elif color_by == "score":
+        all_scores = scores_or_offer()
+        if all_scores is not None:
+            values = all_scores[rows]
+        else:
+            color_by = "cluster"
+
+    if len(rows) < n:
+        c3.caption(f"Showing a random sample of {len(rows):,} of {n:,} images (WebGL).")
+    else:
+        c3.caption(f"{n:,} images · {int((info['cluster'] < 0).sum())} held out of mining (grey when coloured by cluster)")
+
+    @st.fragment
+    def map_and_selection() -> None:
+        fig = charts.cluster_map(coords, rows, info["cluster"], info["names"], info["concept"], color_by, values)
+        event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                                key=f"map-{method}-{color_by}", config={"displaylogo": False})
+        points = event.selection.points if event is not None and hasattr(event, "selection") else []
+        picked = [int(p["customdata"][0]) for p in points if p.get("customdata") is not None]
+        if not picked:
+            st.caption("Tip: choose Lasso or Box select in the chart's toolbar, then draw around points.")
+            return
+        show_selection(list(dict.fromkeys(picked)))  # unique, in selection order
+
+    map_and_selection()
+
+
+if n > projection.LARGE_MAP:
+    large_map(method, color_by)
+else:
+    small_map(method, color_by)
+glance()

@@ -100,3 +100,98 @@ def score_histograms(before: np.ndarray, after: np.ndarray, threshold: float | N
     fig.update_layout(barmode="overlay", height=height, xaxis_title="log score (higher = more ID)",
                       yaxis_title="images", legend=dict(orientation="h", y=1.12), **_LAYOUT)
     return fig
+
+
+# ------------------------------------------------------------------------------------ large maps
+def category_colors(ids: np.ndarray) -> np.ndarray:
+    """Hex colour per integer category id (cluster or concept index): the palette by id, grey for
+    negative ids (held out). object [n]."""
+    ids = np.asarray(ids).astype(np.int64)
+    pal = np.array(PALETTE + [HELD_OUT_COLOR], dtype=object)
+    return pal[np.where(ids < 0, len(PALETTE), ids % len(PALETTE))]
+
+
+def _rgb(hex_colors) -> np.ndarray:
+    return np.array([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in hex_colors], dtype=np.uint8)
+
+
+def _viridis_lut(n: int = 256) -> np.ndarray:
+    from plotly.colors import sample_colorscale, unlabel_rgb
+
+    cols = sample_colorscale("Viridis", list(np.linspace(0, 1, n)))
+    return np.array([unlabel_rgb(c) for c in cols], dtype=float).round().astype(np.uint8)
+
+
+def raster_rgba(counts: np.ndarray, *, labels: np.ndarray | None = None, values: np.ndarray | None = None,
+                vrange: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """RGBA image uint8 [H, W, 4] (row 0 = top) of a density raster (row 0 = lowest y): opacity from
+    log(count) so every image shows; colour from ``labels`` (category per pixel, see
+    :func:`category_colors`), from ``values`` (mean per pixel on Viridis over ``vrange``) or a
+    single blue."""
+    h, w = counts.shape
+    img = np.zeros((h, w, 4), dtype=np.uint8)
+    filled = counts > 0
+    if not filled.any():
+        return img
+    alpha = 0.35 + 0.65 * np.log1p(counts) / np.log1p(counts.max())
+    img[..., 3] = np.where(filled, np.round(255 * alpha), 0).astype(np.uint8)
+    if labels is not None:
+        keys, inv = np.unique(labels, return_inverse=True)
+        img[..., :3] = _rgb(category_colors(keys))[inv.reshape(h, w)]
+    elif values is not None:
+        lo, hi = vrange
+        t = np.clip((np.nan_to_num(values, nan=lo) - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+        img[..., :3] = _viridis_lut()[np.round(t * 255).astype(int)]
+        img[..., :3] = np.where(np.isnan(values)[..., None], _rgb([HELD_OUT_COLOR])[0], img[..., :3])
+    else:
+        img[..., :3] = _rgb([PALETTE[0]])[0]
+    img[~filled] = 0
+    return img[::-1]
+
+
+def png_data_uri(rgba: np.ndarray) -> str:
+    """PNG data URI of an RGBA uint8 [H, W, 4] image."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buf, format="PNG", optimize=False)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def density_map(rgba: np.ndarray, extent: tuple[float, float, float, float], coords: np.ndarray,
+                rows: np.ndarray, cluster: np.ndarray, names: list[str], concept: list[str], color_by: str,
+                point_colors: np.ndarray | None = None, values: np.ndarray | None = None,
+                vrange: tuple[float, float] = (0.0, 1.0), height: int = 620) -> go.Figure:
+    """Map of a large run: every image as the density image ``rgba`` (see :func:`raster_rgba`)
+    stretched over ``extent`` (x0, x1, y0, y1), and a sample of images as one WebGL trace on top
+    (``coords`` [n, 2] of feature ``rows`` [n]; ``cluster`` / ``names`` / ``concept`` aligned),
+    coloured by ``point_colors`` (categorical) or ``values`` (Viridis over ``vrange``)."""
+    x0, x1, y0, y1 = extent
+    custom = np.empty((len(rows), 4), dtype=object)
+    custom[:, 0] = rows
+    custom[:, 1] = [hover_escape(n) for n in names]
+    custom[:, 2] = ["held out" if c < 0 else str(c) for c in cluster]
+    custom[:, 3] = [hover_escape(c) for c in concept]
+    hover = ("<b>%{customdata[1]}</b><br>cluster %{customdata[2]}<br>concept: %{customdata[3]}"
+             "<br>row %{customdata[0]}")
+    if color_by in ("purity", "score"):
+        label = "purity" if color_by == "purity" else "log score"
+        marker = dict(size=4, color=np.asarray(values, dtype=float), colorscale="Viridis", cmin=vrange[0],
+                      cmax=vrange[1], showscale=True, opacity=0.8, colorbar=dict(title=label, thickness=12))
+        hover += f"<br>{label} %{{marker.color:.3f}}"
+    else:
+        marker = dict(size=4, color=list(point_colors) if point_colors is not None else PALETTE[0], opacity=0.8)
+    fig = go.Figure(go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", name="sampled images",
+                                 customdata=custom, hovertemplate=hover + "<extra></extra>", marker=marker,
+                                 showlegend=False))
+    fig.add_layout_image(source=png_data_uri(rgba), xref="x", yref="y", x=x0, y=y1, sizex=x1 - x0, sizey=y1 - y0,
+                         sizing="stretch", layer="below", opacity=1.0)
+    fig.update_layout(height=height, dragmode="lasso",
+                      xaxis=dict(showticklabels=False, title=None, zeroline=False, showgrid=False, range=[x0, x1]),
+                      yaxis=dict(showticklabels=False, title=None, zeroline=False, showgrid=False, range=[y0, y1],
+                                 scaleanchor="x"),
+                      **_LAYOUT)
+    return fig

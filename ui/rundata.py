@@ -37,14 +37,45 @@ def winner_texts(run: Run) -> dict[int, str]:
     return {s.cluster: (vocab[s.winner] if s.winner is not None else "–") for s in run.cluster_stats()}
 
 
+def _records_for_rows(run: Run, rows: np.ndarray) -> list[dict]:
+    """The image records of feature ``rows`` (in that order), without a per-image Python table when
+    the records are stored in row order (as the pipeline writes them)."""
+    recs = run.image_records(ok_only=True)
+    rows = [int(r) for r in np.asarray(rows).ravel()]
+    if all(r < len(recs) and recs[r].get("row") == r for r in rows):
+        return [recs[r] for r in rows]
+    by_row = {rec["row"]: rec for rec in recs}
+    return [by_row[r] for r in rows]
+
+
+def names_for_rows(run: Run, rows: np.ndarray) -> list[str]:
+    """Display names (see :func:`image_names`) of feature ``rows`` only."""
+    shown = upload_names(run)
+    return [shown.get(r.get("path"), r.get("path") or Path(r["abs_path"]).name) for r in _records_for_rows(run, rows)]
+
+
+def paths_for_rows(run: Run, rows: np.ndarray) -> list[str]:
+    """Absolute paths of feature ``rows`` only."""
+    return [r["abs_path"] for r in _records_for_rows(run, rows)]
+
+
+def cluster_purity(run: Run) -> np.ndarray:
+    """Purity by cluster id: float64 [max id + 1] (NaN for ids without statistics)."""
+    stats = run.cluster_stats()
+    out = np.full(max([s.cluster for s in stats], default=-1) + 1, np.nan)
+    for s in stats:
+        out[s.cluster] = s.purity
+    return out
+
+
 def point_table(run: Run, rows: np.ndarray) -> dict[str, list | np.ndarray]:
-    """Aligned with ``rows``: names, cluster ids, winning concept and cluster purity per image."""
-    names_all = image_names(run)
+    """Aligned with ``rows``: names, cluster ids, winning concept and cluster purity per image.
+    Builds Python objects for ``rows`` only (the points drawn), never for every image of a run."""
     cids = run.cluster_ids()[rows]
     winners = winner_texts(run)
     purity = {s.cluster: s.purity for s in run.cluster_stats()}
     return {
-        "names": [names_all[r] for r in rows],
+        "names": names_for_rows(run, rows),
         "cluster": cids,
         "concept": ["held out" if c < 0 else winners.get(int(c), "–") for c in cids],
         "purity": np.array([np.nan if c < 0 else purity.get(int(c), np.nan) for c in cids], dtype=float),

@@ -33,7 +33,9 @@ only: the app's first page imports this without the numeric stack.
     uploads.json          upload report: saved files with the user's names, refused files
     user_corpus.txt       a concept list uploaded from the app
     projections/          cached 2-D maps, and corpus_lse.npy / corpus_lse.json (corpus LSE cache),
-                          calibration.npz / calibration.json (cross-fitted calibration scores)
+                          calibration.npz / calibration.json (cross-fitted calibration scores),
+                          map-<method>-s<seed>-<key>.npz / .json (a large run's map of every image:
+                          coords float32 [N, 2] and the fitted sample's rows; and its stamp)
     scoring/              the Scoring page's images: uploads/, names.json, folders.json
     ood_sample/           OOD images uploaded in the what-if panel
     detector/             default folder of ``Run.export_detector``
@@ -79,6 +81,7 @@ CORPUS_LSE = "corpus_lse.npy"  # in projections/
 CORPUS_LSE_STAMP = "corpus_lse.json"  # in projections/: the inputs the cached LSE was computed from
 CALIBRATION = "calibration.npz"  # in projections/: cross-fitted calibration scores (clustermine.calibration)
 CALIBRATION_STAMP = "calibration.json"  # in projections/: the inputs they were computed from
+FULL_MAP_PREFIX = "map"  # in projections/: map-<method>-s<seed>-<key>.npz (clustermine.projection.full_map)
 SCORING_DIR = "scoring"
 SCORING_FOLDERS = "folders.json"  # in scoring/
 SCORING_NAMES = "names.json"  # in scoring/
@@ -150,6 +153,13 @@ def calibration_files(run_dir: PathLike) -> tuple[Path, Path]:
     """(cached calibration scores .npz, JSON stamp of their inputs)."""
     folder = projections_dir(run_dir)
     return folder / CALIBRATION, folder / CALIBRATION_STAMP
+
+
+def full_map_files(run_dir: PathLike, method: str, seed: int, key: str) -> tuple[Path, Path]:
+    """(all-row 2-D map of a large run .npz: coords float32 [N, 2], fit_rows int64 [S]; its JSON stamp)."""
+    stem = f"{FULL_MAP_PREFIX}-{method}-s{seed}-{key}"
+    folder = projections_dir(run_dir)
+    return folder / f"{stem}.npz", folder / f"{stem}.json"
 
 
 def uploads_dir(run_dir: PathLike) -> Path:
