@@ -113,6 +113,14 @@ SCORE = '''
     RESULT["n"] = int(len(s))
 '''
 
+PAGES = '''
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, "bench")
+    from bench_app import bench_pages
+    RESULT["pages"] = bench_pages(Path(sys.argv[1]))
+'''
+
 VOTE_SLICE = '''
     import sys, time
     import numpy as np
@@ -138,6 +146,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/paper-scale")
     ap.add_argument("--keep", action="store_true", help="keep the features and the run afterwards")
     ap.add_argument("--skip-mine", action="store_true", help="reuse the finished run in the workdir")
+    ap.add_argument("--skip-pages", action="store_true", help="do not render the app's pages on the run")
     a = ap.parse_args()
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -155,6 +164,7 @@ def main() -> None:
     rows.append(("calibrate (cross-fitted, 5 folds)", cal["seconds"], cal))
     score = run_child(SCORE, str(run))
     rows.append(("score all N images (current concepts)", score["seconds"], score))
+    pages = run_child(PAGES, str(run))["pages"] if not a.skip_pages else []
     flat = [run_child(VOTE_SLICE, str(feats), str(m)) | {"n": m} for m in (a.n // 8, a.n // 2)]
     info = common.machine_info()
     lines = [f"Command: `.venv/bin/python bench/bench_paper_scale.py --n {a.n} --dim {a.dim}` · "
@@ -175,6 +185,12 @@ def main() -> None:
     for f in flat:
         lines.append(f"| {f['n']:,} | {f['vote_s']:,.0f} | {f['score_s']:,.1f} | {f['peak_rss_gb']:.2f} | "
                      f"{f['peak_anon_gb']:.2f} |")
+    if pages:
+        lines += ["", "App pages on that run (AppTest render in one process: first visit, then a rerun = warm):", "",
+                  "| page | first s | warm s | errors |", "|---|---|---|---|"]
+        for p in pages:
+            err = (p["errors"][0][:80] if p["errors"] else "").replace("|", "/")
+            lines.append(f"| {p['page']} | {p['cold_s']:.1f} | {p['warm_s']:.1f} | {err} |")
     text = "\n".join(lines)
     print(text)
     common.write_block(SECTION, "paper-scale", text)

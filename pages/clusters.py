@@ -21,7 +21,7 @@ widgets.page_header("Cluster map", "Each point is one image. Lasso or box-select
 run = state.require_run(done=True)
 audit_cards.exclusion_feedback()
 # float16 memmap [N, D] where the run offers it (large runs), else the in-memory float32 features
-feats = run.feature_matrix() if hasattr(run, "feature_matrix") else run.features()
+feats = run.feature_matrix()
 n = feats.shape[0]
 
 c1, c2, c3 = st.columns([1.2, 1.4, 2])

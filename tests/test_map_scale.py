@@ -236,7 +236,7 @@ def test_clusters_page_large_run_path(app_env, monkeypatch, color_by) -> None:
     assert len(rows) == 12 and len(set(rows)) == 12
     assert set(cids[rows]) == set(cids)  # stratified: every cluster (and the held-out images) drawn
     # the drawn points sit where the all-row map puts them
-    m = pj.cached_full_map(app_env, "pca", run.features(), cids, fit_points=12)
+    m = pj.cached_full_map(app_env, "pca", run.feature_matrix(), cids, fit_points=12)
     assert m is not None and len(m) == len(cids)
     xy = np.c_[_plotly_array(fig["data"][0]["x"]), _plotly_array(fig["data"][0]["y"])]
     np.testing.assert_allclose(xy, m.coords[rows], atol=1e-5)
@@ -279,12 +279,12 @@ def test_large_map_box_and_lasso_select_every_image_inside(app_env, monkeypatch)
     at = open_app(app_env.name, "pages/clusters.py")
     no_exception(at)
     run = Run.open(app_env)
-    coords = pj.cached_full_map(app_env, "pca", run.features(), run.cluster_ids(), fit_points=12).coords
+    coords = pj.cached_full_map(app_env, "pca", run.feature_matrix(), run.cluster_ids(), fit_points=12).coords
     x_mid = float(np.median(coords[:, 0]))
     box = {"xref": "x", "yref": "y", "x": [float(coords[:, 0].min()) - 1, x_mid],
            "y": [float(coords[:, 1].min()) - 1, float(coords[:, 1].max()) + 1]}
     inside = [i for i, (x, _) in enumerate(coords.tolist()) if x <= x_mid]
-    drawn = set(pj.drawn_rows(pj.cached_full_map(app_env, "pca", run.features(), run.cluster_ids(), fit_points=12),
+    drawn = set(pj.drawn_rows(pj.cached_full_map(app_env, "pca", run.feature_matrix(), run.cluster_ids(), fit_points=12),
                               run.cluster_ids()).tolist())
     assert set(inside) - drawn, "the box must hold images that are not drawn as dots"
     chart = at.get("plotly_chart")[0]

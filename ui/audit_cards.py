@@ -93,8 +93,9 @@ def remine_panel(run: Run) -> None:
         return
     with st.expander(f"Excluded images ({int(excluded.sum())}) and re-mining", expanded=bool(excluded.any())):
         rows = [int(r) for r in excluded.nonzero()[0]]
-        paths, names = run.image_paths(), rundata.image_names(run)
-        widgets.thumbnail_grid([(paths[r], names[r]) for r in rows[:24]], columns=8, empty="no image excluded")
+        shown = rows[:24]
+        widgets.thumbnail_grid(list(zip(rundata.paths_for_rows(run, shown), rundata.image_names(run, shown))),
+                               columns=8, empty="no image excluded")
         if rows:
             st.button("Restore all", key="restore_all", icon=":material/undo:",
                       on_click=exclude_images, args=(str(run.path), rows, True))
@@ -135,12 +136,14 @@ def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumb
                 if len(s.histogram) > top:
                     st.caption(f"and {len(s.histogram) - top} other concept(s) with fewer votes")
         typical, atypical = rundata.typical_atypical(run, s.cluster, n_thumbs)
-        paths, names = run.image_paths(), rundata.image_names(run)
+        shown = [*typical, *atypical]
+        names = dict(zip(shown, rundata.image_names(run, shown)))
+        cells = [(path, names[r]) for path, r in zip(rundata.paths_for_rows(run, shown), shown)]
         st.markdown("**Most typical** (closest to the centroid)")
-        widgets.thumbnail_grid([(paths[r], names[r]) for r in typical], columns=n_thumbs, empty="empty cluster")
+        widgets.thumbnail_grid(cells[:len(typical)], columns=n_thumbs, empty="empty cluster")
         if atypical:
             st.markdown("**Most atypical** (farthest from the centroid — possible contaminants)")
-            widgets.thumbnail_grid([(paths[r], names[r]) for r in atypical], columns=n_thumbs)
+            widgets.thumbnail_grid(cells[len(typical):], columns=n_thumbs)
         members = list(dict.fromkeys([*atypical, *typical]))
         if members:
             c1, c2 = st.columns([3, 1], vertical_alignment="bottom")

@@ -122,13 +122,16 @@ def skipped_files(run: Run) -> pd.DataFrame:
         pass
     if run.file(layout.IMAGES).is_file():
         try:
+            import pyarrow.compute as pc
+
             shown = rundata.upload_names(run)
-            records = run.image_records()
-            rows += [(shown.get(r["path"], r["path"]), "scan", r.get("reason") or "")
-                     for r in records if r.get("row") is None]
-            scanned = {r.get("path") for r in records}  # the scan ignores non-image files (e.g. a zip's README)
-            rows += [(f["display_name"], "scan", "not an image file type")
-                     for f in saved if f["path"] not in scanned]
+            table = run.image_table()
+            skipped = table.filter(pc.is_null(table["row"])).select(["path", "reason"]).to_pylist()
+            rows += [(shown.get(r["path"], r["path"]), "scan", r.get("reason") or "") for r in skipped]
+            if saved:  # the scan ignores non-image files (e.g. a zip's README)
+                scanned = set(table.column("path").to_pylist())
+                rows += [(f["display_name"], "scan", "not an image file type")
+                         for f in saved if f["path"] not in scanned]
         except Exception:  # a corrupt images.jsonl is reported by the pages that need it
             pass
     return pd.DataFrame(rows, columns=["file", "stage", "reason"])
