@@ -126,7 +126,7 @@ def _card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], paths:
     out.append(histogram_svg([vocab[h[0]] for h in hist], [int(h[1]) for h in hist]))
     if len(s.histogram) > top:
         out.append(f'<div class="muted">and {len(s.histogram) - top} other concept(s) with fewer votes</div>')
-    typical, atypical = typical_atypical(run.features(), run.cluster_ids(), s.cluster, n_thumbs)
+    typical, atypical = typical_atypical(run.feature_matrix(), run.cluster_ids(), s.cluster, n_thumbs)
     for title, rows in (("Most typical", typical), ("Most atypical (possible contaminants)", atypical)):
         if not rows:
             continue

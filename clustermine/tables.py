@@ -24,7 +24,7 @@ IMAGE_FIELDS = ("row", "path", "cluster", "top1_concept", "top1_similarity", "lo
 
 def excluded_mask(run: Run) -> np.ndarray:
     """bool [N_ok]: images the user marked "not ID" (all False while the run records no exclusion)."""
-    n = run.features().shape[0]
+    n = run.n_images()
     getter = getattr(run, "excluded_mask", None)  # provided by the exclusion feature once it exists
     if callable(getter):
         mask = np.asarray(getter(), dtype=bool)
