@@ -11,7 +11,10 @@ only: the app's first page imports this without the numeric stack.
                           reason, duplicate_of, row, split); runs made before it hold images.jsonl
                           (one JSON line per file, same fields), which is still read
     features.npy          float16 [N_ok, D]   image features, rows = images with status "ok", L2-normalised;
-                          read memory-mapped, written block by block (never whole in RAM)
+                          read memory-mapped, written block by block (never whole in RAM). While a
+                          folder encodes, the shards are the feature cache's chunk files (every
+                          ~256 images, atomic, keyed by file content): a killed job resumes after
+                          the last shard, and features.npy is assembled from them at the end
     clusters.npy          int32 [N_ok]        cluster id per image (-1 = held out of mining)
     votes.npz             top_idx int32 [N_ok, k], top_sim float16 [N_ok, k]  zero-shot top-k
     clusters.json         per-cluster audit statistics (size, histogram, winner, purity, entropy)
