@@ -1,0 +1,345 @@
+"""Decoding + preprocessing of image files for :meth:`Encoder.encode_images`, off the model's thread.
+
+Three ways to feed the model, all giving the same tensors and the same skip reasons in the same order:
+
+- ``inline``: decode in the calling thread (``num_workers=0``);
+- ``thread``: a thread pool decodes up to two batches ahead (PIL releases the GIL only in parts of the
+  decoder, so threads stop scaling at ~2 workers);
+- ``process``: a ``torch.utils.data.DataLoader`` with ``spawn`` worker processes, each decoding whole
+  batches, two batches ahead per worker. Spawning a worker imports torch (seconds), so the first batch
+  is decoded in the calling thread while the workers start, and :data:`PROCESS_MIN_IMAGES` keeps small
+  jobs on threads.
+
+On CUDA the process workers can hand over JPEG bytes instead of pixels (``gpu_jpeg``): the batch is
+decoded by nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``) and resized / cropped / normalised on
+the GPU by :class:`GpuPreprocess`. Files nvJPEG cannot take (not a baseline 8-bit RGB/grey JPEG, an EXIF
+rotation, a decode failure) go through the CPU path, so skips and reasons stay the same.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+from clustermine.errors import ImageError
+from clustermine.images import load_rgb
+
+PROCESS_MIN_IMAGES = 512
+"""Jobs with fewer images never start worker processes (``num_workers="auto"``, ``worker_kind="auto"``).
+
+Measured by ``bench/bench_encode_pipeline.py`` (BENCHMARKS.md, "Paper scale" / encode): starting two
+spawn workers costs a few seconds of CPU (each imports torch) on a 2-core machine, which is hidden only
+behind enough forward passes; below a few hundred images the thread pool is as fast or faster.
+"""
+
+MAX_AUTO_PROCESSES = 8
+"""Upper bound of ``num_workers="auto"`` for worker processes (one core is left to the model)."""
+
+AUTO_THREADS = 2
+"""Threads used by ``num_workers="auto"`` when the job stays in-process (today's default)."""
+
+Transform = Callable[[Any], torch.Tensor]
+Item = Union[torch.Tensor, str]
+"""One decoded file: a tensor [3, H, W], or the reason it was skipped."""
+
+
+def load_item(path: str, transform: Transform, max_pixels: int | None) -> Item:
+    """Decode one file and preprocess it -> tensor, or the human reason it cannot be used."""
+    try:
+        img = load_rgb(path, max_pixels=max_pixels)
+        try:
+            return transform(img)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ImageError(path, f"preprocessing failed ({exc})") from None
+    except ImageError as exc:
+        return exc.reason
+    except Exception as exc:  # never let one odd file stop the whole job
+        return f"could not be processed ({type(exc).__name__}: {exc})"
+
+
+def resolve_workers(num_workers: int | str, worker_kind: str, n_images: int) -> tuple[str, int]:
+    """-> (``"inline"`` | ``"thread"`` | ``"process"``, number of workers) for a job of ``n_images``.
+
+    ``num_workers``: an int >= 0 or ``"auto"`` (processes: min(cpu_count - 1, 8), at least 1;
+    threads: 2); ``0`` always decodes inline. ``worker_kind``: ``"auto"`` (processes from
+    :data:`PROCESS_MIN_IMAGES` images on, on machines with >= 2 cores), ``"thread"`` or ``"process"``.
+    """
+    if worker_kind not in ("auto", "thread", "process"):
+        raise ValueError(f"worker_kind must be 'auto', 'thread' or 'process', got {worker_kind!r}")
+    cpus = os.cpu_count() or 1
+    if num_workers == "auto":
+        n: int | None = None
+    elif isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0:
+        n = num_workers
+    else:
+        raise ValueError(f"num_workers must be an int >= 0 or 'auto', got {num_workers!r}")
+    if n == 0:
+        return "inline", 0
+    kind = worker_kind
+    if kind == "auto":
+        kind = "process" if n_images >= PROCESS_MIN_IMAGES and cpus >= 2 else "thread"
+    if n is None:
+        n = max(1, min(cpus - 1, MAX_AUTO_PROCESSES)) if kind == "process" else AUTO_THREADS
+    return kind, n
+
+
+def picklable(obj: Any) -> bool:
+    """True when ``obj`` survives pickling (worker processes receive the transform this way)."""
+    try:
+        pickle.dumps(obj)
+        return True
+    except Exception:
+        return False
+
+
+@dataclass(frozen=True)
+class RGBThen:
+    """``transform(img.convert("RGB"))`` for non-RGB images, else ``transform(img)``; picklable."""
+
+    transform: Transform
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        return self.transform(img.convert("RGB") if img.mode != "RGB" else img)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches of items: inline / threads / processes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawJpeg:
+    """A JPEG file's bytes (uint8 [n]) for GPU decoding; ``path`` for the CPU fallback."""
+
+    path: str
+    data: torch.Tensor
+
+
+def _jpeg_for_gpu(path: str, max_pixels: int | None) -> RawJpeg | None:
+    """The file's bytes when nvJPEG will decode it exactly like :func:`load_rgb` would, else None.
+
+    Only 8-bit RGB (YCbCr) or greyscale baseline/progressive JPEGs without an EXIF rotation, within
+    the pixel limit; everything else (CMYK, rotations, other formats, damaged headers) goes the CPU way.
+    """
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        # a missing end-of-image marker (truncated file) goes the CPU way, which names the damage
+        if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+            return None
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                return None
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                return None
+            if im.getexif().get(0x0112, 1) not in (1, None):
+                return None
+    except Exception:
+        return None
+    return RawJpeg(path, torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Dataset whose index is a list of paths (one batch): -> list of items in path order.
+
+    Picklable (holds only the transform and the pixel limit), for spawn worker processes.
+    ``gpu_jpeg``: JPEGs nvJPEG can decode come back as :class:`RawJpeg` instead of tensors.
+    """
+
+    def __init__(self, transform: Transform, max_pixels: int | None, gpu_jpeg: bool = False) -> None:
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.gpu_jpeg = gpu_jpeg
+
+    def __len__(self) -> int:  # the sampler drives iteration; the length is not used
+        return 0
+
+    def __getitem__(self, paths: list[str]) -> list[Any]:  # type: ignore[override]
+        out: list[Any] = []
+        for path in paths:
+            raw = _jpeg_for_gpu(path, self.max_pixels) if self.gpu_jpeg else None
+            out.append(raw if raw is not None else load_item(path, self.transform, self.max_pixels))
+        return out
+
+
+def _worker_init(_worker_id: int) -> None:
+    # one intra-op thread per worker: the workers together must not oversubscribe the cores
+    torch.set_num_threads(1)
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def iter_batches(
+    names: Sequence[str],
+    batches: Sequence[Sequence[int]],
+    transform: Transform,
+    *,
+    kind: str,
+    workers: int,
+    max_pixels: int | None,
+    gpu_jpeg: bool = False,
+) -> Iterator[list[Any]]:
+    """Yield, for each batch of indices into ``names``, its items in order (see :data:`Item`).
+
+    A generator: closing it (or an exception in the consumer) stops threads and worker processes
+    before it returns, so no child process outlives the job.
+    """
+    if kind == "inline" or not batches:
+        for batch in batches:
+            yield [load_item(names[i], transform, max_pixels) for i in batch]
+    elif kind == "thread":
+        yield from _thread_batches(names, batches, transform, workers, max_pixels)
+    elif kind == "process":
+        yield from _process_batches(names, batches, transform, workers, max_pixels, gpu_jpeg)
+    else:
+        raise ValueError(f"unknown worker kind {kind!r}")
+
+
+def _thread_batches(names: Sequence[str], batches: Sequence[Sequence[int]], transform: Transform,
+                    workers: int, max_pixels: int | None) -> Iterator[list[Item]]:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    ahead = 2
+    try:
+        pending: deque[list[Future[Item]]] = deque()
+        nxt = 0
+
+        def submit(batch: Sequence[int]) -> list[Future[Item]]:
+            return [pool.submit(load_item, names[i], transform, max_pixels) for i in batch]
+
+        while nxt < len(batches) and len(pending) < ahead:
+            pending.append(submit(batches[nxt]))
+            nxt += 1
+        while pending:
+            futures = pending.popleft()
+            if nxt < len(batches):
+                pending.append(submit(batches[nxt]))
+                nxt += 1
+            yield [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _process_batches(names: Sequence[str], batches: Sequence[Sequence[int]], transform: Transform,
+                     workers: int, max_pixels: int | None, gpu_jpeg: bool) -> Iterator[list[Any]]:
+    from torch.utils.data import DataLoader
+
+    rest = [[names[i] for i in batch] for batch in batches[1:]]
+    loader = DataLoader(
+        BatchDataset(transform, max_pixels, gpu_jpeg),
+        sampler=rest,
+        batch_size=None,
+        collate_fn=_identity,
+        num_workers=workers,
+        multiprocessing_context="spawn",
+        prefetch_factor=2,
+        worker_init_fn=_worker_init,
+        persistent_workers=False,
+    )
+    it = iter(loader) if rest else None  # starts the workers now; they import torch while batch 0 decodes here
+    try:
+        first = BatchDataset(transform, max_pixels, gpu_jpeg)[[names[i] for i in batches[0]]]
+        yield first
+        if it is not None:
+            for items in it:
+                yield items
+    finally:
+        if it is not None:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:  # the iterator's __del__ would do it, but a traceback may keep it alive
+                shutdown()
+            del it
+
+
+# --------------------------------------------------------------------------------------------
+# GPU JPEG decoding
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuPreprocess:
+    """Resize (shorter side, antialiased) + centre crop + normalise, on uint8 [3, H, W] GPU tensors.
+
+    The GPU counterpart of the CPU transforms of both encoders (PIL resize there, torch resize here:
+    values differ by interpolation rounding, not by geometry).
+    """
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+    def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 [3, H_i, W_i] tensors on one device -> float32 [B, 3, crop, crop]."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        mode = InterpolationMode(self.interpolation)
+        out = []
+        for img in images:
+            x = img.float() / 255.0
+            x = F.resize(x, [self.resize], interpolation=mode, antialias=True).clamp_(0.0, 1.0)
+            out.append(F.center_crop(x, [self.crop, self.crop]))
+        batch = torch.stack(out)
+        mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
+        return (batch - mean) / std
+
+
+def gpu_jpeg_available(device: str) -> bool:
+    """True when ``device`` is CUDA and this torchvision can decode JPEGs on it."""
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return False
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def finish_gpu_batch(items: list[Any], prep: GpuPreprocess, transform: Transform, device: str,
+                     max_pixels: int | None) -> list[Item]:
+    """Decode the :class:`RawJpeg` items of one batch on ``device`` -> items (tensors on ``device``).
+
+    A batch that nvJPEG refuses is decoded file by file; a file it refuses goes the CPU way (same
+    skip reason as without GPU decoding).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    raw = [(i, it) for i, it in enumerate(items) if isinstance(it, RawJpeg)]
+    out: list[Item] = [it.to(device) if isinstance(it, torch.Tensor) else it for it in items]
+    if not raw:
+        return out
+    try:
+        decoded: list[torch.Tensor | None] = list(
+            decode_jpeg([r.data for _, r in raw], mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        decoded = []
+        for _, r in raw:
+            try:
+                decoded.append(decode_jpeg(r.data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                decoded.append(None)
+    ok = [(i, img) for (i, _), img in zip(raw, decoded) if img is not None]
+    if ok:
+        tensors = prep([img for _, img in ok])
+        for (i, _), t in zip(ok, tensors):
+            out[i] = t
+    for (i, r), img in zip(raw, decoded):
+        if img is None:
+            item = load_item(r.path, transform, max_pixels)
+            out[i] = item.to(device) if isinstance(item, torch.Tensor) else item
+    return out
