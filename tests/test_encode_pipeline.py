@@ -13,12 +13,13 @@ import psutil
 import pytest
 import torch
 
-from clustermine.encoders import load_encoder
+from clustermine.encoders import EncodeResult, load_encoder
 from clustermine.encoders.decode import (
     PROCESS_MIN_IMAGES,
     RawJpeg,
     _jpeg_for_gpu,
     finish_gpu_batch,
+    make_decoded,
     resolve_workers,
 )
 from clustermine.encoders.openclip import OpenClipEncoder
@@ -58,12 +59,24 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
                                                                         str(bad_dir / "missing.jpg")] + real[10:]
 
 
-def _compare(enc, files: list[str]) -> None:
+def _compare(enc, files: list[str], chunk_size: int | None = None) -> None:
+    """Inline decoding vs 2 worker processes (``chunk_size``: through iter_encode, chunks merged)."""
     calls_a: list[tuple[int, int]] = []
     calls_b: list[tuple[int, int]] = []
     a = enc.encode_images(files, batch_size=6, num_workers=0, progress=lambda d, t: calls_a.append((d, t)))
-    b = enc.encode_images(files, batch_size=6, num_workers=2, worker_kind="process",
-                          progress=lambda d, t: calls_b.append((d, t)))
+    kw = dict(batch_size=6, num_workers=2, worker_kind="process", progress=lambda d, t: calls_b.append((d, t)))
+    if chunk_size is None:
+        b = enc.encode_images(files, **kw)
+    else:
+        parts = list(enc.iter_encode(files, chunk_size=chunk_size, **kw))
+        assert [s for s, _ in parts] == list(range(0, len(files), chunk_size))
+        assert [len(r.ok) for _, r in parts] == [len(files[s:s + chunk_size]) for s, _ in parts]
+        b = EncodeResult(np.concatenate([r.features for _, r in parts]), [o for _, r in parts for o in r.ok],
+                         {k: v for _, r in parts for k, v in r.errors.items()})
+        # batches never straddle chunks: progress comes at the end of each batch inside each chunk
+        n = len(files)
+        calls_a = [(min(i + 6, min(c + chunk_size, n)), n) for c in range(0, n, chunk_size)
+                   for i in range(c, min(c + chunk_size, n), 6)]
     assert a.n_ok == len(files) - 3
     assert b.ok == a.ok
     assert b.errors == a.errors
@@ -75,7 +88,7 @@ def _compare(enc, files: list[str]) -> None:
 
 
 def test_process_workers_match_inline_offline(files: list[str]) -> None:
-    _compare(load_encoder("offline", "cpu"), files)
+    _compare(load_encoder("offline", "cpu"), files, chunk_size=7)
 
 
 def test_process_workers_match_inline_tiny_openclip(files: list[str], tmp_path: Path) -> None:
@@ -129,9 +142,14 @@ def test_gpu_preprocess_matches_pil_transform_on_cpu(files: list[str]) -> None:
     # bytes the JPEG decoder refuses: the whole batch is retried file by file, that file goes the CPU way
     text = next(f for f in files if Path(f).name == "text.jpg")
     broken = RawJpeg(text, torch.frombuffer(bytearray(b"\xff\xd8 not a jpeg \xff\xd9"), dtype=torch.uint8))
-    out = finish_gpu_batch(items + [broken], prep, enc.image_transform(), "cpu", None)
-    assert out[-1] == load_encoder("offline", "cpu").encode_images([text], num_workers=0).errors[text]
-    got = torch.stack(out[:-1])
+    # and a file the CPU path decodes in the middle of the batch keeps its place
+    cpu_item = enc.preprocess(load_rgb(real[-1]))
+    dec = make_decoded(items[:4] + [cpu_item] + items[4:] + [broken])
+    out = finish_gpu_batch(dec, prep, enc.image_transform(), "cpu", None)
+    assert out.reasons[:-1] == [None] * (len(items) + 1) and not out.raw
+    assert out.reasons[-1] == enc.encode_images([text], num_workers=0).errors[text]
+    assert torch.equal(out.tensor[4], cpu_item)
+    got = torch.cat([out.tensor[:4], out.tensor[5:]])
     ref = torch.stack([enc.preprocess(load_rgb(f)) for f in real])
     assert got.shape == ref.shape
     diff = (got - ref).abs()

@@ -14,7 +14,7 @@ import abc
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -218,9 +218,38 @@ class Encoder(abc.ABC):
         ``progress(done, total)`` is called after each batch; ``cancel()`` returning True raises
         CancelledError (worker threads and processes are stopped before it propagates).
         """
+        parts = list(self.iter_encode(paths, chunk_size=max(1, len(paths)), batch_size=batch_size,
+                                      num_workers=num_workers, worker_kind=worker_kind, gpu_decode=gpu_decode,
+                                      max_pixels=max_pixels, progress=progress, cancel=cancel))
+        if not parts:
+            return EncodeResult(features=np.zeros((0, self.dim), np.float32), ok=[], errors={})
+        return parts[0][1]
+
+    def iter_encode(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        chunk_size: int = 256,
+        batch_size: int = 32,
+        num_workers: int | str = "auto",
+        worker_kind: str = "auto",
+        gpu_decode: bool | str = "auto",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> Iterator[tuple[int, EncodeResult]]:
+        """Like :meth:`encode_images`, yielding ``(start, result)`` for each ``chunk_size`` slice of
+        ``paths`` (``result`` covers ``paths[start:start + chunk_size]``) as soon as it is encoded.
+
+        One set of decode workers serves the whole job (worker processes start once, not per chunk),
+        so a caller that stores features chunk by chunk (a feature cache, shards) keeps the decode
+        pipeline full. ``progress(done, total)`` counts over all of ``paths``. Closing the generator
+        early stops the workers.
+        """
         names = [os.fspath(p) for p in paths]
-        batch_size = max(1, int(batch_size))
-        batches = [list(range(i, min(i + batch_size, len(names)))) for i in range(0, len(names), batch_size)]
+        batch_size, chunk_size = max(1, int(batch_size)), max(1, int(chunk_size))
+        chunks = [(c, min(c + chunk_size, len(names))) for c in range(0, len(names), chunk_size)]
+        batches = [list(range(i, min(i + batch_size, end))) for c, end in chunks for i in range(c, end, batch_size)]
         kind, workers = decode.resolve_workers(num_workers, worker_kind, len(names))
         transform = self.image_transform()
         if kind == "process" and not decode.picklable(transform):
@@ -232,29 +261,30 @@ class Encoder(abc.ABC):
             prep = None
         stream = decode.iter_batches(names, batches, transform, kind=kind, workers=workers,
                                      max_pixels=max_pixels, gpu_jpeg=prep is not None)
-        ok = [False] * len(names)
-        errors: dict[str, str] = {}
-        feats: list[np.ndarray] = []
         done = 0
         try:
-            for batch, items in zip(batches, stream):
-                if cancel is not None and cancel():
-                    raise CancelledError(f"encoding cancelled after {done} of {len(names)} images")
-                if prep is not None:
-                    items = decode.finish_gpu_batch(items, prep, transform, self.device, max_pixels)
-                tensors = []
-                for idx, item in zip(batch, items):
-                    if isinstance(item, str):
-                        errors[names[idx]] = item
-                    else:
-                        ok[idx] = True
-                        tensors.append(item)
-                if tensors:
-                    feats.append(self.encode_batch(torch.stack(tensors)))
-                done += len(batch)
-                if progress is not None:
-                    progress(done, len(names))
+            batch_iter = zip(batches, stream)
+            for start, end in chunks:
+                ok = [False] * (end - start)
+                errors: dict[str, str] = {}
+                feats: list[np.ndarray] = []
+                while done < end:
+                    batch, dec = next(batch_iter)
+                    if cancel is not None and cancel():
+                        raise CancelledError(f"encoding cancelled after {done} of {len(names)} images")
+                    if prep is not None:
+                        dec = decode.finish_gpu_batch(dec, prep, transform, self.device, max_pixels)
+                    for idx, reason in zip(batch, dec.reasons):
+                        if reason is None:
+                            ok[idx - start] = True
+                        else:
+                            errors[names[idx]] = reason
+                    if dec.tensor is not None:
+                        feats.append(self.encode_batch(dec.tensor))
+                    done += len(batch)
+                    if progress is not None:
+                        progress(done, len(names))
+                features = np.concatenate(feats, axis=0) if feats else np.zeros((0, self.dim), np.float32)
+                yield start, EncodeResult(features=features, ok=ok, errors=errors)
         finally:
             stream.close()
-        features = np.concatenate(feats, axis=0) if feats else np.zeros((0, self.dim), np.float32)
-        return EncodeResult(features=features, ok=ok, errors=errors)

@@ -123,6 +123,26 @@ class RawJpeg:
     data: torch.Tensor
 
 
+@dataclass
+class Decoded:
+    """One decoded batch. ``tensor`` [k, 3, H, W] holds the usable files in batch order (None when k = 0);
+    ``reasons[i]`` is why file i was skipped, None when it is used; ``raw`` (GPU path only) maps
+    positions to JPEG bytes still to decode (those positions are neither in ``tensor`` nor skipped)."""
+
+    tensor: torch.Tensor | None
+    reasons: list[str | None]
+    raw: dict[int, RawJpeg]
+
+
+def make_decoded(items: Sequence[Any]) -> Decoded:
+    """Per-file items (tensor | reason | RawJpeg) -> one :class:`Decoded` (a single stacked tensor:
+    one shared-memory block per batch between processes, not one per image)."""
+    tensors = [it for it in items if isinstance(it, torch.Tensor)]
+    return Decoded(torch.stack(tensors) if tensors else None,
+                   [it if isinstance(it, str) else None for it in items],
+                   {i: it for i, it in enumerate(items) if isinstance(it, RawJpeg)})
+
+
 def _jpeg_for_gpu(path: str, max_pixels: int | None) -> RawJpeg | None:
     """The file's bytes when nvJPEG will decode it exactly like :func:`load_rgb` would, else None.
 
@@ -151,7 +171,7 @@ def _jpeg_for_gpu(path: str, max_pixels: int | None) -> RawJpeg | None:
 
 
 class BatchDataset(torch.utils.data.Dataset):
-    """Dataset whose index is a list of paths (one batch): -> list of items in path order.
+    """Dataset whose index is a list of paths (one batch) -> :class:`Decoded`.
 
     Picklable (holds only the transform and the pixel limit), for spawn worker processes.
     ``gpu_jpeg``: JPEGs nvJPEG can decode come back as :class:`RawJpeg` instead of tensors.
@@ -165,12 +185,12 @@ class BatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:  # the sampler drives iteration; the length is not used
         return 0
 
-    def __getitem__(self, paths: list[str]) -> list[Any]:  # type: ignore[override]
+    def __getitem__(self, paths: list[str]) -> Decoded:  # type: ignore[override]
         out: list[Any] = []
         for path in paths:
             raw = _jpeg_for_gpu(path, self.max_pixels) if self.gpu_jpeg else None
             out.append(raw if raw is not None else load_item(path, self.transform, self.max_pixels))
-        return out
+        return make_decoded(out)
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -191,15 +211,15 @@ def iter_batches(
     workers: int,
     max_pixels: int | None,
     gpu_jpeg: bool = False,
-) -> Iterator[list[Any]]:
-    """Yield, for each batch of indices into ``names``, its items in order (see :data:`Item`).
+) -> Iterator[Decoded]:
+    """Yield, for each batch of indices into ``names``, its :class:`Decoded` (files in batch order).
 
     A generator: closing it (or an exception in the consumer) stops threads and worker processes
     before it returns, so no child process outlives the job.
     """
     if kind == "inline" or not batches:
         for batch in batches:
-            yield [load_item(names[i], transform, max_pixels) for i in batch]
+            yield make_decoded([load_item(names[i], transform, max_pixels) for i in batch])
     elif kind == "thread":
         yield from _thread_batches(names, batches, transform, workers, max_pixels)
     elif kind == "process":
@@ -209,7 +229,7 @@ def iter_batches(
 
 
 def _thread_batches(names: Sequence[str], batches: Sequence[Sequence[int]], transform: Transform,
-                    workers: int, max_pixels: int | None) -> Iterator[list[Item]]:
+                    workers: int, max_pixels: int | None) -> Iterator[Decoded]:
     pool = ThreadPoolExecutor(max_workers=workers)
     ahead = 2
     try:
@@ -227,13 +247,13 @@ def _thread_batches(names: Sequence[str], batches: Sequence[Sequence[int]], tran
             if nxt < len(batches):
                 pending.append(submit(batches[nxt]))
                 nxt += 1
-            yield [f.result() for f in futures]
+            yield make_decoded([f.result() for f in futures])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _process_batches(names: Sequence[str], batches: Sequence[Sequence[int]], transform: Transform,
-                     workers: int, max_pixels: int | None, gpu_jpeg: bool) -> Iterator[list[Any]]:
+                     workers: int, max_pixels: int | None, gpu_jpeg: bool) -> Iterator[Decoded]:
     from torch.utils.data import DataLoader
 
     rest = [[names[i] for i in batch] for batch in batches[1:]]
@@ -310,36 +330,41 @@ def gpu_jpeg_available(device: str) -> bool:
     return True
 
 
-def finish_gpu_batch(items: list[Any], prep: GpuPreprocess, transform: Transform, device: str,
-                     max_pixels: int | None) -> list[Item]:
-    """Decode the :class:`RawJpeg` items of one batch on ``device`` -> items (tensors on ``device``).
+def finish_gpu_batch(dec: Decoded, prep: GpuPreprocess, transform: Transform, device: str,
+                     max_pixels: int | None) -> Decoded:
+    """Decode the JPEG bytes of one batch on ``device`` -> a :class:`Decoded` with everything on ``device``.
 
-    A batch that nvJPEG refuses is decoded file by file; a file it refuses goes the CPU way (same
+    A batch that the decoder refuses is decoded file by file; a file it refuses goes the CPU way (same
     skip reason as without GPU decoding).
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    raw = [(i, it) for i, it in enumerate(items) if isinstance(it, RawJpeg)]
-    out: list[Item] = [it.to(device) if isinstance(it, torch.Tensor) else it for it in items]
-    if not raw:
-        return out
+    if not dec.raw:
+        return Decoded(None if dec.tensor is None else dec.tensor.to(device, non_blocking=True), dec.reasons, {})
+    pos = sorted(dec.raw)
     try:
         decoded: list[torch.Tensor | None] = list(
-            decode_jpeg([r.data for _, r in raw], mode=ImageReadMode.RGB, device=device))
+            decode_jpeg([dec.raw[i].data for i in pos], mode=ImageReadMode.RGB, device=device))
     except RuntimeError:
         decoded = []
-        for _, r in raw:
+        for i in pos:
             try:
-                decoded.append(decode_jpeg(r.data, mode=ImageReadMode.RGB, device=device))
+                decoded.append(decode_jpeg(dec.raw[i].data, mode=ImageReadMode.RGB, device=device))
             except RuntimeError:
                 decoded.append(None)
-    ok = [(i, img) for (i, _), img in zip(raw, decoded) if img is not None]
-    if ok:
-        tensors = prep([img for _, img in ok])
-        for (i, _), t in zip(ok, tensors):
-            out[i] = t
-    for (i, r), img in zip(raw, decoded):
+    good = [(i, img) for i, img in zip(pos, decoded) if img is not None]
+    by_pos: dict[int, torch.Tensor] = dict(zip([i for i, _ in good], prep([img for _, img in good]))) if good else {}
+    reasons = list(dec.reasons)
+    for i, img in zip(pos, decoded):
         if img is None:
-            item = load_item(r.path, transform, max_pixels)
-            out[i] = item.to(device) if isinstance(item, torch.Tensor) else item
-    return out
+            item = load_item(dec.raw[i].path, transform, max_pixels)
+            if isinstance(item, str):
+                reasons[i] = item
+            else:
+                by_pos[i] = item.to(device)
+    cpu_rows = iter(dec.tensor.to(device, non_blocking=True)) if dec.tensor is not None else iter(())
+    rows = []
+    for i, reason in enumerate(reasons):
+        if reason is None:
+            rows.append(by_pos[i] if i in by_pos else next(cpu_rows))
+    return Decoded(torch.stack(rows) if rows else None, reasons, {})
