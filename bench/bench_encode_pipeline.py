@@ -125,19 +125,17 @@ def render(r: dict) -> str:
     L += [f"| {name} | {v:.1f} | {ratio} |" for name, v, ratio in rows]
     c = r.get("cpu_ms_per_img", {})
     if c:
-        L += ["", "CPU time per image (user + system, this process and its decode workers; does not depend on "
-              "other jobs' load the way wall time does): " + "; ".join(f"{k} {v:.1f} ms" for k, v in c.items())
-              + f". Decoding + preprocessing costs {c['threads'] - c['bare']:.1f} ms/img of CPU with threads and "
-              f"{c['processes'] - c['bare']:.1f} ms/img with processes (incl. the workers' start-up), next to "
-              f"{c['bare']:.1f} ms/img for the forward pass: on an idle 2-core machine end-to-end can reach "
-              f"~{c['bare'] / c['processes']:.2f} x bare forward with processes "
-              f"({c['bare'] / c['threads']:.2f} with threads)."]
+        L += ["", "CPU time per image (user + system, this process and its reaped decode workers): "
+              + "; ".join(f"{k} {v:.1f} ms" for k, v in c.items())
+              + ". On an oversubscribed machine the model's OpenMP threads spin while waiting for a core, so these "
+              "include spin time and are not a clean cost split either."]
     L += ["", "Every run: " + "; ".join(f"{k} " + ", ".join(f"{x:.1f}" for x in v) for k, v in r["reps"].items()) + " img/s."]
     if r["small"]:
-        L += ["", f"Small jobs, including the workers' start-up (spawn imports torch in each worker); "
-              f"`num_workers=\"auto\"` starts processes from {r['process_min_images']} images on:", "",
+        L += ["", f"Small jobs, including the workers' start-up (spawn imports torch in each worker). "
+              f"`worker_kind=\"auto\"` therefore keeps CPU jobs on threads and starts processes only for a CUDA "
+              f"model, from {r['process_min_images']:,} images on (`clustermine/encoders/decode.py`):", "",
               "| images | threads img/s | processes img/s | processes / threads |", "|---|---|---|---|"]
-        L += [f"| {n} | {v['threads']:.1f} | {v['processes']:.1f} | {v['processes'] / v['threads']:.2f} |"
+        L += [f"| {int(n)} | {v['threads']:.1f} | {v['processes']:.1f} | {v['processes'] / v['threads']:.2f} |"
               for n, v in r["small"].items()]
     return "\n".join(L)
 

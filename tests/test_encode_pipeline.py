@@ -15,6 +15,7 @@ import torch
 
 from clustermine.encoders import EncodeResult, load_encoder
 from clustermine.encoders.decode import (
+    PROCESS_MIN_CPUS,
     PROCESS_MIN_IMAGES,
     RawJpeg,
     _jpeg_for_gpu,
@@ -118,9 +119,11 @@ def test_cancel_or_error_leaves_no_child_process(files: list[str], stop: str) ->
 def test_resolve_workers() -> None:
     cpus = os.cpu_count() or 1
     assert resolve_workers(0, "process", 10_000) == ("inline", 0)
-    assert resolve_workers("auto", "auto", PROCESS_MIN_IMAGES - 1) == ("thread", 2)
-    if cpus >= 2:
-        assert resolve_workers("auto", "auto", PROCESS_MIN_IMAGES) == ("process", max(1, min(cpus - 1, 8)))
+    assert resolve_workers("auto", "auto", PROCESS_MIN_IMAGES - 1, "cuda") == ("thread", 2)
+    assert resolve_workers("auto", "auto", 10**6, "cpu") == ("thread", 2)  # CPU: threads keep up with the model
+    big = "process" if cpus >= PROCESS_MIN_CPUS else "thread"
+    assert resolve_workers("auto", "auto", PROCESS_MIN_IMAGES, "cuda")[0] == big
+    assert resolve_workers("auto", "process", 10) == ("process", max(1, min(cpus - 1, 8)))
     assert resolve_workers(3, "thread", 10_000) == ("thread", 3)
     assert resolve_workers(2, "process", 5) == ("process", 2)
     for bad in (-1, "many", 1.5, True):

@@ -210,8 +210,8 @@ class Encoder(abc.ABC):
         """Encode image files in batches, skipping (and reporting) files that cannot be used.
 
         Decoding + preprocessing runs ahead of the forward pass (see :mod:`clustermine.encoders.decode`):
-        ``worker_kind`` ``"thread"``, ``"process"`` (spawn) or ``"auto"`` (processes from
-        ``decode.PROCESS_MIN_IMAGES`` images on); ``num_workers`` an int (0 = decode in this thread) or
+        ``worker_kind`` ``"thread"``, ``"process"`` (spawn) or ``"auto"`` (processes for large jobs on
+        CUDA, see ``decode.resolve_workers``); ``num_workers`` an int (0 = decode in this thread) or
         ``"auto"``. ``gpu_decode`` (``"auto"`` = when the device is CUDA and the process path runs):
         JPEGs are decoded by nvJPEG and preprocessed on the GPU. Features, order and skip reasons do
         not depend on the worker kind (GPU decoding: up to interpolation rounding).
@@ -250,7 +250,7 @@ class Encoder(abc.ABC):
         batch_size, chunk_size = max(1, int(batch_size)), max(1, int(chunk_size))
         chunks = [(c, min(c + chunk_size, len(names))) for c in range(0, len(names), chunk_size)]
         batches = [list(range(i, min(i + batch_size, end))) for c, end in chunks for i in range(c, end, batch_size)]
-        kind, workers = decode.resolve_workers(num_workers, worker_kind, len(names))
+        kind, workers = decode.resolve_workers(num_workers, worker_kind, len(names), self.device)
         transform = self.image_transform()
         if kind == "process" and not decode.picklable(transform):
             kind, workers = "thread", decode.AUTO_THREADS

@@ -7,8 +7,8 @@ Three ways to feed the model, all giving the same tensors and the same skip reas
   decoder, so threads stop scaling at ~2 workers);
 - ``process``: a ``torch.utils.data.DataLoader`` with ``spawn`` worker processes, each decoding whole
   batches, two batches ahead per worker. Spawning a worker imports torch (seconds), so the first batch
-  is decoded in the calling thread while the workers start, and :data:`PROCESS_MIN_IMAGES` keeps small
-  jobs on threads.
+  is decoded in the calling thread while the workers start. ``"auto"`` picks processes only where they
+  pay: a CUDA model, >= :data:`PROCESS_MIN_IMAGES` images, >= :data:`PROCESS_MIN_CPUS` cores.
 
 On CUDA the process workers can hand over JPEG bytes instead of pixels (``gpu_jpeg``): the batch is
 decoded by nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``) and resized / cropped / normalised on
@@ -32,12 +32,22 @@ import torch
 from clustermine.errors import ImageError
 from clustermine.images import load_rgb
 
-PROCESS_MIN_IMAGES = 512
-"""Jobs with fewer images never start worker processes (``num_workers="auto"``, ``worker_kind="auto"``).
+PROCESS_MIN_IMAGES = 2048
+"""``worker_kind="auto"`` starts worker processes only for jobs of at least this many images, on CUDA.
 
-Measured by ``bench/bench_encode_pipeline.py`` (BENCHMARKS.md, "Paper scale" / encode): starting two
-spawn workers costs a few seconds of CPU (each imports torch) on a 2-core machine, which is hidden only
-behind enough forward passes; below a few hundred images the thread pool is as fast or faster.
+Spawning workers costs seconds (each imports torch): 7-10 s for one worker on a loaded 2-core machine
+(``bench/bench_encode_pipeline.py``: 128 images 0.40 x the thread path's speed, 512 images 0.80 x).
+On a GPU nothing hides that start-up, so processes pay off once threads (~590 img/s for ViT-B-32,
+BENCHMARKS "GPU check") would need about as long as the start-up: ~3 s x 590 img/s ~ 1,800 images.
+"""
+
+PROCESS_MIN_CPUS = 4
+"""``worker_kind="auto"`` uses processes only with at least this many cores (one is left to the model).
+
+On CPU devices it never does: the forward pass is the bottleneck there (EfficientNet-Lite0 ~100 ms of
+CPU per image vs ~6 ms decode + preprocess) and two decode threads keep up with it; measured on 2 cores,
+1,000 files: threads 12.2 img/s, one decode process 8.2 img/s (the extra process competes with the
+model's OpenMP threads for the same two cores).
 """
 
 MAX_AUTO_PROCESSES = 8
@@ -65,12 +75,14 @@ def load_item(path: str, transform: Transform, max_pixels: int | None) -> Item:
         return f"could not be processed ({type(exc).__name__}: {exc})"
 
 
-def resolve_workers(num_workers: int | str, worker_kind: str, n_images: int) -> tuple[str, int]:
+def resolve_workers(num_workers: int | str, worker_kind: str, n_images: int,
+                    device: str = "cpu") -> tuple[str, int]:
     """-> (``"inline"`` | ``"thread"`` | ``"process"``, number of workers) for a job of ``n_images``.
 
     ``num_workers``: an int >= 0 or ``"auto"`` (processes: min(cpu_count - 1, 8), at least 1;
-    threads: 2); ``0`` always decodes inline. ``worker_kind``: ``"auto"`` (processes from
-    :data:`PROCESS_MIN_IMAGES` images on, on machines with >= 2 cores), ``"thread"`` or ``"process"``.
+    threads: 2); ``0`` always decodes inline. ``worker_kind``: ``"thread"``, ``"process"`` or
+    ``"auto"``: processes when the model runs on CUDA, the job has >= :data:`PROCESS_MIN_IMAGES`
+    images and the machine >= :data:`PROCESS_MIN_CPUS` cores; threads otherwise.
     """
     if worker_kind not in ("auto", "thread", "process"):
         raise ValueError(f"worker_kind must be 'auto', 'thread' or 'process', got {worker_kind!r}")
@@ -85,7 +97,8 @@ def resolve_workers(num_workers: int | str, worker_kind: str, n_images: int) -> 
         return "inline", 0
     kind = worker_kind
     if kind == "auto":
-        kind = "process" if n_images >= PROCESS_MIN_IMAGES and cpus >= 2 else "thread"
+        fast_model = str(device).startswith("cuda")
+        kind = "process" if fast_model and n_images >= PROCESS_MIN_IMAGES and cpus >= PROCESS_MIN_CPUS else "thread"
     if n is None:
         n = max(1, min(cpus - 1, MAX_AUTO_PROCESSES)) if kind == "process" else AUTO_THREADS
     return kind, n
