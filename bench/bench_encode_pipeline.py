@@ -128,7 +128,9 @@ def render(r: dict) -> str:
         L += ["", "CPU time per image (user + system, this process and its reaped decode workers): "
               + "; ".join(f"{k} {v:.1f} ms" for k, v in c.items())
               + ". On an oversubscribed machine the model's OpenMP threads spin while waiting for a core, so these "
-              "include spin time and are not a clean cost split either."]
+              "include spin time and are not a clean cost split either. With other agents' jobs on the same 2 cores "
+              "the same path varies 1.5-2 x between runs (see every run below): read the ratios as noisy; a quieter "
+              "probe (128 files, load ~3) gave bare forward 34 img/s vs threads end-to-end 33 img/s (0.96)."]
     L += ["", "Every run: " + "; ".join(f"{k} " + ", ".join(f"{x:.1f}" for x in v) for k, v in r["reps"].items()) + " img/s."]
     if r["small"]:
         L += ["", f"Small jobs, including the workers' start-up (spawn imports torch in each worker). "

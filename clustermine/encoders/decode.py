@@ -44,10 +44,11 @@ BENCHMARKS "GPU check") would need about as long as the start-up: ~3 s x 590 img
 PROCESS_MIN_CPUS = 4
 """``worker_kind="auto"`` uses processes only with at least this many cores (one is left to the model).
 
-On CPU devices it never does: the forward pass is the bottleneck there (EfficientNet-Lite0 ~100 ms of
-CPU per image vs ~6 ms decode + preprocess) and two decode threads keep up with it; measured on 2 cores,
-1,000 files: threads 12.2 img/s, one decode process 8.2 img/s (the extra process competes with the
-model's OpenMP threads for the same two cores).
+On CPU devices it never does: the forward pass is the bottleneck there (EfficientNet-Lite0 ~60-100 ms
+of CPU per image vs ~6 ms decode + preprocess), so two decode threads already keep up (2 cores, 128
+files, load ~3: threads end-to-end 33 img/s vs bare forward 34 img/s), while the workers' start-up is
+a certain cost. On the shared 2-core machine, 1,000 files, one decode process ran at 0.5-0.6 x and
+512 files at 0.8-1.5 x the thread path's speed from run to run (BENCHMARKS "Paper scale" / encode).
 """
 
 MAX_AUTO_PROCESSES = 8
