@@ -6,13 +6,15 @@ Measures on ``--device`` (default ``cuda``):
    threads + forward) and the bare forward pass on the same preprocessed batches; when reference
    CPU features are given, the cosine between the CUDA (fp16 autocast) and CPU (fp32) features of the
    same files, and whether their ImageNet top-1 agrees;
-2. open_clip ViT-B-32 and ViT-L-14 with untrained weights (``:none``; throughput does not depend on
+2. encoding pipeline (issue 10): untrained ViT-B-32 bare forward vs end-to-end with decode threads,
+   spawn decode processes, and processes + nvJPEG GPU decoding; ratio to bare forward (target >= 0.5);
+3. open_clip ViT-B-32 and ViT-L-14 with untrained weights (``:none``; throughput does not depend on
    the weights): end-to-end and bare-forward images/s;
-3. TEMI: exact kNN (k = 50) at N = 100,000 synthetic 384-d features; s/step at C = 1,000 (16 heads);
+4. TEMI: exact kNN (k = 50) at N = 100,000 synthetic 384-d features; s/step at C = 1,000 (16 heads);
    a full default-recipe fit at N = 100,000, C = 1,000 when the estimate fits the time budget; and a
    full default fit on real offline features of ``imagenette_train100`` (C = 10, seed 0) with its
    clustering accuracy (CPU reference: 72.9 s, ACC 0.944);
-4. scoring throughput: log-score of 50,000 features against the 117,798-concept corpus on the GPU
+5. scoring throughput: log-score of 50,000 features against the 117,798-concept corpus on the GPU
    (fp32 and fp16 matmul) and the engine's numpy path on the host CPUs.
 
 The device machine has no internet and no ``../shared``; ``--data``, ``--class-embeddings`` and the
@@ -54,12 +56,12 @@ def _files(data: Path, limit: int) -> list[str]:
 
 
 def _encode_throughput(enc, files: list[str], dev: str, batch: int, workers: int) -> dict:
-    enc.encode_images(files[:batch], batch_size=batch, num_workers=workers)  # warm-up (weights, kernels)
+    enc.encode_images(files[:batch], batch_size=batch, num_workers=workers, worker_kind="thread")  # warm-up
     e2e_passes = []
     for _ in range(2):  # the first pass may read files cold from disk; the second has them in the OS cache
         _sync(dev)
         t0 = time.perf_counter()
-        res = enc.encode_images(files, batch_size=batch, num_workers=workers)
+        res = enc.encode_images(files, batch_size=batch, num_workers=workers, worker_kind="thread")
         _sync(dev)
         e2e_passes.append(len(files) / (time.perf_counter() - t0))
     e2e = e2e_passes[-1]
@@ -164,6 +166,63 @@ def check_openclip(args, dev: str, files: list[str]) -> dict:
         out[arch] = r
         print(" ", arch, {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}, flush=True)
         del enc
+    return out
+
+
+def check_encode_pipeline(args, dev: str, files: list[str]) -> dict:
+    """Issue 10 item 3: ViT-B-32-sized (untrained open_clip ViT-B-32) bare forward vs end-to-end with
+    decode threads, decode processes, and decode processes + GPU JPEG decoding (nvJPEG).
+
+    ``args.pipeline_n`` paths (the file list repeated: after the first pass the files are in the OS
+    cache, decoding still happens every time). "whole" counts the workers' start-up; "steady" times
+    the job from the first 10 % of images on (progress callback), i.e. the rate a long job runs at.
+    """
+    from clustermine.encoders import load_encoder
+    from clustermine.encoders.decode import gpu_jpeg_available
+
+    enc = load_encoder(f"openclip:{args.pipeline_arch}:none", device=dev)
+    n, batch = args.pipeline_n, args.pipeline_batch
+    paths = [files[i % len(files)] for i in range(n)]
+    pre = [enc.load_and_preprocess(f) for f in files[: 4 * batch]]
+    xs = [torch.stack((pre * (batch // len(pre) + 1))[i * batch:(i + 1) * batch]).to(dev) for i in range(4)]
+    enc.encode_batch(xs[0])
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        for x in xs:
+            enc.encode_batch(x)
+    _sync(dev)
+    bare = 12 * batch / (time.perf_counter() - t0)
+    out: dict = {"arch": args.pipeline_arch, "n_paths": n, "n_files": len(files), "batch": batch,
+                 "workers": args.workers, "bare_forward_img_s": bare}
+    variants = {"threads": dict(worker_kind="thread", gpu_decode=False),
+                "processes": dict(worker_kind="process", gpu_decode=False)}
+    if gpu_jpeg_available(dev):
+        variants["processes_gpu_jpeg"] = dict(worker_kind="process", gpu_decode=True)
+    else:
+        out["processes_gpu_jpeg"] = f"skipped: no nvJPEG on device {dev!r}"
+    ref = None
+    for name, kw in variants.items():
+        marks: list[tuple[int, float]] = []
+        _sync(dev)
+        t0 = time.perf_counter()
+        res = enc.encode_images(paths, batch_size=batch, num_workers=args.workers,
+                                progress=lambda d, _t: marks.append((d, time.perf_counter())), **kw)
+        _sync(dev)
+        t1 = time.perf_counter()
+        d0, s0 = next(((d, s) for d, s in marks if d >= n // 10), marks[0])
+        steady = (n - d0) / max(t1 - s0, 1e-9)
+        whole = n / (t1 - t0)
+        out[name] = {"whole_img_s": whole, "steady_img_s": steady, "whole_over_bare": whole / bare,
+                     "steady_over_bare": steady / bare, "n_ok": res.n_ok}
+        if ref is None:
+            ref = res.features
+        elif res.features.shape == ref.shape:
+            cos = (res.features * ref).sum(1)
+            out[name]["cos_vs_threads_min"] = float(cos.min())
+            out[name]["cos_vs_threads_mean"] = float(cos.mean())
+        print(f"  {name}: whole {whole:.0f} img/s, steady {steady:.0f} img/s, bare {bare:.0f} img/s, "
+              f"ratio whole {whole / bare:.3f} / steady {steady / bare:.3f} (target >= 0.5)", flush=True)
     return out
 
 
@@ -286,6 +345,22 @@ def render(r: dict) -> str:
         if "e2e_img_s" in v:
             L.append(f"| {name} | {v['n_files']} | {v['batch']} / {v['decode_threads']} | {v['e2e_img_s']:.0f} img/s | "
                      f"{v['bare_forward_img_s']:,.0f} img/s | {v['e2e_over_bare']:.3f} |")
+    p = r.get("encode_pipeline", {})
+    if "bare_forward_img_s" in p:
+        L += ["", f"Encoding pipeline (issue 10): open_clip {p['arch']} untrained, fp16 autocast, {p['n_paths']:,} paths "
+              f"({p['n_files']} files repeated), batch {p['batch']}, {p['workers']} decode workers; bare forward "
+              f"**{p['bare_forward_img_s']:,.0f} img/s**. Target end-to-end >= 0.5 x bare.", "",
+              "| decode | end-to-end (whole job) | steady (after 10 %) | whole / bare | steady / bare |",
+              "|---|---|---|---|---|"]
+        for name in ("threads", "processes", "processes_gpu_jpeg"):
+            v = p.get(name)
+            if isinstance(v, dict):
+                cos = (f" (cosine vs threads: mean {v['cos_vs_threads_mean']:.4f}, min {v['cos_vs_threads_min']:.4f})"
+                       if "cos_vs_threads_min" in v else "")
+                L.append(f"| {name.replace('_', ' ')}{cos} | {v['whole_img_s']:,.0f} img/s | {v['steady_img_s']:,.0f} img/s | "
+                         f"{v['whole_over_bare']:.3f} | {v['steady_over_bare']:.3f} |")
+            elif v:
+                L.append(f"| {name.replace('_', ' ')} | {v} | | | |")
     c = o.get("vs_cpu_fp32")
     if c:
         L.append(f"\nCUDA (fp16 autocast) vs CPU (fp32) offline features of the same {c['n']} files: cosine mean "
@@ -325,12 +400,16 @@ def main() -> int:
     ap.add_argument("--real-features", help=".npz (features, labels) for a real TEMI fit")
     ap.add_argument("--real-corpus", action="store_true", help="use the cached real corpus embeddings")
     ap.add_argument("--openclip", nargs="*", default=["ViT-B-32", "ViT-L-14"])
+    ap.add_argument("--pipeline-arch", default="ViT-B-32")
+    ap.add_argument("--pipeline-n", type=int, default=8192, help="paths per end-to-end run of encode_pipeline")
+    ap.add_argument("--pipeline-batch", type=int, default=256)
     ap.add_argument("--temi-n", type=int, default=100_000)
     ap.add_argument("--temi-c", type=int, default=1000)
     ap.add_argument("--score-n", type=int, default=50_000)
     ap.add_argument("--score-n-numpy", type=int, default=5_000)
     ap.add_argument("--budget-s", type=float, default=270.0)
-    ap.add_argument("--steps", nargs="+", default=["offline_encode", "openclip_encode", "temi", "score", "decode"],
+    ap.add_argument("--steps", nargs="+",
+                    default=["encode_pipeline", "offline_encode", "openclip_encode", "temi", "score", "decode"],
                     help="which parts to run (default: all, decode last)")
     ap.add_argument("--quick", action="store_true", help="small sizes: a dry run of the script itself")
     ap.add_argument("--render", action="store_true",
@@ -352,6 +431,7 @@ def main() -> int:
     if args.quick:
         args.max_files, args.batch, args.temi_n, args.temi_c = 64, 16, 5000, 50
         args.score_n, args.score_n_numpy, args.openclip = 2000, 2000, args.openclip[:1]
+        args.pipeline_n, args.pipeline_batch, args.workers = 96, 16, 2
     t_start = time.perf_counter()
     import common
 
@@ -366,6 +446,7 @@ def main() -> int:
     print("device:", out.get("gpu", dev), flush=True)
     files = _files(data, args.max_files)
     parts = {"decode": lambda: check_decode(args, files),
+             "encode_pipeline": lambda: check_encode_pipeline(args, dev, files),
              "offline_encode": lambda: check_offline(args, dev, files),
              "openclip_encode": lambda: check_openclip(args, dev, files),
              "temi": lambda: check_temi(args, dev, t_start),

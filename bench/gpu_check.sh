@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # GPU check of issue 4 (one command, < 5 minutes): offline-encoder and open_clip encode throughput
-# (with a CUDA-vs-CPU feature comparison), TEMI at N = 100K, and scoring throughput on a CUDA device.
+# (with a CUDA-vs-CPU feature comparison), TEMI at N = 100K, and scoring throughput on a CUDA device;
+# issue 10: the encoding pipeline's end-to-end / bare-forward ratio for ViT-B-32 (decode threads vs
+# spawn decode processes vs processes + nvJPEG GPU decoding). That part alone (~1 minute):
+#   bash bench/gpu_check.sh --steps encode_pipeline
+# CPU dry run of the script: .venv/bin/python bench/gpu_check.py --quick --device cpu --steps encode_pipeline
 # Fails with a clear message when no CUDA device is visible.
 #   bash bench/gpu_check.sh            (uses ./.venv/bin/python if present, else python3)
 #

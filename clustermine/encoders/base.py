@@ -1,8 +1,9 @@
 """The encoder interface shared by the offline ConSE encoder and open_clip models.
 
 An :class:`Encoder` maps images and texts into one embedding space (rows L2-normalised, float32).
-:meth:`Encoder.encode_images` is the batched, fault-tolerant path used on folders: a thread pool
-decodes and preprocesses the next batches while the model runs on the current one, unreadable
+:meth:`Encoder.encode_images` is the batched, fault-tolerant path used on folders: threads or spawn
+worker processes (:mod:`clustermine.encoders.decode`) decode and preprocess the next batches while
+the model runs on the current one, unreadable
 files are skipped and reported, and a ``progress`` / ``cancel`` pair lets front ends follow and
 stop long jobs.
 """
@@ -13,9 +14,7 @@ import abc
 import hashlib
 import json
 import os
-from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clustermine.encoders import decode
+from clustermine.encoders.decode import GpuPreprocess
 from clustermine.errors import CancelledError, EncoderError, ImageError
 from clustermine.images import DEFAULT_MAX_PIXELS, load_rgb
 
@@ -174,6 +175,18 @@ class Encoder(abc.ABC):
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(chunks, axis=0)
 
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The picklable callable RGB image -> [3, H, W] that worker processes apply.
+
+        Subclasses return a small object (not the encoder with its weights); the default, the bound
+        :meth:`preprocess`, pickles the whole encoder. Unpicklable transforms fall back to threads.
+        """
+        return self.preprocess
+
+    def gpu_preprocess(self) -> GpuPreprocess | None:
+        """The GPU equivalent of :meth:`preprocess` for nvJPEG-decoded images, or None (CPU only)."""
+        return None
+
     def load_and_preprocess(self, path: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
         """Decode one file and preprocess it -> [3, H, W]; raises ImageError on bad files."""
         img = load_rgb(path, max_pixels=max_pixels)
@@ -187,94 +200,91 @@ class Encoder(abc.ABC):
         paths: Sequence[str | os.PathLike[str]],
         *,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: int | str = "auto",
+        worker_kind: str = "auto",
+        gpu_decode: bool | str = "auto",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
     ) -> EncodeResult:
         """Encode image files in batches, skipping (and reporting) files that cannot be used.
 
-        A pool of ``num_workers`` threads decodes + preprocesses up to two batches ahead of the
-        forward pass (``num_workers=0``: decode in this thread). ``progress(done, total)`` is
-        called after each batch; ``cancel()`` returning True raises CancelledError.
+        Decoding + preprocessing runs ahead of the forward pass (see :mod:`clustermine.encoders.decode`):
+        ``worker_kind`` ``"thread"``, ``"process"`` (spawn) or ``"auto"`` (processes for large jobs on
+        CUDA, see ``decode.resolve_workers``); ``num_workers`` an int (0 = decode in this thread) or
+        ``"auto"``. ``gpu_decode`` (``"auto"`` = when the device is CUDA and the process path runs):
+        JPEGs are decoded by nvJPEG and preprocessed on the GPU. Features, order and skip reasons do
+        not depend on the worker kind (GPU decoding: up to interpolation rounding).
+        ``progress(done, total)`` is called after each batch; ``cancel()`` returning True raises
+        CancelledError (worker threads and processes are stopped before it propagates).
+        """
+        parts = list(self.iter_encode(paths, chunk_size=max(1, len(paths)), batch_size=batch_size,
+                                      num_workers=num_workers, worker_kind=worker_kind, gpu_decode=gpu_decode,
+                                      max_pixels=max_pixels, progress=progress, cancel=cancel))
+        if not parts:
+            return EncodeResult(features=np.zeros((0, self.dim), np.float32), ok=[], errors={})
+        return parts[0][1]
+
+    def iter_encode(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        chunk_size: int = 256,
+        batch_size: int = 32,
+        num_workers: int | str = "auto",
+        worker_kind: str = "auto",
+        gpu_decode: bool | str = "auto",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> Iterator[tuple[int, EncodeResult]]:
+        """Like :meth:`encode_images`, yielding ``(start, result)`` for each ``chunk_size`` slice of
+        ``paths`` (``result`` covers ``paths[start:start + chunk_size]``) as soon as it is encoded.
+
+        One set of decode workers serves the whole job (worker processes start once, not per chunk),
+        so a caller that stores features chunk by chunk (a feature cache, shards) keeps the decode
+        pipeline full. ``progress(done, total)`` counts over all of ``paths``. Closing the generator
+        early stops the workers.
         """
         names = [os.fspath(p) for p in paths]
-        batch_size = max(1, int(batch_size))
-        batches = [list(range(i, min(i + batch_size, len(names)))) for i in range(0, len(names), batch_size)]
-        loader = _Prefetcher(self, names, batches, num_workers, max_pixels)
-        ok = [False] * len(names)
-        errors: dict[str, str] = {}
-        feats: list[np.ndarray] = []
+        batch_size, chunk_size = max(1, int(batch_size)), max(1, int(chunk_size))
+        chunks = [(c, min(c + chunk_size, len(names))) for c in range(0, len(names), chunk_size)]
+        batches = [list(range(i, min(i + batch_size, end))) for c, end in chunks for i in range(c, end, batch_size)]
+        kind, workers = decode.resolve_workers(num_workers, worker_kind, len(names), self.device)
+        transform = self.image_transform()
+        if kind == "process" and not decode.picklable(transform):
+            kind, workers = "thread", decode.AUTO_THREADS
+        prep = self.gpu_preprocess() if kind == "process" and gpu_decode else None
+        if prep is not None and not decode.gpu_jpeg_available(self.device):
+            if gpu_decode is True:
+                raise EncoderError(f"gpu_decode=True needs a CUDA device and torchvision nvJPEG (device {self.device!r})")
+            prep = None
+        stream = decode.iter_batches(names, batches, transform, kind=kind, workers=workers,
+                                     max_pixels=max_pixels, gpu_jpeg=prep is not None)
         done = 0
         try:
-            for batch, items in zip(batches, loader):
-                if cancel is not None and cancel():
-                    raise CancelledError(f"encoding cancelled after {done} of {len(names)} images")
-                tensors = []
-                for idx, item in zip(batch, items):
-                    if isinstance(item, str):
-                        errors[names[idx]] = item
-                    else:
-                        ok[idx] = True
-                        tensors.append(item)
-                if tensors:
-                    feats.append(self.encode_batch(torch.stack(tensors)))
-                done += len(batch)
-                if progress is not None:
-                    progress(done, len(names))
+            batch_iter = zip(batches, stream)
+            for start, end in chunks:
+                ok = [False] * (end - start)
+                errors: dict[str, str] = {}
+                feats: list[np.ndarray] = []
+                while done < end:
+                    batch, dec = next(batch_iter)
+                    if cancel is not None and cancel():
+                        raise CancelledError(f"encoding cancelled after {done} of {len(names)} images")
+                    if prep is not None:
+                        dec = decode.finish_gpu_batch(dec, prep, transform, self.device, max_pixels)
+                    for idx, reason in zip(batch, dec.reasons):
+                        if reason is None:
+                            ok[idx - start] = True
+                        else:
+                            errors[names[idx]] = reason
+                    if dec.tensor is not None:
+                        feats.append(self.encode_batch(dec.tensor))
+                    done += len(batch)
+                    if progress is not None:
+                        progress(done, len(names))
+                features = np.concatenate(feats, axis=0) if feats else np.zeros((0, self.dim), np.float32)
+                yield start, EncodeResult(features=features, ok=ok, errors=errors)
         finally:
-            loader.close()
-        features = np.concatenate(feats, axis=0) if feats else np.zeros((0, self.dim), np.float32)
-        return EncodeResult(features=features, ok=ok, errors=errors)
-
-
-class _Prefetcher:
-    """Iterates over batches of decoded tensors (or error strings), decoding ahead in threads."""
-
-    def __init__(
-        self,
-        encoder: Encoder,
-        names: list[str],
-        batches: list[list[int]],
-        num_workers: int,
-        max_pixels: int | None,
-    ) -> None:
-        self._encoder = encoder
-        self._names = names
-        self._batches = batches
-        self._max_pixels = max_pixels
-        self._pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 else None
-        self._ahead = 2
-
-    def _load(self, idx: int) -> torch.Tensor | str:
-        try:
-            return self._encoder.load_and_preprocess(self._names[idx], max_pixels=self._max_pixels)
-        except ImageError as exc:
-            return exc.reason
-        except Exception as exc:  # never let one odd file stop the whole job
-            return f"could not be processed ({type(exc).__name__}: {exc})"
-
-    def _submit(self, batch: list[int]) -> list[Future[torch.Tensor | str]]:
-        assert self._pool is not None
-        return [self._pool.submit(self._load, idx) for idx in batch]
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        if self._pool is None:
-            for batch in self._batches:
-                yield [self._load(idx) for idx in batch]
-            return
-        pending: deque[list[Future[torch.Tensor | str]]] = deque()
-        next_batch = 0
-        while next_batch < len(self._batches) and len(pending) < self._ahead:
-            pending.append(self._submit(self._batches[next_batch]))
-            next_batch += 1
-        while pending:
-            futures = pending.popleft()
-            if next_batch < len(self._batches):
-                pending.append(self._submit(self._batches[next_batch]))
-                next_batch += 1
-            yield [f.result() for f in futures]
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            stream.close()

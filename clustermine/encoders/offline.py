@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from clustermine.encoders.base import Encoder
+from clustermine.encoders.decode import GpuPreprocess, RGBThen as _RGBThen
 from clustermine.errors import EncoderError
 from clustermine.hashing import cached_file_hash
 
@@ -251,6 +252,14 @@ class OfflineEncoder(Encoder):
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         """RGB PIL image -> [3, 224, 224] float tensor in [-1, 1]."""
         return self._preprocess(img.convert("RGB") if img.mode != "RGB" else img)
+
+    def image_transform(self) -> _RGBThen:
+        """:meth:`preprocess` as a small picklable object (for decode worker processes)."""
+        return _RGBThen(self._preprocess)
+
+    def gpu_preprocess(self) -> GpuPreprocess:
+        """The same resize / crop / scaling for nvJPEG-decoded images on the GPU."""
+        return GpuPreprocess(RESIZE_SIZE, IMAGE_SIZE, MEAN, STD, "bicubic")
 
     def class_embeddings(self) -> torch.Tensor:
         """MiniLM embeddings of the 1000 templated class names, [1000, 384], L2-normalised."""

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from clustermine.encoders.base import Encoder
+from clustermine.encoders.decode import GpuPreprocess, RGBThen
 from clustermine.errors import EncoderError
 from clustermine.hashing import file_hash
 
@@ -342,6 +343,21 @@ class OpenClipEncoder(Encoder):
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         """RGB PIL image -> [3, H, W] with the model's own validation transform."""
         return self._transform(img.convert("RGB") if img.mode != "RGB" else img)
+
+    def image_transform(self) -> RGBThen:
+        """:meth:`preprocess` as a small picklable object (for decode worker processes)."""
+        return RGBThen(self._transform)
+
+    def gpu_preprocess(self) -> GpuPreprocess | None:
+        """GPU resize / crop / normalise when the model's transform is the usual shortest-side
+        resize + square centre crop; None (CPU decoding) for other resize modes."""
+        cfg = self._pp_cfg
+        size = cfg.get("size", 224)
+        side = size if isinstance(size, int) else (size[0] if len(set(size)) == 1 else None)
+        interp = cfg.get("interpolation", "bicubic")
+        if side is None or cfg.get("resize_mode", "shortest") != "shortest" or interp not in ("bicubic", "bilinear"):
+            return None
+        return GpuPreprocess(int(side), int(side), tuple(cfg["mean"]), tuple(cfg["std"]), interp)
 
     def _embed_images(self, x: torch.Tensor) -> torch.Tensor:
         return self._model.encode_image(x)
