@@ -184,29 +184,24 @@ def encode_records(encoder, records: list, *, cache: FeatureCache | None = None,
     seen: set[str] = set()
     todo = [r for r in todo if not (r.sha1 in seen or seen.add(r.sha1))]  # duplicates encode once
     total = len(todo)
-    done_before = 0
     if tracker:
         tracker.update(0, total, force=True)
     kwargs = {"batch_size": batch_size}
     if max_pixels:
         kwargs["max_pixels"] = max_pixels
-    for start in range(0, total, chunk_size):
+    # One decode pipeline for the whole job; every chunk becomes a feature-cache shard as it finishes.
+    chunks = encoder.iter_encode([r.abs_path for r in todo], chunk_size=chunk_size,
+                                 progress=(lambda done, _t: tracker.update(done, total)) if tracker else None,
+                                 cancel=tracker.check_cancel_flag if tracker else None, **kwargs)
+    for start, result in chunks:
         part = todo[start:start + chunk_size]
-
-        def on_batch(done: int, _total: int, offset: int = done_before) -> None:
-            if tracker:
-                tracker.update(offset + done, total)
-
-        result = encoder.encode_images([r.abs_path for r in part], progress=on_batch,
-                                       cancel=tracker.check_cancel_flag if tracker else None, **kwargs)
         ok_records = [r for r, ok in zip(part, result.ok) if ok]
         cache.put([r.sha1 for r in ok_records], result.features)
         for r, ok in zip(part, result.ok):
             if not ok:
                 errors[r.path] = result.errors.get(r.abs_path, "could not be decoded")
-        done_before += len(part)
         if tracker:
-            tracker.update(done_before, total, force=True)
+            tracker.update(min(start + chunk_size, total), total, force=True)
     bad = set(errors)
     for r in records:
         if r.path in bad:

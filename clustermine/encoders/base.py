@@ -202,7 +202,7 @@ class Encoder(abc.ABC):
         batch_size: int = 32,
         num_workers: int | str = "auto",
         worker_kind: str = "auto",
-        gpu_decode: bool | str = "auto",
+        gpu_decode: bool | str = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
@@ -212,7 +212,9 @@ class Encoder(abc.ABC):
         Decoding + preprocessing runs ahead of the forward pass (see :mod:`clustermine.encoders.decode`):
         ``worker_kind`` ``"thread"``, ``"process"`` (spawn) or ``"auto"`` (processes for large jobs on
         CUDA, see ``decode.resolve_workers``); ``num_workers`` an int (0 = decode in this thread) or
-        ``"auto"``. ``gpu_decode`` (``"auto"`` = when the device is CUDA and the process path runs):
+        ``"auto"``. ``gpu_decode`` (``True``, or ``"auto"`` = when the device is CUDA and the process
+        path runs; off by default because its features differ from the PIL path's by interpolation
+        rounding and the feature cache's fingerprint does not record how images were decoded):
         JPEGs are decoded by nvJPEG and preprocessed on the GPU. Features, order and skip reasons do
         not depend on the worker kind (GPU decoding: up to interpolation rounding).
         ``progress(done, total)`` is called after each batch; ``cancel()`` returning True raises
@@ -233,7 +235,7 @@ class Encoder(abc.ABC):
         batch_size: int = 32,
         num_workers: int | str = "auto",
         worker_kind: str = "auto",
-        gpu_decode: bool | str = "auto",
+        gpu_decode: bool | str = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
