@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from clustermine.clustering import TEMI, KMeansClusterer, check_clusterer_feasible
 from clustermine.clustering import knn as knn_mod
@@ -48,6 +49,17 @@ def test_exact_knn_equals_brute_force_on_float16_memmap(tmp_path) -> None:
     assert (np.diff(sims, axis=1) <= 1e-6).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_exact_knn_on_cuda_matches_cpu(dtype) -> None:
+    X, _ = sphere_mixture(5000, 64, 50, noise=0.5)
+    cpu = knn_mod.exact_knn(X.astype(np.float16), 10)
+    gpu = knn_mod.exact_knn(X.astype(np.float16), 10, device="cuda", gpu_dtype=dtype, chunk_bytes=1 << 20)
+    assert gpu.dtype == np.int32 and not (gpu == np.arange(5000)[:, None]).any()
+    overlap = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(cpu, gpu)])
+    assert overlap >= (0.999 if dtype == torch.float32 else 0.97)
+
+
 def test_normalized_float32_is_chunked_and_keeps_zero_rows(tmp_path) -> None:
     X = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float16)
     X[7] = 0
@@ -85,6 +97,17 @@ def test_approximate_knn_recall_and_determinism() -> None:
     assert (np.diff(sims, axis=1) <= 1e-5).all()
     again = knn_mod.knn_indices(X, k, method="approx", random_state=7)
     assert np.array_equal(again, approx)
+
+
+def test_approximate_knn_with_duplicate_rows_still_excludes_self() -> None:
+    # duplicates sit at distance 0, so a row's own index need not come first in the graph
+    base, _ = sphere_mixture(150, 16, 10, noise=0.5, seed=4)
+    X = np.repeat(base, 2, axis=0)
+    got = knn_mod.knn_indices(X, 5, method="approx", random_state=0)
+    assert got.shape == (300, 5) and not (got == np.arange(300)[:, None]).any()
+    assert all(len(set(r)) == 5 for r in got)
+    twin = np.arange(300) ^ 1  # row 2i's duplicate is 2i+1
+    assert np.mean(got[:, 0] == twin) > 0.95 or np.mean((got == twin[:, None]).any(1)) > 0.99
 
 
 def test_temi_uses_the_forced_knn_method_and_reports_it() -> None:

@@ -29,13 +29,45 @@ MINIBATCH_SIZE = 8192
 #: at N = 1.28M, C = 1000 that is ~3,800 samples per centre.
 MINIBATCH_EPOCHS = 3
 MINIBATCH_MIN_STEPS = 300
-#: The centres start from k-means (best of ``n_init`` k-means++ starts, at most INIT_MAX_ITER Lloyd
-#: iterations) on a random sample of max(10,000, 20 C) rows: one k-means++ start alone left two
-#: centres in one component and merged two others on a 12-component test mixture.
+#: The centres start from the best (least inertia) of ``n_init`` runs of spherical k-means++ seeding
+#: plus INIT_LLOYD_ITERS spherical Lloyd iterations, all on a random sample of max(10,000, 20 C)
+#: rows: a single run left two centres in one component and merged two others on a 12-component
+#: test mixture for some seeds. (scikit-learn's kmeans_plusplus on float32 computes its distances
+#: upcast to float64 in small blocks: 140 s per seeding at C = 1,000 on 2 cores; this one is GEMMs.)
 INIT_SAMPLE_MIN, INIT_SAMPLE_PER_CLUSTER = 10_000, 20
-INIT_MAX_ITER = 20
+INIT_LLOYD_ITERS = 10
 #: Rows assigned per chunk in predict (a [chunk, C] float32 similarity block).
 ASSIGN_CHUNK = 32_768
+
+
+def _spherical_kmeanspp(S: np.ndarray, c: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """k-means++ seeding on unit rows S [s, D] (float32) with the spherical distance 1 - cos (greedy:
+    the best of 2 + ln C candidates per centre, as scikit-learn). Returns (centres [c, D], potential)."""
+    s = S.shape[0]
+    trials = 2 + int(math.log(c))
+    idx = [int(rng.integers(s))]
+    dist = np.maximum(1.0 - S @ S[idx[0]], 0.0)  # [s]: distance to the nearest chosen centre
+    for _ in range(1, c):
+        cum = np.cumsum(dist, dtype=np.float64)
+        if cum[-1] <= 0:  # every row coincides with a centre (duplicates): any row will do
+            cand = rng.integers(s, size=trials)
+        else:
+            cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1]), s - 1)
+        d_new = np.minimum(dist[None, :], 1.0 - S[cand] @ S.T)  # [trials, s]
+        best = int(d_new.sum(1).argmin())
+        idx.append(int(cand[best]))
+        dist = np.maximum(d_new[best], 0.0)
+    return S[idx].copy(), float(dist.sum())
+
+
+def _spherical_lloyd(S: torch.Tensor, C: torch.Tensor, iters: int) -> torch.Tensor:
+    """``iters`` spherical Lloyd steps on unit rows S: centres <- normalised member sums (empty keep)."""
+    for _ in range(iters):
+        lab = (S @ C.T).argmax(1)
+        sums = torch.zeros_like(C).index_add_(0, lab, S)
+        hit = torch.bincount(lab, minlength=C.shape[0]) > 0
+        C[hit] = torch.nn.functional.normalize(sums[hit], dim=1)
+    return C
 
 
 def _unit_rows(X: np.ndarray) -> torch.Tensor:
@@ -51,8 +83,8 @@ class SphericalMiniBatchKMeans:
     Each step draws ``batch_size`` rows uniformly (with replacement; sorted for sequential reads),
     assigns each to the centre of highest cosine, moves every hit centre to
     ``c + (sum of its rows - n_hit c) / count`` (count: rows it has absorbed so far) and projects it
-    back onto the unit sphere. Centres start from a short k-means (best of ``n_init``) on a random
-    sample. Deterministic for a given seed on one machine. Fitted: ``cluster_centers_`` (float32
+    back onto the unit sphere. Centres start from the best of ``n_init`` runs of spherical k-means++
+    and a few Lloyd iterations on a random sample. Deterministic for a given seed on one machine. Fitted: ``cluster_centers_`` (float32
     [C, D], unit rows), ``labels_`` (int64 [N]), ``inertia_`` (sum of squared distances of unit rows to their centre = sum 2 - 2 cos),
     ``n_iter_`` (steps), ``counts_`` (rows absorbed per centre during training).
     """
@@ -70,19 +102,21 @@ class SphericalMiniBatchKMeans:
         return max(MINIBATCH_MIN_STEPS, math.ceil(MINIBATCH_EPOCHS * n / self.batch_size))
 
     def fit(self, X: np.ndarray) -> "SphericalMiniBatchKMeans":
-        from sklearn.cluster import KMeans
-
         n, _ = X.shape
         c = int(self.n_clusters)
         rng = np.random.default_rng(self.seed)
         s = min(n, max(INIT_SAMPLE_MIN, INIT_SAMPLE_PER_CLUSTER * c))
-        sample = _unit_rows(X[np.sort(rng.choice(n, s, replace=False))]).numpy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)  # duplicate rows: fewer distinct centres
-            centres = KMeans(c, n_init=max(1, int(self.n_init)), max_iter=INIT_MAX_ITER,
-                             random_state=self.seed % 2**32).fit(sample).cluster_centers_
-        del sample
-        C = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(centres, dtype=np.float32)), dim=1)
+        sample = _unit_rows(X[np.sort(rng.choice(n, s, replace=False))])
+        best = None
+        with torch.no_grad():
+            for _ in range(max(1, int(self.n_init))):  # keep the run of least sample inertia, as n_init does
+                C = _spherical_lloyd(sample, torch.from_numpy(_spherical_kmeanspp(sample.numpy(), c, rng)[0]),
+                                     INIT_LLOYD_ITERS)
+                inertia = float((1.0 - (sample @ C.T).max(1).values).double().sum())
+                if best is None or inertia < best[0]:
+                    best = (inertia, C)
+        C = best[1]
+        del sample, best
         counts = torch.zeros(c, dtype=torch.float64)
         steps = self._steps(n)
         # fit + final assignment pass, counted in batches of ``batch_size`` rows for progress
@@ -149,8 +183,8 @@ class KMeansClusterer(ClustererBase):
     normalised space), ``inertia_``, ``n_iter_``, ``cluster_sizes_``, ``n_occupied_``. ``predict``
     assigns the nearest centre after L2 normalisation. Up to N = 50,000 scikit-learn's KMeans runs
     (centres are means of unit vectors, not re-normalised); above it :class:`SphericalMiniBatchKMeans`
-    (unit-norm centres; initialised by the best of min(``n_init``, 3) short k-means runs on a
-    sample), which streams row batches from X, so a float16 memmap of any N is never copied whole.
+    (unit-norm centres; initialised by the best of min(``n_init``, 3) runs of k-means++ and a few
+    Lloyd iterations on a sample), which streams row batches from X, so a float16 memmap of any N is never copied whole.
     ``max_iter``: KMeans's iteration cap (the mini-batch path runs a fixed MINIBATCH_EPOCHS passes'
     worth of steps). ``random_state`` (int,
     None or a RandomState) goes to scikit-learn unchanged / seeds the mini-batch path.

@@ -23,11 +23,12 @@ from clustermine.errors import CancelledError
 CancelFn = Callable[[], bool]
 
 #: Above this many samples a CPU uses the approximate index when ``method="auto"``. Exact kNN costs
-#: ~53 s at N = 100,000 (D = 384, 2 cores; BENCHMARKS "Performance and scaling") and grows as N^2
-#: (~3.5 min at 200k, ~2.5 h at 1.28M); NN-descent costs a fixed ~40 s of numba compilation per
-#: process plus ~0.2-0.3 ms per point on 2 cores (6 s at 30k), i.e. it is only clearly cheaper
-#: from ~150k on, and below that exact results are worth their price.
-APPROX_KNN_ABOVE = 150_000
+#: ~53 s at N = 100,000 (D = 384, 2 idle cores; BENCHMARKS "Performance and scaling") and grows as
+#: N^2 (~3.5 min at 200k, ~2.5 h at 1.28M); NN-descent pays ~40 s of numba compilation per process
+#: plus a cost about linear in N. Measured side by side at 100k (BENCHMARKS "Paper scale", "knn")
+#: NN-descent already takes ~0.6x the exact time with recall@50 ~1.0, so the two break even a little
+#: below 100k: up to 100k exact results (all earlier benchmarks) are kept, above it the N^2 term wins.
+APPROX_KNN_ABOVE = 100_000
 KNN_METHODS = ("auto", "exact", "approx")
 #: Rows normalised per chunk when copying (possibly memory-mapped float16) features to float32.
 NORMALIZE_CHUNK_ROWS = 65_536
@@ -65,12 +66,13 @@ def _check_k(n: int, k: int) -> None:
         raise InvalidClusteringInput(f"knn must be in [1, n_samples - 1] = [1, {n - 1}], got {k}")
 
 
-def _gpu_keys(X: np.ndarray, dev: torch.device, chunk_rows: int) -> torch.Tensor:
-    """L2-normalised rows of X on ``dev``: float32 when they take at most half the free GPU memory,
-    else float16 (similarities then in float16: ties may order differently)."""
+def _gpu_keys(X: np.ndarray, dev: torch.device, chunk_rows: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """L2-normalised rows of X on ``dev`` as ``dtype``; None: float32 when they take at most half the
+    free GPU memory, else float16 (similarities then in float16: near-ties may order differently)."""
     n, d = X.shape
-    free, _ = torch.cuda.mem_get_info(dev)
-    dtype = torch.float32 if 4 * n * d <= free // 2 else torch.float16
+    if dtype is None:
+        free, _ = torch.cuda.mem_get_info(dev)
+        dtype = torch.float32 if 4 * n * d <= free // 2 else torch.float16
     keys = torch.empty((n, d), dtype=dtype, device=dev)
     for i0 in range(0, n, chunk_rows):
         blk = torch.from_numpy(np.asarray(X[i0 : i0 + chunk_rows], dtype=np.float32)).to(dev)
@@ -85,12 +87,13 @@ def exact_knn(
     device: str | torch.device = "cpu",
     cancel: CancelFn | None = None,
     chunk_bytes: int | None = None,
+    gpu_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Exact cosine kNN, self excluded: int32 [N, k], nearest first.
 
     The similarity matrix is computed in row chunks of about ``chunk_bytes`` (128 MiB on CPU, 1 GiB
     on a GPU by default). On CUDA the normalised keys are uploaded chunk by chunk (no host float32
-    copy of X).
+    copy of X), as ``gpu_dtype`` (None: float32 if it fits in half the free memory, else float16).
     """
     n = X.shape[0]
     _check_k(n, k)
@@ -98,7 +101,7 @@ def exact_knn(
     if chunk_bytes is None:
         chunk_bytes = 1 << (27 if dev.type == "cpu" else 30)
     if dev.type == "cuda":
-        keys = _gpu_keys(X, dev, NORMALIZE_CHUNK_ROWS)
+        keys = _gpu_keys(X, dev, NORMALIZE_CHUNK_ROWS, gpu_dtype)
     else:
         keys = torch.from_numpy(normalized_float32(X, cancel=cancel)).to(dev)
     rows = max(1, min(n, chunk_bytes // (keys.element_size() * n)))
@@ -156,11 +159,13 @@ def approx_knn(
                 out[rows[j]] = others[:k]
             else:
                 bad.append(int(rows[j]))
-    if bad:  # pad rows from an exact search of those rows only
-        q = np.asarray(bad)
+    for j0 in range(0, len(bad), 256):  # rows the graph left short: an exact search of those rows only
+        q = np.asarray(bad[j0 : j0 + 256])
         sims = Xn[q] @ Xn.T
         sims[np.arange(len(q)), q] = -np.inf
-        out[q] = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1, kind="stable")
+        out[q] = np.take_along_axis(top, order, 1)
     return out
 
 
