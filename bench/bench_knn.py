@@ -38,6 +38,23 @@ out = {{"seconds": time.perf_counter() - t0, "load_before": os.getloadavg()[0]}}
 np.save({dst!r}, idx)
 """
 
+TRUTH = """
+import numpy as np
+X = np.load({path!r}, mmap_mode="r")
+Xn = np.asarray(X, dtype=np.float32)
+Xn /= np.linalg.norm(Xn, axis=1, keepdims=True)
+q = np.sort(np.random.default_rng(0).choice({n}, {queries}, replace=False))
+truth = np.empty((len(q), {k}), dtype=np.int64)
+for j in range(0, len(q), 250):
+    S = Xn[q[j:j + 250]] @ Xn.T
+    S[np.arange(len(S)), q[j:j + 250]] = -np.inf
+    top = np.argpartition(-S, {k} - 1, axis=1)[:, :{k}]
+    order = np.argsort(-np.take_along_axis(S, top, 1), axis=1, kind="stable")
+    truth[j:j + 250] = np.take_along_axis(top, order, 1)
+np.savez({dst!r}, q=q, truth=truth)
+out = {{}}
+"""
+
 
 def recall(truth: np.ndarray, got: np.ndarray, k: int) -> np.ndarray:
     return np.array([len(np.intersect1d(t[:k], g[:k])) / k for t, g in zip(truth, got)])
@@ -53,15 +70,14 @@ def main() -> None:
     a = ap.parse_args()
     res: dict = {"n": a.n, "dim": a.dim, "k": a.k, "queries": a.queries, "runs": []}
     for noise in NOISES:
+        # data and truth in their own processes: a child inherits its parent's peak RSS (execve keeps it)
+        run_fresh(f"from synthetic_scale import sphere_mixture\nsphere_mixture({a.n}, {a.dim}, 1000, noise={noise})\nout = {{}}")
         fx, _ = sphere_mixture(a.n, a.dim, 1000, noise=noise)
-        X = np.load(fx, mmap_mode="r")
-        Xn = np.asarray(X, dtype=np.float32)
-        Xn /= np.linalg.norm(Xn, axis=1, keepdims=True)
-        q = np.sort(np.random.default_rng(0).choice(a.n, a.queries, replace=False))
-        S = Xn[q] @ Xn.T
-        S[np.arange(len(q)), q] = -np.inf
-        truth = np.argsort(-S, axis=1, kind="stable")[:, : a.k]
-        del Xn, S
+        # exact truth for the query rows
+        tfile = str(fx.parent / f"truth_{fx.stem}_{a.k}_{a.queries}.npz")
+        run_fresh(TRUTH.format(path=str(fx), k=a.k, queries=a.queries, n=a.n, dst=tfile))
+        t = np.load(tfile)
+        q, truth = t["q"], t["truth"]
         methods = ["approx"] + ([] if a.skip_exact or noise != NOISES[0] else ["exact"])
         for m in methods:
             dst = str(fx.parent / f"knn_{m}_{fx.stem}_{a.k}.npy")

@@ -24,7 +24,7 @@ IMAGENET_N = 1_281_167
 def sphere_mixture(n: int, d: int, c: int = 1000, seed: int = 0, noise: float = 0.9) -> tuple[Path, Path]:
     """(features .npy float16 [n, d], labels .npy int32 [n]) under ``.cache/bench_paper_scale`` (cached)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    stem = CACHE / (f"mix_n{n}_d{d}_c{c}_s{seed}" + ("" if noise == 0.9 else f"_noise{noise:g}"))
+    stem = CACHE / (f"mix_n{n}_d{d}_c{c}_s{seed}" + ("" if noise == 0.9 else f"_noise{noise:g}".replace(".", "p")))
     fx, fy = stem.with_suffix(".npy"), Path(f"{stem}_labels.npy")
     if fx.is_file() and fy.is_file():
         return fx, fy

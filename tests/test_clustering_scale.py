@@ -86,7 +86,9 @@ def test_approximate_knn_recall_and_determinism() -> None:
     X, _ = sphere_mixture(3000, 48, 100, noise=1.0, seed=1)
     k = 10
     exact = knn_mod.knn_indices(X, k, method="exact")
+    threads = torch.get_num_threads()
     approx = knn_mod.knn_indices(X, k, method="approx", random_state=7)
+    assert torch.get_num_threads() == threads  # numba's OpenMP layer must not leave torch's threads changed
     assert approx.dtype == np.int32 and approx.shape == (3000, k)
     assert not (approx == np.arange(3000)[:, None]).any()
     assert all(len(set(r)) == k for r in approx[:200])  # no repeated neighbour

@@ -324,7 +324,13 @@ class TEMI(ClustererBase):
     Parameters left at ``None`` are derived from N and C (METHOD 2.9, :func:`default_schedule`):
     ``n_heads`` (clip(round(N / 250), 4, 16); the former 16 heads, batch >= 32, 2,000 steps when
     N / C < 15), ``min_steps`` (clip(1000 + N, 1500, 2000)),
-    ``knn``, ``batch_size``, ``epochs`` (>= ``min_steps`` optimiser steps), ``lr`` (1e-4 * batch / 256).
+    ``knn``, ``batch_size``, ``epochs`` (>= ``min_steps`` optimiser steps; above N = 20,000 also
+    ~5,000 samples per cluster, at most 100 epochs), ``lr`` (1e-4 * batch / 256).
+    ``knn_method``: ``"exact"`` (chunked, CPU or CUDA), ``"approx"`` (NN-descent on the CPU) or
+    ``"auto"`` (approximate on a CPU above ``clustering.knn.APPROX_KNN_ABOVE`` samples); resolved in
+    ``knn_method_``; the approximate index is seeded from ``random_state``.
+    On a CPU, ``fit`` warns (:class:`~clustermine.clustering.SlowClusteringWarning`) when
+    ``check_clusterer_feasible`` estimates the fit at over 30 minutes.
     ``embed_norm="auto"`` standardises per dimension when N >= 10 D, otherwise L2-normalises.
     ``progress(done_steps, total_steps)`` is called about once per epoch (at most ~200 times);
     ``cancel()`` returning True aborts with :class:`~clustermine.errors.CancelledError`.
@@ -336,8 +342,7 @@ class TEMI(ClustererBase):
     Fitted attributes: ``labels_`` (int64 [N]), ``best_head_``, ``head_losses_`` ([H], last-epoch
     mean loss per head), ``loss_history_`` (epoch mean losses), ``n_iter_`` (optimiser steps),
     ``cluster_sizes_`` ([C]), ``n_occupied_``, ``prior_`` ([C], best head's cluster prior), the
-    resolved ``knn_``, ``knn_method_`` (``"exact"`` / ``"approx"``, from ``knn_method``: ``"auto"``
-    approximates on a CPU above ``clustering.knn.APPROX_KNN_ABOVE`` samples), ``batch_size_``, ``epochs_``, ``lr_``, ``embed_norm_``, ``head_labels_``
+    resolved ``knn_``, ``knn_method_``, ``batch_size_``, ``epochs_``, ``lr_``, ``embed_norm_``, ``head_labels_``
     (int64 [H, N]: every teacher head's argmax on the training set, each head a clustering; row
     ``best_head_`` is ``labels_``), and timings ``knn_time_`` / ``fit_time_`` (s).
     """
