@@ -24,6 +24,11 @@ REFERENCE_S_PER_IMAGE = {"scan": 0.0001, "encode": 0.030, "cluster:kmeans": 0.00
 # 73-80 s, 4 heads 19 s, i.e. ~36 us per head x batch sample per step, plus a small fixed cost a step.
 REFERENCE_TEMI_S_PER_HEAD_SAMPLE = 36e-6
 REFERENCE_TEMI_S_PER_STEP = 1e-3
+# Above ~100 clusters the last layer and the loss grow with C (BENCHMARKS "Performance and scaling",
+# 16 heads x batch 256: 123 ms a step at C = 100, 256 ms at C = 1,000): +36 ns per head x sample x
+# cluster beyond REFERENCE_TEMI_FLAT_CLUSTERS.
+REFERENCE_TEMI_S_PER_HEAD_SAMPLE_CLUSTER = 3.6e-8
+REFERENCE_TEMI_FLAT_CLUSTERS = 100
 REFERENCE_CORPUS_S = 728.0
 REFERENCE_CORPUS_SIZE = 117_798  # texts embedded in REFERENCE_CORPUS_S
 REFERENCE_SOURCE = "reference figures (BENCHMARKS.md, 2 CPU cores)"
@@ -86,9 +91,12 @@ def temi_schedule(n_mining: int, params: dict | None = None, n_clusters: int | N
         return default_schedule(n_mining, c)
 
 
-def temi_reference_seconds(schedule: dict[str, int]) -> float:
-    """TEMI training time of ``schedule`` on the reference machine (s)."""
-    per_step = REFERENCE_TEMI_S_PER_STEP + REFERENCE_TEMI_S_PER_HEAD_SAMPLE * schedule["n_heads"] * schedule["batch_size"]
+def temi_reference_seconds(schedule: dict[str, int], n_clusters: int | None = None) -> float:
+    """TEMI training time of ``schedule`` with ``n_clusters`` clusters (None: <= 100, where C does
+    not matter) on the reference machine (s)."""
+    per_sample = REFERENCE_TEMI_S_PER_HEAD_SAMPLE + REFERENCE_TEMI_S_PER_HEAD_SAMPLE_CLUSTER * max(
+        0, int(n_clusters or 0) - REFERENCE_TEMI_FLAT_CLUSTERS)
+    per_step = REFERENCE_TEMI_S_PER_STEP + per_sample * schedule["n_heads"] * schedule["batch_size"]
     return schedule["steps"] * per_step
 
 
@@ -147,7 +155,8 @@ def estimate_run_cost(n_images: int, clusterer: str = "temi", runs: list[dict] |
         measured_any |= rate is not None
         if stage == "cluster:temi":
             schedule = temi_schedule(_n_mining(n, holdout_fraction), clusterer_params, n_clusters)
-            stages["cluster"] = (1.0 if rate is None else rate) * temi_reference_seconds(schedule) if n else 0.0
+            stages["cluster"] = (1.0 if rate is None else rate) * temi_reference_seconds(
+                schedule, n_clusters) if n else 0.0
             continue
         if rate is None:
             rate = REFERENCE_S_PER_IMAGE.get(stage, REFERENCE_S_PER_IMAGE["cluster:kmeans"])

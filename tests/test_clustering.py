@@ -300,7 +300,7 @@ def test_kmeans_minibatch_branch(monkeypatch: pytest.MonkeyPatch, data: tuple[np
     monkeypatch.setattr(kmeans_mod, "MINIBATCH_ABOVE", 100)
     X, y = data
     km = KMeansClusterer(4, random_state=0).fit(X)
-    assert type(km._km).__name__ == "MiniBatchKMeans"
+    assert type(km._km).__name__ == "SphericalMiniBatchKMeans"
     assert hungarian_acc(y, km.labels_) > 0.95
 
 

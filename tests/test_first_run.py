@@ -24,7 +24,7 @@ from test_app import app_env, no_exception, open_app  # noqa: F401  (app_env is 
     (1000, 22, 4, 2000, 64),     # METHOD 2.9b's batch 64 at N = 1000
     (2000, 32, 8, 2000, 128),
     (3000, 39, 12, 2000, 256),   # 3000/16 = 187.5 -> 2^8
-    (100_000, 200, 16, 2000, 256),
+    (100_000, 200, 16, 3907, 256),  # N > 20,000: >= 5,000 samples per cluster (temi.VISITS_PER_CLUSTER)
 ])
 def test_default_schedule_known_answers(n, c, heads, min_steps, batch):
     s = default_schedule(n, c)

@@ -11,6 +11,7 @@ import math
 from typing import Any, Callable, Union
 
 from clustermine.clustering.base import ClustererBase, InvalidClusteringInput, NotFittedClusterer
+from clustermine.clustering.feasibility import TEMI_CPU_MAX_S, SlowClusteringWarning, check_clusterer_feasible
 from clustermine.clustering.kmeans import KMeansClusterer
 from clustermine.clustering.temi import TEMI
 from clustermine.errors import ClusterMineError
@@ -23,6 +24,9 @@ __all__ = [
     "MIN_CLUSTER_SIZE",
     "KMeansClusterer",
     "TEMI",
+    "TEMI_CPU_MAX_S",
+    "SlowClusteringWarning",
+    "check_clusterer_feasible",
     "clamp_n_clusters",
     "default_n_clusters",
     "make_clusterer",

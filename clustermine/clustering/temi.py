@@ -19,6 +19,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from clustermine.clustering.base import ClustererBase, InvalidClusteringInput, random_state_from
+from clustermine.clustering.knn import KNN_METHODS, knn_indices, resolve_knn_method  # noqa: F401  (knn_indices: public here too)
 from clustermine.errors import CancelledError
 from clustermine.linalg import l2_normalize
 
@@ -45,6 +47,14 @@ MIN_HEADS, MAX_HEADS, HEADS_PER_SAMPLES, SMALL_CLUSTERS = 4, 16, 250, 15
 SMALL_STEP_WORK = 256
 #: Upper bound on the number of epochs a default schedule picks (only reached for tiny N).
 MAX_EPOCHS = 1000
+#: Above this N the large-N rule of :func:`default_schedule` applies (N <= LARGE_N keeps the
+#: step-floor schedule measured in BENCHMARKS "First run" / "Clustering: TEMI vs k-means").
+LARGE_N = 20_000
+#: Samples a large-N schedule routes per cluster (steps x batch / C): the official ImageNet-1K
+#: recipe trains 100 epochs x 1,281,167 images over 25,000 clusters = 5,125 per cluster.
+VISITS_PER_CLUSTER = 5_000
+#: The official recipe's epochs (TEMI README, CIFAR and ImageNet-1K): the large-N rule never asks more.
+OFFICIAL_EPOCHS = 100
 _EMBED_NORMS = ("auto", "standardize", "l2", "none")
 _PREDICT_CHUNK = 8192
 
@@ -108,9 +118,31 @@ def default_schedule(
     epochs: int | None = None,
     min_steps: int | None = None,
 ) -> dict[str, int]:
-    """The training schedule TEMI runs on N samples and C clusters (None: unknown, heads from N only): ``n_heads``, ``batch_size``, ``epochs``,
-    ``min_steps`` and ``steps`` (optimiser steps, drop_last). Values given win; ``None`` resolves
-    from N by the default_* rules above. Used by TEMI.fit and by the run-cost estimate."""
+    """The training schedule TEMI runs on N samples and C clusters (None: unknown, heads from N
+    only): ``n_heads``, ``batch_size``, ``epochs``, ``min_steps`` (the step floor the epochs were
+    chosen for) and ``steps`` (optimiser steps, drop_last). Values given win; ``None`` resolves from
+    N by the default_* rules above. Used by TEMI.fit and by the run-cost estimate.
+
+    N <= ``LARGE_N`` (20,000): epochs reach the step floor (1,500-2,000 steps; METHOD 2.9b: steps,
+    not epochs, decide; that is already far fewer than 100 epochs from N ~ 5k on).
+    N > ``LARGE_N``: a floor of 2,000 steps alone would shrink training to ~1 epoch at 1.28M, where
+    the official recipe trains 100 epochs. What that recipe gives each cluster is the signal to
+    keep: at ImageNet-1K (batch 128, 100 epochs, 25,000 clusters) every cluster receives ~5,100
+    samples over training. So the step floor becomes max(2,000, ``VISITS_PER_CLUSTER`` x C / batch),
+    with the epochs it implies capped at ``OFFICIAL_EPOCHS`` (100) -- unless ``epochs`` or
+    ``min_steps`` is given. At N = 1,281,167, batch 256 (5,004 steps an epoch):
+
+    ====== ========================= ===========================================
+    C      this rule                 official recipe (100 epochs)
+    ====== ========================= ===========================================
+    200    1 epoch, 5,004 steps      100 epochs; 25,600 samples / cluster here
+    1,000  4 epochs, 20,016 steps    100 epochs, 500,400 steps
+    4,000  16 epochs, 80,064 steps   (the paper's C) 100 epochs, 500,400 steps
+    25,000 98 epochs, 490,392 steps  ~ the same (the recipe's own C)
+    ====== ========================= ===========================================
+
+    ``epochs=100`` reproduces the recipe literally. C unknown (None) uses ``default_n_clusters(N)``.
+    """
     n = max(int(n_samples), 0)
     # Small clusters (N / C < 15) keep the former schedule (16 heads, batch >= 32, 2,000 steps):
     # fewer heads, a smaller batch or fewer steps all lost ACC there (BENCHMARKS "First run").
@@ -124,6 +156,12 @@ def default_schedule(
     else:
         bs = int(batch_size)
     bs = max(1, bs)
+    if epochs is None and min_steps is None and n > LARGE_N:
+        from clustermine.clustering import default_n_clusters
+
+        c = int(n_clusters) if n_clusters else default_n_clusters(n)
+        spe = max(1, n // bs)
+        floor = max(floor, min(math.ceil(VISITS_PER_CLUSTER * c / bs), OFFICIAL_EPOCHS * spe))
     ep = default_epochs(n, bs, floor) if epochs is None else int(epochs)
     return {"n_heads": heads, "batch_size": bs, "epochs": ep, "min_steps": floor, "steps": (n // bs) * ep}
 
@@ -172,41 +210,6 @@ class EmbedNorm:
     @property
     def n_out(self) -> int | None:
         return None if self.keep is None else int(self.keep.sum())
-
-
-def knn_indices(
-    X: np.ndarray,
-    k: int,
-    *,
-    device: str | torch.device = "cpu",
-    cancel: CancelFn | None = None,
-    chunk_bytes: int | None = None,
-) -> np.ndarray:
-    """Exact cosine k nearest neighbours, self excluded (METHOD 2.1).
-
-    X: [N, D] raw features (L2-normalised here). Returns int32 [N, k], nearest first. The N x N
-    similarity matrix is computed in row chunks of about ``chunk_bytes`` (128 MiB on CPU, 1 GiB
-    on a GPU by default).
-    """
-    n = X.shape[0]
-    if not 1 <= k < n:
-        raise InvalidClusteringInput(f"knn must be in [1, n_samples - 1] = [1, {n - 1}], got {k}")
-    dev = torch.device(device)
-    if chunk_bytes is None:
-        chunk_bytes = 1 << (27 if dev.type == "cpu" else 30)
-    Xn = torch.from_numpy(l2_normalize(X)).to(dev)
-    rows = max(1, min(n, chunk_bytes // (4 * n)))
-    out = np.empty((n, k), dtype=np.int32)
-    with torch.no_grad():
-        for i0 in range(0, n, rows):
-            if cancel is not None and cancel():
-                raise CancelledError("TEMI cancelled while mining nearest neighbours")
-            i1 = min(n, i0 + rows)
-            sims = Xn[i0:i1] @ Xn.T
-            ar = torch.arange(i1 - i0, device=dev)
-            sims[ar, ar + i0] = -torch.inf
-            out[i0:i1] = torch.topk(sims, k, dim=1).indices.cpu().numpy()
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,7 +324,13 @@ class TEMI(ClustererBase):
     Parameters left at ``None`` are derived from N and C (METHOD 2.9, :func:`default_schedule`):
     ``n_heads`` (clip(round(N / 250), 4, 16); the former 16 heads, batch >= 32, 2,000 steps when
     N / C < 15), ``min_steps`` (clip(1000 + N, 1500, 2000)),
-    ``knn``, ``batch_size``, ``epochs`` (>= ``min_steps`` optimiser steps), ``lr`` (1e-4 * batch / 256).
+    ``knn``, ``batch_size``, ``epochs`` (>= ``min_steps`` optimiser steps; above N = 20,000 also
+    ~5,000 samples per cluster, at most 100 epochs), ``lr`` (1e-4 * batch / 256).
+    ``knn_method``: ``"exact"`` (chunked, CPU or CUDA), ``"approx"`` (NN-descent on the CPU) or
+    ``"auto"`` (approximate on a CPU above ``clustering.knn.APPROX_KNN_ABOVE`` samples); resolved in
+    ``knn_method_``; the approximate index is seeded from ``random_state``.
+    On a CPU, ``fit`` warns (:class:`~clustermine.clustering.SlowClusteringWarning`) when
+    ``check_clusterer_feasible`` estimates the fit at over 30 minutes.
     ``embed_norm="auto"`` standardises per dimension when N >= 10 D, otherwise L2-normalises.
     ``progress(done_steps, total_steps)`` is called about once per epoch (at most ~200 times);
     ``cancel()`` returning True aborts with :class:`~clustermine.errors.CancelledError`.
@@ -333,7 +342,7 @@ class TEMI(ClustererBase):
     Fitted attributes: ``labels_`` (int64 [N]), ``best_head_``, ``head_losses_`` ([H], last-epoch
     mean loss per head), ``loss_history_`` (epoch mean losses), ``n_iter_`` (optimiser steps),
     ``cluster_sizes_`` ([C]), ``n_occupied_``, ``prior_`` ([C], best head's cluster prior), the
-    resolved ``knn_``, ``batch_size_``, ``epochs_``, ``lr_``, ``embed_norm_``, ``head_labels_``
+    resolved ``knn_``, ``knn_method_``, ``batch_size_``, ``epochs_``, ``lr_``, ``embed_norm_``, ``head_labels_``
     (int64 [H, N]: every teacher head's argmax on the training set, each head a clustering; row
     ``best_head_`` is ``labels_``), and timings ``knn_time_`` / ``fit_time_`` (s).
     """
@@ -346,6 +355,7 @@ class TEMI(ClustererBase):
         *,
         n_heads: int | None = None,
         knn: int | None = None,
+        knn_method: str = "auto",
         batch_size: int | None = None,
         epochs: int | None = None,
         min_steps: int | None = None,
@@ -370,6 +380,7 @@ class TEMI(ClustererBase):
         self.n_clusters = n_clusters
         self.n_heads = n_heads
         self.knn = knn
+        self.knn_method = knn_method
         self.batch_size = batch_size
         self.epochs = epochs
         self.min_steps = min_steps
@@ -396,6 +407,14 @@ class TEMI(ClustererBase):
         """Train on X [N, D] (float16/32/64); sets ``labels_`` [N] and the other fitted attributes.
         Returns self."""
         X = self._features(X, fit=True)
+        if X.ndim == 2 and torch.device(self.device).type == "cpu":
+            from clustermine.clustering.feasibility import SlowClusteringWarning, check_clusterer_feasible
+
+            keys = ("n_heads", "batch_size", "epochs", "min_steps", "knn_method")
+            msg = check_clusterer_feasible("temi", X.shape[0], self.device, n_clusters=int(self.n_clusters),
+                                           params={k: getattr(self, k) for k in keys})
+            if msg:  # the pipeline asks check_clusterer_feasible before its long stages; this is for direct use
+                warnings.warn(msg, SlowClusteringWarning, stacklevel=2)
         threads = self.n_threads
         if threads is None and X.ndim == 2:
             sched = default_schedule(X.shape[0], int(self.n_clusters), n_heads=self.n_heads,
@@ -429,6 +448,8 @@ class TEMI(ClustererBase):
             raise InvalidClusteringInput(f"batch_size must be in [2, n_samples={n}], got {self.batch_size}")
         if self.epochs is not None and self.epochs < 1:
             raise InvalidClusteringInput(f"epochs must be >= 1, got {self.epochs}")
+        if self.knn_method not in KNN_METHODS:
+            raise InvalidClusteringInput(f"knn_method must be one of {', '.join(KNN_METHODS)}, got {self.knn_method!r}")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise InvalidClusteringInput(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
 
@@ -463,16 +484,17 @@ class TEMI(ClustererBase):
         self.knn_, self.batch_size_, self.epochs_, self.lr_ = k, bs, epochs, lr
         self.n_heads_, self.min_steps_ = H, sched["min_steps"]
         self.embed_norm_ = mode
+        self.knn_method_ = resolve_knn_method(self.knn_method, n, dev)
+        seed = self._seed()
 
         # ---- data, neighbours
         self._check_cancel("before start")
         self._norm = EmbedNorm(mode).fit(X)
         Z = torch.from_numpy(self._norm.transform(X)).to(dev)
-        nn_idx = knn_indices(X, k, device=dev, cancel=self.cancel)
+        nn_idx = knn_indices(X, k, method=self.knn_method_, device=dev, random_state=seed, cancel=self.cancel)
         self.knn_time_ = time.perf_counter() - t_start
 
         # ---- model
-        seed = self._seed()
         gen = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng(seed)
         student = {
