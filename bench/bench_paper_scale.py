@@ -33,7 +33,7 @@ import common  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-SECTION = "## Paper scale (issue 10)"
+SECTION = "## Paper scale"
 PY = sys.executable
 
 # Prepended to every child: samples its memory every 0.2 s and prints a JSON line at exit.
