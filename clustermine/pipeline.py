@@ -514,7 +514,7 @@ def write_cached_features(run, cache: FeatureCache, sha1s: Sequence[str], dim: i
 def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str | Path | None, encoder, corpus,
              is_hold: np.ndarray, counts: dict) -> None:
     """Stages 3-5 (corpus, cluster, vote) on the run's stored features; ``is_hold`` bool [N_ok]."""
-    from .clustering import clamp_n_clusters, default_n_clusters, make_clusterer
+    from .clustering import check_clusterer_feasible, clamp_n_clusters, default_n_clusters, make_clusterer
     from .corpus import corpus_embeddings
     from .mining import cluster_statistics, mine_positive_concepts, summary, zero_shot_topk
     from .whatif import store_corpus_lse
@@ -535,14 +535,17 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
     mine_rows = np.flatnonzero(~is_hold)
     requested = config.n_clusters or default_n_clusters(len(mine_rows))
     n_clusters, clamp_msg = clamp_n_clusters(requested, len(mine_rows))
+    device = encoder.device if config.clusterer == "temi" else "cpu"
+    # TEMI on a CPU at paper scale: said in the run (TEMI.fit also warns), the job goes on as asked.
+    clustering_note = check_clusterer_feasible(config.clusterer, len(mine_rows), device, n_clusters=n_clusters,
+                                               params=config.clusterer_params)
     tracker.start("cluster", 1)
     cluster_ids = np.full(n_usable, -1, dtype=np.int64)
     temi_schedule = None
     if n_clusters <= 1:
         cluster_ids[mine_rows] = 0
     else:
-        clusterer = make_clusterer(config.clusterer, n_clusters, seed=config.seed, device=encoder.device
-                                   if config.clusterer == "temi" else "cpu",
+        clusterer = make_clusterer(config.clusterer, n_clusters, seed=config.seed, device=device,
                                    progress=tracker.stage_callback(), cancel=lambda: tracker.check_cancel_flag(),
                                    **config.clusterer_params)
         cluster_ids[mine_rows] = clusterer.fit_predict(np.asarray(features[mine_rows], dtype=np.float32))
@@ -577,6 +580,8 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
     })
     if temi_schedule:
         summ["temi_schedule"] = temi_schedule
+    if clustering_note:
+        summ["clustering_note"] = clustering_note
     run.mark_stage("vote", summary=summ, status="done", error=None)
 
 

@@ -191,7 +191,16 @@ def cost_line(ch: Choices) -> str:
     runs = cache.list_runs_light(settings.runs_root())
     est = estimate_run_cost(n, ch.clusterer, runs, n_clusters=ch.n_clusters,
                             corpus_cached=_corpus_cached(ch.encoder, ch.corpus), holdout_fraction=ch.holdout)
-    return f"Estimated cost for {n:,} image{'s' if n != 1 else ''}: {est.line()} (rates {est.source})"
+    line = f"Estimated cost for {n:,} image{'s' if n != 1 else ''}: {est.line()} (rates {est.source})"
+    from clustermine.clustering import check_clusterer_feasible
+
+    try:
+        device = cache.resolved_device("auto")
+    except ClusterMineError:
+        device = "cpu"
+    note = check_clusterer_feasible(ch.clusterer, int(n * (1 - ch.holdout)), device, n_clusters=ch.n_clusters,
+                                    runs=runs)
+    return f"{line}. {note}" if note else line
 
 
 def form() -> Choices | None:
