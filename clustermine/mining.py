@@ -65,14 +65,16 @@ def zero_shot_topk(image_features: np.ndarray, text_embeddings: np.ndarray, k: i
 def corpus_lse_rows(sims, tau: float) -> np.ndarray:
     """Log-sum-exp over a row of cos/τ (torch float32 [n, m] similarities) → float64 [n].
 
+    ``sims`` is overwritten (scaled, shifted and exponentiated in place: no temporary of its size).
     Shifted by the row maximum, so every exponent is in [-2/τ, 0] and float32 ``exp`` keeps a
     relative error near 1e-7; the sum is taken in float64. Accurate to ~1e-6 (absolute, in log
     space) however the similarities were summed, which is all a continuous score needs."""
     import torch
 
-    top = sims.max(dim=1, keepdim=True).values
-    total = torch.exp((sims - top) / tau).sum(dim=1, dtype=torch.float64)
-    return (torch.log(total) + top.squeeze(1).double() / tau).numpy()
+    logits = sims.mul_(1.0 / tau)
+    top = logits.amax(dim=1, keepdim=True)
+    total = logits.sub_(top).exp_().sum(dim=1, dtype=torch.float64)
+    return (torch.log(total) + top.squeeze(1).double()).numpy()
 
 
 def _fixed_point_scale(dim: int) -> float:
@@ -119,8 +121,6 @@ def _topk_rows(feats: np.ndarray, feats_q: np.ndarray, texts, texts_q: np.ndarra
         sims = feats_t @ texts[start:start + chunk_size].T
         width = sims.shape[1]
         kk = min(k, width)
-        if lse is not None:
-            lse = np.logaddexp(lse, corpus_lse_rows(sims, tau))
         # Candidates: every concept within tol of the chunk's k-th best. The top k + 16 usually hold
         # them all; rows where the (k + 16)-th still qualifies take the full (rare) scan.
         wide = min(width, kk + 16)
@@ -135,6 +135,8 @@ def _topk_rows(feats: np.ndarray, feats_q: np.ndarray, texts, texts_q: np.ndarra
         if len(spill):
             sr, sc = np.nonzero(sims.numpy()[spill] >= thresh[spill, None])
             r, c = np.concatenate([r, spill[sr]]), np.concatenate([c, sc])
+        if lse is not None:  # last use of sims: the LSE works in place
+            lse = np.logaddexp(lse, corpus_lse_rows(sims, tau))
         key = exact_similarity(feats_q, texts_q[start:start + chunk_size], r, c)
         order = np.lexsort((c, -key, r))  # per row: exact similarity desc, then corpus index asc
         r, c, key = r[order], c[order], key[order]
