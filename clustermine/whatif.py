@@ -121,9 +121,22 @@ def heldout_rows(run: Run) -> tuple[np.ndarray, bool]:
     return np.arange(len(mask)), False
 
 
-def heldout(run: Run) -> HeldOut:
-    """The what-if scorer over the run's held-out ID images (their corpus LSE from the run's cache)."""
+#: The what-if re-scores at most this many held-out images (a fixed random sample above it): the
+#: share of them flagged is then known to within ~±0.3 points (binomial, 95 %), and a re-score
+#: after each concept edit stays well under a second on a paper-scale run (128K held-out images
+#: x 1,000 positives take ~3.7 s on 2 cores). The threshold itself is calibrated on every image.
+WHATIF_MAX_ROWS = 20_000
+
+
+def heldout(run: Run, max_rows: int | None = None) -> HeldOut:
+    """The what-if scorer over the run's held-out ID images (their corpus LSE from the run's cache),
+    or a fixed random sample (seeded by the run's seed, sorted) of ``max_rows`` of them
+    (default :data:`WHATIF_MAX_ROWS`)."""
     rows, is_hold = heldout_rows(run)
+    limit = WHATIF_MAX_ROWS if max_rows is None else int(max_rows)
+    if len(rows) > limit:
+        rng = np.random.default_rng(int(run.config.get("seed", 0) or 0))
+        rows = np.sort(rng.choice(rows, size=limit, replace=False))
     lse = corpus_lse(run, rows)
     return HeldOut(WhatIfScorer(run.feature_matrix()[rows], run.text_embeddings(), run.tau, base_lse=lse), rows, is_hold)
 

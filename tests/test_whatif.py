@@ -251,3 +251,19 @@ def test_ood_comparison_equals_metrics_computed_directly(run, tiny_env, tmp_path
         # AUROC from its definition (ID = positive, higher score = more ID, ties count half).
         diff = id_s[:, None] - ood_s[None, :]
         assert cmp[name]["auroc"] == pytest.approx(np.mean((diff > 0) + 0.5 * (diff == 0)), abs=1e-12)
+
+
+def test_heldout_above_the_cap_is_a_fixed_sample_scored_like_the_full_set(small_run):
+    from clustermine.runs import Run
+    from clustermine.whatif import heldout
+
+    run = Run.open(small_run)
+    full = heldout(run)
+    assert len(full.rows) >= 3
+    part = heldout(run, max_rows=2)
+    again = heldout(Run.open(small_run), max_rows=2)
+    assert len(part.rows) == 2 and list(part.rows) == sorted(part.rows) and set(part.rows) <= set(full.rows)
+    np.testing.assert_array_equal(part.rows, again.rows)
+    _, extra, pos = run.vocabulary()
+    where = np.searchsorted(full.rows, part.rows)
+    np.testing.assert_allclose(part.scorer.log_scores(pos, extra), full.scorer.log_scores(pos, extra)[where], atol=1e-9)
