@@ -201,6 +201,7 @@ def test_sigterm_stops_the_server_promptly_and_leaves_its_job_cancelled(tmp_path
     assert _status(run_dir) == "cancelled", jobs.log_tail(run_dir)
     meta = json.loads((run_dir / "run.json").read_text())
     assert "resume" in meta["error"]
+    monkeypatch.delenv("CM_TEST_HELD_MARK")  # the resumed worker runs freely (the first may have stopped before holding)
     jobs.start_mine_job(run_dir)
     assert wait_for(lambda: _status(run_dir) in ("done", "failed", "cancelled") and not jobs.job_state(run_dir)["alive"],
                     300, 0.5)
