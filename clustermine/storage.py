@@ -7,12 +7,13 @@ the old or the new file, never a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -25,13 +26,34 @@ def cache_root() -> Path:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    with _atomic_temp(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> Iterator[np.memmap]:
+    """``with atomic_memmap(p, (N, D), np.float16) as out: out[a:b] = block`` fills a new ``.npy``
+    through a memory map of a temporary file, renamed over ``path`` on success (removed on error):
+    an array larger than RAM written block by block, with the guarantees of :func:`atomic_write_bytes`."""
+    with _atomic_temp(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(int(n) for n in shape))
+        yield out
+        out.flush()
+        del out
+
+
+@contextlib.contextmanager
+def _atomic_temp(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary file name beside ``path`` for the caller to write; then fsync + rename over
+    ``path`` + fsync of the folder, or removal of the temporary file if the caller raised."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)

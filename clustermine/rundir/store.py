@@ -11,7 +11,6 @@ import datetime as _dt
 import io
 import json
 import os
-import tempfile
 import platform
 import uuid
 from importlib import metadata
@@ -24,7 +23,8 @@ from filelock import FileLock
 from ..errors import RunError
 from ..mining import ClusterStats
 from ..config import stored_tau
-from ..storage import atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..storage import (atomic_memmap, atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_json,
+                       atomic_write_text)
 from . import layout
 
 RUN_FORMAT = layout.RUN_FORMAT
@@ -385,23 +385,8 @@ class RunStore:
         """``with run.feature_writer(N, D) as out: out[a:b] = block`` fills ``features.npy`` (float16)
         block by block through a memory map of a temporary file, flushed, fsynced and renamed over
         the old one on success (removed on error): never the whole matrix in RAM, never torn."""
-        target = self.file(layout.FEATURES)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=self.path)
-        os.close(fd)
-        try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(int(n_rows), int(dim)))
+        with atomic_memmap(self.file(layout.FEATURES), (n_rows, dim), np.float16) as out:
             yield out
-            out.flush()
-            del out
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         self._cache.clear()
 
     def write_cluster_ids(self, cluster_ids: np.ndarray) -> None:
