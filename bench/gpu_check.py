@@ -319,6 +319,45 @@ def check_scoring(args, dev: str) -> dict:
     return out
 
 
+def check_ray_encode(args, dev: str, files: list[str]) -> dict:
+    """Issue 11: one GPU encoder actor through the Ray Data pipeline (a one-node loopback Ray cluster on
+    this machine: decode tasks on its CPUs, ``num_gpus=1`` actor) vs the bare forward of the same model.
+    Needs Ray installed (``ray[default,data]``, requirements.txt)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from ray_cluster import LoopbackRayCluster
+
+    from clustermine.distributed import RayCluster
+    from clustermine.encoders import load_encoder
+
+    enc = load_encoder(f"openclip:{args.pipeline_arch}:none", device=dev)
+    n, batch = args.pipeline_n, args.pipeline_batch
+    paths = [files[i % len(files)] for i in range(n)]
+    pre = [enc.load_and_preprocess(f) for f in files[:batch]]
+    x = torch.stack((pre * (batch // len(pre) + 1))[:batch]).to(dev)
+    enc.encode_batch(x)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(8):
+        enc.encode_batch(x)
+    _sync(dev)
+    bare = 8 * batch / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    with LoopbackRayCluster(nodes=1, cpus_per_node=os.cpu_count() or 2, gpus_per_node=1,
+                            object_store_mb=8192) as c:
+        started = time.perf_counter() - t0
+        with RayCluster(c.address) as cluster:
+            marks: list[tuple[int, float]] = []
+            t1 = time.perf_counter()
+            n_ok = sum(r.n_ok for _, r in cluster.iter_encode(enc, paths, batch_size=batch, chunk_size=4 * batch,
+                                                             progress=lambda d, _t: marks.append((d, time.perf_counter()))))
+            t2 = time.perf_counter()
+    d0, s0 = next(((d, s) for d, s in marks if d >= n // 10), marks[0])
+    steady, whole = (n - d0) / max(t2 - s0, 1e-9), n / (t2 - t1)
+    return {"arch": args.pipeline_arch, "n_paths": n, "batch": batch, "bare_forward_img_s": bare,
+            "cluster_start_s": started, "whole_img_s": whole, "steady_img_s": steady,
+            "whole_over_bare": whole / bare, "steady_over_bare": steady / bare, "n_ok": n_ok}
+
+
 def _save(out: dict) -> None:
     """bench/results/gpu_check.json, and $OUT/gpu_check.json on the device machine."""
     import common
@@ -379,6 +418,12 @@ def render(r: dict) -> str:
             L.append(f"Real offline features of `imagenette_train100` (N = 1,000, C = 10, seed 0): full default fit "
                      f"**{real['fit_s']:.1f} s** ({real['steps']:,} steps), ACC {real['acc']:.3f}, NMI {real['nmi']:.3f}, "
                      f"ARI {real['ari']:.3f} (2-core CPU: 72.9–79.5 s, ACC 0.944, NMI 0.881).")
+    ry = r.get("ray_encode", {})
+    if "bare_forward_img_s" in ry:
+        L += ["", f"Ray (issue 11): one GPU encoder actor through the Ray Data pipeline, open_clip {ry['arch']} untrained, "
+              f"{ry['n_paths']:,} paths, batch {ry['batch']}: whole {ry['whole_img_s']:,.0f} img/s, steady "
+              f"{ry['steady_img_s']:,.0f} img/s vs bare forward {ry['bare_forward_img_s']:,.0f} img/s: "
+              f"**{ry['steady_over_bare']:.2f} x** steady (target >= 0.5); cluster start {ry['cluster_start_s']:.0f} s."]
     sc = r.get("score", {})
     if sc:
         L += ["", f"Scoring features already encoded against {sc['corpus']}: GPU fp32 **{sc['torch_float32_img_s']:,.0f} "
@@ -409,7 +454,8 @@ def main() -> int:
     ap.add_argument("--score-n-numpy", type=int, default=5_000)
     ap.add_argument("--budget-s", type=float, default=270.0)
     ap.add_argument("--steps", nargs="+",
-                    default=["encode_pipeline", "offline_encode", "openclip_encode", "temi", "score", "decode"],
+                    default=["encode_pipeline", "offline_encode", "openclip_encode", "temi", "score", "decode",
+                             "ray_encode"],
                     help="which parts to run (default: all, decode last)")
     ap.add_argument("--quick", action="store_true", help="small sizes: a dry run of the script itself")
     ap.add_argument("--render", action="store_true",
@@ -450,7 +496,8 @@ def main() -> int:
              "offline_encode": lambda: check_offline(args, dev, files),
              "openclip_encode": lambda: check_openclip(args, dev, files),
              "temi": lambda: check_temi(args, dev, t_start),
-             "score": lambda: check_scoring(args, dev)}
+             "score": lambda: check_scoring(args, dev),
+             "ray_encode": lambda: check_ray_encode(args, dev, files)}
     steps = [(name, parts[name]) for name in args.steps]
     rc = 0
     for name, fn in steps:

@@ -4,6 +4,8 @@
 # issue 10: the encoding pipeline's end-to-end / bare-forward ratio for ViT-B-32 (decode threads vs
 # spawn decode processes vs processes + nvJPEG GPU decoding). That part alone (~1 minute):
 #   bash bench/gpu_check.sh --steps encode_pipeline
+# issue 11: one GPU encoder actor through the Ray Data pipeline vs bare forward (needs Ray installed):
+#   bash bench/gpu_check.sh --steps ray_encode
 # CPU dry run of the script: .venv/bin/python bench/gpu_check.py --quick --device cpu --steps encode_pipeline
 # Fails with a clear message when no CUDA device is visible.
 #   bash bench/gpu_check.sh            (uses ./.venv/bin/python if present, else python3)

@@ -74,6 +74,19 @@ def config_from_args(args: argparse.Namespace) -> MineConfig:
 
 
 
+def _add_ray_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="run encoding, vote and scoring on a Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
+                             "(default: $CLUSTERMINE_RAY_ADDRESS; 'local' forces this machine). Images must be "
+                             "visible under the same path on every node")
+
+
+def _ray(a: argparse.Namespace) -> str | None:
+    from .distributed import ray_address
+
+    return ray_address(a.ray)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clustermine", description="Label-free OOD detection by mining concepts from "
                                 "clusters of your in-distribution images (ClusterMine).")
@@ -95,11 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     add_config_arguments(m)
     m.add_argument("--cache-dir", default=None, help="feature / text-embedding cache (default ~/.cache/clustermine)")
     m.add_argument("--force", action="store_true", help="replace a finished run in --out (the old one is moved aside)")
+    _add_ray_argument(m)
     m.add_argument("--quiet", action="store_true")
 
     r = sub.add_parser("resume", help="continue an unfinished run with the settings stored in its run.json")
     r.add_argument("run_dir")
     r.add_argument("--cache-dir", default=None, help="feature / text-embedding cache (default ~/.cache/clustermine)")
+    _add_ray_argument(r)
     r.add_argument("--quiet", action="store_true")
 
     pr = sub.add_parser("prepare", help="embed the concept corpus into the cache now, so the first mine skips that "
@@ -116,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="+")
     s.add_argument("--top", type=int, default=3)
     s.add_argument("--json", action="store_true")
+    _add_ray_argument(s)
 
     e = sub.add_parser("evaluate", help="AUROC / FPR95 / AUPR of a run: ID folder vs OOD folder")
     e.add_argument("run_dir")
@@ -123,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--ood", required=True, dest="ood_dir")
     e.add_argument("--cache-dir", default=None)
     e.add_argument("--json", action="store_true")
+    _add_ray_argument(e)
 
     c = sub.add_parser("concepts", help="list or edit the mined concepts (Y_pos)")
     c.add_argument("run_dir")
@@ -185,6 +202,11 @@ def _parser() -> argparse.ArgumentParser:
     df.add_argument("run_b")
     df.add_argument("--ood", default=None, metavar="FOLDER", help="an OOD image sample: its score shift")
     df.add_argument("--json", action="store_true")
+
+    cl = sub.add_parser("cluster", help="show the Ray cluster that --ray / CLUSTERMINE_RAY_ADDRESS names "
+                                        "(nodes, CPUs, GPUs)")
+    _add_ray_argument(cl)
+    cl.add_argument("--json", action="store_true")
     return p
 
 
@@ -237,10 +259,10 @@ def _cmd_mine(a: argparse.Namespace) -> int:
     try:
         if a.features is not None:
             run = mine_features(a.features, a.paths, a.out, config_from_args(a), image_root=a.image_root,
-                                progress=bars, overwrite=a.force, cache_dir=a.cache_dir)
+                                progress=bars, overwrite=a.force, cache_dir=a.cache_dir, ray_address=_ray(a))
         else:
             run = mine(a.images_dir, a.out, config_from_args(a), progress=bars, overwrite=a.force,
-                       cache_dir=a.cache_dir)
+                       cache_dir=a.cache_dir, ray_address=_ray(a))
     finally:
         bars.close()
     return _report_run(run)
@@ -251,7 +273,7 @@ def _cmd_resume(a: argparse.Namespace) -> int:
 
     bars = _Bars(a.quiet)
     try:
-        run = resume(a.run_dir, progress=bars, cache_dir=a.cache_dir)
+        run = resume(a.run_dir, progress=bars, cache_dir=a.cache_dir, ray_address=_ray(a))
     finally:
         bars.close()
     return _report_run(run)
@@ -307,7 +329,7 @@ def _cmd_score(a: argparse.Namespace) -> int:
     from .runs import Run
 
     run = Run.open(a.run_dir)
-    results = score_images(run, a.paths, top=a.top)
+    results = score_images(run, a.paths, top=a.top, ray_address=_ray(a))
     _calibration_warning(run)
     if a.json:
         print(json.dumps(results, indent=2))
@@ -327,7 +349,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .runs import Run
 
     run = Run.open(a.run_dir)
-    res = evaluate(run, a.id_dir, a.ood_dir, cache_dir=a.cache_dir)
+    res = evaluate(run, a.id_dir, a.ood_dir, cache_dir=a.cache_dir, ray_address=_ray(a))
     _calibration_warning(run)
     if a.json:
         print(json.dumps(res, indent=2))
@@ -517,10 +539,27 @@ def _cmd_diff(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cluster(a: argparse.Namespace) -> int:
+    from .distributed import RAY_ADDRESS_ENV, RayCluster
+
+    address = _ray(a)
+    if address is None:
+        raise ClusterMineError(f"no Ray cluster named: pass --ray ADDRESS or set {RAY_ADDRESS_ENV}")
+    with RayCluster(address) as cluster:
+        info = cluster.info
+    if a.json:
+        print(json.dumps(info.to_dict(), indent=2))
+        return 0
+    print(f"Ray cluster: {info.describe()} (connected in {info.connect_s:.1f} s)")
+    for n in info.nodes:
+        print(f"  {n.address}\t{n.cpus:g} CPUs\t{n.gpus:g} GPUs\t{'head' if n.is_head else 'worker'}\t{n.node_id[:12]}")
+    return 0
+
+
 _COMMANDS = {"mine": _cmd_mine, "resume": _cmd_resume, "prepare": _cmd_prepare, "score": _cmd_score, "evaluate": _cmd_evaluate, "concepts": _cmd_concepts,
              "export": _cmd_export, "report": _cmd_report, "search": _cmd_search, "label": _cmd_label,
              "delete": _cmd_delete, "exclude": _cmd_exclude, "remine": _cmd_remine, "stability": _cmd_stability,
-             "diff": _cmd_diff}
+             "diff": _cmd_diff, "cluster": _cmd_cluster}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

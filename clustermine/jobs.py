@@ -29,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from .distributed import RAY_ADDRESS_ENV, ray_address
 from .errors import ClusterMineError, RunError
 from .runs import Run, now_iso
 from .storage import atomic_write_json
@@ -41,9 +42,11 @@ _EXIT_HOOK = {"installed": False}
 _PKG_ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker_command(run_dir: str | os.PathLike, python: str | None = None) -> list[str]:
-    """The worker's argument list: resume the run with the settings stored in its ``run.json``."""
-    return [python or sys.executable, "-m", "clustermine", "resume", str(run_dir), "--quiet"]
+def worker_command(run_dir: str | os.PathLike, python: str | None = None, ray_address: str | None = None) -> list[str]:
+    """The worker's argument list: resume the run with the settings stored in its ``run.json``, on the
+    Ray cluster ``ray_address`` or (None) on this machine (``--ray local``: never the environment's)."""
+    return [python or sys.executable, "-m", "clustermine", "resume", str(run_dir), "--quiet",
+            "--ray", ray_address or "local"]
 
 
 def _same_process(proc: psutil.Process, info: dict) -> bool:
@@ -139,9 +142,10 @@ def start_mine_job(run_dir: str | os.PathLike, *, env: dict | None = None, cance
     if state["alive"]:
         raise ClusterMineError(f"a job is already running for this run (pid {state['pid']})")
     run.clear_cancel()
-    argv = worker_command(run_dir)
-    run.set_status("created")  # until the worker says "running": the UI shows "starting", not the old status
     child_env = dict(os.environ if env is None else env)
+    cluster = ray_address(child_env.get(RAY_ADDRESS_ENV, ""))  # the web server's CLUSTERMINE_RAY_ADDRESS
+    argv = worker_command(run_dir, ray_address=cluster)
+    run.set_status("created")  # until the worker says "running": the UI shows "starting", not the old status
     child_env.setdefault("HF_HUB_OFFLINE", "1")
     child_env.setdefault("TRANSFORMERS_OFFLINE", "1")
     child_env["PYTHONUNBUFFERED"] = "1"
@@ -164,7 +168,7 @@ def start_mine_job(run_dir: str | os.PathLike, *, env: dict | None = None, cance
     except psutil.Error:
         create_time = None  # it has already exited (and been waited for)
     info = {"kind": "mine", "pid": proc.pid, "create_time": create_time, "argv": argv,
-            "started": now_iso(), "started_ts": time.time(), "log": LOG_FILE}
+            "started": now_iso(), "started_ts": time.time(), "log": LOG_FILE, "ray": cluster}
     atomic_write_json(run_dir / JOB_FILE, info)
     return info
 

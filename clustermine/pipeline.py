@@ -161,13 +161,15 @@ class FeatureCache:
 
 def encode_records(encoder, records: list, *, cache: FeatureCache | None = None, tracker: ProgressTracker | None = None,
                    batch_size: int = 32, chunk_size: int = 256, max_pixels: int | None = None,
-                   assemble: bool = True) -> tuple[np.ndarray | None, dict[str, str]]:
+                   assemble: bool = True, cluster=None) -> tuple[np.ndarray | None, dict[str, str]]:
     """Encode the "ok" image records (``clustermine.images.ImageRecord``), using and filling the cache.
 
     The cache's chunk files are the feature shards: each is written atomically as encoding goes,
     so a re-run resumes after the last finished shard. Returns ``(features float32 [n, D] for
     records that encoded (None unless ``assemble``), errors {path: reason})``; records that fail
-    to decode are marked skipped in place.
+    to decode are marked skipped in place. ``cluster`` (a connected
+    :class:`clustermine.distributed.RayCluster`): encode there instead of in this process; the shards
+    are the same cache chunks, written here as results come back.
     """
     from .images import DEFAULT_MAX_PIXELS, check_pixel_limit
     from .errors import ImageError
@@ -190,18 +192,26 @@ def encode_records(encoder, records: list, *, cache: FeatureCache | None = None,
     if max_pixels:
         kwargs["max_pixels"] = max_pixels
     # One decode pipeline for the whole job; every chunk becomes a feature-cache shard as it finishes.
-    chunks = encoder.iter_encode([r.abs_path for r in todo], chunk_size=chunk_size,
-                                 progress=(lambda done, _t: tracker.update(done, total)) if tracker else None,
-                                 cancel=tracker.check_cancel_flag if tracker else None, **kwargs)
-    for start, result in chunks:
-        part = todo[start:start + chunk_size]
+    on_progress = (lambda done, _t: tracker.update(done, total)) if tracker else None
+    on_cancel = tracker.check_cancel_flag if tracker else None
+    if cluster is not None:
+        chunks = cluster.iter_encode(encoder, [r.abs_path for r in todo], chunk_size=chunk_size,
+                                     progress=on_progress, cancel=on_cancel, **kwargs)
+    else:
+        chunks = ((range(start, start + len(result.ok)), result) for start, result in
+                  encoder.iter_encode([r.abs_path for r in todo], chunk_size=chunk_size, progress=on_progress,
+                                      cancel=on_cancel, **kwargs))
+    stored = 0
+    for positions, result in chunks:
+        part = [todo[i] for i in positions]
+        stored += len(part)
         ok_records = [r for r, ok in zip(part, result.ok) if ok]
         cache.put([r.sha1 for r in ok_records], result.features)
         for r, ok in zip(part, result.ok):
             if not ok:
                 errors[r.path] = result.errors.get(r.abs_path, "could not be decoded")
         if tracker:
-            tracker.update(min(start + chunk_size, total), total, force=True)
+            tracker.update(stored, total, force=True)
     bad = set(errors)
     for r in records:
         if r.path in bad:
@@ -215,14 +225,14 @@ def encode_records(encoder, records: list, *, cache: FeatureCache | None = None,
 
 def load_folder(folder: str | Path, encoder, *, cache_dir: str | Path | None = None,
                 tracker: ProgressTracker | None = None, max_pixels: int | None = None,
-                batch_size: int = 32) -> tuple[list, np.ndarray]:
+                batch_size: int = 32, cluster=None) -> tuple[list, np.ndarray]:
     """Scan and encode a folder: (usable ImageRecords, features float32 [n, D]) in scan order."""
     from .images import scan_images
 
     records = scan_images(folder)
     cache = FeatureCache(encoder.fingerprint_id, cache_dir)
     feats, _ = encode_records(encoder, records, cache=cache, tracker=tracker, max_pixels=max_pixels,
-                              batch_size=batch_size)
+                              batch_size=batch_size, cluster=cluster)
     usable = [r for r in records if r.status == "ok"]
     if not usable:
         reasons = "; ".join(f"{r.path}: {r.reason}" for r in records[:5])
@@ -241,7 +251,8 @@ def holdout_rows(n: int, fraction: float, seed: int) -> np.ndarray:
 
 def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None = None, *,
          progress: ProgressFn | None = None, cancel: CancelFn | None = None, overwrite: bool = False,
-         cache_dir: str | Path | None = None, encoder=None, encode_chunk_size: int = 256):
+         cache_dir: str | Path | None = None, encoder=None, encode_chunk_size: int = 256,
+         ray_address: str | None = None):
     """Run the whole mining pipeline on a folder of ID images and return the finished :class:`Run`.
 
     ``config`` is resolved first (``tau=None`` -> the encoder's default) and stored in ``run.json``.
@@ -249,6 +260,8 @@ def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None 
     for user errors; on failure or cancel the run's status says so and finished work is kept.
     ``encode_chunk_size``: images per feature-cache chunk (a killed job loses at most one chunk);
     it does not change any result, so it is not part of the run's config.
+    ``ray_address``: encode and vote on that Ray cluster (:mod:`clustermine.distributed`; the folder
+    must be visible under the same path on its nodes); None = in this process, Ray never imported.
     """
     config = (config or MineConfig()).validate().resolved()
     images_dir = Path(images_dir)
@@ -256,17 +269,39 @@ def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None 
         raise NoImagesError(f"{images_dir}: folder not found")
     cfg = config.to_dict()
     cfg["images_dir"] = str(images_dir.resolve())
-    run = _start_run(run_dir, cfg, overwrite)
-    tracker = ProgressTracker(run, progress, cancel)
-    _run_guarded(run, tracker, lambda: _mine_stages(run, images_dir, config, tracker, cache_dir, encoder,
-                                                    encode_chunk_size))
+    cluster = _connect_cluster(ray_address)  # before the run folder: an unreachable cluster leaves nothing
+    try:
+        run = _start_run(run_dir, cfg, overwrite)
+        tracker = ProgressTracker(run, progress, cancel)
+        _run_guarded(run, tracker, lambda: _mine_stages(run, images_dir, config, tracker, cache_dir, encoder,
+                                                        encode_chunk_size, cluster))
+    finally:
+        if cluster is not None:
+            cluster.close()
     return run
+
+
+def _connect_cluster(ray_address: str | None):
+    """A connected :class:`~clustermine.distributed.RayCluster`, or None (and no Ray import) for local."""
+    if not ray_address:
+        return None
+    from .distributed import RayCluster
+
+    cluster = RayCluster(ray_address)
+    cluster.connect()
+    return cluster
+
+
+def _store_cluster(run, cluster) -> None:
+    """Say in ``run.json`` where the job ran (nodes, CPUs, GPUs); results do not depend on it."""
+    if cluster is not None and cluster.info is not None:
+        run._update_meta(executed_on={"ray": cluster.info.to_dict()})
 
 
 def mine_features(features: str | Path, paths: str | Path | None, run_dir: str | Path,
                   config: MineConfig | None = None, *, image_root: str | Path | None = None,
                   progress: ProgressFn | None = None, cancel: CancelFn | None = None, overwrite: bool = False,
-                  cache_dir: str | Path | None = None, encoder=None):
+                  cache_dir: str | Path | None = None, encoder=None, ray_address: str | None = None):
     """Mine from precomputed image embeddings (bring your own; :mod:`clustermine.feature_input`
     reads a ``.npy`` [N, D] or a clip-retrieval folder) instead of encoding a folder.
 
@@ -293,15 +328,20 @@ def mine_features(features: str | Path, paths: str | Path | None, run_dir: str |
     cfg["paths_file"] = str(Path(paths).resolve()) if paths else None
     root = image_root or (Path(paths).parent if paths else Path(features))
     cfg["image_root"] = str(Path(root).resolve())
-    run = _start_run(run_dir, cfg, overwrite)
-    tracker = ProgressTracker(run, progress, cancel)
-    _run_guarded(run, tracker, lambda: _import_stages(run, source, stats, config, tracker, cache_dir, encoder,
-                                                      corpus, Path(cfg["image_root"])))
+    cluster = _connect_cluster(ray_address)  # the vote runs there (``ray_address``)
+    try:
+        run = _start_run(run_dir, cfg, overwrite)
+        tracker = ProgressTracker(run, progress, cancel)
+        _run_guarded(run, tracker, lambda: _import_stages(run, source, stats, config, tracker, cache_dir, encoder,
+                                                          corpus, Path(cfg["image_root"]), cluster))
+    finally:
+        if cluster is not None:
+            cluster.close()
     return run
 
 
 def _import_stages(run, source, stats, config: MineConfig, tracker: ProgressTracker, cache_dir, encoder, corpus,
-                   image_root: Path) -> None:
+                   image_root: Path, cluster=None) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -309,6 +349,7 @@ def _import_stages(run, source, stats, config: MineConfig, tracker: ProgressTrac
     from .rundir.store import IMAGE_COLUMNS
 
     _store_encoder(run, encoder)
+    _store_cluster(run, cluster)
     tracker.start("encode", source.n)
     with run.feature_writer(source.n, source.d) as out:
         for start, block in iter_normalized_chunks(source):
@@ -333,7 +374,7 @@ def _import_stages(run, source, stats, config: MineConfig, tracker: ProgressTrac
              {"n_files": n, "n_skipped": 0, "n_duplicates": int(stats.duplicate_paths),
               "features_import": {"n": n, "d": source.d, "dtype": str(source.dtype), "layout": source.layout,
                                   "norm_median": float(stats.norm_median), "normalised": bool(stats.normalised),
-                                  "warnings": list(stats.warnings)}})
+                                  "warnings": list(stats.warnings)}}, cluster)
 
 
 def _start_run(run_dir: str | Path, cfg: dict, overwrite: bool):
@@ -378,7 +419,8 @@ def run_mine_config(run) -> tuple[MineConfig, Path]:
 
 
 def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-           cache_dir: str | Path | None = None, encoder=None, encode_chunk_size: int = 256):
+           cache_dir: str | Path | None = None, encoder=None, encode_chunk_size: int = 256,
+           ray_address: str | None = None):
     """Continue (or start) mining the unfinished run in ``run_dir`` with the settings stored in its
     ``run.json``; returns the finished :class:`Run`. Finished work (cached features) is reused."""
     from .runs import Run, _comparable
@@ -391,13 +433,13 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, cancel: C
         config = MineConfig.from_dict(stored, str(layout.meta_path(run.path))).resolved()
         return mine_features(stored["features_file"], stored.get("paths_file"), run.path, config,
                              image_root=stored.get("image_root"), progress=progress, cancel=cancel,
-                             cache_dir=cache_dir, encoder=encoder)
+                             cache_dir=cache_dir, encoder=encoder, ray_address=ray_address)
     config, images_dir = run_mine_config(run)
     full = {**config.to_dict(), "images_dir": str(images_dir.resolve())}
     if _comparable(full) != _comparable(run.config):  # an older run lacking a newer setting: store it
         run._update_meta(config={**run.config, **full})
     return mine(images_dir, run.path, config, progress=progress, cancel=cancel, cache_dir=cache_dir,
-                encoder=encoder, encode_chunk_size=encode_chunk_size)
+                encoder=encoder, encode_chunk_size=encode_chunk_size, ray_address=ray_address)
 
 
 def _final_progress(run, tracker: ProgressTracker, status: str) -> None:
@@ -452,7 +494,7 @@ def _plan_job(tracker: ProgressTracker, run, config: MineConfig, encoder, n_file
 
 
 def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTracker,
-                 cache_dir: str | Path | None, encoder, encode_chunk_size: int = 256) -> None:
+                 cache_dir: str | Path | None, encoder, encode_chunk_size: int = 256, cluster=None) -> None:
     from .clustering import make_clusterer
     from .corpus import load_corpus
     from .encoders import load_encoder
@@ -471,10 +513,12 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
 
     # 2. encode
     _store_encoder(run, encoder)
+    _store_cluster(run, cluster)
     tracker.start("encode")
     feat_cache = FeatureCache(encoder.fingerprint_id, Path(cache_dir) / "features" if cache_dir else None)
     encode_records(encoder, records, cache=feat_cache, tracker=tracker, batch_size=config.batch_size,
-                   max_pixels=config.max_pixels, chunk_size=max(1, int(encode_chunk_size)), assemble=False)
+                   max_pixels=config.max_pixels, chunk_size=max(1, int(encode_chunk_size)), assemble=False,
+                   cluster=cluster)
     usable = [r for r in records if r.status == "ok"]
     if not usable:
         examples = "; ".join(f"{r.path}: {r.reason}" for r in records[:5])
@@ -495,7 +539,7 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
     run.mark_stage("encode")
     _analyse(run, config, tracker, cache_dir, encoder, corpus, is_hold,
              {"n_files": len(records), "n_skipped": len(records) - len(usable),
-              "n_duplicates": sum(1 for r in usable if r.duplicate_of)})
+              "n_duplicates": sum(1 for r in usable if r.duplicate_of)}, cluster)
 
 
 def _store_encoder(run, encoder) -> None:
@@ -512,8 +556,9 @@ def write_cached_features(run, cache: FeatureCache, sha1s: Sequence[str], dim: i
 
 
 def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str | Path | None, encoder, corpus,
-             is_hold: np.ndarray, counts: dict) -> None:
-    """Stages 3-5 (corpus, cluster, vote) on the run's stored features; ``is_hold`` bool [N_ok]."""
+             is_hold: np.ndarray, counts: dict, cluster=None) -> None:
+    """Stages 3-5 (corpus, cluster, vote) on the run's stored features; ``is_hold`` bool [N_ok].
+    With a Ray ``cluster`` the vote runs there; clustering stays here."""
     from .clustering import check_clusterer_feasible, clamp_n_clusters, default_n_clusters, make_clusterer
     from .corpus import corpus_embeddings
     from .mining import cluster_statistics, mine_positive_concepts, summary, zero_shot_topk
@@ -560,9 +605,9 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
     # 5. vote (and, in the same pass over the corpus, every image's corpus LSE: the score's denominator)
     tracker.start("vote", n_usable)
     features = run.feature_matrix()
-    top_idx, top_sim, lse = zero_shot_topk(features, text_emb, k=config.topk, tau=run.tau,
-                                           progress=tracker.stage_callback(),
-                                           cancel=lambda: tracker.check_cancel_flag())
+    vote = cluster.zero_shot_topk if cluster is not None else zero_shot_topk
+    top_idx, top_sim, lse = vote(features, text_emb, k=config.topk, tau=run.tau, progress=tracker.stage_callback(),
+                                 cancel=lambda: tracker.check_cancel_flag())
     run.write_votes(top_idx, top_sim)
     store_corpus_lse(run, lse)
     top_sim = top_sim.astype(np.float16).astype(np.float32)
@@ -595,6 +640,22 @@ def write_head_labels(run, head_labels: np.ndarray, rows: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- score / evaluate
+def _gather_encode(cluster, encoder, files: list[str]):
+    """Encode ``files`` on the cluster into one EncodeResult in input order (no feature cache, as locally)."""
+    from .encoders.base import EncodeResult
+
+    ok = [False] * len(files)
+    errors: dict[str, str] = {}
+    feats = np.zeros((len(files), encoder.dim), dtype=np.float32)
+    for positions, result in cluster.iter_encode(encoder, files):
+        good = [p for p, flag in zip(positions, result.ok) if flag]
+        feats[good] = result.features
+        for p, flag in zip(positions, result.ok):
+            ok[p] = flag
+        errors.update(result.errors)
+    return EncodeResult(features=feats[np.asarray(ok, dtype=bool)], ok=ok, errors=errors)
+
+
 def _resolve_paths(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
@@ -608,11 +669,13 @@ def _resolve_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5) -> list[dict]:
+def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5,
+                 ray_address: str | None = None) -> list[dict]:
     """Score image files (or folders) against the run's current concepts.
 
     One dict per file: ``path``, ``log_score``, ``score``, ``is_id`` (at the calibrated threshold),
     ``threshold``, ``top_positive`` / ``top_negative`` [(concept, cosine)], or ``error``.
+    ``ray_address``: encode and score on that Ray cluster (same results as here).
     """
     from .encoders import load_encoder
 
@@ -622,11 +685,25 @@ def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5
     files = _resolve_paths(paths)
     if not files:
         raise NoImagesError("no image to score")
-    result = encoder.encode_images([str(f) for f in files])
-    # float16 like the run's features, the feature cache and the web app: one image, one score everywhere
-    feats = result.features.astype(np.float16).astype(np.float32)
+    cluster = _connect_cluster(ray_address)
+    try:
+        if cluster is None:
+            result = encoder.encode_images([str(f) for f in files])
+        else:
+            result = _gather_encode(cluster, encoder, [str(f) for f in files])
+        # float16 like the run's features, the feature cache and the web app: one image, one score everywhere
+        feats = result.features.astype(np.float16).astype(np.float32)
+        if not len(feats):
+            explanations = []
+        elif cluster is None:
+            explanations = detector.explain(feats, top=top)
+        else:
+            explanations = cluster.explain(detector, feats, top=top)
+    finally:
+        if cluster is not None:
+            cluster.close()
     out: list[dict] = []
-    explained = iter(detector.explain(feats, top=top)) if len(feats) else iter(())
+    explained = iter(explanations)
     for f, ok in zip(files, result.ok):
         if not ok:
             out.append({"path": str(f), "error": result.errors.get(str(f), "could not be decoded")})
@@ -639,16 +716,24 @@ def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5
 
 
 def evaluate(run, id_dir: str | Path, ood_dir: str | Path, *, encoder=None,
-             cache_dir: str | Path | None = None) -> dict:
-    """AUROC / FPR95 / AUPR of the run's current detector, ID folder vs OOD folder."""
+             cache_dir: str | Path | None = None, ray_address: str | None = None) -> dict:
+    """AUROC / FPR95 / AUPR of the run's current detector, ID folder vs OOD folder
+    (``ray_address``: encode and score on that Ray cluster)."""
     from .encoders import load_encoder
 
     detector = run.detector()
     encoder = encoder or load_encoder(detector.encoder_spec or run.config.get("encoder", "offline"))
     detector.check_encoder(encoder)
-    _, id_feats = load_folder(id_dir, encoder, cache_dir=cache_dir)
-    _, ood_feats = load_folder(ood_dir, encoder, cache_dir=cache_dir)
-    res = _metrics.ood_metrics(detector.log_scores(id_feats), detector.log_scores(ood_feats))
+    cluster = _connect_cluster(ray_address)
+    try:
+        _, id_feats = load_folder(id_dir, encoder, cache_dir=cache_dir, cluster=cluster)
+        _, ood_feats = load_folder(ood_dir, encoder, cache_dir=cache_dir, cluster=cluster)
+        score = detector.log_scores if cluster is None else (lambda f: cluster.log_scores(detector, f))
+        id_scores, ood_scores = score(id_feats), score(ood_feats)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    res = _metrics.ood_metrics(id_scores, ood_scores)
     res["n_positive"] = int(len(detector.positive_idx))
     res["fpr95_variant"] = _metrics.FPR95_RULE
     return res

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import cache, job_panel, new_run, state, widgets
+from ui import cache, cluster_panel, job_panel, new_run, state, widgets
 
 state.ensure_frame()
 widgets.page_header("Data & encoding", "Your in-distribution images, the encoder and the mining options. "
@@ -13,6 +13,7 @@ widgets.page_header("Data & encoding", "Your in-distribution images, the encoder
 
 ref = state.current()
 if ref.run_id is None:
+    cluster_panel.cluster_box()
     new_run.new_run_section()
 elif ref.error:
     widgets.show_error(ref.error)

@@ -71,6 +71,7 @@ def pytest_collection_finish(session) -> None:
 os.environ.setdefault("CLUSTERMINE_CACHE", str(ROOT / ".cache" / "clustermine"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.pop("CLUSTERMINE_RAY_ADDRESS", None)  # a developer's cluster must not take over the local-path tests
 
 IMAGENETTE_ID = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916"]  # 6 ID classes
 IMAGENETTE_OOD = ["n03417042", "n03425413", "n03445777", "n03888257"]

@@ -14,7 +14,7 @@ from clustermine import jobs
 from clustermine.rundir import layout
 from clustermine.runs import Run
 
-from . import cache, rundata, state, widgets
+from . import cache, cluster_panel, rundata, state, widgets
 from .text import md_escape
 
 STAGE_LABELS = {"scan": "Scan files", "encode": "Encode images", "corpus": "Embed the concept corpus",
@@ -171,6 +171,8 @@ def run_panel(run: Run) -> None:
         st.subheader(f"Run {md_escape(run.run_id)}", anchor=False)
         if not live:  # a live job's badge is drawn (and refreshed) by the progress poll
             widgets.status_badge(run.status)
+        if live or status != "done" or run.meta.get("executed_on"):
+            cluster_panel.cluster_box(run.meta.get("executed_on"))
     with head[1]:
         if st.button("New run", icon=":material/add:", width="stretch"):
             state.set_run(None)
