@@ -250,17 +250,18 @@ class RayCluster:
         items = [{"pos": i, "path": p} for i, p in enumerate(names)]
         # Blocks of whole batches, at most ~MAX_BLOCKS of them (per-block overhead at 10M images).
         per_block = batch_size * max(1, math.ceil(len(items) / (batch_size * MAX_BLOCKS)))
-        ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
+        n_blocks = max(1, math.ceil(len(items) / per_block))
+        ds = ray.data.from_items(items, override_num_blocks=n_blocks)
         ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=plan.decode_cpus,
                             fn_kwargs={"transform": transform, "max_pixels": max_pixels or DEFAULT_MAX_PIXELS,
-                                       "pixel_shape": pixel_shape},
-                            scheduling_strategy="SPREAD")
-        ds = ds.map_batches(EncoderActor, batch_size=batch_size, batch_format="numpy", concurrency=plan.actors,
+                                       "pixel_shape": pixel_shape})
+        # Ray Data spreads tasks and actors over the nodes itself (its default scheduling strategy).
+        ds = ds.map_batches(EncoderActor, batch_size=batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=min(plan.actors, n_blocks)),
                             num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus,
                             fn_constructor_kwargs={"spec": encoder.spec, "device": plan.device,
                                                    "fingerprint_id": encoder.fingerprint_id,
-                                                   "threads": max(1, int(round(plan.actor_cpus * 2)))},
-                            scheduling_strategy="SPREAD")
+                                                   "threads": max(1, int(round(plan.actor_cpus * 4)))})
         done, pending = 0, []
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
@@ -268,11 +269,11 @@ class RayCluster:
                     raise CancelledError(f"encoding cancelled after {done} of {len(names)} images")
                 pending.append(batch)
                 done += len(batch["pos"])
+                if sum(len(b["pos"]) for b in pending) >= chunk_size:
+                    yield _chunk(pending, names, EncodeResult)  # stored by the caller before anything can stop us
+                    pending = []
                 if progress is not None:
                     progress(done, len(names))
-                if sum(len(b["pos"]) for b in pending) >= chunk_size:
-                    yield _chunk(pending, names, EncodeResult)
-                    pending = []
             if pending:
                 yield _chunk(pending, names, EncodeResult)
         except CancelledError:

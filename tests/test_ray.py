@@ -117,7 +117,7 @@ def test_ray_tasks_ran_on_both_nodes(cluster, ray_run):
     where: dict[str, set] = {}
     for t in tasks:
         for kind in ("decode_batch", "EncoderActor", "vote_block"):
-            if kind in t.name:
+            if kind in t.name and t.node_id:  # (an actor's creation task may have no node yet)
                 where.setdefault(kind, set()).add(t.node_id)
     assert set(where) == {"decode_batch", "EncoderActor", "vote_block"}, sorted({t.name for t in tasks})
     used = set().union(*where.values())
@@ -243,12 +243,12 @@ def test_cancel_during_ray_encode_keeps_the_shards_and_resumes(cluster, images, 
     run = Run.open(out, require_complete=False)
     assert run.status == "cancelled" and "resume" in run.meta["error"]
     stored = sum(len(np.load(c)["keys"]) for c in (cache / "features").rglob("chunk-*.npz"))
-    total = next(t for s, _, t in seen if s == "encode")
+    total = max(t for s, _, t in seen if s == "encode")
     assert 16 <= stored < total
     seen.clear()
     run = resume(out, progress=lambda s, d, t: seen.append((s, d, t)), cache_dir=cache, ray_address=cluster.address)
     assert run.status == "done"
-    assert next(t for s, _, t in seen if s == "encode") == total - stored
+    assert max(t for s, _, t in seen if s == "encode") == total - stored
 
 
 # Last: it takes the second node down for good.
@@ -274,16 +274,18 @@ def test_node_killed_mid_encode_loses_nothing(cluster, images, local_run, tmp_pa
     try:
         run = mine(images, out, config, progress=progress, cache_dir=cache, encode_chunk_size=16,
                    ray_address=cluster.address)
-        first_total = totals[0]
-    except RayClusterError:
+        first_total = max(totals)
+        print("the job finished on the remaining node (Ray retried the lost work)")
+    except RayClusterError as exc:
+        print(f"the job failed ({exc}); resuming")
         stored = sum(len(np.load(c)["keys"]) for c in (cache / "features").rglob("chunk-*.npz"))
         assert stored >= 32, "shards returned before the failure must be in the cache"
-        first_total = totals[0]
+        first_total = max(totals)
         totals.clear()
         from clustermine.pipeline import resume
 
         run = resume(out, progress=progress, cache_dir=cache, encode_chunk_size=16, ray_address=cluster.address)
-        assert totals and totals[0] == first_total - stored, "the resume re-encoded stored shards"
+        assert totals and max(totals) == first_total - stored, "the resume re-encoded stored shards"
     assert killed.is_set(), "the node was never killed: the encode stage reported no progress"
     assert run.status == "done"
     assert first_total == len(CLASSES) * PER_CLASS + len(BAD) - 1  # the empty file is skipped at scan time
