@@ -109,19 +109,27 @@ class EncodePlan:
     actor_gpus: float
     decode_cpus: float
     device: str
+    threads: int = 1
 
     @classmethod
     def for_cluster(cls, info: ClusterInfo, actors: int | None = None) -> "EncodePlan":
-        """GPUs: one actor per GPU (1 CPU each), decode tasks take 1 CPU. CPU only: one actor per node,
-        each holding a quarter CPU and decode tasks half a CPU (logical shares: the actor's torch threads
-        are set apart), so a one-CPU node runs an actor and a decode task, and still does when a lost
-        node's actor is restarted beside it (an actor holding a whole CPU would starve the decode tasks
-        feeding it)."""
+        """GPUs: one actor per GPU (1 CPU, 2 torch threads each), decode tasks take 1 CPU. CPU only: one
+        actor per node holding half of the smallest node's CPUs (as many torch threads), decode tasks 1 CPU.
+        Nodes with a single CPU: actors hold a quarter CPU and decode tasks half (logical shares; the
+        actor runs one torch thread), so such a node runs an actor and a decode task, and still does
+        when a lost node's actor is restarted beside it (an actor holding the whole CPU would starve the
+        decode tasks feeding it)."""
         if info.gpus >= 1:
             n = actors or int(info.gpus)
-            return cls(actors=max(1, n), actor_cpus=1.0, actor_gpus=1.0, decode_cpus=1.0, device="cuda")
-        n = actors or max(1, sum(1 for node in info.nodes if node.cpus >= 1))
-        return cls(actors=max(1, n), actor_cpus=0.25, actor_gpus=0.0, decode_cpus=0.5, device="cpu")
+            return cls(actors=max(1, n), actor_cpus=1.0, actor_gpus=1.0, decode_cpus=1.0, device="cuda", threads=2)
+        cpu_nodes = [node.cpus for node in info.nodes if node.cpus >= 1]
+        n = actors or max(1, len(cpu_nodes))
+        smallest = int(min(cpu_nodes, default=1))
+        if smallest >= 2:  # half of each node's CPUs for the model (torch threads), the rest decodes
+            half = smallest // 2
+            return cls(actors=max(1, n), actor_cpus=float(half), actor_gpus=0.0, decode_cpus=1.0, device="cpu",
+                       threads=half)
+        return cls(actors=max(1, n), actor_cpus=0.25, actor_gpus=0.0, decode_cpus=0.5, device="cpu", threads=1)
 
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -179,12 +187,15 @@ class RayCluster:
                     "`ray start --head` (then `ray start --address=HEAD:6379` on every other node) and pass "
                     "its address with --ray or CLUSTERMINE_RAY_ADDRESS, or run without --ray") from None
         self._ray = ray
-        try:  # Ray Data's console progress bars would interleave with ours
+        try:  # Ray Data's console progress bars and per-dataset INFO lines would interleave with ours
+            import logging
+
             import ray.data
 
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
             ctx.verbose_progress = False
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
         except AttributeError:
             pass
         self.info = self._describe(time.perf_counter() - start)
@@ -261,7 +272,7 @@ class RayCluster:
                             num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus,
                             fn_constructor_kwargs={"spec": encoder.spec, "device": plan.device,
                                                    "fingerprint_id": encoder.fingerprint_id,
-                                                   "threads": max(1, int(round(plan.actor_cpus * 4)))})
+                                                   "threads": plan.threads})
         done, pending = 0, []
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
@@ -301,7 +312,9 @@ class RayCluster:
         n = int(features.shape[0])
         task = self._task(fn.__name__, fn)
         shared_ref = ray.put(shared)
-        limit = max(2, int(2 * (self.info.cpus if self.info else 2)))
+        cpus = max(1, int(self.info.cpus if self.info else 2))
+        limit = 2 * cpus
+        block = max(1, min(block, math.ceil(n / cpus)))  # a small job still uses every CPU
         bounds = [(lo, min(lo + block, n)) for lo in range(0, n, block)]
         results: list = [None] * len(bounds)
         in_flight: dict = {}
