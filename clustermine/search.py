@@ -169,12 +169,32 @@ def search_image(run: Run, row: int, k: int = 12) -> list[Hit]:
     return _hits(run, rows, sims)
 
 
+PICKER_MAX = 2_000
+"""Up to this many images a picker lists them all; above, it lists the matches of a typed filter."""
+
+
 def row_of_path(run: Run, path: str) -> int:
-    """Feature row of a run image given its scanned (relative) or absolute path."""
-    for r in run.image_records(ok_only=True):
-        if path in (r.get("path"), r.get("abs_path")):
-            return int(r["row"])
+    """Feature row of a run image given its scanned (relative) or absolute path (columnar lookup: no
+    per-image Python objects, so it stays fast on 1M+ image runs)."""
+    import pyarrow.compute as pc
+
+    table = run.ok_rows_table()
+    for column in ("path", "abs_path"):
+        i = pc.index(table[column], str(path)).as_py()
+        if i >= 0:
+            return int(table["row"][i].as_py())
     raise ClusterMineError(f"{path}: not a usable image of run {run.run_id}")
+
+
+def find_image_paths(run: Run, query: str = "", limit: int = 200) -> tuple[list[str], int]:
+    """Scanned paths of the run's usable images containing ``query`` (case-insensitive; all when
+    empty), in feature-row order: (the first ``limit`` of them, how many match in all)."""
+    import pyarrow.compute as pc
+
+    paths = run.ok_rows_table()["path"]
+    if query.strip():
+        paths = paths.filter(pc.match_substring(paths, query.strip(), ignore_case=True))
+    return paths.slice(0, max(0, int(limit))).to_pylist(), len(paths)
 
 
 def _check_k(k: int) -> int:

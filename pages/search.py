@@ -9,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from clustermine.errors import ClusterMineError
-from clustermine.search import row_of_path, search_image, search_text
+from clustermine import search as search_engine
+from clustermine.search import find_image_paths, row_of_path, search_image, search_text
 from ui import cache, state, widgets
 from ui.text import md_escape
 
@@ -54,12 +55,19 @@ with st.container(border=True):
 
 with st.container(border=True):
     st.subheader("Image → images", anchor=False)
-    paths = [r["path"] for r in sorted(run.image_records(ok_only=True), key=lambda r: r["row"])]
+    limit = search_engine.PICKER_MAX
+    query = ""
+    if run.n_images() > limit:  # a large run: list the matches of a filter, not every image
+        query = st.text_input("Filter the run's images by path", key="search_image_filter",
+                              placeholder="part of a file or folder name, e.g. n01440764/ or 0042")
+    paths, n_match = find_image_paths(run, query, limit)
+    if n_match > len(paths):
+        st.caption(f"{n_match:,} images match; the first {len(paths):,} are listed: type more of the path to narrow.")
     picked = st.selectbox("Image", paths, index=None, key="search_image", placeholder="pick an image of the run")
     if picked:
         with widgets.guard("searching"):
             row = row_of_path(run, picked)
-            data = cache.thumb(run.image_paths()[row], 192)
+            data = cache.thumb(run.image_path(row), 192)
             if data is not None:
                 st.image(data, caption=md_escape(picked, 80), width=192)
             _show(search_image(run, row, k), "search_neighbours")

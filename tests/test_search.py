@@ -120,6 +120,41 @@ def test_search_page(app_env, small_run):
     assert at.dataframe[1].value["image"].tolist() == want
 
 
+def test_row_of_path_and_find_image_paths_are_columnar(small_run_template):
+    from clustermine.search import find_image_paths
+
+    run = Run.open(small_run_template)
+    records = run.image_records(ok_only=True)
+    for r in records[::7]:  # relative and absolute paths both name the row
+        assert row_of_path(run, r["path"]) == r["row"] == row_of_path(run, r["abs_path"])
+    church = [r["path"] for r in records if "n03028079" in r["path"]]
+    found, n = find_image_paths(run, "N03028079/", limit=4)  # case-insensitive substring, row order
+    assert n == len(church) and found == church[:4]
+    everything, n_all = find_image_paths(run, "", limit=1000)
+    assert everything == [r["path"] for r in records] and n_all == len(records)
+    assert find_image_paths(run, "no-such-name") == ([], 0)
+
+
+@pytest.mark.app
+def test_search_page_filters_the_picker_on_a_large_run(app_env, small_run, monkeypatch):
+    """Above PICKER_MAX images the page does not list every image: a filter narrows the picker."""
+    import clustermine.search as search_engine
+
+    monkeypatch.setattr(search_engine, "PICKER_MAX", 5)
+    at = open_app(small_run.name, "pages/search.py")
+    no_exception(at)
+    assert len(at.selectbox(key="search_image").options) == 5
+    assert "first 5 are listed" in " ".join(c.value for c in at.caption)
+    at.text_input(key="search_image_filter").set_value("n02979186").run()
+    options = at.selectbox(key="search_image").options
+    run = Run.open(small_run)
+    assert options == [r["path"] for r in run.image_records(ok_only=True) if "n02979186" in r["path"]][:5]
+    at.selectbox(key="search_image").set_value(options[0]).run()
+    no_exception(at)
+    want = [h.path for h in search_image(run, row_of_path(run, options[0]), 12)]
+    assert at.dataframe[-1].value["image"].tolist() == want
+
+
 @pytest.mark.browser
 def test_search_page_in_chromium(small_run, tmp_path):
     """The real UI: a deep link to the Find images page, type a class name, see its photos."""
