@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 PAGES = ["pages/runs.py", "pages/data.py", "pages/clusters.py", "pages/audit.py", "pages/concepts.py",
-         "pages/scoring.py", "pages/export.py"]
+         "pages/scoring.py", "pages/export.py", "pages/search.py"]
 CHROMIUM = "/usr/bin/chromium"
 
 
