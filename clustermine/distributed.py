@@ -6,9 +6,10 @@ Optional. Nothing outside this module imports Ray, and this module imports it on
 
 What runs where:
 
-* **the driver** (this process) keeps the run directory: it scans the folder (skip rules, sha1),
-  consults the content-addressed feature cache, writes every feature shard (cache chunk) as results
-  stream back, clusters (TEMI / k-means, one GPU at most) and writes votes and scores;
+* **the driver** (this process) keeps the run directory: it lists the folder (names, sizes, skip rules;
+  the files' bytes are read and hashed by Ray tasks, :meth:`RayCluster.hash_files`), consults the
+  content-addressed feature cache, writes every feature shard (cache chunk) as results stream back,
+  clusters (TEMI / k-means, one GPU at most) and writes votes and scores;
 * **encoding** is a Ray Data pipeline: rows ``(pos, path)`` -> decode + preprocess tasks (CPU; the same
   :func:`clustermine.encoders.decode.load_item` as the local path, so skip reasons are identical) ->
   encoder actors (the encoder loaded once per actor; ``num_gpus=1`` each when the cluster has GPUs) ->
@@ -42,6 +43,9 @@ RAY_PIN = "ray[default,data]==2.60.0"
 
 VOTE_BLOCK = 16_384
 """Images per vote / score task: 16K x 384 float16 features = 12 MB in, top-k + LSE out."""
+
+HASH_BLOCK = 512
+"""Files per hashing task of the scan."""
 
 MAX_BLOCKS = 2000
 """Upper bound of the encode pipeline's input blocks (each a few batches of paths)."""
@@ -302,14 +306,21 @@ class RayCluster:
             self._remote[name] = self.ray.remote(num_cpus=1, max_retries=3)(fn)
         return self._remote[name]
 
-    def map_blocks(self, fn: Callable, features: np.ndarray, shared: Any, *, block: int = VOTE_BLOCK,
+    def hash_files(self, paths: list[str], block: int = HASH_BLOCK) -> list[tuple[str | None, str | None]]:
+        """:func:`clustermine.images.hash_or_reason` of every path, read and hashed by Ray tasks (the scan's
+        sha1s: the bytes are read where the tasks run, not by the driver); results in ``paths`` order."""
+        parts = self.map_blocks(hash_block, paths, None, block=block, as_float32=False)
+        return [h for p in parts for h in p]
+
+    def map_blocks(self, fn: Callable, features: Any, shared: Any, *, block: int = VOTE_BLOCK,
                    progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-                   **kwargs) -> list:
+                   as_float32: bool = True, **kwargs) -> list:
         """``fn(features[lo:hi] as float32, shared, **kwargs)`` as Ray tasks over row blocks, ``shared``
         put in the object store once; results in block order. At most two tasks per CPU in flight, so
-        the driver reads (and ships) blocks no faster than the cluster uses them."""
+        the driver reads (and ships) blocks no faster than the cluster uses them. ``as_float32`` False:
+        ``features`` is any sequence, its slices shipped as they are."""
         ray = self.ray
-        n = int(features.shape[0])
+        n = len(features)
         task = self._task(fn.__name__, fn)
         shared_ref = ray.put(shared)
         cpus = max(1, int(self.info.cpus if self.info else 2))
@@ -323,7 +334,8 @@ class RayCluster:
             while nxt < len(bounds) or in_flight:
                 while nxt < len(bounds) and len(in_flight) < limit:
                     lo, hi = bounds[nxt]
-                    ref = task.remote(np.asarray(features[lo:hi], dtype=np.float32), shared_ref, **kwargs)
+                    part = np.asarray(features[lo:hi], dtype=np.float32) if as_float32 else features[lo:hi]
+                    ref = task.remote(part, shared_ref, **kwargs)
                     in_flight[ref] = nxt
                     nxt += 1
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -434,6 +446,12 @@ class EncoderActor:
             feats[ok] = self.encoder.encode_batch(x)
         return {"pos": batch["pos"], "path": batch["path"], "reason": batch["reason"], "features": feats,
                 "node": np.array([self.node] * len(ok), dtype=object)}
+
+
+def hash_block(paths: list[str], _shared: None) -> list[tuple[str | None, str | None]]:
+    from .images import hash_or_reason
+
+    return [hash_or_reason(p) for p in paths]
 
 
 def vote_block(features: np.ndarray, text_embeddings: np.ndarray, k: int, tau: float):

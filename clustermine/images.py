@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -116,8 +117,18 @@ def _walk(root: Path) -> list[tuple[str, os.DirEntry[str]]]:
     return found
 
 
-def _record_for(rel: str, entry: os.DirEntry[str], max_file_bytes: int | None) -> ImageRecord | None:
-    """The record of one directory entry, or None when the entry is silently ignored."""
+def hash_or_reason(path: str) -> tuple[str | None, str | None]:
+    """(sha1 hex digest of the file's bytes, None), or (None, why it cannot be read)."""
+    try:
+        return file_hash(path, "sha1"), None
+    except OSError as exc:
+        return None, f"cannot read file ({exc.strerror or exc})"
+
+
+def _record_for(rel: str, entry: os.DirEntry[str], max_file_bytes: int | None,
+                hash_now: bool = True) -> ImageRecord | None:
+    """The record of one directory entry, or None when the entry is silently ignored. With
+    ``hash_now`` False a candidate is returned "ok" with ``sha1`` None, to be hashed by the caller."""
     name = entry.name
     if _is_ignored(name):
         return None
@@ -142,10 +153,11 @@ def _record_for(rel: str, entry: os.DirEntry[str], max_file_bytes: int | None) -
         return skipped(
             f"file is {st.st_size:,} bytes, over the limit of {max_file_bytes:,} bytes", st.st_size
         )
-    try:
-        sha1 = file_hash(entry.path, "sha1")
-    except OSError as exc:
-        return skipped(f"cannot read file ({exc.strerror or exc})", st.st_size)
+    if not hash_now:
+        return ImageRecord(rel, abs_path, st.st_size, None, "ok")
+    sha1, reason = hash_or_reason(entry.path)
+    if sha1 is None:
+        return skipped(reason, st.st_size)
     return ImageRecord(rel, abs_path, st.st_size, sha1, "ok")
 
 
@@ -156,13 +168,22 @@ def _lsize(entry: os.DirEntry[str]) -> int:
         return 0
 
 
-def scan_images(root: str | os.PathLike[str], *, max_file_bytes: int | None = None) -> list[ImageRecord]:
+HashFilesFn = Callable[[list[str]], list[tuple[str | None, str | None]]]
+"""``hash_files(abs_paths)`` -> one :func:`hash_or_reason` result per path, in order."""
+
+
+def scan_images(root: str | os.PathLike[str], *, max_file_bytes: int | None = None,
+                hash_files: HashFilesFn | None = None) -> list[ImageRecord]:
     """List the image files below ``root`` (recursively), sorted by relative path.
 
     Never follows symbolic links (they are recorded as skipped), skips empty / oversized /
     unreadable files and files without an image extension (with a reason), ignores hidden files,
     hidden folders and sidecars (``*.csv``, ``*.txt``, ``*.json``), and marks files whose bytes
     equal an earlier file's with ``duplicate_of`` (they stay ``"ok"``). Nothing is decoded.
+
+    ``hash_files``: reads and hashes the candidates' bytes elsewhere (e.g. on a Ray cluster,
+    :meth:`clustermine.distributed.RayCluster.hash_files`); the records are the same as with the
+    default in-process hashing.
 
     Raises NoImagesError when ``root`` is not a folder or holds no usable image file.
     """
@@ -174,9 +195,16 @@ def scan_images(root: str | os.PathLike[str], *, max_file_bytes: int | None = No
 
     records: list[ImageRecord] = []
     for rel, entry in sorted(_walk(folder), key=lambda item: item[0]):
-        record = _record_for(rel, entry, max_file_bytes)
+        record = _record_for(rel, entry, max_file_bytes, hash_now=hash_files is None)
         if record is not None:
             records.append(record)
+    if hash_files is not None:
+        pending = [r for r in records if r.status == "ok" and r.sha1 is None]
+        for r, (sha1, reason) in zip(pending, hash_files([r.abs_path for r in pending]), strict=True):
+            if sha1 is None:
+                r.status, r.reason = "skipped", reason
+            else:
+                r.sha1 = sha1
     _mark_duplicates(records)
     _require_usable(folder, records)
     return records

@@ -229,7 +229,7 @@ def load_folder(folder: str | Path, encoder, *, cache_dir: str | Path | None = N
     """Scan and encode a folder: (usable ImageRecords, features float32 [n, D]) in scan order."""
     from .images import scan_images
 
-    records = scan_images(folder)
+    records = scan_images(folder, hash_files=cluster.hash_files if cluster is not None else None)
     cache = FeatureCache(encoder.fingerprint_id, cache_dir)
     feats, _ = encode_records(encoder, records, cache=cache, tracker=tracker, max_pixels=max_pixels,
                               batch_size=batch_size, cluster=cluster)
@@ -507,7 +507,7 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
 
     # 1. scan
     tracker.start("scan")
-    records = scan_images(images_dir)
+    records = scan_images(images_dir, hash_files=cluster.hash_files if cluster is not None else None)
     _plan_job(tracker, run, config, encoder, len(records), corpus, cache_dir)
     tracker.update(len(records), len(records), force=True)
 

@@ -116,12 +116,28 @@ def test_ray_tasks_ran_on_both_nodes(cluster, ray_run):
     tasks = list_tasks(address=cluster.address, limit=10_000, raise_on_missing_output=False)
     where: dict[str, set] = {}
     for t in tasks:
-        for kind in ("decode_batch", "EncoderActor", "vote_block"):
+        for kind in ("hash_block", "decode_batch", "EncoderActor", "vote_block"):
             if kind in t.name and t.node_id:  # (an actor's creation task may have no node yet)
                 where.setdefault(kind, set()).add(t.node_id)
-    assert set(where) == {"decode_batch", "EncoderActor", "vote_block"}, sorted({t.name for t in tasks})
+    assert set(where) == {"hash_block", "decode_batch", "EncoderActor", "vote_block"}, sorted({t.name for t in tasks})
     used = set().union(*where.values())
     assert used == nodes, f"tasks by kind and node: {where}"
+
+
+def test_scan_hashed_on_the_cluster_equals_local(cluster, images, tmp_path):
+    """The scan's sha1s computed by Ray tasks: the same records (skip reasons, duplicates) as locally."""
+    from clustermine.images import scan_images
+
+    folder = copy_subset(images, tmp_path / "scan", [CLASSES[0]], 5)
+    first = sorted((folder / CLASSES[0]).iterdir())[0]
+    (folder / "copy.jpg").write_bytes(first.read_bytes())  # a duplicate
+    _bad_files(folder, first)
+    (folder / "notes.txt").write_text("a sidecar: ignored")
+    with RayCluster(cluster.address) as rc:
+        remote = [r.to_dict() for r in scan_images(folder, hash_files=rc.hash_files)]
+    local = [r.to_dict() for r in scan_images(folder)]
+    assert remote == local
+    assert any(r["duplicate_of"] for r in local) and any(r["status"] == "skipped" for r in local)
 
 
 def test_score_with_ray_equals_local(cluster, local_run, images, capsys):
