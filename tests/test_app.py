@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import worker_hooks
 from conftest import copy_subset, shared
 
 pytestmark = pytest.mark.app
@@ -316,38 +317,6 @@ def test_data_page_mines_a_zip(app_env, small_images):
     assert skipped.loc[skipped["file"] == "README.txt", "reason"].tolist() == ["not an image file type"]
 
 
-# Loaded into the worker (a real subprocess of the app) through PYTHONPATH: encodes in chunks of
-# CM_TEST_CHUNK images, logs every chunk written to the feature cache, and holds the first worker
-# after its first chunk until the run's cancel is requested. No race: the cancel always lands
-# mid-encode, with one chunk cached and one not.
-_WORKER_HOOK = """
-import json, os, time
-if os.environ.get("CM_TEST_ENCODE_LOG"):
-    import clustermine.pipeline as _p
-    from clustermine.runs import Run as _Run
-
-    _encode_records, _put = _p.encode_records, _p.FeatureCache.put
-
-    def _encode_in_small_chunks(*args, **kwargs):
-        kwargs["chunk_size"] = int(os.environ["CM_TEST_CHUNK"])
-        return _encode_records(*args, **kwargs)
-
-    def _put_and_hold(self, keys, feats):
-        _put(self, keys, feats)
-        with open(os.environ["CM_TEST_ENCODE_LOG"], "a") as fh:
-            fh.write(json.dumps({"pid": os.getpid(), "keys": list(keys)}) + "\\n")
-        mark = os.environ["CM_TEST_HELD_MARK"]
-        if not os.path.exists(mark):
-            open(mark, "w").close()
-            run = _Run.open(os.environ["CM_TEST_RUN_DIR"], require_complete=False)
-            end = time.monotonic() + 300
-            while not run.cancel_requested() and time.monotonic() < end:
-                time.sleep(0.05)
-
-    _p.encode_records, _p.FeatureCache.put = _encode_in_small_chunks, _put_and_hold
-"""
-
-
 @pytest.mark.slow
 def test_launch_from_the_data_page_cancel_mid_encode_and_resume(app_env, small_images, tmp_path, monkeypatch):
     """Upload real images (+ a text file) through the page, launch, cancel while the encode stage is
@@ -358,12 +327,10 @@ def test_launch_from_the_data_page_cancel_mid_encode_and_resume(app_env, small_i
     from clustermine import jobs
     from clustermine.runs import Run
 
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_WORKER_HOOK)
+    # the first worker holds after its first chunk of 8 until the cancel: it always lands mid-encode
+    worker_hooks.install(tmp_path / "hook", monkeypatch, "hold_after_first_chunk")
     run_dir = app_env.parent / "ui-run"
     log, held = tmp_path / "encoded.jsonl", tmp_path / "held"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("CM_TEST_ENCODE_LOG", str(log))
     monkeypatch.setenv("CM_TEST_HELD_MARK", str(held))
     monkeypatch.setenv("CM_TEST_RUN_DIR", str(run_dir))

@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
+import worker_hooks
 from conftest import copy_subset, shared
 from polling import wait_for
 
@@ -140,30 +141,6 @@ async def _click(port: int, query: str, page: str, key: str) -> None:
         await rerun([WidgetState(id=ids[0], trigger_value=True)])
 
 
-# Loaded into the worker through PYTHONPATH: the first worker holds at the start of its encode stage
-# until the run's cancel is requested (at most 300 s); later workers run freely.
-_HOLD_HOOK = """
-import os, time
-if os.environ.get("CM_TEST_HELD_MARK"):
-    import clustermine.pipeline as _p
-    from clustermine.runs import Run as _Run
-
-    _encode_records = _p.encode_records
-
-    def _hold_then_encode(*args, **kwargs):
-        mark = os.environ["CM_TEST_HELD_MARK"]
-        if not os.path.exists(mark):
-            open(mark, "w").close()
-            run = _Run.open(os.environ["CM_TEST_RUN_DIR"], require_complete=False)
-            end = time.monotonic() + 300
-            while not run.cancel_requested() and time.monotonic() < end:
-                time.sleep(0.05)
-        return _encode_records(*args, **kwargs)
-
-    _p.encode_records = _hold_then_encode
-"""
-
-
 @pytest.mark.slow
 def test_sigterm_stops_the_server_promptly_and_leaves_its_job_cancelled(tmp_path, monkeypatch):
     """The server starts a job (Resume clicked in a real session), gets SIGTERM while the job runs,
@@ -177,10 +154,7 @@ def test_sigterm_stops_the_server_promptly_and_leaves_its_job_cancelled(tmp_path
     monkeypatch.setenv("CLUSTERMINE_CACHE", str(tmp_path / "cache"))  # nothing encoded yet: the job runs a while
     # ... and the first worker holds at its encode stage until a cancel is requested, so the job is
     # still running when the server is stopped however fast this machine encodes (no race).
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_HOLD_HOOK)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    worker_hooks.install(tmp_path / "hook", monkeypatch, "hold_before_encode")
     monkeypatch.setenv("CM_TEST_HELD_MARK", str(tmp_path / "held"))
     run_dir = _new_run(tmp_path, "served", _images(tmp_path / "imgs", 15), clusterer="kmeans", n_clusters=3)
     monkeypatch.setenv("CM_TEST_RUN_DIR", str(run_dir))
