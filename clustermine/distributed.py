@@ -186,10 +186,7 @@ class RayCluster:
                 ray.init(address=self.address, log_to_driver=self.log_to_driver, logging_level="ERROR",
                          configure_logging=True, namespace="clustermine")
             except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-                raise RayClusterError(
-                    f"cannot connect to the Ray cluster at {self.address!r} ({exc}). Start one with "
-                    "`ray start --head` (then `ray start --address=HEAD:6379` on every other node) and pass "
-                    "its address with --ray or CLUSTERMINE_RAY_ADDRESS, or run without --ray") from None
+                raise _unreachable(self.address, exc) from None
         self._ray = ray
         try:  # Ray Data's console progress bars and per-dataset INFO lines would interleave with ours
             import logging
@@ -510,10 +507,14 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return
     except (OSError, ValueError) as exc:
-        raise RayClusterError(
-            f"cannot connect to the Ray cluster at {address!r} ({exc}). Start one with `ray start --head` (then "
-            "`ray start --address=HEAD:6379` on every other node) and pass its address with --ray or "
-            "CLUSTERMINE_RAY_ADDRESS, or run without --ray") from None
+        raise _unreachable(address, exc) from None
+
+
+def _unreachable(address: str, exc: BaseException) -> RayClusterError:
+    return RayClusterError(
+        f"cannot connect to the Ray cluster at {address!r} ({exc}). Start one with `ray start --head` (then "
+        "`ray start --address=HEAD:6379` on every other node) and pass its address with --ray or "
+        f"{RAY_ADDRESS_ENV}, or run without --ray")
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -269,27 +270,25 @@ def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None 
         raise NoImagesError(f"{images_dir}: folder not found")
     cfg = config.to_dict()
     cfg["images_dir"] = str(images_dir.resolve())
-    cluster = _connect_cluster(ray_address)  # before the run folder: an unreachable cluster leaves nothing
-    try:
+    with _cluster(ray_address) as cluster:  # before the run folder: an unreachable cluster leaves nothing
         run = _start_run(run_dir, cfg, overwrite)
         tracker = ProgressTracker(run, progress, cancel)
         _run_guarded(run, tracker, lambda: _mine_stages(run, images_dir, config, tracker, cache_dir, encoder,
                                                         encode_chunk_size, cluster))
-    finally:
-        if cluster is not None:
-            cluster.close()
     return run
 
 
-def _connect_cluster(ray_address: str | None):
-    """A connected :class:`~clustermine.distributed.RayCluster`, or None (and no Ray import) for local."""
+@contextmanager
+def _cluster(ray_address: str | None):
+    """The connected :class:`~clustermine.distributed.RayCluster` named by ``ray_address`` for the
+    ``with`` block (disconnected after it), or None for local work (Ray is then never imported)."""
     if not ray_address:
-        return None
+        yield None
+        return
     from .distributed import RayCluster
 
-    cluster = RayCluster(ray_address)
-    cluster.connect()
-    return cluster
+    with RayCluster(ray_address) as cluster:
+        yield cluster
 
 
 def _store_cluster(run, cluster) -> None:
@@ -328,15 +327,11 @@ def mine_features(features: str | Path, paths: str | Path | None, run_dir: str |
     cfg["paths_file"] = str(Path(paths).resolve()) if paths else None
     root = image_root or (Path(paths).parent if paths else Path(features))
     cfg["image_root"] = str(Path(root).resolve())
-    cluster = _connect_cluster(ray_address)  # the vote runs there (``ray_address``)
-    try:
+    with _cluster(ray_address) as cluster:  # the vote runs there (``ray_address``)
         run = _start_run(run_dir, cfg, overwrite)
         tracker = ProgressTracker(run, progress, cancel)
         _run_guarded(run, tracker, lambda: _import_stages(run, source, stats, config, tracker, cache_dir, encoder,
                                                           corpus, Path(cfg["image_root"]), cluster))
-    finally:
-        if cluster is not None:
-            cluster.close()
     return run
 
 
@@ -685,8 +680,7 @@ def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5
     files = _resolve_paths(paths)
     if not files:
         raise NoImagesError("no image to score")
-    cluster = _connect_cluster(ray_address)
-    try:
+    with _cluster(ray_address) as cluster:
         if cluster is None:
             result = encoder.encode_images([str(f) for f in files])
         else:
@@ -699,9 +693,6 @@ def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5
             explanations = detector.explain(feats, top=top)
         else:
             explanations = cluster.explain(detector, feats, top=top)
-    finally:
-        if cluster is not None:
-            cluster.close()
     out: list[dict] = []
     explained = iter(explanations)
     for f, ok in zip(files, result.ok):
@@ -724,15 +715,11 @@ def evaluate(run, id_dir: str | Path, ood_dir: str | Path, *, encoder=None,
     detector = run.detector()
     encoder = encoder or load_encoder(detector.encoder_spec or run.config.get("encoder", "offline"))
     detector.check_encoder(encoder)
-    cluster = _connect_cluster(ray_address)
-    try:
+    with _cluster(ray_address) as cluster:
         _, id_feats = load_folder(id_dir, encoder, cache_dir=cache_dir, cluster=cluster)
         _, ood_feats = load_folder(ood_dir, encoder, cache_dir=cache_dir, cluster=cluster)
         score = detector.log_scores if cluster is None else (lambda f: cluster.log_scores(detector, f))
         id_scores, ood_scores = score(id_feats), score(ood_feats)
-    finally:
-        if cluster is not None:
-            cluster.close()
     res = _metrics.ood_metrics(id_scores, ood_scores)
     res["n_positive"] = int(len(detector.positive_idx))
     res["fpr95_variant"] = _metrics.FPR95_RULE
