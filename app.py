@@ -12,6 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from clustermine import clusterview
 from ui import settings, state, widgets
 from ui.cache import list_runs_light, system_device, warm_imports
 from ui.text import md_code, md_escape
@@ -81,7 +82,7 @@ def sidebar() -> None:
                 st.badge(f"device: {system_device()}", icon=":material/memory:", color="violet")
             st.caption(f"Encoder: **{md_escape(enc)}**")
             if summary:
-                st.caption(f"{summary.get('n_images', 0):,} images · {summary.get('n_clusters', '–')} clusters · "
+                st.caption(f"{summary.get('n_images', 0):,} images · {clusterview.cluster_count_text(summary)} · "
                            f"{summary.get('n_positive', '–')} concepts mined")
         else:
             st.badge(f"device: {system_device()}", icon=":material/memory:", color="violet")

@@ -330,8 +330,9 @@ def shared_winners(stats: list[ClusterStats]) -> dict[int, list[int]]:
 
 
 def cluster_alerts(stats: list[ClusterStats], rules: AlertRules = AlertRules()) -> dict[int, list[str]]:
-    """Human-readable alerts per cluster id: empty, low purity, high entropy, tiny, near tie, and a
-    shared winner that is weak here.
+    """Human-readable alerts per cluster id: low purity, high entropy, tiny, near tie, and a shared
+    winner that is weak here. Empty clusters get none: they are not clusters anyone audits (pages
+    say how many clustering left empty, :func:`clustermine.clusterview.cluster_count_text`).
 
     Shared-winner rule: cluster ``c`` whose winner ``w`` also wins other clusters is flagged only
     when ``purity(c) < rules.shared_purity_ratio * max(purity of the other clusters won by w)``,
@@ -343,9 +344,7 @@ def cluster_alerts(stats: list[ClusterStats], rules: AlertRules = AlertRules()) 
     alerts: dict[int, list[str]] = {}
     for s in stats:
         msgs: list[str] = []
-        if s.size == 0:
-            msgs.append("empty cluster (no votes)")
-        else:
+        if s.size > 0:
             if s.purity < rules.low_purity:
                 msgs.append(f"low purity ({s.purity:.0%} of members agree)")
             if s.entropy > rules.high_entropy:

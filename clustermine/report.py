@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import clusterview
 from .errors import ClusterMineError, ImageError
 from .mining import ClusterStats, cluster_alerts, typical_atypical
 from .storage import atomic_write_text
@@ -112,10 +113,11 @@ def ood_metrics_for_folder(run: Run, folder: str | os.PathLike, limit: int = 500
 
 # ------------------------------------------------------------------------------------ the report
 def _card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], paths: list[str], names: list[str],
-          n_thumbs: int, top: int) -> str:
-    winner = vocab[s.winner] if s.winner is not None else "no winner"
+          n_thumbs: int, top: int, name: clusterview.ClusterName) -> str:
+    title = (f"<s>{_e(name.concept)}</s> <span class=\"status-rejected\">(rejected)</span>" if name.rejected
+             else _e(name.label))
     out = [f'<section class="card" id="cluster-{s.cluster}" data-cluster="{s.cluster}">',
-           f"<h3>Cluster {s.cluster} · {_e(winner)}</h3>",
+           f"<h3>Cluster {s.cluster} · {title}</h3>",
            f'<div class="muted">size {s.size} · purity {s.purity:.0%} · entropy {s.entropy:.2f}'
            + (f" · runner-up {_e(vocab[s.runner_up])} (margin {s.margin:.0%})" if s.runner_up is not None else "")
            + "</div>"]
@@ -126,7 +128,7 @@ def _card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], paths:
     out.append(histogram_svg([vocab[h[0]] for h in hist], [int(h[1]) for h in hist]))
     if len(s.histogram) > top:
         out.append(f'<div class="muted">and {len(s.histogram) - top} other concept(s) with fewer votes</div>')
-    typical, atypical = typical_atypical(run.feature_matrix(), run.cluster_ids(), s.cluster, n_thumbs)
+    typical, atypical = clusterview.typical_atypical(run, s.cluster, n_thumbs)
     for title, rows in (("Most typical", typical), ("Most atypical (possible contaminants)", atypical)):
         if not rows:
             continue
@@ -170,8 +172,10 @@ def _ood_html(ood: dict) -> str:
 def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: int = 8) -> str:
     """The report as one HTML string (see the module docstring). ``ood``: the result of
     :func:`ood_metrics_for_folder`, or None."""
-    stats = run.cluster_stats()
+    all_stats = run.cluster_stats()
+    stats = clusterview.occupied_stats(all_stats)  # empty clusters are counted in the summary, not carded
     alerts = cluster_alerts(stats)
+    cluster_names = clusterview.cluster_names(run)
     vocab = run.vocabulary_base()
     records = sorted(run.image_records(ok_only=True), key=lambda r: r["row"])
     paths = [r["abs_path"] for r in records]
@@ -183,7 +187,8 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
     edits = run.edits()
 
     fig = [("images", summary.get("n_images")), ("mining", summary.get("n_mining")),
-           ("held out", summary.get("n_holdout")), ("clusters", summary.get("n_clusters")),
+           ("held out", summary.get("n_holdout")), ("clusters", clusterview.cluster_count_text(summary)),
+           ("excluded (not ID)", int(run.excluded_mask().sum())),
            ("with alerts", len(alerts)), ("|Y_pos| now", len(run.positive_concepts())),
            ("mean purity", f"{summary['mean_purity']:.0%}" if summary.get("mean_purity") is not None else "–"),
            ("corpus", summary.get("corpus_size"))]
@@ -207,9 +212,13 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
     parts.append(f"</div><p>{settings}</p><p>{thr}</p>")
     parts.append("<p><b>Y_pos:</b> " + _e(", ".join(run.positive_concepts()) or "(empty)") + "</p></section>")
 
-    parts.append(f'<section id="clusters"><h2>Clusters ({len(stats)})</h2><div class="cards">')
+    empty = len(all_stats) - len(stats)
+    parts.append(f'<section id="clusters"><h2>Clusters ({len(stats)})</h2>'
+                 + (f'<p class="muted">{empty} more cluster(s) were left empty by the clustering.</p>' if empty else "")
+                 + '<div class="cards">')
     for s in stats:
-        parts.append(_card(run, s, alerts.get(s.cluster, []), vocab, paths, names, n_thumbs, top))
+        parts.append(_card(run, s, alerts.get(s.cluster, []), vocab, paths, names, n_thumbs, top,
+                           cluster_names[s.cluster]))
     parts.append("</div></section>")
 
     parts.append(f'<section id="concepts"><h2>Concepts ({len(concepts)})</h2><table>'

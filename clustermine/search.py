@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import clusterview
 from .errors import ClusterMineError
 from .rundir import layout
 
@@ -132,24 +133,33 @@ class Hit:
     abs_path: str
     similarity: float  # cosine with the query
     cluster: int  # -1 = held out of mining
-    cluster_concept: str | None  # the winning concept of that cluster (None for held-out images)
+    # the cluster's name label ("tench", "tench (rejected)"; clusterview.cluster_names), None for
+    # held-out images; "excluded (not ID)" for images the user marked not ID
+    cluster_concept: str | None
+    excluded: bool = False  # marked not ID by the user
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def place(self) -> str:
+        """Where the image stands: 'held out', 'excluded (not ID)' or 'cluster 3 (tench)'."""
+        if self.excluded:
+            return clusterview.EXCLUDED
+        return clusterview.HELD_OUT if self.cluster < 0 else f"cluster {self.cluster} ({self.cluster_concept})"
+
 
 def _hits(run: Run, rows: np.ndarray, sims: np.ndarray) -> list[Hit]:
     records = {r["row"]: r for r in run.image_records(ok_only=True)}
-    cids = run.cluster_ids()
-    stats = {s.cluster: s for s in run.cluster_stats()}
-    vocab = run.vocabulary_base()
+    cids, excluded = run.cluster_ids(), run.excluded_mask()
+    places = clusterview.place_labels(run, rows)
     out = []
-    for rank, (row, sim) in enumerate(zip(rows.tolist(), sims.tolist()), start=1):
+    for rank, (row, sim, place) in enumerate(zip(rows.tolist(), sims.tolist(), places), start=1):
         rec = records.get(row, {})
         cid = int(cids[row])
-        st = stats.get(cid)
-        concept = vocab[st.winner] if st is not None and st.winner is not None else None
-        out.append(Hit(rank, row, str(rec.get("path", "")), str(rec.get("abs_path", "")), float(sim), cid, concept))
+        concept = None if place == clusterview.HELD_OUT else place
+        out.append(Hit(rank, row, str(rec.get("path", "")), str(rec.get("abs_path", "")), float(sim), cid, concept,
+                       bool(excluded[row])))
     return out
 
 

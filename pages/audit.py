@@ -7,6 +7,7 @@ import math
 
 import streamlit as st
 
+from clustermine import clusterview
 from clustermine.mining import cluster_alerts, shared_winners
 from ui import audit_cards, state, widgets
 
@@ -16,18 +17,23 @@ widgets.page_header("Cluster audit", "Check that each cluster names itself well 
 run = state.require_run(done=True)
 audit_cards.exclusion_feedback()
 audit_cards.remine_panel(run)
-stats = run.cluster_stats()
+all_stats = run.cluster_stats()
+stats = clusterview.occupied_stats(all_stats)  # empty clusters are mentioned, never audited
 alerts = cluster_alerts(stats)
 vocab = run.vocabulary_base()
+names = clusterview.cluster_names(run)
 summary = run.meta.get("summary") or {}
 
 widgets.metrics_row([
-    ("clusters", len(stats)),
+    ("clusters", len(stats), clusterview.cluster_count_text(summary) if len(all_stats) > len(stats) else None),
     ("with alerts", len(alerts)),
     ("mean purity", widgets.fmt_pct(summary.get("mean_purity"), 0), "size-weighted"),
     ("mean entropy", widgets.fmt_float(summary.get("mean_entropy"), 2)),
     ("distinct winners", len({s.winner for s in stats if s.winner is not None})),
 ])
+if len(all_stats) > len(stats):
+    st.caption(f"{len(all_stats) - len(stats)} of the {len(all_stats)} clusters asked for were left empty by the "
+               "clustering; they have no members and no cards.")
 
 c1, c2, c3 = st.columns([2, 1.2, 1])
 sort_key = c1.selectbox("Sort cards by", [*audit_cards.SORTS, audit_cards.BY_CONCEPT], index=0, key="audit_sort")
@@ -51,4 +57,4 @@ if n_pages > 1:
 single = {c.corpus_index for c in run.concepts() if c.single_head}
 for s in shown[(page - 1) * per_page: page * per_page]:
     audit_cards.card(run, s, alerts.get(s.cluster, []), vocab, shared_with=shared.get(s.cluster),
-                     single_head=s.winner in single)
+                     single_head=s.winner in single, name=names.get(s.cluster))

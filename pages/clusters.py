@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from clustermine import projection
+from clustermine import clusterview, projection
 from clustermine.rundir import layout
 from ui import audit_cards, charts, rundata, scores, settings, state, widgets
 from ui.text import md_code
@@ -50,9 +50,12 @@ def glance() -> None:
     """The per-cluster table and where the maps are cached."""
     with st.expander("Clusters at a glance"):
         winners = rundata.winner_texts(run)
+        stats = run.cluster_stats()
         st.dataframe([{"cluster": s.cluster, "size": s.size, "concept": winners.get(s.cluster, "–"),
-                       "purity": round(s.purity, 3), "entropy": round(s.entropy, 3)} for s in run.cluster_stats()],
-                     hide_index=True, width="stretch")
+                       "purity": round(s.purity, 3), "entropy": round(s.entropy, 3)}
+                      for s in clusterview.occupied_stats(stats)], hide_index=True, width="stretch")
+        if len(stats) > len(clusterview.occupied_stats(stats)):
+            st.caption(clusterview.cluster_count_text(run.meta.get("summary") or {}) + ": empty clusters are not listed.")
     st.caption(f"Projection cached in {md_code(layout.projections_dir(run.path))}.")
 
 
@@ -65,26 +68,40 @@ def _selected(event) -> tuple[list[int], bool]:
 
 
 def show_selection(picked: list[int], total: int | None = None) -> None:
-    """Thumbnails (first 60) and the exclude / restore buttons of the selected feature rows."""
+    """Thumbnails (first 60) of the selected feature rows, how many of them are marked not ID, and
+    the exclude / restore buttons (each acts on the rows it can change, then redraws the page so
+    the map, the counts and the message agree at once)."""
     st.subheader(f"{total or len(picked):,} selected image(s)", anchor=False)
-    cids = run.cluster_ids()[picked]
+    rows = np.asarray(picked, dtype=np.int64)
+    cids = run.cluster_ids()[rows]
+    excluded = run.excluded_mask()[rows]
     vals, counts = np.unique(cids, return_counts=True)
     top = np.argsort(-counts, kind="stable")[:12]
     st.caption("by cluster: " + ", ".join(f"{'held out' if vals[i] < 0 else vals[i]}: {counts[i]:,}" for i in top)
                + (f" … ({len(vals) - 12} more clusters)" if len(vals) > 12 else ""))
+    n_excluded = int(excluded.sum())
+    if n_excluded:
+        st.info(f"{n_excluded:,} of the {len(picked):,} selected image(s) are marked not ID (grey crosses on the "
+                "map). Re-mine on the Cluster audit page to mine without them.", icon=":material/block:")
     limit = 60
-    shown = picked[:limit]
-    names = rundata.names_for_rows(run, np.asarray(shown, dtype=np.int64))
-    paths = rundata.paths_for_rows(run, np.asarray(shown, dtype=np.int64))
-    widgets.thumbnail_grid([(p, f"{nm} · c{c}") for p, nm, c in zip(paths, names, cids[:limit])], columns=8)
+    shown = rows[:limit]
+    names = rundata.names_for_rows(run, shown)
+    paths = rundata.paths_for_rows(run, shown)
+    widgets.thumbnail_grid([(p, f"{nm} · {'not ID' if x else f'c{c}'}")
+                            for p, nm, c, x in zip(paths, names, cids[:limit], excluded[:limit])], columns=8)
     if len(picked) > limit:
         st.caption(f"… and {len(picked) - limit:,} more (narrow the selection to see them).")
+    to_mark, to_restore = rows[~excluded].tolist(), rows[excluded].tolist()
     c1, c2 = st.columns(2)
-    c1.button(f"Mark {len(picked):,} selected as not ID", key="map_exclude", icon=":material/block:",
-              on_click=audit_cards.exclude_images, args=(str(run.path), picked),
-              help="Logged with your name; re-mine on the Cluster audit page to mine without them.")
-    c2.button("Restore selected", key="map_restore", icon=":material/undo:",
-              on_click=audit_cards.exclude_images, args=(str(run.path), picked, True))
+    if c1.button(f"Mark {len(to_mark):,} selected as not ID", key="map_exclude", icon=":material/block:",
+                 disabled=not to_mark,
+                 help="Logged with your name; re-mine on the Cluster audit page to mine without them."):
+        audit_cards.exclude_images(str(run.path), to_mark)
+        st.rerun()  # the whole page: the map draws the crosses, the message shows once
+    if c2.button(f"Restore {len(to_restore):,} selected", key="map_restore", icon=":material/undo:",
+                 disabled=not to_restore):
+        audit_cards.exclude_images(str(run.path), to_restore, True)
+        st.rerun()
 
 
 def large_map(method: str, color_by: str) -> None:
@@ -156,7 +173,8 @@ def large_map(method: str, color_by: str) -> None:
     @st.fragment
     def chart() -> None:
         fig = charts.density_map(rgba, extent, coords[draw], draw, info["cluster"], info["names"], info["concept"],
-                                 color_by, point_colors=point_colors, values=values, vrange=vrange)
+                                 color_by, point_colors=point_colors, values=values, vrange=vrange,
+                                 excluded_coords=coords[run.excluded_mask()])
         event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
                                 key=f"bigmap-{method}-{color_by}", config={"displaylogo": False})
         picked, drawn = _selected(event)
@@ -204,11 +222,14 @@ def small_map(method: str, color_by: str) -> None:
     if len(rows) < n:
         c3.caption(f"Showing a random sample of {len(rows):,} of {n:,} images (WebGL).")
     else:
-        c3.caption(f"{n:,} images · {int((info['cluster'] < 0).sum())} held out of mining (grey when coloured by cluster)")
+        n_excl = int(info["excluded"].sum())
+        c3.caption(f"{n:,} images · {int(((info['cluster'] < 0) & ~info['excluded']).sum())} held out of mining "
+                   "(grey rings when coloured by cluster)" + (f" · {n_excl} marked not ID (grey crosses)" if n_excl else ""))
 
     @st.fragment
     def map_and_selection() -> None:
-        fig = charts.cluster_map(coords, rows, info["cluster"], info["names"], info["concept"], color_by, values)
+        fig = charts.cluster_map(coords, rows, info["cluster"], info["names"], info["concept"], color_by, values,
+                                 excluded=info["excluded"])
         event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
                                 key=f"map-{method}-{color_by}", config={"displaylogo": False})
         points = event.selection.points if event is not None and hasattr(event, "selection") else []

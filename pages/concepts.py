@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from clustermine import clusterview
+
 from ui import concept_review, state, whatif_panel, widgets
 
 state.ensure_frame()
@@ -13,11 +15,12 @@ widgets.page_header("Concepts", "Mined concepts are positives (Y_pos); a rejecte
 run = state.require_run(done=True)
 concept_review.feedback()
 
-concepts = run.concepts()
-counts = {s: sum(c.status == s for c in concepts) for s in concept_review.STATUSES}
+counts = clusterview.concept_counts(run.concepts())
 widgets.metrics_row([
-    ("Y_pos now", sum(c.is_positive for c in concepts), "mined + accepted + added"),
-    ("mined", counts["mined"]), ("accepted", counts["accepted"]), ("rejected", counts["rejected"]),
+    ("Y_pos now", counts["y_pos"], "mined (not rejected) + accepted + added"),
+    ("mined", counts["mined"], "concepts the clusters elected (does not change as you review)"),
+    ("to review", counts["to_review"], "mined concepts with no decision yet"),
+    ("accepted", counts["accepted"]), ("rejected", counts["rejected"]),
     ("added", counts["added"]), ("edits", len(run.edits())),
 ])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from clustermine import clusterview
 from ui import cache, home, run_admin, settings, state, widgets
 
 state.ensure_frame()
@@ -35,7 +36,7 @@ widgets.metrics_row([("runs", len(runs)), ("finished", statuses.count("done")),
 def _row(r: dict) -> dict:
     s, c = r.get("summary") or {}, r.get("config") or {}
     return {"run": r["run_id"], "label": r.get("label") or "", "status": r["status"],
-            "images": s.get("n_images"), "clusters": s.get("n_clusters"),
+            "images": s.get("n_images"), "clusters": clusterview.cluster_count(s)[0],
             "concepts": s.get("n_positive"), "mean purity": s.get("mean_purity"),
             "encoder": c.get("encoder"), "clusterer": c.get("clusterer"), "corpus": c.get("corpus"),
             "created": (r.get("created") or "")[:19].replace("T", " ")}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from clustermine import clusterview
+from clustermine.clusterview import ClusterName
 from clustermine.mining import ClusterStats, shared_winners
 from clustermine.runs import Run
 
@@ -109,10 +111,17 @@ def remine_panel(run: Run) -> None:
 
 
 def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumbs: int = 6, top: int = 8,
-         shared_with: list[int] | None = None, single_head: bool = False) -> None:
-    winner = vocab[s.winner] if s.winner is not None else "no winner"
+         shared_with: list[int] | None = None, single_head: bool = False, name: ClusterName | None = None) -> None:
+    """One cluster's card. ``name``: the cluster's name (:func:`clustermine.clusterview.cluster_names`);
+    None names it by its winner."""
+    winner = vocab[s.winner] if s.winner is not None else None
+    name = name or ClusterName(s.cluster, winner, "mined" if winner is not None else "empty")
     with st.container(border=True, key=f"card-{s.cluster}"):
-        st.subheader(f"Cluster {s.cluster} · {md_escape(winner)}", anchor=False)
+        if name.rejected:
+            st.subheader(f"Cluster {s.cluster} · ~~{md_escape(name.concept)}~~ (rejected)", anchor=False)
+            st.badge("its concept was rejected: a negative now", icon=":material/close:", color="red")
+        else:
+            st.subheader(f"Cluster {s.cluster} · {md_escape(name.label)}", anchor=False)
         if single_head:
             st.badge("elected by one head only", icon=":material/warning:", color="orange")
         left, right = st.columns([1, 1.4])
@@ -136,6 +145,10 @@ def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumb
                 if len(s.histogram) > top:
                     st.caption(f"and {len(s.histogram) - top} other concept(s) with fewer votes")
         typical, atypical = rundata.typical_atypical(run, s.cluster, n_thumbs)
+        pending = s.size - len(clusterview.cluster_members(run, s.cluster))  # excluded since the last mining
+        if pending > 0:
+            st.caption(f":material/block: {pending} member(s) marked not ID are hidden here; re-mine to update "
+                       "the votes and size.")
         shown = [*typical, *atypical]
         names = dict(zip(shown, rundata.image_names(run, shown)))
         cells = [(path, names[r]) for path, r in zip(rundata.paths_for_rows(run, shown), shown)]

@@ -12,15 +12,20 @@ from .text import hover_escape
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6",
            "#9D755D", "#6B8E23", "#1F77B4", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#17BECF"]
 HELD_OUT_COLOR = "#9E9E9E"
+EXCLUDED_COLOR = "#5F5F5F"
 _LAYOUT = dict(margin=dict(l=10, r=10, t=30, b=10), template="plotly_white",
                font=dict(family="Inter, system-ui, sans-serif", size=12))
 
 
 def cluster_map(coords: np.ndarray, rows: np.ndarray, cluster: np.ndarray, names: list[str],
-                concept: list[str], color_by: str, values: np.ndarray | None = None, height: int = 620) -> go.Figure:
+                concept: list[str], color_by: str, values: np.ndarray | None = None, height: int = 620,
+                excluded: np.ndarray | None = None) -> go.Figure:
     """2-D map of images. ``coords`` [n, 2] for feature ``rows`` [n]; ``cluster`` / ``names`` /
-    ``concept`` aligned with ``rows``. ``color_by``: cluster | concept (categorical, one trace per
-    group) or purity | score (continuous, ``values`` aligned with ``rows``)."""
+    ``concept`` (place labels: cluster name, 'held out' or 'excluded (not ID)') aligned with
+    ``rows``. ``color_by``: cluster | concept (categorical, one trace per group) or purity | score
+    (continuous, ``values`` aligned with ``rows``). Images marked not ID (``excluded``, bool [n])
+    are drawn in their own grey-cross trace whatever the colouring, so the map shows them."""
+    excluded = np.zeros(len(rows), dtype=bool) if excluded is None else np.asarray(excluded, dtype=bool)
     custom_base = np.empty((len(rows), 4), dtype=object)
     custom_base[:, 0] = rows
     custom_base[:, 1] = [hover_escape(n) for n in names]
@@ -29,11 +34,12 @@ def cluster_map(coords: np.ndarray, rows: np.ndarray, cluster: np.ndarray, names
     hover = ("<b>%{customdata[1]}</b><br>cluster %{customdata[2]}<br>concept: %{customdata[3]}"
              "<br>row %{customdata[0]}")
     fig = go.Figure()
+    kept = np.flatnonzero(~excluded)
     if color_by in ("cluster", "concept"):
-        keys = [_cluster_label(c, t) for c, t in zip(cluster, concept)] if color_by == "cluster" else list(concept)
+        keys = [_cluster_label(cluster[i], concept[i]) if color_by == "cluster" else concept[i] for i in kept]
         groups: dict[str, list[int]] = {}
-        for i, k in enumerate(keys):
-            groups.setdefault(k, []).append(i)
+        for i, k in zip(kept, keys):
+            groups.setdefault(k, []).append(int(i))
         first_cluster = {k: int(cluster[idx[0]]) for k, idx in groups.items()}
         ordered = sorted(groups, key=lambda k: (k == "held out", first_cluster[k] if color_by == "cluster" else 0,
                                                 _natural(k)))
@@ -50,10 +56,16 @@ def cluster_map(coords: np.ndarray, rows: np.ndarray, cluster: np.ndarray, names
         vals = np.asarray(values, dtype=float) if values is not None else np.zeros(len(rows))
         label = "purity" if color_by == "purity" else "log score"
         fig.add_trace(go.Scattergl(
-            x=coords[:, 0], y=coords[:, 1], mode="markers", name=label, customdata=custom_base,
+            x=coords[kept, 0], y=coords[kept, 1], mode="markers", name=label, customdata=custom_base[kept],
             hovertemplate=hover + f"<br>{label} %{{marker.color:.3f}}<extra></extra>",
-            marker=dict(size=7, color=vals, colorscale="Viridis", showscale=True, opacity=0.9,
+            marker=dict(size=7, color=vals[kept], colorscale="Viridis", showscale=True, opacity=0.9,
                         colorbar=dict(title=label, thickness=12))))
+    if excluded.any():
+        idx = np.flatnonzero(excluded)
+        fig.add_trace(go.Scattergl(
+            x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=f"excluded (not ID): {len(idx):,}",
+            customdata=custom_base[idx], hovertemplate=hover + "<extra></extra>",
+            marker=dict(size=9, color=EXCLUDED_COLOR, symbol="x-thin", line=dict(width=2, color=EXCLUDED_COLOR))))
     fig.update_layout(height=height, dragmode="lasso", legend=dict(itemsizing="constant", title=None),
                       xaxis=dict(showticklabels=False, title=None, zeroline=False),
                       yaxis=dict(showticklabels=False, title=None, zeroline=False, scaleanchor="x"),
@@ -164,11 +176,13 @@ def png_data_uri(rgba: np.ndarray) -> str:
 def density_map(rgba: np.ndarray, extent: tuple[float, float, float, float], coords: np.ndarray,
                 rows: np.ndarray, cluster: np.ndarray, names: list[str], concept: list[str], color_by: str,
                 point_colors: np.ndarray | None = None, values: np.ndarray | None = None,
-                vrange: tuple[float, float] = (0.0, 1.0), height: int = 620) -> go.Figure:
+                vrange: tuple[float, float] = (0.0, 1.0), height: int = 620,
+                excluded_coords: np.ndarray | None = None) -> go.Figure:
     """Map of a large run: every image as the density image ``rgba`` (see :func:`raster_rgba`)
     stretched over ``extent`` (x0, x1, y0, y1), and a sample of images as one WebGL trace on top
     (``coords`` [n, 2] of feature ``rows`` [n]; ``cluster`` / ``names`` / ``concept`` aligned),
-    coloured by ``point_colors`` (categorical) or ``values`` (Viridis over ``vrange``)."""
+    coloured by ``point_colors`` (categorical) or ``values`` (Viridis over ``vrange``). The images
+    marked not ID (``excluded_coords`` [m, 2]) are drawn on top as grey crosses."""
     x0, x1, y0, y1 = extent
     custom = np.empty((len(rows), 4), dtype=object)
     custom[:, 0] = rows
@@ -187,6 +201,11 @@ def density_map(rgba: np.ndarray, extent: tuple[float, float, float, float], coo
     fig = go.Figure(go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", name="sampled images",
                                  customdata=custom, hovertemplate=hover + "<extra></extra>", marker=marker,
                                  showlegend=False))
+    if excluded_coords is not None and len(excluded_coords):
+        fig.add_trace(go.Scattergl(x=excluded_coords[:, 0], y=excluded_coords[:, 1], mode="markers",
+                                   name=f"excluded (not ID): {len(excluded_coords):,}", hoverinfo="skip",
+                                   marker=dict(size=8, color=EXCLUDED_COLOR, symbol="x-thin",
+                                               line=dict(width=2, color=EXCLUDED_COLOR))))
     fig.add_layout_image(source=png_data_uri(rgba), xref="x", yref="y", x=x0, y=y1, sizex=x1 - x0, sizey=y1 - y0,
                          sizing="stretch", layer="below", opacity=1.0)
     fig.update_layout(height=height, dragmode="lasso",

@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from clustermine import jobs
+from clustermine import clusterview, jobs
 from clustermine.rundir import layout
 from clustermine.runs import Run
 
@@ -144,7 +144,7 @@ def finished_view(run: Run) -> None:
     widgets.metrics_row([
         ("images used", f"{s.get('n_images', 0):,}", "usable images (held-out ones included)"),
         ("held out", f"{s.get('n_holdout', 0):,}", "kept out of mining to calibrate the threshold"),
-        ("clusters", s.get("n_clusters", "–")),
+        ("clusters", clusterview.cluster_count(s)[0] or "–", clusterview.cluster_count_text(s)),
         ("concepts mined", s.get("n_positive", "–"), "|Y_pos| as mined"),
         ("mean purity", widgets.fmt_float(s.get("mean_purity"), 2)),
     ])

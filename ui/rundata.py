@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clustermine import mining
+from clustermine import clusterview
 from clustermine.rundir import layout
 from clustermine.runs import Run
 
@@ -36,9 +36,9 @@ def image_names(run: Run, rows: np.ndarray | None = None) -> list[str]:
 
 
 def winner_texts(run: Run) -> dict[int, str]:
-    """cluster id -> winning concept text ('–' for an empty cluster)."""
-    vocab = run.vocabulary_base()
-    return {s.cluster: (vocab[s.winner] if s.winner is not None else "–") for s in run.cluster_stats()}
+    """cluster id -> the cluster's name label ('tench', 'tench (rejected)', '– (empty)'), see
+    :func:`clustermine.clusterview.cluster_names`."""
+    return {c: name.label for c, name in clusterview.cluster_names(run).items()}
 
 
 def names_for_rows(run: Run, rows: np.ndarray) -> list[str]:
@@ -61,22 +61,27 @@ def cluster_purity(run: Run) -> np.ndarray:
 
 
 def point_table(run: Run, rows: np.ndarray) -> dict[str, list | np.ndarray]:
-    """Aligned with ``rows``: names, cluster ids, winning concept and cluster purity per image.
+    """Aligned with ``rows``: names, cluster ids (-1 held out), whether the image is excluded (not
+    ID), its place label (cluster name, 'held out' or 'excluded (not ID)') and cluster purity.
     Builds Python objects for ``rows`` only (the points drawn), never for every image of a run."""
+    rows = np.asarray(rows, dtype=np.int64)
     cids = run.cluster_ids()[rows]
-    winners = winner_texts(run)
+    excluded = run.excluded_mask()[rows]
     purity = {s.cluster: s.purity for s in run.cluster_stats()}
     return {
         "names": names_for_rows(run, rows),
         "cluster": cids,
-        "concept": ["held out" if c < 0 else winners.get(int(c), "–") for c in cids],
-        "purity": np.array([np.nan if c < 0 else purity.get(int(c), np.nan) for c in cids], dtype=float),
+        "excluded": excluded,
+        "concept": clusterview.place_labels(run, rows),
+        "purity": np.array([np.nan if (c < 0 or x) else purity.get(int(c), np.nan) for c, x in zip(cids, excluded)],
+                           dtype=float),
     }
 
 
 def typical_atypical(run: Run, cluster: int, n: int = 6) -> tuple[list[int], list[int]]:
-    """The cluster's most typical and most atypical members (see :func:`clustermine.mining.typical_atypical`)."""
-    return mining.typical_atypical(run.feature_matrix(), run.cluster_ids(), cluster, n)
+    """The cluster's most typical and most atypical members, excluded images left out (see
+    :func:`clustermine.clusterview.typical_atypical`)."""
+    return clusterview.typical_atypical(run, cluster, n)
 
 
 def concept_table(run: Run) -> pd.DataFrame:
