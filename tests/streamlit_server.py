@@ -39,7 +39,7 @@ def streamlit_server(runs_root: Path, log_path: Path, *, wait_s: float = 60.0,
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
+    url = f"http://127.0.0.1:{port}"
     give_up = pytest.skip if skip_if_down else pytest.fail
     try:
         deadline = time.monotonic() + wait_s
