@@ -413,7 +413,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
         return 0
     for h in hits:
         where = f"cluster {h.cluster} ({h.cluster_concept})" if h.cluster >= 0 else "held out"
-        print(f"{h.rank:>3}  {h.similarity:.3f}  {h.path}\t{where}")
+        print(f"{h.rank:>3}  {h.similarity:.3f}  {h.name}\t{where}")
     return 0
 
 

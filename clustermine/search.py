@@ -128,6 +128,7 @@ class Hit:
 
     rank: int
     row: int  # feature row
+    name: str  # display name (Run.image_names: the user's own file name for an upload)
     path: str  # path as scanned (relative to the images folder)
     abs_path: str
     similarity: float  # cosine with the query
@@ -143,13 +144,14 @@ def _hits(run: Run, rows: np.ndarray, sims: np.ndarray) -> list[Hit]:
     cids = run.cluster_ids()
     stats = {s.cluster: s for s in run.cluster_stats()}
     vocab = run.vocabulary_base()
+    names = run.image_names(rows)
     out = []
-    for rank, (row, sim) in enumerate(zip(rows.tolist(), sims.tolist()), start=1):
+    for rank, (row, sim, name) in enumerate(zip(rows.tolist(), sims.tolist(), names), start=1):
         rec = records.get(row, {})
         cid = int(cids[row])
         st = stats.get(cid)
         concept = vocab[st.winner] if st is not None and st.winner is not None else None
-        out.append(Hit(rank, row, str(rec.get("path", "")), str(rec.get("abs_path", "")), float(sim), cid, concept))
+        out.append(Hit(rank, row, name, str(rec.get("path", "")), str(rec.get("abs_path", "")), float(sim), cid, concept))
     return out
 
 

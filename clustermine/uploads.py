@@ -68,7 +68,8 @@ def safe_filename(name: str, default: str = "file") -> str:
 
     Only the last path component is kept (``/`` and ``\\`` both count as separators), Unicode is
     folded to ASCII, anything outside ``[A-Za-z0-9._-]`` becomes ``_``, leading dots are removed (no
-    hidden files, no ``..``), the extension is lower-cased and the whole is at most 120 characters.
+    hidden files, no ``..``), the extension keeps its case (``X.JPEG`` stays ``X.JPEG``: names are
+    shown and exported as the user gave them) and the whole is at most 120 characters.
     Never empty: ``default`` is used when nothing printable is left.
     """
     base = re.split(r"[\\/]", str(name or ""))[-1]
@@ -78,7 +79,7 @@ def safe_filename(name: str, default: str = "file") -> str:
     if not dot:
         stem, ext = base, ""
     stem = stem.strip("._ ") or default
-    ext = ext.lower()[:16]
+    ext = ext[:16]
     keep = _MAX_NAME - (len(ext) + 1 if ext else 0)
     return f"{stem[:keep]}.{ext}" if ext else stem[:keep]
 
@@ -208,6 +209,21 @@ def save_uploads(files: Iterable, folder: str | os.PathLike, *, limits: UploadLi
         (report.saved if saved.status == "saved" else report.skipped).append(saved)
         total += saved.size if saved.status == "saved" else 0
     return report
+
+
+def write_upload_manifest(run_dir: str | os.PathLike, report: UploadReport) -> Path:
+    """Record what an upload brought in the run's ``uploads.json``: each saved file's stored path
+    (relative to the report's folder, i.e. to the run's ``uploads/``) with the user's own name
+    (``Run.image_names`` shows and exports that name), and each skipped file with its reason."""
+    from .storage import atomic_write_json
+
+    data = report.to_dict()
+    for f in data["saved"]:
+        if f.get("path"):
+            f["path"] = Path(os.path.relpath(f["path"], report.folder)).as_posix()
+    target = layout.uploads_manifest(run_dir)
+    atomic_write_json(target, data)
+    return target
 
 
 # ------------------------------------------------------------------------------------ zip archives

@@ -377,7 +377,7 @@ def test_data_page_mines_a_zip(app_env, small_images):
     saved = {f["path"]: f["display_name"] for f in json.loads((run_dir / "uploads.json").read_text())["saved"]}
     assert sorted(saved.values()) == sorted([*members, "README.txt"])  # the user's names, kept for display
     mined = {Path(p).resolve().relative_to(uploads).as_posix() for p in run.image_paths()}
-    assert mined == {k for k, v in saved.items() if v != "README.txt"}  # stored names are sanitised (.jpeg)
+    assert mined == {k for k, v in saved.items() if v != "README.txt"}  # stored names are sanitised
     for stored in mined:  # the bytes mined are the zip's
         assert (uploads / stored).read_bytes() == members[saved[stored]].read_bytes()
     assert run.meta["summary"]["n_clusters"] == 2 and metrics(at)["images used"] == "12"

@@ -25,6 +25,7 @@ from clustermine.uploads import (
     safe_filename,
     save_upload,
     save_uploads,
+    write_upload_manifest,
 )
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64  # content does not matter to the upload layer
@@ -43,7 +44,7 @@ def all_files(folder: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------ names
 @pytest.mark.parametrize("raw, expected", [
-    ("cat.JPG", "cat.jpg"),
+    ("cat.JPG", "cat.JPG"),  # the extension keeps its case: names are shown as uploaded
     ("../../etc/passwd", "passwd"),
     ("..\\..\\win.ini", "win.ini"),
     ("/abs/path/x.png", "x.png"),
@@ -414,3 +415,50 @@ def test_script_concept_is_rendered_escaped(small_run, monkeypatch):
     # Where it appears in markdown it is backslash-escaped (rendered as literal text).
     for md in at.markdown:
         assert "<script>" not in md.value
+
+
+# ------------------------------------------------------------------------------------ the user's names, kept
+def test_uploaded_names_are_kept_in_image_names_csv_and_search(small_images, tmp_path):
+    """Real photos uploaded as X.JPEG, Y.Jpg and 'my photo (1).JPEG' (+ 9 under their own names) and
+    mined: the run's image names, the exported CSV and the search results show each name exactly as
+    uploaded (extension case included), and the stored files keep the extension's case too."""
+    import csv
+
+    from clustermine.pipeline import MineConfig, mine
+    from clustermine.rundir import layout
+    from clustermine.runs import Run
+    from clustermine.search import search_text
+    from clustermine.tables import image_table_csv
+
+    photos = [p for cls in ("n01440764", "n03028079") for p in sorted((small_images / cls).iterdir())[:6]]
+    names = ["X.JPEG", "Y.Jpg", "my photo (1).JPEG"] + [p.name for p in photos[3:]]
+    files = []
+    for name, p in zip(names, photos):
+        f = io.BytesIO(p.read_bytes())
+        f.name = name
+        files.append(f)
+    run_dir = tmp_path / "run"
+    cfg = MineConfig(n_clusters=2, clusterer="kmeans", seed=0).validate().resolved()
+    uploads = layout.uploads_dir(run_dir.resolve())
+    d = cfg.to_dict()
+    d["images_dir"] = str(uploads)
+    Run.create(run_dir, d)  # as the app does: the run first, then its uploads, then the worker mines
+    report = save_uploads(files, uploads)
+    write_upload_manifest(run_dir, report)
+    assert {f.stored_name for f in report.saved} >= {"X.JPEG", "Y.Jpg", "my_photo_1.JPEG"}
+    mine(uploads, run_dir, cfg)
+    run = Run.open(run_dir)
+
+    assert sorted(run.image_names()) == sorted(names)
+    rows = {n: i for i, n in enumerate(run.image_names())}
+    assert run.image_names([rows["Y.Jpg"], rows["X.JPEG"]]) == ["Y.Jpg", "X.JPEG"]
+
+    table = list(csv.DictReader(io.StringIO(image_table_csv(run))))
+    assert sorted(r["name"] for r in table) == sorted(names)
+    by_name = {r["name"]: r for r in table}
+    assert by_name["X.JPEG"]["path"] == "X.JPEG" and by_name["Y.Jpg"]["path"] == "Y.Jpg"
+    assert by_name["my photo (1).JPEG"]["path"] == "my_photo_1.JPEG"  # stored name sanitised, shown as given
+
+    hits = search_text(run, "tench", k=len(names))
+    assert sorted(h.name for h in hits) == sorted(names)
+    assert all(h.name == run.image_names([h.row])[0] for h in hits)

@@ -4,7 +4,6 @@ launch (stage the inputs safely, create the run, start the worker)."""
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from clustermine.config import CLUSTERER_NAMES, MineConfig, default_tau
 from clustermine.corpus import BUILTIN_CORPORA
 from clustermine.errors import ClusterMineError, SafetyError
 from clustermine.rundir import layout
-from clustermine.storage import atomic_write_json
 from clustermine.uploads import (
     SourceCount,
     UploadReport,
@@ -31,6 +29,7 @@ from clustermine.uploads import (
     resolve_in_roots,
     save_upload,
     save_uploads,
+    write_upload_manifest,
 )
 
 from . import cache, settings, state, widgets
@@ -306,10 +305,8 @@ def launch(ch: Choices) -> str:
         Run.create(run_dir, cfg)
         for item in staging.iterdir():
             item.rename(run_dir / item.name)
-        if report is not None:
-            for f in report.saved:  # paths relative to uploads/ (they were staged elsewhere)
-                f.path = os.path.relpath(f.path, layout.uploads_dir(staging)) if f.path else None
-            atomic_write_json(layout.uploads_manifest(run_dir), report.to_dict())
+        if report is not None:  # paths relative to uploads/ (they were staged elsewhere)
+            write_upload_manifest(run_dir, report)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     jobs.start_mine_job(run_dir, cancel_at_exit=True)
