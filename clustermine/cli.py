@@ -178,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("exclude", help="mark images of a run \"not ID\" (or restore them); re-mine to apply")
     ex.add_argument("run_dir")
-    ex.add_argument("paths", nargs="*", metavar="PATH", help="image paths (as listed in the run, or absolute)")
+    ex.add_argument("paths", nargs="*", metavar="PATH", help="image paths (as listed in the run, or absolute), folders (every usable image under "
+                         "them) or quoted glob patterns, e.g. 'n03417042/*'")
     ex.add_argument("--row", type=int, action="append", default=[], help="an image by its feature row")
     ex.add_argument("--restore", action="store_true", help="restore the images instead of excluding them")
     ex.add_argument("--user", default=None)
@@ -411,7 +412,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return 0
     for h in hits:
-        print(f"{h.rank:>3}  {h.similarity:.3f}  {h.path}\t{h.place}")
+        print(f"{h.rank:>3}  {h.similarity:.3f}  {h.name}\t{h.place}")
     return 0
 
 
@@ -440,9 +441,14 @@ def _cmd_exclude(a: argparse.Namespace) -> int:
     run = Run.open(a.run_dir)
     keys = list(a.paths) + list(a.row)
     if keys:
-        changed = run.set_excluded(keys, restore=a.restore, user=a.user)
+        groups = run.resolve_image_groups(keys)  # refuses a key that matches nothing, before any change
+        for key, kind, group in groups:
+            if kind in ("folder", "pattern"):
+                print(f"{key}: {len(group)} usable image(s) {'under this folder' if kind == 'folder' else 'match'}")
+        rows = list(dict.fromkeys(row for _, _, group in groups for row in group))
+        changed = run.set_excluded(rows, restore=a.restore, user=a.user)
         verb = "restored" if a.restore else "excluded"
-        print(f"{verb} {len(changed)} image(s); {len(keys) - len(changed)} already {verb}. "
+        print(f"{verb} {len(changed)} image(s); {len(rows) - len(changed)} already {verb}. "
               "Run `clustermine remine RUN_DIR` to mine again without the excluded images.")
     elif not a.list:
         raise ClusterMineError("give image paths (or --row N) to exclude, or --list")

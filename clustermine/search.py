@@ -129,6 +129,7 @@ class Hit:
 
     rank: int
     row: int  # feature row
+    name: str  # display name (Run.image_names: the user's own file name for an upload)
     path: str  # path as scanned (relative to the images folder)
     abs_path: str
     similarity: float  # cosine with the query
@@ -153,13 +154,14 @@ def _hits(run: Run, rows: np.ndarray, sims: np.ndarray) -> list[Hit]:
     records = {r["row"]: r for r in run.image_records(ok_only=True)}
     cids, excluded = run.cluster_ids(), run.excluded_mask()
     places = clusterview.place_labels(run, rows)
+    names = run.image_names(rows)
     out = []
-    for rank, (row, sim, place) in enumerate(zip(rows.tolist(), sims.tolist(), places), start=1):
+    for rank, (row, sim, name, place) in enumerate(zip(rows.tolist(), sims.tolist(), names, places), start=1):
         rec = records.get(row, {})
         cid = int(cids[row])
         concept = None if place == clusterview.HELD_OUT else place
-        out.append(Hit(rank, row, str(rec.get("path", "")), str(rec.get("abs_path", "")), float(sim), cid, concept,
-                       bool(excluded[row])))
+        out.append(Hit(rank, row, name, str(rec.get("path", "")), str(rec.get("abs_path", "")), float(sim), cid,
+                       concept, bool(excluded[row])))
     return out
 
 

@@ -1,6 +1,7 @@
 """The per-image results table of a run (one row per usable image) as CSV and parquet.
 
-Columns (:data:`IMAGE_FIELDS`): ``row`` (feature row), ``path`` (as scanned, relative to the
+Columns (:data:`IMAGE_FIELDS`): ``row`` (feature row), ``name`` (the image's display name,
+``Run.image_names``: the user's own file name for an upload), ``path`` (as scanned, relative to the
 images folder), ``cluster`` (-1 = held out of mining), ``top1_concept`` / ``top1_similarity``
 (the zero-shot vote over the corpus), ``log_score`` / ``score`` (ClusterMine score with the
 current concepts, higher = more in-distribution), ``verdict`` (``ID`` / ``OOD`` at the current
@@ -18,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .rundir.run import Run
 
-IMAGE_FIELDS = ("row", "path", "cluster", "top1_concept", "top1_similarity", "log_score", "score", "verdict",
+IMAGE_FIELDS = ("row", "name", "path", "cluster", "top1_concept", "top1_similarity", "log_score", "score", "verdict",
                 "held_out", "excluded")
 
 
@@ -45,11 +46,13 @@ def image_table(run: Run) -> tuple[dict[str, list], float | None]:
     log_s = all_scores(run)
     threshold = run.detector().threshold
     excluded = excluded_mask(run)
+    names = run.image_names([int(r["row"]) for r in records])
     cols: dict[str, list] = {f: [] for f in IMAGE_FIELDS}
-    for r in records:
+    for r, name in zip(records, names):
         i = int(r["row"])
         ls = float(log_s[i])
         cols["row"].append(i)
+        cols["name"].append(name)
         cols["path"].append(str(r["path"]))
         cols["cluster"].append(int(cids[i]))
         cols["top1_concept"].append(vocab[int(top_idx[i, 0])])
@@ -82,7 +85,7 @@ def image_table_parquet(run: Run, table: dict[str, list] | None = None) -> bytes
     import pyarrow.parquet as pq
 
     cols = table if table is not None else image_table(run)[0]
-    types = {"row": pa.int64(), "path": pa.string(), "cluster": pa.int64(), "top1_concept": pa.string(),
+    types = {"row": pa.int64(), "name": pa.string(), "path": pa.string(), "cluster": pa.int64(), "top1_concept": pa.string(),
              "top1_similarity": pa.float64(), "log_score": pa.float64(), "score": pa.float64(),
              "verdict": pa.string(), "held_out": pa.bool_(), "excluded": pa.bool_()}
     arrow = pa.table({f: pa.array(cols[f], type=types[f]) for f in IMAGE_FIELDS})

@@ -68,7 +68,8 @@ def safe_filename(name: str, default: str = "file") -> str:
 
     Only the last path component is kept (``/`` and ``\\`` both count as separators), Unicode is
     folded to ASCII, anything outside ``[A-Za-z0-9._-]`` becomes ``_``, leading dots are removed (no
-    hidden files, no ``..``), the extension is lower-cased and the whole is at most 120 characters.
+    hidden files, no ``..``), the extension keeps its case (``X.JPEG`` stays ``X.JPEG``: names are
+    shown and exported as the user gave them) and the whole is at most 120 characters.
     Never empty: ``default`` is used when nothing printable is left.
     """
     base = re.split(r"[\\/]", str(name or ""))[-1]
@@ -78,7 +79,7 @@ def safe_filename(name: str, default: str = "file") -> str:
     if not dot:
         stem, ext = base, ""
     stem = stem.strip("._ ") or default
-    ext = ext.lower()[:16]
+    ext = ext[:16]
     keep = _MAX_NAME - (len(ext) + 1 if ext else 0)
     return f"{stem[:keep]}.{ext}" if ext else stem[:keep]
 
@@ -127,6 +128,7 @@ class UploadReport:
     folder: str
     saved: list[SavedFile] = field(default_factory=list)
     skipped: list[SavedFile] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # archive entries left out silently: folders, hidden files
 
     @property
     def n_saved(self) -> int:
@@ -207,6 +209,21 @@ def save_uploads(files: Iterable, folder: str | os.PathLike, *, limits: UploadLi
         (report.saved if saved.status == "saved" else report.skipped).append(saved)
         total += saved.size if saved.status == "saved" else 0
     return report
+
+
+def write_upload_manifest(run_dir: str | os.PathLike, report: UploadReport) -> Path:
+    """Record what an upload brought in the run's ``uploads.json``: each saved file's stored path
+    (relative to the report's folder, i.e. to the run's ``uploads/``) with the user's own name
+    (``Run.image_names`` shows and exports that name), and each skipped file with its reason."""
+    from .storage import atomic_write_json
+
+    data = report.to_dict()
+    for f in data["saved"]:
+        if f.get("path"):
+            f["path"] = Path(os.path.relpath(f["path"], report.folder)).as_posix()
+    target = layout.uploads_manifest(run_dir)
+    atomic_write_json(target, data)
+    return target
 
 
 # ------------------------------------------------------------------------------------ zip archives
@@ -340,6 +357,8 @@ def extract_zip(archive: str | os.PathLike | BinaryIO, dest: str | os.PathLike, 
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
             try:
                 report = _extract_entries(zf, entries, tmp, limits)
+                kept = {id(info) for info, _ in entries}
+                report.ignored = [info.filename for info in zf.infolist() if id(info) not in kept]
                 if dest.exists():
                     dest.rmdir()  # empty (checked above)
                 os.replace(tmp, dest)
@@ -394,6 +413,110 @@ def _extract_entries(zf: zipfile.ZipFile, entries, tmp: Path, limits: UploadLimi
             continue
         report.saved.append(SavedFile(info.filename, target.name, str(target), written, "saved"))
     return report
+
+
+# ------------------------------------------------------------------------------------ is anything usable?
+@dataclass(frozen=True)
+class SourceCount:
+    """What a chosen source holds, counted by file name before anything is staged (the scan decides
+    for real): the image files it would bring, and why none can be used (None when some can)."""
+
+    n_images: int
+    problem: str | None = None
+
+
+_EXAMPLES = 5
+
+
+def _listing(items: list[str], reason: str | None = None) -> str:
+    shown = [f"{x}: {reason}" if reason else x for x in items[:_EXAMPLES]]
+    more = f"; and {len(items) - _EXAMPLES:,} more" if len(items) > _EXAMPLES else ""
+    return "; ".join(shown) + more
+
+
+def _image_extensions() -> frozenset[str]:
+    from .images import IMAGE_EXTENSIONS  # numpy / PIL: loaded only when counting
+
+    return IMAGE_EXTENSIONS
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in _image_extensions()
+
+
+def _nothing_in(name: str, folders: list[str], hidden: list[str]) -> str:
+    """Why an archive with no regular file (only ``folders`` / ``hidden`` entries) gives nothing."""
+    if hidden:
+        return (f"{name} holds no image: only hidden files or macOS metadata, which are ignored "
+                f"({_listing(hidden)})")
+    if folders:
+        return f"{name} holds only folders ({len(folders):,}, e.g. {_listing(folders)}): it holds no files"
+    return f"{name} is empty: it holds no files"
+
+
+def count_names(names: Iterable[str], what: str = "the selected files") -> SourceCount:
+    """Image files among uploaded file ``names`` (by extension), and why none can be used."""
+    names = [str(n) for n in names]
+    images = sum(1 for n in names if _is_image_name(n))
+    if images or not names:
+        return SourceCount(images)
+    return SourceCount(0, f"none of {what} is an image ({_listing(names, 'not an image file type')})")
+
+
+def count_zip(fileobj: BinaryIO, name: str) -> SourceCount:
+    """Image files a zip archive would bring (``name``: the user's file name, for messages), read
+    from its directory alone; the problem says what is wrong when it brings none (empty, only
+    folders, only hidden files, no image file, unreadable, or an entry that would be refused)."""
+    try:
+        fileobj.seek(0)
+        with zipfile.ZipFile(fileobj) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        return SourceCount(0, f"{name} is not a readable zip archive ({exc})")
+    finally:
+        try:
+            fileobj.seek(0)
+        except (OSError, ValueError):
+            pass
+    folders, hidden, files = [], [], []
+    for info in infos:
+        try:
+            parts = _check_member_name(info.filename)
+        except SafetyError as exc:
+            return SourceCount(0, f"{name}: {exc}")
+        if parts is not None:
+            files.append(info.filename)
+        elif info.filename.replace("\\", "/").endswith("/"):
+            folders.append(info.filename)
+        else:
+            hidden.append(info.filename)
+    if not files:
+        return SourceCount(0, _nothing_in(name, folders, hidden))
+    return count_names(files, f"the {len(files):,} file(s) in {name}")
+
+
+def count_folder(folder: str | os.PathLike, limit: int = 200_000) -> SourceCount:
+    """Image files under ``folder`` (by extension, hidden ones left out; counting stops at ``limit``)."""
+    n = 0
+    for _, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        n += sum(1 for f in names if not f.startswith(".") and _is_image_name(f))
+        if n >= limit:
+            break
+    return SourceCount(n, None if n else f"{folder} holds no image file (looked for "
+                                          f"{', '.join(sorted(_image_extensions()))})")
+
+
+def nothing_usable(report: UploadReport, name: str) -> str | None:
+    """Why an upload or an archive (``name``: the user's name for it) brought no usable file, naming
+    each file and its problem; None when at least one file was saved."""
+    if report.n_saved:
+        return None
+    if report.skipped:
+        return (f"{name}: none of its {len(report.skipped):,} file(s) could be used "
+                f"({_listing([f'{f.display_name}: {f.reason}' for f in report.skipped])})")
+    folders = [e for e in report.ignored if e.replace("\\", "/").endswith("/")]
+    return _nothing_in(name, folders, [e for e in report.ignored if e not in folders])
 
 
 # ------------------------------------------------------------------------------------ server folders

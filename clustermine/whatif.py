@@ -36,7 +36,9 @@ ProgressFn = Callable[[int, int], None]
 
 __all__ = ["Calibration", "CalibrationSet", "HeldOut", "WhatIf", "all_scores", "calibration", "calibration_set",
            "calibration_warning", "corpus_lse", "current_threshold", "encode_folder", "heldout", "heldout_rows",
-           "lse_ready", "lse_stamp", "store_corpus_lse", "ood_comparison", "sample_scorer", "score_features", "threshold_rule", "what_if"]
+           "lse_ready", "lse_stamp", "not_drawn", "store_corpus_lse", "ood_comparison", "sample_scorer",
+           "sampling_note", "score_features", "stratified_sample", "threshold_rule", "what_if", "SAMPLE_LIMIT",
+           "SAMPLE_SEED"]
 
 
 # ------------------------------------------------------------------------------------ corpus LSE cache
@@ -329,10 +331,78 @@ def calibration_warning(run: Run, tpr: float = 0.95, confidence: float = _cal.DE
 
 
 # ------------------------------------------------------------------------------------ other image sets
-def encode_folder(folder: str | Path, encoder, *, limit: int = 500, progress: ProgressFn | None = None):
-    """Scan and encode up to ``limit`` images of ``folder`` (features cached on disk by content).
+SAMPLE_LIMIT = 500
+"""An image sample (OOD folder of the what-if, the report and compare) is at most this many images."""
+SAMPLE_SEED = 0
+"""Fixed, so the same folder gives the same sample on every page, in the report and in compare."""
+_NOT_DRAWN = "not drawn into the sample of {limit} images"
 
-    Returns ``(records of the encoded images, features float32 [n, D], skipped [(path, reason)])``.
+
+def _folder_of(path: str) -> str:
+    return path.replace("\\", "/").rpartition("/")[0]
+
+
+def stratified_sample(paths: list[str], limit: int, seed: int = SAMPLE_SEED) -> np.ndarray:
+    """Indices (int64, ascending) of a seeded random sample of at most ``limit`` of ``paths``
+    (relative paths), stratified over their folders (the images directly in one folder form one
+    stratum). Each folder gets a share proportional to its size (largest remainders), and at least
+    one image whenever ``limit`` covers every folder, so no folder (e.g. one texture class) is lost.
+    All of ``paths`` when there are at most ``limit``; the same seed gives the same sample."""
+    n = len(paths)
+    if n <= limit:
+        return np.arange(n, dtype=np.int64)
+    if limit <= 0:
+        return np.zeros(0, dtype=np.int64)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        groups.setdefault(_folder_of(p), []).append(i)
+    names = sorted(groups)
+    sizes = np.array([len(groups[g]) for g in names], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    ideal = limit * sizes / n
+    floor = 1 if len(names) <= limit else 0
+    alloc = np.minimum(np.maximum(np.floor(ideal).astype(np.int64), floor), sizes)
+    tiebreak = rng.random(len(names))  # ties between equal remainders go to a seeded random folder
+    while alloc.sum() > limit:  # the minimum of one pushed the total over: take from the most over-served
+        over = np.where(alloc > floor, alloc - ideal, -np.inf)
+        alloc[np.lexsort((tiebreak, over))[-1]] -= 1
+    while alloc.sum() < limit:  # hand the rest to the largest remainders (never beyond a folder's size)
+        short = np.where(alloc < sizes, ideal - alloc, -np.inf)
+        alloc[np.lexsort((tiebreak, short))[-1]] += 1
+    picked = [np.asarray(groups[g])[rng.choice(len(groups[g]), size=int(k), replace=False)]
+              for g, k in zip(names, alloc) if k]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def not_drawn(skipped: list[tuple[str, str]]) -> tuple[list[str], int | None]:
+    """(the paths of ``skipped`` that were only left out of the sample, the sample limit or None)."""
+    prefix = _NOT_DRAWN.split("{")[0]
+    hits = [(p, int(str(r)[len(prefix):].split()[0])) for p, r in skipped if str(r).startswith(prefix)]
+    return [p for p, _ in hits], (max(k for _, k in hits) if hits else None)
+
+
+def sampling_note(drawn: list[str], skipped: list[tuple[str, str]], seed: int = SAMPLE_SEED) -> str:
+    """How the sample of a folder was drawn, in one sentence every page shows: ``drawn`` are the
+    sampled paths, ``skipped`` the (path, reason) pairs of :func:`encode_folder`."""
+    left_out, limit = not_drawn(skipped)
+    if not left_out:
+        return f"all {len(drawn):,} usable image(s) of the folder are used"
+    n_usable = limit + len(left_out)  # the scan's usable images: the sample plus those left out
+    n_folders = len({_folder_of(p) for p in [*drawn, *left_out]})
+    spread = (f"stratified over its {n_folders:,} subfolders (each in proportion to its size, at least one image "
+              "each)" if n_folders > 1 else "drawn at random")
+    return (f"{limit:,} of the folder's {n_usable:,} usable images are used: a seeded random sample (seed {seed}), "
+            f"{spread}")
+
+
+def encode_folder(folder: str | Path, encoder, *, limit: int = SAMPLE_LIMIT, seed: int = SAMPLE_SEED,
+                  progress: ProgressFn | None = None):
+    """Scan ``folder`` and encode its usable images, or a :func:`stratified_sample` of ``limit`` of
+    them (features cached on disk by content).
+
+    Returns ``(records of the encoded images, features float32 [n, D], skipped [(path, reason)])``;
+    images left out of the sample are in ``skipped`` with the reason "not drawn into the sample of
+    ``limit`` images" (:func:`not_drawn`, :func:`sampling_note`).
     """
     from .images import scan_images
     from .pipeline import FeatureCache, ProgressTracker, encode_records
@@ -341,8 +411,11 @@ def encode_folder(folder: str | Path, encoder, *, limit: int = 500, progress: Pr
     ok = [r for r in records if r.ok]
     skipped = [(r.path, r.reason) for r in records if not r.ok]
     if len(ok) > limit:
-        skipped += [(r.path, f"over the limit of {limit} images per sample") for r in ok[limit:]]
-        ok = ok[:limit]
+        keep = stratified_sample([r.path for r in ok], limit, seed)
+        drawn = np.zeros(len(ok), dtype=bool)
+        drawn[keep] = True
+        skipped += [(r.path, _NOT_DRAWN.format(limit=limit)) for r, d in zip(ok, drawn) if not d]
+        ok = [ok[i] for i in keep]
     tracker = ProgressTracker(None, (lambda _s, d, t: progress(d, t)) if progress else None)
     feats, errors = encode_records(encoder, ok, cache=FeatureCache(encoder.fingerprint_id), tracker=tracker)
     skipped += list(errors.items())

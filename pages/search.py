@@ -22,7 +22,7 @@ run = state.require_run(done=True)
 
 
 def _table(hits) -> pd.DataFrame:
-    return pd.DataFrame([{"rank": h.rank, "image": h.path, "similarity": round(h.similarity, 4),
+    return pd.DataFrame([{"rank": h.rank, "image": h.name, "similarity": round(h.similarity, 4),
                           "cluster": "held out" if h.cluster < 0 else str(h.cluster),
                           "cluster concept": h.cluster_concept or "–", "not ID": h.excluded} for h in hits],
                         columns=["rank", "image", "similarity", "cluster", "cluster concept", "not ID"])
@@ -34,7 +34,7 @@ def _show(hits, key: str) -> None:
         return
     where = Counter(h.place for h in hits)
     st.caption("Sits in: " + md_escape(", ".join(f"{k} ×{n}" for k, n in where.most_common()), None))
-    widgets.thumbnail_grid([(h.abs_path, f"{h.rank}. {h.path} · {h.similarity:.3f}") for h in hits], columns=6)
+    widgets.thumbnail_grid([(h.abs_path, f"{h.rank}. {h.name} · {h.similarity:.3f}") for h in hits], columns=6)
     st.dataframe(_table(hits), hide_index=True, width="stretch", key=key)
 
 

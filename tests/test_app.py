@@ -203,6 +203,74 @@ def test_data_page_new_run_form(app_env):
     assert "cpu" in texts(at)  # resolved device is shown
 
 
+def unescape(markdown: str) -> str:
+    """The text of an escaped Markdown string (``md_escape`` puts a backslash before specials)."""
+    return markdown.replace("\\", "")
+
+
+def _zip_bytes(entries: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries:
+            zf.writestr(zipfile.ZipInfo(name) if name.endswith("/") else name, data)
+    return buf.getvalue()
+
+
+def test_launch_waits_for_a_usable_image_and_an_empty_zip_says_why(app_env, small_images, tmp_path, monkeypatch):
+    """Launch stays disabled until the chosen source holds at least one image file, and a zip with
+    nothing usable names itself and what it holds; a real photo enables Launch."""
+    photo = sorted((small_images / "n01440764").iterdir())[0]
+    at = open_app(None, "pages/data.py")
+    assert at.button(key="launch").disabled
+    at.segmented_control(key="src_kind").set_value("zip").run()
+    assert at.button(key="launch").disabled
+    at.file_uploader(key="up_zip").set_value(("holiday.zip", _zip_bytes([]), "application/zip")).run()
+    no_exception(at)
+    assert at.button(key="launch").disabled
+    assert [unescape(w.value) for w in at.warning] == ["holiday.zip is empty: it holds no files"]
+    at.file_uploader(key="up_zip").set_value(("holiday.zip", _zip_bytes([("a/", b""), ("a/b/", b"")]),
+                                              "application/zip")).run()
+    assert at.button(key="launch").disabled
+    assert "holiday.zip holds only folders (2, e.g. a/; a/b/): it holds no files" in unescape(at.warning[0].value)
+    at.file_uploader(key="up_zip").set_value(("holiday.zip", _zip_bytes([("a/", b""), ("a/" + photo.name,
+                                                                         photo.read_bytes())]),
+                                              "application/zip")).run()
+    no_exception(at)
+    assert not at.button(key="launch").disabled and not at.warning
+
+    at.segmented_control(key="src_kind").set_value("files").run()  # text files only, then a photo
+    at.file_uploader(key="up_files").set_value([("notes.txt", b"hello", "text/plain")]).run()
+    assert at.button(key="launch").disabled and "notes.txt: not an image file type" in unescape(at.warning[0].value)
+    at.file_uploader(key="up_files").set_value([("notes.txt", b"hello", "text/plain"),
+                                                (photo.name, photo.read_bytes(), "image/jpeg")]).run()
+    assert not at.button(key="launch").disabled
+
+    (tmp_path / "data" / "docs").mkdir(parents=True)  # a server folder without an image, then with one
+    (tmp_path / "data" / "docs" / "readme.md").write_text("#")
+    shutil.copy2(photo, tmp_path / "data" / photo.name)
+    monkeypatch.setenv("CLUSTERMINE_DATA_ROOTS", str(tmp_path / "data"))
+    at.segmented_control(key="src_kind").set_value("folder").run()
+    at.text_input(key="src_path").input("docs").run()
+    assert at.button(key="launch").disabled and "holds no image file" in at.warning[0].value
+    at.text_input(key="src_path").input(str(tmp_path / "data")).run()
+    no_exception(at)
+    assert not at.button(key="launch").disabled
+
+
+def test_launching_a_zip_of_empty_images_names_each_file(app_env):
+    from clustermine.runs import list_runs
+
+    at = open_app(None, "pages/data.py")
+    at.segmented_control(key="src_kind").set_value("zip").run()
+    at.file_uploader(key="up_zip").set_value(("blank.zip", _zip_bytes([("a.jpg", b""), ("b.png", b"")]),
+                                              "application/zip")).run()
+    at.button(key="launch").click().run()  # image names, so Launch is on; the bytes are empty
+    no_exception(at)
+    assert any("blank.zip: none of its 2 file(s) could be used (a.jpg: empty file (0 bytes); "
+               "b.png: empty file (0 bytes))" in unescape(e.value) for e in at.error)
+    assert [r["run_id"] for r in list_runs(app_env.parent)] == [app_env.name]
+
+
 def test_data_page_refuses_a_zip_bomb_without_leaving_a_run(app_env, tmp_path):
     from clustermine.runs import list_runs
 
@@ -309,7 +377,7 @@ def test_data_page_mines_a_zip(app_env, small_images):
     saved = {f["path"]: f["display_name"] for f in json.loads((run_dir / "uploads.json").read_text())["saved"]}
     assert sorted(saved.values()) == sorted([*members, "README.txt"])  # the user's names, kept for display
     mined = {Path(p).resolve().relative_to(uploads).as_posix() for p in run.image_paths()}
-    assert mined == {k for k, v in saved.items() if v != "README.txt"}  # stored names are sanitised (.jpeg)
+    assert mined == {k for k, v in saved.items() if v != "README.txt"}  # stored names are sanitised
     for stored in mined:  # the bytes mined are the zip's
         assert (uploads / stored).read_bytes() == members[saved[stored]].read_bytes()
     assert run.meta["summary"]["n_clusters"] == 2 and metrics(at)["images used"] == "12"

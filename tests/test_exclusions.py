@@ -179,6 +179,42 @@ def test_bad_input_is_named_and_cli_verbs(planted, capsys):
     assert sum(table["excluded"]) == 5
 
 
+def test_cli_excludes_a_folder_or_a_pattern_and_says_how_many(planted, capsys, monkeypatch):
+    """A folder (scanned-relative or absolute) or a glob excludes every usable image under it and
+    prints how many; a path matching nothing is refused with its name and nothing is logged."""
+    bad = sorted(contaminant_rows(planted))
+    folder_abs = Path(planted.image_paths()[bad[0]]).parent
+    assert main(["exclude", str(planted.path), str(folder_abs)]) == 0
+    out = capsys.readouterr().out
+    assert f"{folder_abs}: {len(bad)} usable image(s) under this folder" in out
+    assert f"excluded {len(bad)} image(s)" in out
+    assert sorted(np.flatnonzero(Run.open(planted.path).excluded_mask())) == bad
+
+    assert main(["exclude", str(planted.path), CONTAMINANT + "/", "--restore"]) == 0  # as scanned
+    assert f"restored {len(bad)} image(s)" in capsys.readouterr().out
+    assert not Run.open(planted.path).excluded_mask().any()
+
+    one_class = [r["row"] for r in planted.image_records(ok_only=True) if r["path"].startswith(ID_CLASSES[0] + "/")]
+    assert main(["exclude", str(planted.path), f"{ID_CLASSES[0]}/*", "--user", "cli"]) == 0
+    out = capsys.readouterr().out
+    assert f"{ID_CLASSES[0]}/*: {len(one_class)} usable image(s) match" in out
+    assert sorted(np.flatnonzero(Run.open(planted.path).excluded_mask())) == sorted(one_class)
+
+    monkeypatch.chdir(folder_abs.parent)  # relative to the current folder works too
+    assert main(["exclude", str(planted.path), CONTAMINANT]) == 0
+    assert f"excluded {len(bad)} image(s)" in capsys.readouterr().out
+
+    n_logged = len(Run.open(planted.path).exclusion_log())
+    empty = folder_abs.parent / "empty_dir"
+    empty.mkdir()
+    for key, needle in ((str(empty), "holds none of this run's"), ("nosuch/*", "matches none of this run's"),
+                        ("nosuch_dir", "not one of this run's usable images")):
+        assert main(["exclude", str(planted.path), ID_CLASSES[1] + "/", key]) == 2  # all or nothing
+        err = capsys.readouterr().err
+        assert key in err and needle in err
+    assert len(Run.open(planted.path).exclusion_log()) == n_logged
+
+
 @pytest.mark.app
 def test_audit_page_excludes_from_a_card_and_remines(app_env, small_run):
     at = open_app(small_run.name, "pages/audit.py")

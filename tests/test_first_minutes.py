@@ -254,7 +254,7 @@ def test_refresh_keeps_the_reviewer_name(app_env):
 
 def test_refresh_keeps_the_ood_sample_and_says_why_images_were_skipped(app_env, tmp_path, monkeypatch):
     """An OOD folder of 503 images (copies of 6 photos: encoded once, cached by content): the panel
-    comes back after a refresh and says that 3 images were skipped for the 500-image limit."""
+    comes back after a refresh and says that 3 images were not drawn into the 500-image sample."""
     from conftest import shared
     from streamlit.testing.v1 import AppTest
 
@@ -271,7 +271,8 @@ def test_refresh_keeps_the_ood_sample_and_says_why_images_were_skipped(app_env, 
     no_exception(at)
     first = metrics(at)
     assert at.query_params.get("ood") == str(ood.resolve())
-    assert "3 skipped: 3 over the 500-image limit per sample" in _plain(texts(at))
+    assert "3 skipped: 3 not drawn into the 500-image sample" in _plain(texts(at))
+    assert "500 of the folder's 503 usable images are used: a seeded random sample (seed 0)" in _plain(texts(at))
 
     again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     again.query_params["run"] = app_env.name

@@ -15,12 +15,17 @@ from clustermine.errors import SafetyError
 from clustermine.uploads import (
     UploadLimits,
     check_run_id,
+    count_folder,
+    count_names,
+    count_zip,
     declared_entry_count,
     extract_zip,
+    nothing_usable,
     resolve_in_roots,
     safe_filename,
     save_upload,
     save_uploads,
+    write_upload_manifest,
 )
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64  # content does not matter to the upload layer
@@ -39,7 +44,7 @@ def all_files(folder: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------ names
 @pytest.mark.parametrize("raw, expected", [
-    ("cat.JPG", "cat.jpg"),
+    ("cat.JPG", "cat.JPG"),  # the extension keeps its case: names are shown as uploaded
     ("../../etc/passwd", "passwd"),
     ("..\\..\\win.ini", "win.ini"),
     ("/abs/path/x.png", "x.png"),
@@ -224,6 +229,72 @@ def test_not_a_zip_is_refused(tmp_path):
         extract_zip(tmp_path / "x.zip", tmp_path / "out")
 
 
+def _folder_only_zip(path: Path, folders: list[str]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for f in folders:
+            zf.writestr(zipfile.ZipInfo(f), b"")  # a name ending in "/" is a folder entry
+    return path
+
+
+@pytest.mark.parametrize("entries, folders, needle", [
+    ([], [], "empty.zip is empty: it holds no files"),
+    ([], ["photos/", "photos/cats/"], "empty.zip holds only folders (2, e.g. photos/; photos/cats/): it holds no files"),
+    ([("__MACOSX/._a.jpg", b"x"), (".DS_Store", b"x")], ["photos/"],
+     "empty.zip holds no image: only hidden files or macOS metadata, which are ignored (__MACOSX/._a.jpg; .DS_Store)"),
+])
+def test_a_zip_with_nothing_usable_says_what_is_wrong(tmp_path, entries, folders, needle):
+    """Before launch (count_zip) and after unpacking (nothing_usable), the same sentence names the zip
+    and what it holds, not just "no file could be used"."""
+    z = _folder_only_zip(tmp_path / "empty.zip", folders)
+    with zipfile.ZipFile(z, "a") as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    with open(z, "rb") as fh:
+        counted = count_zip(fh, "empty.zip")
+        assert fh.tell() == 0  # rewound for the upload that follows
+    assert counted.n_images == 0 and counted.problem == needle
+    report = extract_zip(z, tmp_path / "out")
+    assert report.n_saved == 0 and nothing_usable(report, "empty.zip") == needle
+
+
+def test_a_zip_whose_files_cannot_be_used_names_each_file(tmp_path):
+    z = make_zip(tmp_path / "mine.zip", [("a.jpg", b""), ("b/c.png", b"")])
+    with open(z, "rb") as fh:
+        assert count_zip(fh, "mine.zip").n_images == 2  # image names: Launch may go on
+    report = extract_zip(z, tmp_path / "out")
+    assert nothing_usable(report, "mine.zip") == ("mine.zip: none of its 2 file(s) could be used "
+                                                  "(a.jpg: empty file (0 bytes); b/c.png: empty file (0 bytes))")
+    z2 = make_zip(tmp_path / "docs.zip", [("notes.pdf", b"%PDF"), ("x/readme.md", b"#")])
+    with open(z2, "rb") as fh:
+        counted = count_zip(fh, "docs.zip")
+    assert counted.n_images == 0
+    assert counted.problem == ("none of the 2 file(s) in docs.zip is an image (notes.pdf: not an image file type; "
+                               "x/readme.md: not an image file type)")
+    good = make_zip(tmp_path / "good.zip", [("a.JPG", JPEG), ("sub/", b""), ("b.txt", b"x")])
+    with open(good, "rb") as fh:
+        assert count_zip(fh, "good.zip") == type(counted)(1, None)
+    report = extract_zip(good, tmp_path / "out2")
+    assert nothing_usable(report, "good.zip") is None
+
+
+def test_counting_names_files_folders_and_refusals(tmp_path):
+    assert count_names([]).n_images == 0 and count_names([]).problem is None  # nothing chosen yet
+    assert count_names(["a.txt", "b.PNG"]).n_images == 1
+    assert "a.txt: not an image file type" in count_names(["a.txt"]).problem
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "sub" / "x.jpeg").write_bytes(JPEG)
+    (tmp_path / "d" / ".hidden.jpg").write_bytes(JPEG)
+    assert count_folder(tmp_path / "d").n_images == 1
+    (tmp_path / "e").mkdir()
+    assert "holds no image file" in count_folder(tmp_path / "e").problem
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with open(tmp_path / "bad.zip", "rb") as fh:
+        assert count_zip(fh, "bad.zip").problem.startswith("bad.zip is not a readable zip archive")
+    esc = make_zip(tmp_path / "esc.zip", [("../evil.jpg", JPEG)])
+    with open(esc, "rb") as fh:
+        assert "esc.zip: archive entry '../evil.jpg' points outside" in count_zip(fh, "esc.zip").problem
+
+
 def test_extract_into_non_empty_folder_is_refused(tmp_path):
     z = make_zip(tmp_path / "ok.zip", [("1.jpg", JPEG)])
     (tmp_path / "out").mkdir()
@@ -344,3 +415,50 @@ def test_script_concept_is_rendered_escaped(small_run, monkeypatch):
     # Where it appears in markdown it is backslash-escaped (rendered as literal text).
     for md in at.markdown:
         assert "<script>" not in md.value
+
+
+# ------------------------------------------------------------------------------------ the user's names, kept
+def test_uploaded_names_are_kept_in_image_names_csv_and_search(small_images, tmp_path):
+    """Real photos uploaded as X.JPEG, Y.Jpg and 'my photo (1).JPEG' (+ 9 under their own names) and
+    mined: the run's image names, the exported CSV and the search results show each name exactly as
+    uploaded (extension case included), and the stored files keep the extension's case too."""
+    import csv
+
+    from clustermine.pipeline import MineConfig, mine
+    from clustermine.rundir import layout
+    from clustermine.runs import Run
+    from clustermine.search import search_text
+    from clustermine.tables import image_table_csv
+
+    photos = [p for cls in ("n01440764", "n03028079") for p in sorted((small_images / cls).iterdir())[:6]]
+    names = ["X.JPEG", "Y.Jpg", "my photo (1).JPEG"] + [p.name for p in photos[3:]]
+    files = []
+    for name, p in zip(names, photos):
+        f = io.BytesIO(p.read_bytes())
+        f.name = name
+        files.append(f)
+    run_dir = tmp_path / "run"
+    cfg = MineConfig(n_clusters=2, clusterer="kmeans", seed=0).validate().resolved()
+    uploads = layout.uploads_dir(run_dir.resolve())
+    d = cfg.to_dict()
+    d["images_dir"] = str(uploads)
+    Run.create(run_dir, d)  # as the app does: the run first, then its uploads, then the worker mines
+    report = save_uploads(files, uploads)
+    write_upload_manifest(run_dir, report)
+    assert {f.stored_name for f in report.saved} >= {"X.JPEG", "Y.Jpg", "my_photo_1.JPEG"}
+    mine(uploads, run_dir, cfg)
+    run = Run.open(run_dir)
+
+    assert sorted(run.image_names()) == sorted(names)
+    rows = {n: i for i, n in enumerate(run.image_names())}
+    assert run.image_names([rows["Y.Jpg"], rows["X.JPEG"]]) == ["Y.Jpg", "X.JPEG"]
+
+    table = list(csv.DictReader(io.StringIO(image_table_csv(run))))
+    assert sorted(r["name"] for r in table) == sorted(names)
+    by_name = {r["name"]: r for r in table}
+    assert by_name["X.JPEG"]["path"] == "X.JPEG" and by_name["Y.Jpg"]["path"] == "Y.Jpg"
+    assert by_name["my photo (1).JPEG"]["path"] == "my_photo_1.JPEG"  # stored name sanitised, shown as given
+
+    hits = search_text(run, "tench", k=len(names))
+    assert sorted(h.name for h in hits) == sorted(names)
+    assert all(h.name == run.image_names([h.row])[0] for h in hits)

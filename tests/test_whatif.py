@@ -267,3 +267,68 @@ def test_heldout_above_the_cap_is_a_fixed_sample_scored_like_the_full_set(small_
     _, extra, pos = run.vocabulary()
     where = np.searchsorted(full.rows, part.rows)
     np.testing.assert_allclose(part.scorer.log_scores(pos, extra), full.scorer.log_scores(pos, extra)[where], atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------ OOD sample of a folder
+def _folder(path: str) -> str:
+    return Path(path).parent.as_posix()
+
+
+@pytest.fixture(scope="module")
+def dtd10_paths() -> list[str]:
+    """The scanned relative paths of dtd10 (10 texture subfolders x 60 photos), as encode_folder sees them."""
+    from clustermine.images import scan_images
+
+    return [r.path for r in scan_images(shared("dtd10")) if r.ok]
+
+
+def test_ood_sample_of_dtd10_keeps_every_subfolder(dtd10_paths):
+    folders = sorted({_folder(p) for p in dtd10_paths})
+    assert len(folders) == 10 and len(dtd10_paths) == 600
+    first_500 = {_folder(p) for p in sorted(dtd10_paths)[:500]}
+    assert len(first_500) < 10  # the old rule (first 500 in file-name order) lost textures
+    for limit in (500, 37, 10):
+        idx = whatif.stratified_sample(dtd10_paths, limit, seed=3)
+        assert len(idx) == limit == len(set(idx.tolist()))  # the sample size, no repeat
+        per = {f: 0 for f in folders}
+        for i in idx:
+            per[_folder(dtd10_paths[i])] += 1
+        assert min(per.values()) >= 1  # every subfolder represented
+        assert max(per.values()) - min(per.values()) <= 1  # equal subfolders, equal shares
+        assert np.array_equal(idx, whatif.stratified_sample(dtd10_paths, limit, seed=3))  # same seed, same sample
+    assert not np.array_equal(whatif.stratified_sample(dtd10_paths, 500, seed=3),
+                              whatif.stratified_sample(dtd10_paths, 500, seed=4))
+    assert np.array_equal(whatif.stratified_sample(dtd10_paths, 600), np.arange(600))  # all when they fit
+    few = whatif.stratified_sample(dtd10_paths, 4, seed=0)  # fewer than the subfolders: 4 different ones
+    assert len(few) == 4 and len({_folder(dtd10_paths[i]) for i in few}) == 4
+
+
+def test_ood_sample_is_proportional_to_unequal_subfolders(dtd10_paths):
+    """Subfolders of 6, 12, ..., 60 photos (330 in all), sampled to 100: each gets its share within one
+    image, and the smallest still gets one at a budget of 12."""
+    by = {}
+    for p in dtd10_paths:
+        by.setdefault(_folder(p), []).append(p)
+    paths = [p for i, f in enumerate(sorted(by)) for p in sorted(by[f])[:6 * (i + 1)]]
+    sizes = {f: sum(_folder(p) == f for p in paths) for f in by}
+    for limit in (100, 12):
+        idx = whatif.stratified_sample(paths, limit, seed=0)
+        assert len(idx) == limit
+        got = {f: 0 for f in by}
+        for i in idx:
+            got[_folder(paths[i])] += 1
+        for f, n in sizes.items():
+            assert got[f] >= 1 and abs(got[f] - limit * n / len(paths)) < 1.0 + (limit < 20)
+
+
+def test_encode_folder_draws_the_stratified_sample_and_says_so(tiny_env):
+    _, enc = tiny_env
+    recs, feats, skipped = whatif.encode_folder(shared("dtd10"), enc, limit=20)
+    assert len(recs) == len(feats) == 20
+    assert len({_folder(r.path) for r in recs}) == 10
+    left_out, limit = whatif.not_drawn(skipped)
+    assert limit == 20 and len(left_out) == 580 and not {r.path for r in recs} & set(left_out)
+    note = whatif.sampling_note([r.path for r in recs], skipped)
+    assert "20 of the folder's 600 usable images" in note and "stratified over its 10 subfolders" in note
+    again = whatif.encode_folder(shared("dtd10"), enc, limit=20)[0]
+    assert [r.path for r in again] == [r.path for r in recs]

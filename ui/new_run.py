@@ -4,7 +4,6 @@ launch (stage the inputs safely, create the run, start the worker)."""
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -17,15 +16,20 @@ from clustermine.config import CLUSTERER_NAMES, MineConfig, default_tau
 from clustermine.corpus import BUILTIN_CORPORA
 from clustermine.errors import ClusterMineError, SafetyError
 from clustermine.rundir import layout
-from clustermine.storage import atomic_write_json
 from clustermine.uploads import (
+    SourceCount,
     UploadReport,
+    count_folder,
+    count_names,
+    count_zip,
     extract_zip,
     list_subfolders,
     new_run_id,
+    nothing_usable,
     resolve_in_roots,
     save_upload,
     save_uploads,
+    write_upload_manifest,
 )
 
 from . import cache, settings, state, widgets
@@ -51,6 +55,7 @@ class Choices:
     seed: int = DEFAULTS.seed
     holdout: float = DEFAULTS.holdout_fraction
     name: str = ""
+    counted: SourceCount | None = None  # what the source holds (source_count), once per script run
 
     def mine_config(self, corpus: str) -> MineConfig:
         """The run's settings (every other one at the engine's default), resolved (τ concrete)."""
@@ -139,33 +144,27 @@ def _option_inputs(ch: Choices) -> None:
 MAX_COUNTED_FILES = 200_000  # counting a huge server folder for the estimate stops here
 
 
+def source_count(ch: Choices) -> SourceCount | None:
+    """What the chosen source holds (``clustermine.uploads`` counts by file name; the scan decides for
+    real), counted once per script run; None while nothing is chosen."""
+    if ch.counted is not None:
+        return ch.counted
+    if ch.source == "files" and ch.files:
+        ch.counted = count_names([getattr(f, "name", "") for f in ch.files])
+    elif ch.source == "zip" and ch.zip_file is not None:
+        ch.counted = count_zip(ch.zip_file, getattr(ch.zip_file, "name", "the zip"))
+    elif ch.source == "folder" and ch.folder:
+        try:
+            ch.counted = count_folder(resolve_in_roots(ch.folder, settings.data_roots()), MAX_COUNTED_FILES)
+        except (OSError, SafetyError) as exc:
+            ch.counted = SourceCount(0, str(exc))
+    return ch.counted
+
+
 def _n_images(ch: Choices) -> int:
     """How many image files the chosen source holds (by file name; the scan decides for real)."""
-    from clustermine.images import IMAGE_EXTENSIONS
-
-    def is_image(name: str) -> bool:
-        return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-    try:
-        if ch.source == "files":
-            return sum(1 for f in ch.files if is_image(getattr(f, "name", "")))
-        if ch.source == "zip" and ch.zip_file is not None:
-            import zipfile
-
-            with zipfile.ZipFile(ch.zip_file) as z:
-                n = sum(1 for info in z.infolist() if not info.is_dir() and is_image(info.filename))
-            ch.zip_file.seek(0)
-            return n
-        if ch.source == "folder" and ch.folder:
-            n = 0
-            for _, _, names in os.walk(resolve_in_roots(ch.folder, settings.data_roots())):
-                n += sum(1 for name in names if is_image(name))
-                if n >= MAX_COUNTED_FILES:
-                    break
-            return n
-    except (OSError, ValueError, SafetyError, RuntimeError):
-        pass  # an unreadable zip or folder is reported at launch
-    return 0
+    counted = source_count(ch)
+    return counted.n_images if counted is not None else 0
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -211,17 +210,23 @@ def form() -> Choices | None:
     _source_inputs(ch)
     st.subheader("2 · Model and mining", anchor=False)
     _option_inputs(ch)
-    ready = {"files": bool(ch.files), "zip": ch.zip_file is not None, "folder": bool(ch.folder)}[ch.source]
+    counted = source_count(ch)
+    ready = counted is not None and counted.n_images > 0  # Launch waits for one usable image, counted
     if ch.corpus == CUSTOM_CORPUS and ch.corpus_file is None:
         ready = False
+    if counted is not None and counted.problem:
+        st.warning(md_escape(counted.problem, None), icon=":material/block:")
     line = cost_line(ch)
     if line:
         st.info(md_escape(line, None), icon=":material/timer:")
     if st.button("Launch mining", type="primary", icon=":material/rocket_launch:", disabled=not ready,
                  key="launch"):
         return ch
-    if not ready:
+    if counted is None:
         st.caption("Choose your ID images (and a concept list if you picked your own) to launch.")
+    elif not ready:
+        st.caption("Launch needs at least one image file" + (" and your concept list." if ch.corpus == CUSTOM_CORPUS
+                                                             and ch.corpus_file is None else "."))
     return None
 
 
@@ -247,6 +252,13 @@ def _stage_inputs(ch: Choices, staging: Path) -> tuple[UploadReport | None, Path
         zpath.unlink(missing_ok=True)
         return report, None
     return None, resolve_in_roots(ch.folder, settings.data_roots())
+
+
+def _source_name(ch: Choices) -> str:
+    """The user's name for the uploaded source, for messages."""
+    if ch.source == "zip":
+        return str(getattr(ch.zip_file, "name", "") or "the zip")
+    return "your upload"
 
 
 def _require_readable(images_dir: Path, uploaded: bool) -> None:
@@ -275,9 +287,9 @@ def launch(ch: Choices) -> str:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
         report, folder = _stage_inputs(ch, staging)
-        if report is not None and report.n_saved == 0:
-            reasons = "; ".join(f"{f.display_name}: {f.reason}" for f in report.skipped[:5])
-            raise SafetyError("no file could be used" + (f" ({reasons})" if reasons else ""))
+        problem = nothing_usable(report, _source_name(ch)) if report is not None else None
+        if problem:
+            raise SafetyError(problem)
         _require_readable(folder if folder is not None else layout.uploads_dir(staging), folder is None)
         corpus = ch.corpus
         if ch.corpus == CUSTOM_CORPUS:
@@ -293,10 +305,8 @@ def launch(ch: Choices) -> str:
         Run.create(run_dir, cfg)
         for item in staging.iterdir():
             item.rename(run_dir / item.name)
-        if report is not None:
-            for f in report.saved:  # paths relative to uploads/ (they were staged elsewhere)
-                f.path = os.path.relpath(f.path, layout.uploads_dir(staging)) if f.path else None
-            atomic_write_json(layout.uploads_manifest(run_dir), report.to_dict())
+        if report is not None:  # paths relative to uploads/ (they were staged elsewhere)
+            write_upload_manifest(run_dir, report)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     jobs.start_mine_job(run_dir, cancel_at_exit=True)

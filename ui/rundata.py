@@ -3,36 +3,21 @@ the concept table. Pure reads of the run."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from clustermine import clusterview
-from clustermine.rundir import layout
 from clustermine.runs import Run
 
 
 def upload_names(run: Run) -> dict[str, str]:
-    """For uploaded images: stored path (relative to uploads/) -> the user's file name."""
-    try:
-        manifest = json.loads(layout.uploads_manifest(run.path).read_text(encoding="utf-8"))
-        return {f["path"]: f["display_name"] for f in manifest.get("saved", []) if f.get("path")}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
+    """For uploaded images: stored path (relative to uploads/) -> the user's file name (``Run.upload_names``)."""
+    return run.upload_names()
 
 
 def image_names(run: Run, rows: np.ndarray | None = None) -> list[str]:
-    """Display name of feature ``rows`` (default: every row): the uploaded file's own name, else the
-    path relative to the scanned folder. Read from the columnar image table, so a few rows of a
-    1M-image run cost microseconds. User text: escape it wherever it is rendered."""
-    table = run.ok_rows_table()
-    if rows is not None:
-        table = table.take(np.asarray(rows, dtype=np.int64).ravel())
-    shown = upload_names(run)
-    paths, absolute = table.column("path").to_pylist(), table.column("abs_path").to_pylist()
-    return [shown.get(p, p or Path(a).name) for p, a in zip(paths, absolute)]
+    """Display names of feature ``rows`` (default: every row): ``Run.image_names``, the single source."""
+    return run.image_names(rows)
 
 
 def winner_texts(run: Run) -> dict[int, str]:

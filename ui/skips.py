@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import re
-
 import streamlit as st
+
+from clustermine.whatif import not_drawn
 
 from .text import md_escape
 
-_LIMIT = re.compile(r"over the limit of (\d+) images per sample")
-
-
 def skip_summary(skipped: list[tuple[str, str]]) -> str:
-    """'12 skipped: 10 over the 500-image limit per sample, 2 unreadable or not images' ('' if none).
+    """'103 skipped: 100 not drawn into the 500-image sample, 3 unreadable or not an image' ('' if none).
 
     ``skipped``: (file, reason) pairs as returned by ``clustermine.whatif.encode_folder``."""
     if not skipped:
         return ""
-    limits = [int(m.group(1)) for _, r in skipped if (m := _LIMIT.search(str(r)))]
+    left_out, limit = not_drawn(skipped)
     parts = []
-    if limits:
-        parts.append(f"{len(limits)} over the {max(limits)}-image limit per sample (only the first "
-                     f"{max(limits)} images, in file-name order, are used)")
-    rest = len(skipped) - len(limits)
+    if left_out:
+        parts.append(f"{len(left_out)} not drawn into the {limit}-image sample")
+    rest = len(skipped) - len(left_out)
     if rest:
         parts.append(f"{rest} unreadable or not an image")
     return f"{len(skipped)} skipped: " + "; ".join(parts)

@@ -13,9 +13,10 @@ from clustermine.errors import ClusterMineError
 from clustermine.rundir import layout
 from clustermine.runs import Run
 from clustermine.uploads import resolve_in_roots, save_uploads
+from clustermine.whatif import SAMPLE_LIMIT, sampling_note
 
 from . import cache, charts, scores, settings, skips, state, widgets
-from .text import md_code
+from .text import md_code, md_escape
 
 OOD_KEY = "whatif_ood"  # session: {"run": run_id, "folder": str}
 TPR_KEY = "tpr"
@@ -76,7 +77,9 @@ def _ood_folder_input(run: Run) -> Path | None:
 
 def ood_panel(run: Run) -> None:
     st.markdown("Point to a sample of **OOD** images (what the detector should reject) to see AUROC and "
-                "FPR95 with the mined concepts and with the current ones.")
+                f"FPR95 with the mined concepts and with the current ones. A folder of more than {SAMPLE_LIMIT} "
+                f"images is sampled: {SAMPLE_LIMIT} images drawn at random with a fixed seed, stratified over its "
+                "subfolders (every subfolder represented, in proportion to its size).")
     chosen = _ood_folder_input(run)
     if chosen is not None:
         state.remember_ood_sample(run.run_id, str(chosen))  # session and URL: a refresh keeps it
@@ -95,7 +98,8 @@ def ood_panel(run: Run) -> None:
             return
         with st.spinner("Scoring the OOD sample against the corpus…"):
             cmp = scores.ood_comparison(run, scores.sample_scorer(run, feats))
-        st.caption(f"OOD sample: {len(feats)} image(s) from {md_code(folder)}")
+        st.caption(f"OOD sample: {len(feats)} image(s) from {md_code(folder)}; "
+                   + md_escape(sampling_note([r.path for r in recs], skipped), None) + ".")
         skips.show_skipped(skipped, "Skipped OOD images")
         b, a = cmp.get("before"), cmp.get("after")
         if a is None or b is None:

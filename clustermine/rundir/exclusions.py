@@ -10,6 +10,7 @@ mask leaves them out at once.
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,34 @@ def replay_exclusions(entries: list[dict], n_rows: int) -> np.ndarray:
         if isinstance(row, int) and 0 <= row < n_rows:
             mask[row] = e.get("action") == "exclude"
     return mask
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _match_many(text: str, resolved: list[tuple[int, str, str]], n: int) -> list[int]:
+    """Rows under the folder or matching the glob ``text`` (sorted); ClusterMineError when none."""
+    if not text.strip():
+        raise ClusterMineError("an empty path names no image")
+    if _GLOB_CHARS & set(text):
+        pattern = os.path.expanduser(text)
+        absolute = os.path.abspath(pattern)
+        rows = sorted(row for row, path, real in resolved
+                      if fnmatchcase(path, pattern) or fnmatchcase(real, absolute))
+        if not rows:
+            raise ClusterMineError(f"{text}: the pattern matches none of this run's {n} usable images")
+        return rows
+    prefix = text.replace("\\", "/").strip("/")
+    rows = sorted(row for row, path, _ in resolved if path.startswith(prefix + "/")) if prefix else []
+    folder = Path(text).expanduser()
+    if not rows and folder.is_dir():
+        base = str(folder.resolve())
+        rows = sorted(row for row, _, real in resolved if real.startswith(base.rstrip(os.sep) + os.sep))
+        if not rows:
+            raise ClusterMineError(f"{text}: this folder holds none of this run's {n} usable images")
+    if not rows:
+        raise ClusterMineError(f"{text}: not one of this run's usable images, nor a folder or pattern matching any")
+    return rows
 
 
 class ExclusionTable(RunStore):
@@ -55,31 +84,44 @@ class ExclusionTable(RunStore):
         """bool [N_ok]: held-out images that calibrate the threshold; excluded images never do."""
         return super().holdout_mask() & ~self.excluded_mask()
 
-    def resolve_images(self, keys: list[str | int | os.PathLike]) -> list[int]:
-        """Feature rows of ``keys``: ints are rows; strings are paths as scanned (relative to the
-        images folder), absolute paths or paths relative to the current folder. ClusterMineError
-        names the first key that is not a usable image of the run."""
+    def resolve_image_groups(self, keys: list[str | int | os.PathLike]) -> list[tuple[str, str, list[int]]]:
+        """Per key, in order: (the key as text, its kind, its feature rows); kinds: ``row``, ``image``,
+        ``folder``, ``pattern``. A key is a row (int), an image
+        path (as scanned relative to the images folder, absolute, or relative to the current
+        folder), a folder (every usable image under it, at any depth) or a glob pattern (``*``,
+        ``?``, ``[...]``; matched against the scanned and the absolute paths, ``*`` crosses ``/``).
+        ClusterMineError names the first key that matches no usable image of the run."""
         records = self.image_records(ok_only=True)
-        by_path: dict[str, int] = {}
-        for r in records:
-            by_path[r["path"]] = r["row"]
-            by_path[str(Path(r["abs_path"]).resolve())] = r["row"]
         n = len(records)
-        rows: list[int] = []
+        by_path: dict[str, int] = {}
+        resolved: list[tuple[int, str, str]] = []  # (row, scanned path, resolved absolute path)
+        for r in records:
+            real = str(Path(r["abs_path"]).resolve())
+            by_path[r["path"]] = r["row"]
+            by_path[real] = r["row"]
+            resolved.append((r["row"], r["path"], real))
+        out: list[tuple[str, str, list[int]]] = []
         for k in keys:
             if isinstance(k, (int, np.integer)):
                 if not 0 <= int(k) < n:
                     raise ClusterMineError(f"image row {k} is out of range (the run has {n} usable images)")
-                rows.append(int(k))
+                out.append((str(int(k)), "row", [int(k)]))
                 continue
             text = str(k)
             row = by_path.get(text)
-            if row is None:
+            if row is None and text.strip():
                 row = by_path.get(str(Path(text).expanduser().resolve()))
-            if row is None:
-                raise ClusterMineError(f"{text}: not one of this run's usable images")
-            rows.append(row)
-        return rows
+            if row is not None:
+                out.append((text, "image", [row]))
+                continue
+            out.append((text, "pattern" if _GLOB_CHARS & set(text) else "folder",
+                        _match_many(text, resolved, n)))
+        return out
+
+    def resolve_images(self, keys: list[str | int | os.PathLike]) -> list[int]:
+        """Feature rows of ``keys`` (see :meth:`resolve_image_groups`), in key order, without repeats."""
+        rows = [row for _, _, group in self.resolve_image_groups(keys) for row in group]
+        return list(dict.fromkeys(rows))
 
     def set_excluded(self, keys: list[str | int | os.PathLike], *, restore: bool = False,
                      user: str | None = None) -> list[int]:

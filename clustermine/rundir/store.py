@@ -296,6 +296,34 @@ class RunStore:
         """Absolute path of feature row ``row``."""
         return str(self.ok_rows_table().column("abs_path")[int(row)])
 
+    def upload_names(self) -> dict[str, str]:
+        """For uploaded images: stored path (relative to ``uploads/``) -> the user's own file name
+        (``uploads.json``; {} for a run read from a server folder or without a manifest)."""
+        stamp = layout.file_stamp(layout.uploads_manifest(self.path))
+        cached = self._cache.get("upload_names")
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            manifest = json.loads(layout.uploads_manifest(self.path).read_text(encoding="utf-8"))
+            names = {str(f["path"]): str(f["display_name"]) for f in manifest.get("saved", [])
+                     if f.get("path") and f.get("display_name")}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            names = {}
+        self._cache["upload_names"] = (stamp, names)
+        return names
+
+    def image_names(self, rows: np.ndarray | list[int] | None = None) -> list[str]:
+        """The single source of an image's display name, for feature ``rows`` (default: every row):
+        the user's own file name for an upload (exactly as uploaded, e.g. ``X.JPEG``), else the path
+        as scanned (relative to the images folder). Read from the columnar image table, so a few
+        rows of a 1M-image run cost microseconds. User text: escape it wherever it is rendered."""
+        table = self.ok_rows_table()
+        if rows is not None:
+            table = table.take(np.asarray(rows, dtype=np.int64).ravel())
+        shown = self.upload_names()
+        paths, absolute = table.column("path").to_pylist(), table.column("abs_path").to_pylist()
+        return [shown.get(p, p or Path(a).name) for p, a in zip(paths, absolute)]
+
     def feature_matrix(self) -> np.ndarray:
         """float16 [N_ok, D] image features, memory-mapped (read-only; nothing loaded until used).
         Read row blocks and cast them (``np.asarray(m[a:b], np.float32)``) for arithmetic."""
