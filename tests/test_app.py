@@ -95,7 +95,7 @@ def test_streamlit_config_is_a_local_headless_lab_tool():
 
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["headless"] is True
-    assert cfg["server"]["address"] == "localhost"
+    assert cfg["server"]["address"] == "127.0.0.1"
     assert isinstance(cfg["server"]["maxUploadSize"], int) and cfg["server"]["maxUploadSize"] >= 200
     assert cfg["browser"]["gatherUsageStats"] is False
     assert cfg["client"]["toolbarMode"] == "minimal"

@@ -560,8 +560,8 @@ def test_upload_count_size_and_total_limits(tmp_path):
 
 def test_streamlit_upload_limit_and_localhost_binding_are_configured():
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
-    assert cfg["server"]["address"] == "localhost"
-    assert cfg["browser"]["serverAddress"] == "localhost"
+    assert cfg["server"]["address"] == "127.0.0.1"
+    assert cfg["browser"]["serverAddress"] == "127.0.0.1"
     assert cfg["browser"]["gatherUsageStats"] is False
     assert 0 < int(cfg["server"]["maxUploadSize"]) <= 4096  # MB; bounded
 

@@ -88,7 +88,7 @@ def test_server_listens_on_localhost_only(server):
 
 
 def _http_client(url: str, run_id: str, results: list, k: int) -> None:
-    assert url.startswith("http://localhost:")
+    assert url.startswith("http://127.0.0.1:")
     t0 = time.monotonic()
     try:
         health = urllib.request.urlopen(url + "/_stcore/health", timeout=30).read()
@@ -105,7 +105,7 @@ async def _session(port: int, run_id: str, page: str) -> dict:
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-    async with websockets.connect(f"ws://localhost:{port}/_stcore/stream", subprotocols=["streamlit"],
+    async with websockets.connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"],
                                   max_size=None, open_timeout=30) as ws:
         msg = BackMsg()
         msg.rerun_script.query_string = f"run={run_id}"
