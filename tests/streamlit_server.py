@@ -25,7 +25,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(runs_root: Path, log_path: Path, *, wait_s: float = 60.0,
-                     skip_if_down: bool = False) -> Iterator[dict]:
+                     skip_if_down: bool = False, env: dict[str, str] | None = None) -> Iterator[dict]:
     """Run the app with ``CLUSTERMINE_RUNS_ROOT=runs_root`` until the block ends.
 
     Yields ``{"url", "port", "pid"}`` once ``/_stcore/health`` answers. If it does not answer within
@@ -34,7 +34,7 @@ def streamlit_server(runs_root: Path, log_path: Path, *, wait_s: float = 60.0,
     """
     port = free_port()
     env = dict(os.environ, CLUSTERMINE_RUNS_ROOT=str(runs_root), CLUSTERMINE_UMAP_WARMUP="0", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+               TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
     env.pop("STREAMLIT_SERVER_ADDRESS", None)  # the address must come from .streamlit/config.toml
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
