@@ -93,22 +93,11 @@ def histogram_svg(labels: list[str], counts: list[int], width: int = 420, bar_h:
 
 def ood_metrics_for_folder(run: Run, folder: str | os.PathLike, limit: int = 500, encoder=None) -> dict:
     """AUROC / FPR95 / ... of held-out ID vs the images of ``folder`` (at most ``limit``), with the
-    mined (``before``) and current (``after``) concepts, plus ``n_ood`` and ``skipped``."""
-    from .whatif import encode_folder, ood_comparison, sample_scorer
+    mined (``before``) and current (``after``) concepts, plus ``n_ood`` and ``skipped``; recorded as
+    the run's latest OOD evaluation (:func:`clustermine.ood_eval.evaluate_sample`)."""
+    from .ood_eval import evaluate_sample
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ClusterMineError(f"{folder}: OOD folder not found")
-    if encoder is None:
-        from .encoders import load_encoder
-
-        encoder = load_encoder((run.meta.get("encoder") or {}).get("spec") or run.config.get("encoder", "offline"))
-    records, feats, skipped = encode_folder(folder, encoder, limit=limit)
-    if not len(feats):
-        raise ClusterMineError(f"{folder}: no usable OOD image")
-    out = ood_comparison(run, sample_scorer(run, feats))
-    out.update({"folder": str(folder), "n_ood": int(len(feats)), "skipped": len(skipped)})
-    return out
+    return evaluate_sample(run, folder, encoder, limit=limit, source="report")
 
 
 # ------------------------------------------------------------------------------------ the report
@@ -153,6 +142,15 @@ def _support_text(value) -> str:
     return _e(value)
 
 
+def _sample_name(ood: dict) -> str:
+    """The OOD sample as a reader knows it: the folder's name, or where the what-if panel's
+    uploaded images came from."""
+    from .rundir.layout import OOD_SAMPLE_DIR
+
+    name = Path(str(ood.get("folder", ""))).name
+    return "uploaded in the what-if panel" if name == OOD_SAMPLE_DIR else name
+
+
 def _ood_html(ood: dict) -> str:
     rows = []
     for name, label in (("after", "current concepts"), ("before", "mined concepts")):
@@ -162,10 +160,15 @@ def _ood_html(ood: dict) -> str:
             continue
         rows.append(f"<tr><td>{label}</td><td>{m['auroc']:.4f}</td><td>{m['fpr95']:.4f}</td>"
                     f"<td>{m['aupr_in']:.4f}</td><td>{m['aupr_out']:.4f}</td></tr>")
+    when = str(ood.get("measured") or "")[:16].replace("T", " ")
     return (f'<section id="ood"><h2>OOD metrics</h2><p class="muted">held-out ID images vs {ood.get("n_ood")} images '
-            f'of the OOD sample {_e(Path(str(ood.get("folder", ""))).name)}'
-            + (f' ({ood["skipped"]} skipped)' if ood.get("skipped") else "") + "</p>"
-            "<table><tr><th>concepts</th><th>AUROC</th><th>FPR95</th><th>AUPR-In</th><th>AUPR-Out</th></tr>"
+            f'of the OOD sample {_e(_sample_name(ood))}'
+            + (f' ({ood["skipped"]} skipped)' if ood.get("skipped") else "")
+            + (f"; measured {_e(when)} UTC" if when else "") + "</p>"
+            + ('<div class="alert">⚠ measured before later changes to this run (concept edits, exclusions or a '
+               "re-mine) and the sample can no longer be read: score an OOD sample again for current numbers</div>"
+               if ood.get("current") is False else "")
+            + "<table><tr><th>concepts</th><th>AUROC</th><th>FPR95</th><th>AUPR-In</th><th>AUPR-Out</th></tr>"
             + "".join(rows) + "</table></section>")
 
 
@@ -253,26 +256,18 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
 
 def stored_ood_sample(run: Run) -> Path | None:
     """The OOD sample uploaded in the app's what-if panel (``ood_sample/``), None when there is none."""
-    from .rundir import layout
+    from .ood_eval import uploaded_sample
 
-    folder = layout.ood_sample_dir(run.path)
-    try:
-        return folder if folder.is_dir() and any(folder.iterdir()) else None
-    except OSError:
-        return None
+    return uploaded_sample(run)
 
 
 def report_html(run: Run, *, encoder=None) -> str:
-    """The report of ``run``, with the OOD metrics of its stored OOD sample when it has one (the
-    app's Export page; an unreadable sample is left out of the report, never an error)."""
-    ood = None
-    sample = stored_ood_sample(run)
-    if sample is not None:
-        try:
-            ood = ood_metrics_for_folder(run, sample, encoder=encoder)
-        except ClusterMineError:
-            ood = None
-    return build_report(run, ood=ood)
+    """The report of ``run``, with the OOD metrics of its latest OOD evaluation whichever sample it
+    was (a server folder or uploaded images in the what-if panel, ``clustermine report --ood``:
+    :func:`clustermine.ood_eval.for_report`); an unreadable sample is left out, never an error."""
+    from .ood_eval import for_report
+
+    return build_report(run, ood=for_report(run, encoder))
 
 
 def write_report(run: Run, out: str | os.PathLike, *, ood_dir: str | os.PathLike | None = None,

@@ -214,6 +214,68 @@ def test_report_opens_offline_in_chromium(small_run_template, tmp_path):
     assert others == [], others
 
 
+def _report_ood_row(text: str, label: str) -> tuple[str, str]:
+    """(AUROC, FPR95) as printed in the report's OOD table row ``label``."""
+    row = re.search(rf"<tr><td>{label}</td><td>([0-9.]+)</td><td>([0-9.]+)</td>", text)
+    assert row is not None, f"no OOD row {label!r} in the report"
+    return row.group(1), row.group(2)
+
+
+def test_report_carries_the_latest_what_if_on_a_server_folder(small_run, tmp_path):
+    """Issue 18 (5): a what-if on a server folder (the panel's default source) is recorded in the run,
+    and the report shows its AUROC / FPR95, equal to the engine's; after a concept edit the report
+    re-measures on that folder; once the folder is gone the old numbers are flagged, never dropped."""
+    import shutil
+
+    from clustermine import ood_eval, report
+    from clustermine.encoders import load_encoder
+    from clustermine.whatif import encode_folder, ood_comparison, sample_scorer
+
+    run = Run.open(small_run)
+    assert ood_eval.latest(run) is None and '<section id="ood">' not in report.report_html(run)
+    folder = copy_subset(shared("imagenette_val100"), tmp_path / "server" / "trucks", ["n03417042"], 6)
+    enc = load_encoder("offline")
+    wi = ood_eval.evaluate_sample(run, folder, enc)  # what the what-if panel calls on "Use this folder"
+    _, feats, _ = encode_folder(folder, enc)
+    engine = ood_comparison(run, sample_scorer(run, feats))
+    for name in ("before", "after"):
+        assert wi[name] == engine[name]
+    text = report.report_html(Run.open(small_run), encoder=enc)
+    assert _report_ood_row(text, "current concepts") == (f"{engine['after']['auroc']:.4f}",
+                                                         f"{engine['after']['fpr95']:.4f}")
+    assert _report_ood_row(text, "mined concepts") == (f"{engine['before']['auroc']:.4f}",
+                                                       f"{engine['before']['fpr95']:.4f}")
+    assert "vs 6 images of the OOD sample trucks" in text
+
+    # a concept edit makes the record stale: the report measures again on the same folder
+    run.edit_concept("reject", run.positive_concepts()[0], user="tester")
+    run = Run.open(small_run)
+    assert ood_eval.latest(run)["current"] is False
+    edited = ood_comparison(run, sample_scorer(run, feats))
+    assert edited["after"]["auroc"] != engine["after"]["auroc"] or edited["after"]["fpr95"] != engine["after"]["fpr95"]
+    text = report.report_html(run, encoder=enc)
+    assert _report_ood_row(text, "current concepts") == (f"{edited['after']['auroc']:.4f}",
+                                                         f"{edited['after']['fpr95']:.4f}")
+    assert ood_eval.latest(run)["current"] is True and "measured before later changes" not in text
+
+    # folder gone and another edit: the recorded numbers stay in the report, flagged as old
+    shutil.rmtree(folder)
+    run.edit_concept("add", "garbage truck", user="tester")
+    text = report.report_html(Run.open(small_run), encoder=enc)
+    assert _report_ood_row(text, "current concepts")[0] == f"{edited['after']['auroc']:.4f}"
+    assert "measured before later changes" in text
+
+
+def test_report_ood_of_an_unreadable_record_is_left_out(small_run):
+    from clustermine import ood_eval, report
+
+    layout.ood_eval_file(small_run).parent.mkdir(parents=True, exist_ok=True)
+    layout.ood_eval_file(small_run).write_text("{not json", encoding="utf-8")
+    run = Run.open(small_run)
+    assert ood_eval.latest(run) is None
+    assert '<section id="ood">' not in report.report_html(run)
+
+
 @pytest.mark.app
 def test_export_page_offers_the_table_and_report(app_env, small_run, tmp_path):
     """The Export page's deferred payloads (built on click) are the engine's table and report; with an
