@@ -44,7 +44,8 @@ padding:8px 12px;min-width:110px}.fig b{display:block;font-size:20px}
 .card{background:#fff;border:1px solid #d9dde3;border-radius:10px;padding:12px 16px}
 .card h3{margin:0 0 6px}.alert{background:#fff4e5;border-left:4px solid #f79009;padding:4px 8px;margin:4px 0;
 font-size:13px}.ok{color:#12b76a;font-size:13px}.thumbs{display:flex;flex-wrap:wrap;gap:4px;margin:4px 0}
-.thumbs figure{margin:0;width:96px;font-size:10px;color:#667085;overflow:hidden}
+.thumbs figure{margin:0;width:96px;font-size:10px;color:#667085}
+.thumbs figcaption{overflow-wrap:anywhere;line-height:1.25}
 .thumbs img{width:96px;height:96px;object-fit:cover;border-radius:4px;display:block}
 .status-rejected{color:#b42318}.status-accepted,.status-added{color:#027a48}
 """
@@ -69,24 +70,50 @@ def thumbnail_data_uri(path: str | os.PathLike, size: int = 96, quality: int = 7
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def histogram_svg(labels: list[str], counts: list[int], width: int = 420, bar_h: int = 18) -> str:
-    """A horizontal bar chart (inline SVG) of vote ``counts`` per concept ``labels``."""
+def _wrap_label(label: str, max_chars: int, max_lines: int = 3) -> list[str]:
+    """``label`` in lines of at most ``max_chars`` characters, broken at spaces (a longer word is cut);
+    an ellipsis only past ``max_lines`` lines (the full text is in the bar's tooltip)."""
+    lines: list[str] = []
+    for word in label.split():
+        while len(word) > max_chars:
+            lines.append(word[:max_chars])
+            word = word[max_chars:]
+        if lines and len(lines[-1]) + 1 + len(word) <= max_chars:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max_chars - 1] + "…"
+    return lines or [""]
+
+
+def histogram_svg(labels: list[str], counts: list[int], width: int = 460, bar_h: int = 18) -> str:
+    """A horizontal bar chart (inline SVG) of vote ``counts`` per concept ``labels``: labels wrap
+    over up to three lines instead of being cut; counts are printed as integers at the bar ends."""
     if not counts:
         return '<p class="muted">no votes</p>'
-    label_w, gap = 150, 4
-    height = len(counts) * (bar_h + gap) + gap
+    label_w, gap, line_h, char_w = 190, 6, 14, 7.0  # char_w: a generous 12 px system-font average
+    max_chars = int((label_w - 10) // char_w)
+    wrapped = [_wrap_label(str(label), max_chars) for label in labels]
+    rows_h = [max(bar_h, line_h * len(w) + 4) for w in wrapped]
+    height = sum(rows_h) + gap * (len(rows_h) + 1)
     top = max(max(counts), 1)
-    parts = [f'<svg class="hist" width="{width}" height="{height}" '
+    parts = [f'<svg class="hist" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
              f'role="img" aria-label="vote histogram">']
-    for i, (label, n) in enumerate(zip(labels, counts)):
-        y = gap + i * (bar_h + gap)
+    y = gap
+    for i, (label, lines, n, row_h) in enumerate(zip(labels, wrapped, counts, rows_h)):
         w = (width - label_w - 40) * n / top
-        short = label if len(label) <= 22 else label[:21] + "…"
-        parts.append(f'<text x="{label_w - 6}" y="{y + bar_h - 5}" text-anchor="end" font-size="12">{_e(short)}'
-                     f'<title>{_e(label)}</title></text>')
-        parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" '
+        first = y + (row_h - line_h * len(lines)) / 2 + line_h - 3
+        tspans = "".join(f'<tspan x="{label_w - 6}" y="{first + j * line_h:.1f}">{_e(t)}</tspan>'
+                         for j, t in enumerate(lines))
+        bar_y = y + (row_h - bar_h) / 2
+        parts.append(f'<g><title>{_e(label)}: {int(n)} votes</title>'
+                     f'<text text-anchor="end" font-size="12">{tspans}</text>')
+        parts.append(f'<rect x="{label_w}" y="{bar_y:.1f}" width="{w:.1f}" height="{bar_h}" '
                      f'fill="{"#4f6bed" if i == 0 else "#a4b4f5"}"/>')
-        parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + bar_h - 5}" font-size="12">{int(n)}</text>')
+        parts.append(f'<text x="{label_w + w + 4:.1f}" y="{bar_y + bar_h - 5:.1f}" font-size="12">{int(n)}</text></g>')
+        y += row_h + gap
     parts.append("</svg>")
     return "".join(parts)
 
@@ -140,6 +167,17 @@ def _support_text(value) -> str:
         return ", ".join(f"{_e(k)}: {float(v):.0%}" if isinstance(v, (int, float)) else f"{_e(k)}: {_e(v)}"
                          for k, v in value.items())
     return _e(value)
+
+
+def _n_clusters_used(cfg: dict, summary: dict, n_used: int) -> str:
+    """The number of clusters the clusterer was given (``n_used``), and why when it is not the
+    configured one: "8 (automatic)", "8 (10 requested, clamped)"."""
+    requested = summary.get("n_clusters_requested")
+    if cfg.get("n_clusters") is None:
+        return f"{n_used} (automatic)"
+    if requested is not None and int(requested) != n_used:
+        return f"{n_used} ({int(requested)} requested, clamped)"
+    return str(n_used)
 
 
 def _sample_name(ood: dict) -> str:
@@ -196,8 +234,9 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
            ("mean purity", f"{summary['mean_purity']:.0%}" if summary.get("mean_purity") is not None else "–"),
            ("corpus", summary.get("corpus_size"))]
     cfg = run.config
-    settings = ", ".join(f"{k}={_e(cfg.get(k))}" for k in ("encoder", "clusterer", "n_clusters", "corpus", "seed",
-                                                             "holdout_fraction") if k in cfg)
+    settings = ", ".join(f"{k}={_e(_n_clusters_used(cfg, summary, len(stats)) if k == 'n_clusters' else cfg.get(k))}"
+                         for k in ("encoder", "clusterer", "n_clusters", "corpus", "seed", "holdout_fraction")
+                         if k in cfg)
     thr = (f"log-score threshold {det.threshold:.4f} ({_e(det.threshold_rule)})" if det.threshold is not None
            else _e(det.threshold_rule or "no threshold"))
     has_support = any("support" in c.to_dict() for c in concepts)

@@ -209,6 +209,14 @@ def test_report_opens_offline_in_chromium(small_run_template, tmp_path):
         widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
         assert widths and min(widths) > 0
         assert page.locator("tr.concept").count() == len(run.concepts())
+        # issue 18 (12): captions (file names) wrap inside their thumbnail, histogram labels start
+        # inside their chart: nothing is cut off
+        cut = page.eval_on_selector_all("figcaption", "els => els.filter(e => e.scrollWidth > e.clientWidth)"
+                                                      ".map(e => e.textContent)")
+        assert page.locator("figcaption").count() > 0 and cut == []
+        left = page.eval_on_selector_all("svg.hist text", "els => Math.min(...els.map(e => e.getBBox().x))")
+        assert left >= 0
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     others = [u for u in requests if u != url and not u.startswith("data:")]
     assert others == [], others
