@@ -52,7 +52,10 @@ with st.container(border=True):
                "every cluster card, the concepts and your decisions, and the OOD metrics of the latest OOD sample "
                "scored in the what-if panel (a server folder or uploaded images).")
     latest_ood = ood_eval.latest(run)
-    if latest_ood is None:
+    if latest_ood is None and ood_eval.uploaded_sample(run) is not None:
+        st.caption(":material/check: The report includes the OOD metrics of the images uploaded in the what-if "
+                   "panel (measured when you click).")
+    elif latest_ood is None:
         st.caption(":material/info: No OOD sample scored yet: the report will have no AUROC / FPR95. Give one "
                    "in the what-if panel (Concepts page).")
     else:

@@ -302,9 +302,12 @@ def test_export_page_offers_the_table_and_report(app_env, small_run, tmp_path):
     csv_text = deferred(tables.image_table_csv, str(small_run))()
     assert [r["path"] for r in csv.DictReader(io.StringIO(csv_text))] == \
         [r["path"] for r in sorted(run.image_records(ok_only=True), key=lambda r: r["row"])]
+    assert any("images uploaded in the what-if panel" in c.value for c in at.caption)
     page = deferred(report.report_html, str(small_run))()
     _check_report_text(page, run)
     assert '<section id="ood">' in page and "vs 4 images" in page
+    at = open_app(small_run.name, "pages/export.py")  # now recorded: the page names the sample
+    assert any("OOD metrics of 4 image(s)" in c.value for c in at.caption)
 
 
 def test_typical_and_atypical_members_by_angle_to_the_centroid():
