@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from .clusterview import cluster_count, cluster_count_text
+
 if TYPE_CHECKING:
     from .rundir.run import Run
 
@@ -173,7 +175,8 @@ def diff_runs(run_a: Run, run_b: Run, *, ood_folder: str | Path | None = None, o
     - ``y_pos``: ``added`` (in B only), ``removed`` (in A only), ``kept`` (concept texts, current edits)
     - ``clusters``: ``n_shared`` (images mined in both: not held out, not excluded), ``ari`` (adjusted
       Rand index of the two assignments on them; 1 = same partition), ``matched`` ([cluster_a,
-      cluster_b, overlap] Hungarian matching), ``matched_fraction`` (overlap sum / n_shared)
+      cluster_b, overlap] Hungarian matching), ``matched_fraction`` (overlap sum / n_shared),
+      ``n_clusters_a`` / ``_b`` (clusters holding images), ``clusters_text_a`` / ``_b`` ("6 clusters (2 left empty)")
     - ``heldout_shift``: B − A log-score of the images held out in both (``n``, ``mean``, ``median``,
       ``max_abs``), and the images whose ID / OOD verdict at each run's threshold differs:
       ``verdict_changes`` (total), ``id_to_ood`` (ID under A, OOD under B: new false alarms), ``ood_to_id``
@@ -230,7 +233,9 @@ def diff_runs(run_a: Run, run_b: Run, *, ood_folder: str | Path | None = None, o
         "y_pos": {"added": sorted(pos_b - pos_a), "removed": sorted(pos_a - pos_b), "kept": sorted(pos_a & pos_b)},
         "clusters": {"n_shared": int(mined.sum()), "ari": ari, "matched": [list(m) for m in matched],
                      "matched_fraction": (sum(m[2] for m in matched) / len(la)) if len(la) else None,
-                     "n_clusters_a": len(run_a.cluster_stats()), "n_clusters_b": len(run_b.cluster_stats())},
+                     "n_clusters_a": _occupied(run_a), "n_clusters_b": _occupied(run_b),
+                     "clusters_text_a": cluster_count_text(run_a.meta.get("summary") or {}),
+                     "clusters_text_b": cluster_count_text(run_b.meta.get("summary") or {})},
         "n_shared_images": int(len(ra)),
         "heldout_shift": heldout_shift,
         "ood_shift": ood_shift,
@@ -240,6 +245,11 @@ def diff_runs(run_a: Run, run_b: Run, *, ood_folder: str | Path | None = None, o
     }
     out["verdict"] = verdict_text(out)
     return out
+
+
+def _occupied(run: Run) -> int | None:
+    """Clusters holding images (empty ones are not counted: :func:`clustermine.clusterview.cluster_count`)."""
+    return cluster_count(run.meta.get("summary") or {})[0]
 
 
 def _changes_fields(changes: dict | None) -> dict:

@@ -201,7 +201,8 @@ def _ood_html(ood: dict) -> str:
     when = str(ood.get("measured") or "")[:16].replace("T", " ")
     return (f'<section id="ood"><h2>OOD metrics</h2><p class="muted">held-out ID images vs {ood.get("n_ood")} images '
             f'of the OOD sample {_e(_sample_name(ood))}'
-            + (f' ({ood["skipped"]} skipped)' if ood.get("skipped") else "")
+            + (f"; {_e(ood['sampling'])}" if ood.get("sampling") else
+               (f' ({ood["skipped"]} skipped)' if ood.get("skipped") else ""))
             + (f"; measured {_e(when)} UTC" if when else "") + "</p>"
             + ('<div class="alert">⚠ measured before later changes to this run (concept edits, exclusions or a '
                "re-mine) and the sample can no longer be read: score an OOD sample again for current numbers</div>"
@@ -234,7 +235,7 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
            ("mean purity", f"{summary['mean_purity']:.0%}" if summary.get("mean_purity") is not None else "–"),
            ("corpus", summary.get("corpus_size"))]
     cfg = run.config
-    settings = ", ".join(f"{k}={_e(_n_clusters_used(cfg, summary, len(stats)) if k == 'n_clusters' else cfg.get(k))}"
+    settings = ", ".join(f"{k}={_e(_n_clusters_used(cfg, summary, len(all_stats)) if k == 'n_clusters' else cfg.get(k))}"
                          for k in ("encoder", "clusterer", "n_clusters", "corpus", "seed", "holdout_fraction")
                          if k in cfg)
     thr = (f"log-score threshold {det.threshold:.4f} ({_e(det.threshold_rule)})" if det.threshold is not None

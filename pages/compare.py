@@ -79,8 +79,8 @@ with left:
     st.dataframe(pd.DataFrame(rows, columns=["concept", "change"]), hide_index=True, width="stretch")
 with right:
     st.subheader("Matched clusters", anchor=False)
-    st.caption(f"{c['n_shared']} image(s) mined in both runs; A has {c['n_clusters_a']} clusters, "
-               f"B {c['n_clusters_b']}.")
+    st.caption(f"{c['n_shared']} image(s) mined in both runs; A has {c['clusters_text_a']}, "
+               f"B {c['clusters_text_b']}.")
     st.dataframe(pd.DataFrame(c["matched"], columns=["cluster A", "cluster B", "images in both"]),
                  hide_index=True, width="stretch")
 st.subheader("Settings that differ", anchor=False)

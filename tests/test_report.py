@@ -253,7 +253,7 @@ def test_report_carries_the_latest_what_if_on_a_server_folder(small_run, tmp_pat
                                                          f"{engine['after']['fpr95']:.4f}")
     assert _report_ood_row(text, "mined concepts") == (f"{engine['before']['auroc']:.4f}",
                                                        f"{engine['before']['fpr95']:.4f}")
-    assert "vs 6 images of the OOD sample trucks" in text
+    assert "vs 6 images of the OOD sample trucks; all 6 usable image(s) of the folder are used" in text
 
     # a concept edit makes the record stale: the report measures again on the same folder
     run.edit_concept("reject", run.positive_concepts()[0], user="tester")
