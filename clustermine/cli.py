@@ -198,10 +198,14 @@ def _parser() -> argparse.ArgumentParser:
                     help="re-cluster with this many seeds (the run's own clustering counts as one)")
     st.add_argument("--json", action="store_true")
 
-    df = sub.add_parser("diff", help="compare two runs: Y_pos, cluster agreement, score shift, settings")
+    df = sub.add_parser("diff", aliases=["compare"],
+                        help="compare two runs: which detects OOD better (AUROC / FPR95 of each on --ood), "
+                             "Y_pos, cluster agreement, score shift, settings and images")
     df.add_argument("run_a")
     df.add_argument("run_b")
-    df.add_argument("--ood", default=None, metavar="FOLDER", help="an OOD image sample: its score shift")
+    df.add_argument("--ood", default=None, metavar="FOLDER",
+                    help="an OOD image sample: AUROC / FPR95 of each run on it, and its verdict changes")
+    df.add_argument("--ood-limit", type=int, default=500, help="at most this many OOD images are encoded")
     df.add_argument("--json", action="store_true")
 
     cl = sub.add_parser("cluster", help="show the Ray cluster that --ray / CLUSTERMINE_RAY_ADDRESS names "
@@ -521,11 +525,19 @@ def _cmd_diff(a: argparse.Namespace) -> int:
     from .compare import diff_runs
     from .runs import Run
 
-    d = diff_runs(Run.open(a.run_a), Run.open(a.run_b), ood_folder=a.ood)
+    d = diff_runs(Run.open(a.run_a), Run.open(a.run_b), ood_folder=a.ood, ood_limit=a.ood_limit)
     if a.json:
         print(json.dumps(d, indent=2))
         return 0
     y, c, h = d["y_pos"], d["clusters"], d["heldout_shift"]
+    print(d["verdict"])
+    om = d["ood_metrics"]
+    if om:
+        for name in ("a", "b"):
+            m = om[name]
+            print(f"  {name.upper()}: " + ("undefined (no positive concept)" if m is None else
+                                           f"AUROC {m['auroc']:.4f}  FPR95 {m['fpr95']:.4f}  "
+                                           f"(ID {m['n_id']}, OOD {m['n_ood']})"))
     print(f"Y_pos: +{len(y['added'])} -{len(y['removed'])} ={len(y['kept'])}")
     for t in y["added"]:
         print(f"  + {t}")
@@ -535,10 +547,15 @@ def _cmd_diff(a: argparse.Namespace) -> int:
     mf = "-" if c["matched_fraction"] is None else f"{c['matched_fraction']:.0%}"
     print(f"clusters: ARI {ari} on {c['n_shared']} shared mined images; matched clusters hold {mf} of them")
     mean = "-" if h["mean"] is None else f"{h['mean']:+.4f}"
-    print(f"held-out score shift (B - A): mean {mean} over {h['n']} images; verdict changes: {h['verdict_changes']}")
+    print(f"held-out score shift (B - A): mean {mean} over {h['n']} images; verdict changes: "
+          + ("-" if h["verdict_changes"] is None else
+             f"{h['verdict_changes']} ({h['id_to_ood']} ID->OOD, {h['ood_to_id']} OOD->ID)"))
     if d["ood_shift"]:
         o = d["ood_shift"]
-        print(f"OOD score shift (B - A): mean {o['mean']:+.4f} over {o['n']} images")
+        print(f"OOD score shift (B - A): mean {o['mean']:+.4f} over {o['n']} images; verdict changes: "
+              + ("-" if o["verdict_changes"] is None else
+                 f"{o['verdict_changes']} ({o['id_to_ood']} ID->OOD, {o['ood_to_id']} OOD->ID)"))
+    print(f"images: {d['images']['text']}")
     print("settings that differ: " + (", ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in d["settings"].items())
                                       or "none"))
     return 0
@@ -564,7 +581,7 @@ def _cmd_cluster(a: argparse.Namespace) -> int:
 _COMMANDS = {"mine": _cmd_mine, "resume": _cmd_resume, "prepare": _cmd_prepare, "score": _cmd_score, "evaluate": _cmd_evaluate, "concepts": _cmd_concepts,
              "export": _cmd_export, "report": _cmd_report, "search": _cmd_search, "label": _cmd_label,
              "delete": _cmd_delete, "exclude": _cmd_exclude, "remine": _cmd_remine, "stability": _cmd_stability,
-             "diff": _cmd_diff, "cluster": _cmd_cluster}
+             "diff": _cmd_diff, "compare": _cmd_diff, "cluster": _cmd_cluster}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

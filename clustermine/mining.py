@@ -350,7 +350,7 @@ def cluster_alerts(stats: list[ClusterStats], rules: AlertRules = AlertRules()) 
             if s.entropy > rules.high_entropy:
                 msgs.append(f"high vote entropy ({s.entropy:.2f})")
             if s.size < rules.tiny_size:
-                msgs.append(f"tiny cluster ({s.size} members)")
+                msgs.append(f"tiny cluster ({s.size} member{'' if s.size == 1 else 's'})")
             others = [c for c in shared.get(s.winner, []) if c != s.cluster]
             if others:
                 best = max(others, key=lambda c: (purity[c], -c))

@@ -44,7 +44,8 @@ padding:8px 12px;min-width:110px}.fig b{display:block;font-size:20px}
 .card{background:#fff;border:1px solid #d9dde3;border-radius:10px;padding:12px 16px}
 .card h3{margin:0 0 6px}.alert{background:#fff4e5;border-left:4px solid #f79009;padding:4px 8px;margin:4px 0;
 font-size:13px}.ok{color:#12b76a;font-size:13px}.thumbs{display:flex;flex-wrap:wrap;gap:4px;margin:4px 0}
-.thumbs figure{margin:0;width:96px;font-size:10px;color:#667085;overflow:hidden}
+.thumbs figure{margin:0;width:96px;font-size:10px;color:#667085}
+.thumbs figcaption{overflow-wrap:anywhere;line-height:1.25}
 .thumbs img{width:96px;height:96px;object-fit:cover;border-radius:4px;display:block}
 .status-rejected{color:#b42318}.status-accepted,.status-added{color:#027a48}
 """
@@ -69,46 +70,61 @@ def thumbnail_data_uri(path: str | os.PathLike, size: int = 96, quality: int = 7
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def histogram_svg(labels: list[str], counts: list[int], width: int = 420, bar_h: int = 18) -> str:
-    """A horizontal bar chart (inline SVG) of vote ``counts`` per concept ``labels``."""
+def _wrap_label(label: str, max_chars: int, max_lines: int = 3) -> list[str]:
+    """``label`` in lines of at most ``max_chars`` characters, broken at spaces (a longer word is cut);
+    an ellipsis only past ``max_lines`` lines (the full text is in the bar's tooltip)."""
+    lines: list[str] = []
+    for word in label.split():
+        while len(word) > max_chars:
+            lines.append(word[:max_chars])
+            word = word[max_chars:]
+        if lines and len(lines[-1]) + 1 + len(word) <= max_chars:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max_chars - 1] + "…"
+    return lines or [""]
+
+
+def histogram_svg(labels: list[str], counts: list[int], width: int = 460, bar_h: int = 18) -> str:
+    """A horizontal bar chart (inline SVG) of vote ``counts`` per concept ``labels``: labels wrap
+    over up to three lines instead of being cut; counts are printed as integers at the bar ends."""
     if not counts:
         return '<p class="muted">no votes</p>'
-    label_w, gap = 150, 4
-    height = len(counts) * (bar_h + gap) + gap
+    label_w, gap, line_h, char_w = 190, 6, 14, 7.0  # char_w: a generous 12 px system-font average
+    max_chars = int((label_w - 10) // char_w)
+    wrapped = [_wrap_label(str(label), max_chars) for label in labels]
+    rows_h = [max(bar_h, line_h * len(w) + 4) for w in wrapped]
+    height = sum(rows_h) + gap * (len(rows_h) + 1)
     top = max(max(counts), 1)
-    parts = [f'<svg class="hist" width="{width}" height="{height}" '
+    parts = [f'<svg class="hist" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
              f'role="img" aria-label="vote histogram">']
-    for i, (label, n) in enumerate(zip(labels, counts)):
-        y = gap + i * (bar_h + gap)
+    y = gap
+    for i, (label, lines, n, row_h) in enumerate(zip(labels, wrapped, counts, rows_h)):
         w = (width - label_w - 40) * n / top
-        short = label if len(label) <= 22 else label[:21] + "…"
-        parts.append(f'<text x="{label_w - 6}" y="{y + bar_h - 5}" text-anchor="end" font-size="12">{_e(short)}'
-                     f'<title>{_e(label)}</title></text>')
-        parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" '
+        first = y + (row_h - line_h * len(lines)) / 2 + line_h - 3
+        tspans = "".join(f'<tspan x="{label_w - 6}" y="{first + j * line_h:.1f}">{_e(t)}</tspan>'
+                         for j, t in enumerate(lines))
+        bar_y = y + (row_h - bar_h) / 2
+        parts.append(f'<g><title>{_e(label)}: {int(n)} votes</title>'
+                     f'<text text-anchor="end" font-size="12">{tspans}</text>')
+        parts.append(f'<rect x="{label_w}" y="{bar_y:.1f}" width="{w:.1f}" height="{bar_h}" '
                      f'fill="{"#4f6bed" if i == 0 else "#a4b4f5"}"/>')
-        parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + bar_h - 5}" font-size="12">{int(n)}</text>')
+        parts.append(f'<text x="{label_w + w + 4:.1f}" y="{bar_y + bar_h - 5:.1f}" font-size="12">{int(n)}</text></g>')
+        y += row_h + gap
     parts.append("</svg>")
     return "".join(parts)
 
 
 def ood_metrics_for_folder(run: Run, folder: str | os.PathLike, limit: int = 500, encoder=None) -> dict:
     """AUROC / FPR95 / ... of held-out ID vs the images of ``folder`` (at most ``limit``), with the
-    mined (``before``) and current (``after``) concepts, plus ``n_ood`` and ``skipped``."""
-    from .whatif import encode_folder, ood_comparison, sample_scorer
+    mined (``before``) and current (``after``) concepts, plus ``n_ood`` and ``skipped``; recorded as
+    the run's latest OOD evaluation (:func:`clustermine.ood_eval.evaluate_sample`)."""
+    from .ood_eval import evaluate_sample
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ClusterMineError(f"{folder}: OOD folder not found")
-    if encoder is None:
-        from .encoders import load_encoder
-
-        encoder = load_encoder((run.meta.get("encoder") or {}).get("spec") or run.config.get("encoder", "offline"))
-    records, feats, skipped = encode_folder(folder, encoder, limit=limit)
-    if not len(feats):
-        raise ClusterMineError(f"{folder}: no usable OOD image")
-    out = ood_comparison(run, sample_scorer(run, feats))
-    out.update({"folder": str(folder), "n_ood": int(len(feats)), "skipped": len(skipped)})
-    return out
+    return evaluate_sample(run, folder, encoder, limit=limit, source="report")
 
 
 # ------------------------------------------------------------------------------------ the report
@@ -153,6 +169,26 @@ def _support_text(value) -> str:
     return _e(value)
 
 
+def _n_clusters_used(cfg: dict, summary: dict, n_used: int) -> str:
+    """The number of clusters the clusterer was given (``n_used``), and why when it is not the
+    configured one: "8 (automatic)", "8 (10 requested, clamped)"."""
+    requested = summary.get("n_clusters_requested")
+    if cfg.get("n_clusters") is None:
+        return f"{n_used} (automatic)"
+    if requested is not None and int(requested) != n_used:
+        return f"{n_used} ({int(requested)} requested, clamped)"
+    return str(n_used)
+
+
+def _sample_name(ood: dict) -> str:
+    """The OOD sample as a reader knows it: the folder's name, or where the what-if panel's
+    uploaded images came from."""
+    from .rundir.layout import OOD_SAMPLE_DIR
+
+    name = Path(str(ood.get("folder", ""))).name
+    return "uploaded in the what-if panel" if name == OOD_SAMPLE_DIR else name
+
+
 def _ood_html(ood: dict) -> str:
     rows = []
     for name, label in (("after", "current concepts"), ("before", "mined concepts")):
@@ -162,10 +198,16 @@ def _ood_html(ood: dict) -> str:
             continue
         rows.append(f"<tr><td>{label}</td><td>{m['auroc']:.4f}</td><td>{m['fpr95']:.4f}</td>"
                     f"<td>{m['aupr_in']:.4f}</td><td>{m['aupr_out']:.4f}</td></tr>")
+    when = str(ood.get("measured") or "")[:16].replace("T", " ")
     return (f'<section id="ood"><h2>OOD metrics</h2><p class="muted">held-out ID images vs {ood.get("n_ood")} images '
-            f'of the OOD sample {_e(Path(str(ood.get("folder", ""))).name)}'
-            + (f' ({ood["skipped"]} skipped)' if ood.get("skipped") else "") + "</p>"
-            "<table><tr><th>concepts</th><th>AUROC</th><th>FPR95</th><th>AUPR-In</th><th>AUPR-Out</th></tr>"
+            f'of the OOD sample {_e(_sample_name(ood))}'
+            + (f"; {_e(ood['sampling'])}" if ood.get("sampling") else
+               (f' ({ood["skipped"]} skipped)' if ood.get("skipped") else ""))
+            + (f"; measured {_e(when)} UTC" if when else "") + "</p>"
+            + ('<div class="alert">⚠ measured before later changes to this run (concept edits, exclusions or a '
+               "re-mine) and the sample can no longer be read: score an OOD sample again for current numbers</div>"
+               if ood.get("current") is False else "")
+            + "<table><tr><th>concepts</th><th>AUROC</th><th>FPR95</th><th>AUPR-In</th><th>AUPR-Out</th></tr>"
             + "".join(rows) + "</table></section>")
 
 
@@ -193,8 +235,9 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
            ("mean purity", f"{summary['mean_purity']:.0%}" if summary.get("mean_purity") is not None else "–"),
            ("corpus", summary.get("corpus_size"))]
     cfg = run.config
-    settings = ", ".join(f"{k}={_e(cfg.get(k))}" for k in ("encoder", "clusterer", "n_clusters", "corpus", "seed",
-                                                             "holdout_fraction") if k in cfg)
+    settings = ", ".join(f"{k}={_e(_n_clusters_used(cfg, summary, len(all_stats)) if k == 'n_clusters' else cfg.get(k))}"
+                         for k in ("encoder", "clusterer", "n_clusters", "corpus", "seed", "holdout_fraction")
+                         if k in cfg)
     thr = (f"log-score threshold {det.threshold:.4f} ({_e(det.threshold_rule)})" if det.threshold is not None
            else _e(det.threshold_rule or "no threshold"))
     has_support = any("support" in c.to_dict() for c in concepts)
@@ -253,26 +296,18 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
 
 def stored_ood_sample(run: Run) -> Path | None:
     """The OOD sample uploaded in the app's what-if panel (``ood_sample/``), None when there is none."""
-    from .rundir import layout
+    from .ood_eval import uploaded_sample
 
-    folder = layout.ood_sample_dir(run.path)
-    try:
-        return folder if folder.is_dir() and any(folder.iterdir()) else None
-    except OSError:
-        return None
+    return uploaded_sample(run)
 
 
 def report_html(run: Run, *, encoder=None) -> str:
-    """The report of ``run``, with the OOD metrics of its stored OOD sample when it has one (the
-    app's Export page; an unreadable sample is left out of the report, never an error)."""
-    ood = None
-    sample = stored_ood_sample(run)
-    if sample is not None:
-        try:
-            ood = ood_metrics_for_folder(run, sample, encoder=encoder)
-        except ClusterMineError:
-            ood = None
-    return build_report(run, ood=ood)
+    """The report of ``run``, with the OOD metrics of its latest OOD evaluation whichever sample it
+    was (a server folder or uploaded images in the what-if panel, ``clustermine report --ood``:
+    :func:`clustermine.ood_eval.for_report`); an unreadable sample is left out, never an error."""
+    from .ood_eval import for_report
+
+    return build_report(run, ood=for_report(run, encoder))
 
 
 def write_report(run: Run, out: str | os.PathLike, *, ood_dir: str | os.PathLike | None = None,

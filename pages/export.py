@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clustermine import export, report, tables
+from clustermine import export, ood_eval, report, tables
 from ui import exports, state, widgets
+from ui.text import md_code
 
 state.ensure_frame()
 widgets.page_header("Export", "Everything reflects the current concept edits. The detector bundle loads with "
@@ -48,8 +49,19 @@ with st.container(border=True):
     st.subheader("Per-image results and shareable report", anchor=False)
     st.caption("One row per image: path, cluster, top-1 concept and similarity, score, verdict at the current "
                "threshold, held-out / excluded flags. The report is one HTML file that opens offline: summary, "
-               "every cluster card, the concepts and your decisions (and OOD metrics if you scored an OOD "
-               "sample in the what-if panel).")
+               "every cluster card, the concepts and your decisions, and the OOD metrics of the latest OOD sample "
+               "scored in the what-if panel (a server folder or uploaded images).")
+    latest_ood = ood_eval.latest(run)
+    if latest_ood is None and ood_eval.uploaded_sample(run) is not None:
+        st.caption(":material/check: The report includes the OOD metrics of the images uploaded in the what-if "
+                   "panel (measured when you click).")
+    elif latest_ood is None:
+        st.caption(":material/info: No OOD sample scored yet: the report will have no AUROC / FPR95. Give one "
+                   "in the what-if panel (Concepts page).")
+    else:
+        st.caption(f":material/check: The report includes the OOD metrics of {latest_ood['n_ood']} image(s) from "
+                   f"{md_code(latest_ood.get('folder', ''))}"
+                   + ("" if latest_ood["current"] else " (re-measured with the current concepts when you click)"))
     with widgets.guard("building the export"):
         c1, c2, c3 = st.columns(3)
         c1.download_button("images.csv", exports.deferred(tables.image_table_csv, str(run.path)),

@@ -962,6 +962,17 @@ def test_concepts_what_if_with_an_ood_sample(app_env, small_images, tmp_path, mo
     assert float(m["AUROC, mined"]) == pytest.approx(auroc_by_hand(id_scores, ood_scores), abs=0.0006)
     assert m["AUROC, mined"] == m["AUROC, now"]  # no edit yet: before == after
     assert f"ID = {len(id_scores)} held-out images, OOD = 6 images" in texts(at)
+    # issue 18 (5): the report (Export page) carries this folder's metrics, the panel's numbers
+    from clustermine import ood_eval, report
+
+    rec = ood_eval.latest(run)
+    assert rec is not None and rec["current"] and Path(rec["folder"]).resolve() == ood.resolve()
+    from ui.widgets import fmt_float
+
+    assert fmt_float(rec["after"]["auroc"]) == m["AUROC, now"]
+    page = report.report_html(run)
+    assert f"<td>{rec['after']['auroc']:.4f}</td><td>{rec['after']['fpr95']:.4f}</td>" in page
+    assert "vs 6 images of the OOD sample ood" in page
 
 
 @pytest.mark.slow

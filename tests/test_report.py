@@ -209,9 +209,79 @@ def test_report_opens_offline_in_chromium(small_run_template, tmp_path):
         widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
         assert widths and min(widths) > 0
         assert page.locator("tr.concept").count() == len(run.concepts())
+        # issue 18 (12): captions (file names) wrap inside their thumbnail, histogram labels start
+        # inside their chart: nothing is cut off
+        cut = page.eval_on_selector_all("figcaption", "els => els.filter(e => e.scrollWidth > e.clientWidth)"
+                                                      ".map(e => e.textContent)")
+        assert page.locator("figcaption").count() > 0 and cut == []
+        left = page.eval_on_selector_all("svg.hist text", "els => Math.min(...els.map(e => e.getBBox().x))")
+        assert left >= 0
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     others = [u for u in requests if u != url and not u.startswith("data:")]
     assert others == [], others
+
+
+def _report_ood_row(text: str, label: str) -> tuple[str, str]:
+    """(AUROC, FPR95) as printed in the report's OOD table row ``label``."""
+    row = re.search(rf"<tr><td>{label}</td><td>([0-9.]+)</td><td>([0-9.]+)</td>", text)
+    assert row is not None, f"no OOD row {label!r} in the report"
+    return row.group(1), row.group(2)
+
+
+def test_report_carries_the_latest_what_if_on_a_server_folder(small_run, tmp_path):
+    """Issue 18 (5): a what-if on a server folder (the panel's default source) is recorded in the run,
+    and the report shows its AUROC / FPR95, equal to the engine's; after a concept edit the report
+    re-measures on that folder; once the folder is gone the old numbers are flagged, never dropped."""
+    import shutil
+
+    from clustermine import ood_eval, report
+    from clustermine.encoders import load_encoder
+    from clustermine.whatif import encode_folder, ood_comparison, sample_scorer
+
+    run = Run.open(small_run)
+    assert ood_eval.latest(run) is None and '<section id="ood">' not in report.report_html(run)
+    folder = copy_subset(shared("imagenette_val100"), tmp_path / "server" / "trucks", ["n03417042"], 6)
+    enc = load_encoder("offline")
+    wi = ood_eval.evaluate_sample(run, folder, enc)  # what the what-if panel calls on "Use this folder"
+    _, feats, _ = encode_folder(folder, enc)
+    engine = ood_comparison(run, sample_scorer(run, feats))
+    for name in ("before", "after"):
+        assert wi[name] == engine[name]
+    text = report.report_html(Run.open(small_run), encoder=enc)
+    assert _report_ood_row(text, "current concepts") == (f"{engine['after']['auroc']:.4f}",
+                                                         f"{engine['after']['fpr95']:.4f}")
+    assert _report_ood_row(text, "mined concepts") == (f"{engine['before']['auroc']:.4f}",
+                                                       f"{engine['before']['fpr95']:.4f}")
+    assert "vs 6 images of the OOD sample trucks; all 6 usable image(s) of the folder are used" in text
+
+    # a concept edit makes the record stale: the report measures again on the same folder
+    run.edit_concept("reject", run.positive_concepts()[0], user="tester")
+    run = Run.open(small_run)
+    assert ood_eval.latest(run)["current"] is False
+    edited = ood_comparison(run, sample_scorer(run, feats))
+    assert edited["after"]["auroc"] != engine["after"]["auroc"] or edited["after"]["fpr95"] != engine["after"]["fpr95"]
+    text = report.report_html(run, encoder=enc)
+    assert _report_ood_row(text, "current concepts") == (f"{edited['after']['auroc']:.4f}",
+                                                         f"{edited['after']['fpr95']:.4f}")
+    assert ood_eval.latest(run)["current"] is True and "measured before later changes" not in text
+
+    # folder gone and another edit: the recorded numbers stay in the report, flagged as old
+    shutil.rmtree(folder)
+    run.edit_concept("add", "garbage truck", user="tester")
+    text = report.report_html(Run.open(small_run), encoder=enc)
+    assert _report_ood_row(text, "current concepts")[0] == f"{edited['after']['auroc']:.4f}"
+    assert "measured before later changes" in text
+
+
+def test_report_ood_of_an_unreadable_record_is_left_out(small_run):
+    from clustermine import ood_eval, report
+
+    layout.ood_eval_file(small_run).parent.mkdir(parents=True, exist_ok=True)
+    layout.ood_eval_file(small_run).write_text("{not json", encoding="utf-8")
+    run = Run.open(small_run)
+    assert ood_eval.latest(run) is None
+    assert '<section id="ood">' not in report.report_html(run)
 
 
 @pytest.mark.app
@@ -232,9 +302,12 @@ def test_export_page_offers_the_table_and_report(app_env, small_run, tmp_path):
     csv_text = deferred(tables.image_table_csv, str(small_run))()
     assert [r["path"] for r in csv.DictReader(io.StringIO(csv_text))] == \
         [r["path"] for r in sorted(run.image_records(ok_only=True), key=lambda r: r["row"])]
+    assert any("images uploaded in the what-if panel" in c.value for c in at.caption)
     page = deferred(report.report_html, str(small_run))()
     _check_report_text(page, run)
     assert '<section id="ood">' in page and "vs 4 images" in page
+    at = open_app(small_run.name, "pages/export.py")  # now recorded: the page names the sample
+    assert any("OOD metrics of 4 image(s)" in c.value for c in at.caption)
 
 
 def test_typical_and_atypical_members_by_angle_to_the_centroid():

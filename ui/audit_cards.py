@@ -124,7 +124,7 @@ def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumb
             st.subheader(f"Cluster {s.cluster} · {md_escape(name.label)}", anchor=False)
         if single_head:
             st.badge("elected by one head only", icon=":material/warning:", color="orange")
-        left, right = st.columns([1, 1.4])
+        left, right = st.columns([1.25, 1])  # room for three metric tiles ("entropy" was cut at 1280 px)
         with left:
             widgets.metrics_row([("size", s.size), ("purity", widgets.fmt_pct(s.purity, 0), "winner votes / size"),
                                  ("entropy", widgets.fmt_float(s.entropy, 2), "normalised vote entropy (0 = unanimous)")])

@@ -90,9 +90,29 @@ def vote_histogram(labels: list[str], counts: list[int], winner_first: bool = Tr
     fig = go.Figure(go.Bar(x=counts[::-1], y=labels[::-1], orientation="h", marker_color=colors[::-1],
                            text=counts[::-1], textposition="outside", cliponaxis=False,
                            hovertemplate="%{y}: %{x} votes<extra></extra>"))
-    fig.update_layout(height=height, showlegend=False, xaxis=dict(title="votes", rangemode="tozero"),
+    # votes are counts: integer ticks only; automargin keeps the axis title below its tick labels
+    fig.update_layout(height=height, showlegend=False,
+                      xaxis=dict(title=dict(text="votes", standoff=6), rangemode="tozero", automargin=True,
+                                 tickmode="linear", tick0=0, dtick=count_dtick(max(counts, default=0)),
+                                 tickformat="d"),
                       yaxis=dict(automargin=True), **_LAYOUT)
     return fig
+
+
+def count_dtick(max_count: int, max_ticks: int = 6) -> int:
+    """Tick step of a count axis from 0 to ``max_count``: an integer 1, 2 or 5 × 10^k giving at most
+    ``max_ticks`` ticks (plotly would otherwise put ticks at 0.5 for small counts)."""
+    step = 1
+    while max_count / step > max_ticks - 1:
+        step = _next_nice(step)
+    return step
+
+
+def _next_nice(step: int) -> int:
+    """1 → 2 → 5 → 10 → 20 → 50 → 100 ..."""
+    mag = 10 ** (len(str(step)) - 1)
+    lead = step // mag
+    return {1: 2, 2: 5, 5: 10}[lead] * mag
 
 
 def score_histograms(before: np.ndarray, after: np.ndarray, threshold: float | None, height: int = 260,
@@ -101,16 +121,26 @@ def score_histograms(before: np.ndarray, after: np.ndarray, threshold: float | N
     fig = go.Figure()
     series = {"mined concepts": before, "current concepts": after, **(extra or {})}
     colors = ["#A0BBD8", "#4C78A8", "#E45756", "#F58518"]
-    for (name, vals), color in zip(series.items(), colors):
-        v = np.asarray(vals, dtype=float)
-        v = v[np.isfinite(v)]
+    finite = {name: np.asarray(vals, dtype=float) for name, vals in series.items()}
+    finite = {name: v[np.isfinite(v)] for name, v in finite.items()}
+    pooled = np.concatenate([v for v in finite.values()] + [np.zeros(0)])
+    if threshold is not None and np.isfinite(threshold) and len(pooled):
+        pooled = np.append(pooled, threshold)  # the bins span the axis the threshold line stretches
+    # one set of 40 bins for every series (comparable bars), so the tallest count is known here
+    edges = np.histogram_bin_edges(pooled, bins=40) if len(pooled) else np.array([0.0, 1.0])
+    top = max([int(np.histogram(v, bins=edges)[0].max()) for v in finite.values() if len(v)], default=0)
+    for (name, v), color in zip(finite.items(), colors):
         if len(v):
-            fig.add_trace(go.Histogram(x=v, name=name, opacity=0.6, marker_color=color, nbinsx=40))
+            fig.add_trace(go.Histogram(x=v, name=name, opacity=0.6, marker_color=color, autobinx=False,
+                                       xbins=dict(start=float(edges[0]), size=float(edges[1] - edges[0]) or 1.0,
+                                                  end=float(edges[-1] + (edges[1] - edges[0]) / 2))))
     if threshold is not None and np.isfinite(threshold):
         fig.add_vline(x=threshold, line_dash="dash", line_color="#333", annotation_text="threshold",
-                      annotation_position="top left")
-    fig.update_layout(barmode="overlay", height=height, xaxis_title="log score (higher = more ID)",
-                      yaxis_title="images", legend=dict(orientation="h", y=1.12), **_LAYOUT)
+                      annotation_position="top right")  # inside the plot: never over the count ticks
+    fig.update_layout(barmode="overlay", height=height, xaxis=dict(title="log score (higher = more ID)", automargin=True),
+                      yaxis=dict(title="images", automargin=True, range=[0, max(top, 1) * 1.15], tickmode="linear",
+                                 tick0=0, dtick=count_dtick(top), tickformat="d"),
+                      legend=dict(orientation="h", y=1.12), **_LAYOUT)
     return fig
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from clustermine import ood_eval
 from clustermine.errors import ClusterMineError
 from clustermine.rundir import layout
 from clustermine.runs import Run
 from clustermine.uploads import resolve_in_roots, save_uploads
-from clustermine.whatif import SAMPLE_LIMIT, sampling_note
+from clustermine.whatif import SAMPLE_LIMIT
 
 from . import cache, charts, scores, settings, skips, state, widgets
 from .text import md_code, md_escape
@@ -90,17 +91,19 @@ def ood_panel(run: Run) -> None:
     bar = st.progress(0.0, text="encoding the OOD sample…")
     with widgets.guard("scoring the OOD sample"):
         enc = cache.get_encoder(cache.run_encoder_spec(run))
-        recs, feats, skipped = scores.encode_folder(folder, enc, progress=lambda d, t: bar.progress(
-            d / max(t, 1), text=f"encoding the OOD sample… {d} / {t}"))
-        bar.empty()
-        if not len(feats):
-            st.warning("No usable image in that sample.")
+        try:  # the engine records it as the run's latest OOD evaluation: the report shows it
+            with st.spinner("Encoding and scoring the OOD sample against the corpus…"):
+                cmp = ood_eval.evaluate_sample(
+                    run, folder, enc, held=scores.heldout(run), scorer=lambda f: scores.sample_scorer(run, f),
+                    progress=lambda d, t: bar.progress(d / max(t, 1), text=f"encoding the OOD sample… {d} / {t}"))
+        except ClusterMineError as exc:
+            bar.empty()
+            st.warning(str(exc))
             return
-        with st.spinner("Scoring the OOD sample against the corpus…"):
-            cmp = scores.ood_comparison(run, scores.sample_scorer(run, feats))
-        st.caption(f"OOD sample: {len(feats)} image(s) from {md_code(folder)}; "
-                   + md_escape(sampling_note([r.path for r in recs], skipped), None) + ".")
-        skips.show_skipped(skipped, "Skipped OOD images")
+        bar.empty()
+        st.caption(f"OOD sample: {cmp['n_ood']} image(s) from {md_code(folder)}; "
+                   + md_escape(cmp["sampling"], None) + ". Included in the report (Export page).")
+        skips.show_skipped([tuple(x) for x in cmp["skipped_files"]], "Skipped OOD images")
         b, a = cmp.get("before"), cmp.get("after")
         if a is None or b is None:
             st.error("Scores are undefined without positive concepts.")

@@ -147,6 +147,14 @@ def fmt_pct(x: float | None, digits: int = 1) -> str:
     return shown if shown == "–" else f"{shown} %"
 
 
+def fit_width(values: Iterable[object], header: str, *, min_px: int = 56, max_px: int = 260) -> int:
+    """Pixel width of a dataframe column that shows its longest cell and its header whole (~7.5 px
+    per character of the 14 px table font, plus padding), within [min_px, max_px]. Streamlit's own
+    fit can leave text such as a run label cut ("baselin")."""
+    cells = max([len(str(v)) for v in values if v is not None], default=0)
+    return int(min(max(7.5 * cells + 26, 6.8 * len(header) + 30, min_px), max_px))
+
+
 def umap_readiness(status: str) -> str:
     """One plain sentence on how long the first UMAP will take (``projection.umap_state()`` status)."""
     if status == "warm":

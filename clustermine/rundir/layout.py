@@ -37,6 +37,7 @@ only: the app's first page imports this without the numeric stack.
     user_corpus.txt       a concept list uploaded from the app
     projections/          cached 2-D maps, and corpus_lse.npy / corpus_lse.json (corpus LSE cache),
                           calibration.npz / calibration.json (cross-fitted calibration scores),
+                          ood_eval.json (the latest OOD-sample evaluation and the inputs it used),
                           map-<method>-s<seed>-<key>.npz / .json (a large run's map of every image:
                           coords float32 [N, 2] and the fitted sample's rows; and its stamp)
     scoring/              the Scoring page's images: uploads/, names.json, folders.json
@@ -84,6 +85,7 @@ CORPUS_LSE = "corpus_lse.npy"  # in projections/
 CORPUS_LSE_STAMP = "corpus_lse.json"  # in projections/: the inputs the cached LSE was computed from
 CALIBRATION = "calibration.npz"  # in projections/: cross-fitted calibration scores (clustermine.calibration)
 CALIBRATION_STAMP = "calibration.json"  # in projections/: the inputs they were computed from
+OOD_EVAL = "ood_eval.json"  # in projections/: the latest OOD-sample evaluation (clustermine.ood_eval)
 FULL_MAP_PREFIX = "map"  # in projections/: map-<method>-s<seed>-<key>.npz (clustermine.projection.full_map)
 SCORING_DIR = "scoring"
 SCORING_FOLDERS = "folders.json"  # in scoring/
@@ -156,6 +158,11 @@ def calibration_files(run_dir: PathLike) -> tuple[Path, Path]:
     """(cached calibration scores .npz, JSON stamp of their inputs)."""
     folder = projections_dir(run_dir)
     return folder / CALIBRATION, folder / CALIBRATION_STAMP
+
+
+def ood_eval_file(run_dir: PathLike) -> Path:
+    """The latest OOD-sample evaluation of the run (what-if panel, ``clustermine report --ood``)."""
+    return projections_dir(run_dir) / OOD_EVAL
 
 
 def full_map_files(run_dir: PathLike, method: str, seed: int, key: str) -> tuple[Path, Path]:
