@@ -219,9 +219,8 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
     alerts = cluster_alerts(stats)
     cluster_names = clusterview.cluster_names(run)
     vocab = run.vocabulary_base()
-    records = sorted(run.image_records(ok_only=True), key=lambda r: r["row"])
-    paths = [r["abs_path"] for r in records]
-    names = [str(r.get("path") or Path(r["abs_path"]).name) for r in records]
+    paths = run.image_paths()  # by feature row
+    names = run.image_names()  # the user's own file names (Run.image_names, as every page shows them)
     summary = run.meta.get("summary") or {}
     det = run.detector()
     label = run.meta.get("label") or ""
