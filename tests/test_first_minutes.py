@@ -136,7 +136,7 @@ def test_fmt_num_never_prints_a_negative_zero():
 
 # ====================================================================== engine: cost estimate
 def test_estimate_uses_this_machines_finished_runs():
-    from clustermine.estimate import REFERENCE_S_PER_IMAGE, estimate_run_cost, temi_reference_seconds
+    from clustermine.estimate import REFERENCE_FIXED_S, REFERENCE_S_PER_IMAGE, estimate_run_cost, temi_reference_seconds
 
     runs = [{"status": "done", "config": {"clusterer": "kmeans"},
              "summary": {"n_images": 100, "timings_s": {"scan": 0.1, "encode": 10.0, "corpus": 700.0, "cluster": 0.5,
@@ -147,15 +147,16 @@ def test_estimate_uses_this_machines_finished_runs():
             {"status": "failed", "config": {}, "summary": {"n_images": 10, "timings_s": {"encode": 999.0}}}]
     est = estimate_run_cost(400, "kmeans", runs)
     # medians of the per-image rates of the two finished runs, times 400; the corpus stage excluded
-    by_hand = 400 * (0.001 + np.median([0.1, 0.15]) + 0.005 + 0.01)
+    fixed = sum(REFERENCE_FIXED_S[k] for k in ("start", "scan", "encode", "cluster", "vote"))
+    by_hand = 400 * (0.001 + np.median([0.1, 0.15]) + 0.005 + 0.01) + fixed
     assert est.seconds == pytest.approx(by_hand)
     assert "2 finished runs" in est.source
     temi = estimate_run_cost(400, "temi", runs)  # never measured here: the reference TEMI cost
     ref = estimate_run_cost(1000, "temi", [])
-    assert temi.stages["cluster"] == pytest.approx(temi_reference_seconds(temi.schedule))
+    assert temi.stages["cluster"] == pytest.approx(temi_reference_seconds(temi.schedule) + REFERENCE_FIXED_S["cluster"])
     assert "BENCHMARKS.md" in ref.source
     assert ref.seconds == pytest.approx(1000 * sum(REFERENCE_S_PER_IMAGE[k] for k in ("scan", "encode", "vote"))
-                                        + temi_reference_seconds(ref.schedule))
+                                        + temi_reference_seconds(ref.schedule) + fixed)
 
 
 # ====================================================================== 3. no dead ends: launch
