@@ -170,6 +170,7 @@ def run_cell(n: int, clusterer: str, load: str, encoder) -> dict:
                 "eta_ratio_min": round(min(ratios), 2) if ratios else None,
                 "eta_ratio_max": round(max(ratios), 2) if ratios else None, "eta_samples": len(ratios),
                 "share_starting": round(starting, 2),
+                "eta_samples_every": samples[:: max(1, len(samples) // 40)],
                 "load_avg_1min": {"before": round(load_before, 2), "mean": round(sum(loads) / len(loads), 2)},
                 "second_job_starts": second.starts if second else 0}
     finally:
