@@ -76,7 +76,7 @@ class SecondJob:
             cache.mkdir(parents=True)
             os.symlink(text_cache(), cache / "text")
             env = {**os.environ, "CLUSTERMINE_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
-            self.proc = subprocess.Popen([PY, "-m", "clustermine", "mine", str(DATA / "imagenette_val100"), str(run),
+            self.proc = subprocess.Popen([PY, "-m", "clustermine", "mine", str(DATA / "imagenette_val100"), "--out", str(run),
                                           "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.starts += 1
             self.proc.wait()
@@ -195,7 +195,7 @@ def ab(old_tree: Path, reps: int, n: int = 160) -> list[dict]:
                 env = {**os.environ, "CLUSTERMINE_CACHE": str(cache), "PYTHONPATH": str(root)}
                 load = os.getloadavg()[0]
                 t = time.perf_counter()
-                subprocess.run([PY, "-m", "clustermine", "mine", str(tmp / "images"), str(cell / "run"), "--quiet"],
+                subprocess.run([PY, "-m", "clustermine", "mine", str(tmp / "images"), "--out", str(cell / "run"), "--quiet"],
                                env=env, cwd=root, check=True, stdout=subprocess.DEVNULL)
                 wall = time.perf_counter() - t
                 meta = json.loads((cell / "run" / "run.json").read_text())
