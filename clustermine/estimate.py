@@ -71,6 +71,7 @@ class CostEstimate:
     stages: dict[str, float] = field(default_factory=dict)
     corpus_cached: bool | None = None
     schedule: dict[str, int] = field(default_factory=dict)
+    speed: "MachineSpeed | None" = None
 
     @property
     def total_s(self) -> float:
@@ -124,12 +125,12 @@ class MachineSpeed:
 _SPEED_CACHE: dict[tuple, MachineSpeed] = {}
 
 
-def measure_speed(schedule: dict[str, int] | None = None, *, budget_s: float = 1.5,
+def measure_speed(schedule: dict[str, int] | None = None, *, budget_s: float = 0.5,
                   max_age_s: float = SPEED_TTL_S) -> MachineSpeed:
     """Probe this machine's current speed: real TEMI steps of ``schedule``'s heads x batch (default 4
     x 16, TEMI's own thread rule) on random features for up to ``budget_s``, and a fixed
     multi-threaded convolution. Reused for ``max_age_s`` per heads x batch, so pages that redraw do
-    not probe each time. ~0.3 s on a quiet 2-core machine; no model is loaded."""
+    not probe each time. ~0.3 s on a quiet 2-core machine, ~1 s on a busy one; no model is loaded."""
     import time
 
     work = int(schedule["n_heads"] * schedule["batch_size"]) if schedule else 64
@@ -171,7 +172,7 @@ def _probe_temi(heads: int, batch: int, budget_s: float) -> float:
     def cancel() -> bool:
         return time.perf_counter() - start > budget_s and len(marks) > spe + 2
 
-    m = TEMI(min(10, batch * spe // 4), n_heads=heads, batch_size=batch, epochs=25, knn=5,
+    m = TEMI(min(10, batch * spe // 4), n_heads=heads, batch_size=batch, epochs=12, knn=5,
              random_state=0, progress=progress, cancel=cancel)
     try:
         m.fit(X)
@@ -206,8 +207,7 @@ def _probe_conv(repeats: int = 5) -> float:
 def temi_schedule(n_mining: int, params: dict | None = None, n_clusters: int | None = None) -> dict[str, int]:
     """TEMI's resolved schedule for ``n_mining`` images, C clusters (None: the default rule
     ``clustermine.clustering.default_n_clusters``) and the run's clusterer options."""
-    from .clustering import default_n_clusters
-    from .clustering.temi import default_schedule
+    from .schedule import default_n_clusters, default_schedule
 
     p = params or {}
     c = default_n_clusters(n_mining) if n_clusters is None else int(n_clusters)
@@ -324,7 +324,22 @@ def estimate_run_cost(n_images: int, clusterer: str = "temi", runs: list[dict] |
     stages["corpus"] = corpus
     stages = {s: stages[s] for s in STAGE_ORDER}
     return CostEstimate(n, clusterer, seconds, first_use * (speed.slowdown if speed else 1.0), source, stages,
-                        corpus_cached, schedule)
+                        corpus_cached, schedule, speed)
+
+
+def estimate_now(n_images: int, clusterer: str = "temi", *, clusterer_params: dict | None = None,
+                 n_clusters: int | None = None, corpus_cached: bool | None = None, corpus_size: int | None = None,
+                 holdout_fraction: float = DEFAULT_HOLDOUT, n_encode: int | None = None,
+                 max_age_s: float = SPEED_TTL_S) -> CostEstimate:
+    """:func:`estimate_run_cost` at this machine's speed now (:func:`measure_speed` of the TEMI step
+    the run will train with, reused for ``max_age_s``): the estimate the Data page shows before
+    launch and the job's plan for its whole-job ETA."""
+    schedule = (temi_schedule(_n_mining(max(int(n_images), 0), holdout_fraction), clusterer_params, n_clusters)
+                if clusterer == "temi" else None)
+    speed = measure_speed(schedule, max_age_s=max_age_s)
+    return estimate_run_cost(n_images, clusterer, clusterer_params=clusterer_params, n_clusters=n_clusters,
+                             corpus_cached=corpus_cached, corpus_size=corpus_size, holdout_fraction=holdout_fraction,
+                             speed=speed, n_encode=n_encode)
 
 
 def job_eta(stage_estimates: dict[str, float], stage: str, done: int, total: int,

@@ -473,24 +473,19 @@ def prepare_corpus(config: MineConfig | None = None, *, progress: ProgressFn | N
 def _plan_job(tracker: ProgressTracker, run, config: MineConfig, encoder, n_files: int, corpus,
               cache_dir: str | Path | None, n_encode: int | None = None) -> None:
     """Give the tracker per-stage estimates for the whole-job ETA: this machine's speed now (a
-    second-long probe of TEMI steps and encoder passes, ``clustermine.estimate.measure_speed``), the
+    second-long probe of TEMI steps and a convolution, ``clustermine.estimate.estimate_now``), the
     corpus cache state, TEMI's schedule for N, the ``n_encode`` images not in the feature cache. An
     estimate only: any failure leaves the job without a whole-job ETA, never fails it."""
-    from .clustering import default_n_clusters
-    from .estimate import _n_mining, corpus_cache_state, estimate_run_cost, measure_speed, temi_schedule
+    from .estimate import corpus_cache_state, estimate_now
 
     try:
         cached = corpus_cache_state(encoder, corpus, config.template,
                                     Path(cache_dir) / "text" if cache_dir else None)
-        n_mine = _n_mining(n_files, config.holdout_fraction)
-        sched = temi_schedule(n_mine, config.clusterer_params, config.n_clusters or default_n_clusters(n_mine)) \
-            if config.clusterer == "temi" else None
-        speed = measure_speed(sched)
-        est = estimate_run_cost(n_files, config.clusterer, clusterer_params=config.clusterer_params,
-                                n_clusters=config.n_clusters, corpus_cached=cached, corpus_size=len(corpus),
-                                holdout_fraction=config.holdout_fraction, speed=speed, n_encode=n_encode)
+        est = estimate_now(n_files, config.clusterer, clusterer_params=config.clusterer_params,
+                           n_clusters=config.n_clusters, corpus_cached=cached, corpus_size=len(corpus),
+                           holdout_fraction=config.holdout_fraction, n_encode=n_encode)
         tracker.set_plan(est.stages, est.detail)
-        tracker.speed_slowdown = round(speed.slowdown, 3)
+        tracker.speed_slowdown = round(est.speed.slowdown, 3) if est.speed else None
     except Exception:  # noqa: BLE001 - the ETA is a convenience
         pass
 
