@@ -351,7 +351,8 @@ def job_eta(stage_estimates: dict[str, float], stage: str, done: int, total: int
     The current stage's rest is extrapolated from its own progress
     (``stage_elapsed / done x (total - done)``); with ``first`` = (elapsed, done) of the stage's
     first progress, from the progress since then, which leaves out a first batch's start-up (model
-    load, decode workers). Later stages use ``stage_estimates``
+    load, decode workers: 2x too long an ETA at 80 images), and None until there is progress after
+    it. Later stages use ``stage_estimates``
     (``CostEstimate.stages``), scaled by how much slower or faster than estimated the current stage
     runs (clipped to [0.5, 4]) so that a busy machine lengthens the whole ETA, not just the current
     stage's.
@@ -359,7 +360,9 @@ def job_eta(stage_estimates: dict[str, float], stage: str, done: int, total: int
     if done <= 0 or total <= 0:
         return None
     est_now = float(stage_estimates.get(stage, 0.0))
-    if first is not None and done > first[1] and stage_elapsed > first[0]:
+    if first is not None and done < total:
+        if done <= first[1] or stage_elapsed <= first[0]:
+            return None
         rest = (stage_elapsed - first[0]) / (done - first[1]) * max(total - done, 0)
     else:
         rest = stage_elapsed / done * max(total - done, 0)

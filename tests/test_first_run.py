@@ -187,8 +187,12 @@ def test_job_eta_covers_every_remaining_stage():
     # half done in 4 s: 4 s left of it; it runs at 8/10 of its estimate, so later stages scale by 0.8
     assert job_eta(plan, "encode", 5, 10, 4.0) == pytest.approx(4.0 + 0.8 * 22.0)
     # a slow first batch (model load: 3 s for the first image) is left out of the rate: 0.25 s an image
-    # (and the stage, projected to 4 + 1.25 s, runs at 0.525 of its estimate)
+    # (and the stage, projected to 4 + 1.25 s, runs at 0.525 of its estimate) ...
     assert job_eta(plan, "encode", 5, 10, 4.0, first=(3.0, 1)) == pytest.approx(5 * 0.25 + 0.525 * 22.0)
+    # ... and until progress follows that first batch there is no rate
+    assert job_eta(plan, "encode", 1, 10, 3.0, first=(3.0, 1)) is None
+    # the stage done in 3 s of its 10 s estimate: later stages scale down, by at most half
+    assert job_eta(plan, "encode", 10, 10, 3.0, first=(3.0, 10)) == pytest.approx(0.5 * 22.0)
     # the last stage: only its own rest
     assert job_eta(plan, "vote", 1, 2, 1.0) == pytest.approx(1.0)
     # a stage far slower than estimated: later stages lengthen by at most 4x
@@ -216,7 +220,7 @@ def test_progress_json_mid_job_has_a_whole_job_eta(tmp_path):
             if prog.get("stage") == stage and prog.get("plan_s"):
                 seen.setdefault(stage, []).append(prog)
 
-    run = mine(images, run_dir, MineConfig(clusterer="kmeans", n_clusters=2, corpus=str(corpus)),
+    run = mine(images, run_dir, MineConfig(clusterer="kmeans", n_clusters=2, corpus=str(corpus), batch_size=4),
                progress=progress, cache_dir=cache)
     assert {"encode", "corpus", "cluster"} <= set(seen)
     plan = seen["encode"][0]["plan_s"]
@@ -227,8 +231,11 @@ def test_progress_json_mid_job_has_a_whole_job_eta(tmp_path):
     # as a stage starts (nothing done) there is no rate: no number, the page says "starting…"
     for stage in ("encode", "corpus", "cluster"):
         assert seen[stage][0]["done"] == 0 and seen[stage][0]["job_eta_s"] is None, stage
-    # once encoding has a rate: its rest + every later stage, at least the later stages' half
-    enc = [p for p in seen["encode"] if p["done"] > 0]
+    # once encoding has a rate (progress after its first batch): its rest + every later stage, at least
+    # the later stages' half
+    first = min(p["done"] for p in seen["encode"] if p["done"] > 0)
+    assert all(p["job_eta_s"] is None for p in seen["encode"] if p["done"] == first)
+    enc = [p for p in seen["encode"] if p["done"] > first]
     later = plan["corpus"] + plan["cluster"] + plan["vote"]
     assert enc and all(p["job_eta_s"] is not None and p["job_eta_s"] >= 0.5 * later - 1e-3 for p in enc)
 
@@ -250,8 +257,9 @@ def test_data_page_shows_the_cost_before_launch(app_env):
     at.file_uploader(key="up_files").set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files]).run()
     no_exception(at)
     temi_line = _cost_info(at)
-    # 3 images: 2 mining images in 2 clusters, clusters far under 15 images -> the former 16 heads
-    assert "3 images" in temi_line and "TEMI 16 heads" in temi_line and "on this machine" in temi_line
+    # 3 images: 2 mining images in 2 clusters, clusters far under 15 images -> more than the 4 heads of N
+    assert "3 images" in temi_line and "TEMI 13 heads" in temi_line and "on this machine" in temi_line
+    assert "speed measured now" in temi_line  # a probe of this machine, not rates of earlier runs
     assert "corpus" in temi_line
     at.radio(key="clusterer").set_value("kmeans").run()
     no_exception(at)
@@ -292,3 +300,68 @@ def test_first_page_says_whether_the_corpus_is_cached(app_env, tmp_path, monkeyp
     at = open_app(None, "pages/runs.py")
     shown = "\n".join(m.value for m in at.markdown).replace("\\", "")
     assert "not cached yet" in shown and "clustermine prepare" in shown
+
+
+# ====================================================================== issue 18: first paint, job panel
+def test_runs_page_first_paint_needs_no_torch_and_no_model():
+    """Point 13: the cost lines and the New-run button come before anything that imports torch or
+    loads the encoder (3-20 s on a busy machine); those only refine the lines afterwards."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ui import home; lines = home.first_paint_lines([]); "
+            "print('torch' in sys.modules, 'clustermine.encoders' in sys.modules); print('\\n'.join(lines))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr
+    first, *lines = out.stdout.splitlines()
+    assert first == "False False"
+    assert any("200 images: about" in ln and "with TEMI" in ln for ln in lines)
+    assert any("checking whether it is already embedded" in ln for ln in lines)
+
+
+def test_runs_page_draws_new_run_before_the_costs_and_refines_them(app_env):
+    import streamlit as st
+
+    st.cache_data.clear()  # the corpus cache state is memoised for 30 s (another test empties the cache)
+    at = open_app(None, "pages/runs.py")
+    no_exception(at)
+    # the button is the page's first element after the header: nothing slow is drawn before it
+    labels = [b.label for b in at.button]
+    assert labels and labels[0] == "New run"
+    shown = "\n".join(m.value for m in at.markdown).replace("\\", "")
+    assert "What a run costs on this machine" in shown
+    assert "measured now" in shown  # refined with this machine's speed at the end of the script run
+    assert "checking whether" not in shown and "already embedded on this machine (cached)" in shown
+    from ui import home
+    assert home._KNOWN_CORPUS_STATE.get("default") is True  # the next first paint needs no lookup
+
+
+def _write_running(run, stage: str, done: int, total: int, job_eta_s):
+    import time
+
+    now = time.time()
+    run.write_progress({"stage": stage, "stage_index": ["scan", "encode", "corpus", "cluster", "vote"].index(stage),
+                        "stages": ["scan", "encode", "corpus", "cluster", "vote"], "done": done, "total": total,
+                        "started": now - 5, "stage_started": now - 4, "updated": now,
+                        "eta_s": None if not done else 3.0, "status": "running", "job_eta_s": job_eta_s,
+                        "plan_s": {"start": 3.0, "scan": 0.0, "encode": 16.0, "corpus": 0.0, "cluster": 55.0,
+                                   "vote": 0.4},
+                        "plan_detail": "corpus cached, TEMI 4 heads x 1,503 steps"})
+
+
+def test_job_panel_says_starting_without_a_rate_and_never_zero_seconds(app_env):
+    from clustermine.runs import Run
+
+    run = Run.open(app_env)
+    run.set_status("running")  # no job.json: a CLI job, left alone by the app's reconcile
+    _write_running(run, "encode", 0, 161, None)  # encoding, no image done yet
+    at = open_app(app_env.name, "pages/data.py")
+    no_exception(at)
+    shown = "\n".join(m.value for m in at.markdown).replace("\\", "")
+    assert "Whole job: starting…" in shown and "left" not in shown.split("Whole job:")[1].split("\n")[0]
+    assert any("stage ETA starting…" in p.proto.text for p in at.get("progress"))
+    _write_running(run, "vote", 3, 4, 0.3)  # the vote's last moments
+    at = open_app(app_env.name, "pages/data.py")
+    shown = "\n".join(m.value for m in at.markdown).replace("\\", "")
+    assert "Whole job: finishing…" in shown and "0 s left" not in shown
