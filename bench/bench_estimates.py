@@ -98,16 +98,13 @@ class SecondJob:
 
 def estimate_like_the_app(n: int, clusterer: str, encoder) -> tuple[dict, float]:
     """The Data page's pre-launch estimate (encoder loaded, speed probed now); its own cost (s)."""
-    from clustermine.clustering import default_n_clusters
     from clustermine.config import MineConfig
-    from clustermine.estimate import _n_mining, estimate_run_cost, measure_speed, temi_schedule
+    from clustermine.estimate import estimate_now
 
     cfg = MineConfig()
     t = time.perf_counter()
-    n_mine = _n_mining(n, cfg.holdout_fraction)
-    sched = temi_schedule(n_mine, None, default_n_clusters(n_mine)) if clusterer == "temi" else None
-    speed = measure_speed(sched, max_age_s=0)
-    est = estimate_run_cost(n, clusterer, corpus_cached=True, holdout_fraction=cfg.holdout_fraction, speed=speed)
+    est = estimate_now(n, clusterer, corpus_cached=True, holdout_fraction=cfg.holdout_fraction, max_age_s=0)
+    speed = est.speed
     took = time.perf_counter() - t
     return {"total_s": round(est.total_s, 1), "stages_s": {k: round(v, 1) for k, v in est.stages.items()},
             "detail": est.detail, "slowdown": round(speed.slowdown, 2),
@@ -116,6 +113,7 @@ def estimate_like_the_app(n: int, clusterer: str, encoder) -> tuple[dict, float]
 
 
 def run_cell(n: int, clusterer: str, load: str, encoder) -> dict:
+    """One cell; the worker reads the probe of the pre-launch estimate, as a job launched by the app does."""
     from clustermine import jobs
     from clustermine.config import MineConfig
     from clustermine.runs import Run
@@ -130,6 +128,7 @@ def run_cell(n: int, clusterer: str, load: str, encoder) -> dict:
             second = SecondJob(tmp)
             second.start()
         load_before = os.getloadavg()[0]
+        os.environ["CLUSTERMINE_CACHE"] = str(cache)  # the app and its jobs share one cache root (speed.json)
         est, probe_s = estimate_like_the_app(n_real, clusterer, encoder)
         run_dir = tmp / "runs" / "cell"
         run_dir.parent.mkdir()
@@ -157,7 +156,7 @@ def run_cell(n: int, clusterer: str, load: str, encoder) -> dict:
             raise RuntimeError(f"run {run.status}: {run.meta.get('error')}")
         summary = run.meta.get("summary") or {}
         timings = dict(summary.get("timings_s") or {})
-        timings["start"] = round(float(prog.get("started", t0)) - t0, 1)
+        timings["start"] = round(actual - sum(float(v) for v in timings.values()), 1)  # outside the stages
         # ETA quality: job_eta_s / true remaining, over samples with >= 5 s left and an ETA shown
         ratios = [s["job_eta_s"] / (actual - s["t"]) for s in samples
                   if s["job_eta_s"] is not None and actual - s["t"] >= 5.0]
@@ -211,12 +210,14 @@ def ab(old_tree: Path, reps: int, n: int = 160) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     out = ["| N | clusterer | load | estimate s | actual s | estimate / actual | whole-job ETA / truth (min-max) "
-           "| 'starting…' share | stages actual s (start / scan / encode / corpus / cluster / vote) "
+           "| 'starting…' share | stages actual s (other / scan / encode / corpus / cluster / vote) "
            "| stages estimated s | schedule | slowdown (probe) | load avg 1 min (before / mean) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = ("start", "scan", "encode", "corpus", "cluster", "vote")
     for r in sorted(rows, key=lambda r: (r["load"], r["clusterer"], r["N"])):
-        act = " / ".join(f"{float(r['stages_actual_s'].get(k, 0)):.0f}" for k in order)
+        st = dict(r["stages_actual_s"])
+        st["start"] = r["actual_s"] - sum(float(v) for k, v in st.items() if k != "start")  # outside the stages
+        act = " / ".join(f"{float(st.get(k, 0)):.0f}" for k in order)
         est = " / ".join(f"{float(r['estimate']['stages_s'].get(k, 0)):.0f}" for k in order)
         s = r.get("schedule")
         sched = f"{s['n_heads']}x{s['batch_size']}x{s['steps']:,}" if s else "k-means"

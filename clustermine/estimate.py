@@ -125,29 +125,73 @@ class MachineSpeed:
 _SPEED_CACHE: dict[tuple, MachineSpeed] = {}
 
 
+def _speed_key(schedule: dict[str, int] | None) -> tuple[int, int]:
+    """(heads, heads x batch) of the step a probe runs for ``schedule`` (None: 4 x 16)."""
+    if not schedule:
+        return 4, 64
+    return int(schedule["n_heads"]), int(schedule["n_heads"] * schedule["batch_size"])
+
+
+def _speed_file() -> Path:
+    from .storage import cache_root
+
+    return cache_root() / "speed.json"
+
+
+def cached_speed(schedule: dict[str, int] | None = None, max_age_s: float = SPEED_TTL_S) -> MachineSpeed | None:
+    """The newest probe for ``schedule``'s step (see :func:`measure_speed`) if under ``max_age_s`` old,
+    from this process or, through ``<cache root>/speed.json``, from another one (the web app's
+    pre-launch estimate, for the job it launches); None otherwise. Never probes."""
+    import json
+    import time
+
+    key = _speed_key(schedule)
+    hit = _SPEED_CACHE.get(key)
+    if hit is None:
+        try:
+            rec = json.loads(_speed_file().read_text()).get(f"{key[0]}x{key[1]}")
+            hit = MachineSpeed(**rec) if isinstance(rec, dict) else None
+        except (OSError, ValueError, TypeError):
+            hit = None
+    return hit if hit is not None and time.time() - hit.measured_at < max_age_s else None
+
+
 def measure_speed(schedule: dict[str, int] | None = None, *, budget_s: float = 0.5,
                   max_age_s: float = SPEED_TTL_S) -> MachineSpeed:
     """Probe this machine's current speed: real TEMI steps of ``schedule``'s heads x batch (default 4
     x 16, TEMI's own thread rule) on random features for up to ``budget_s``, and a fixed
-    multi-threaded convolution. Reused for ``max_age_s`` per heads x batch, so pages that redraw do
-    not probe each time. ~0.3 s on a quiet 2-core machine, ~1 s on a busy one; no model is loaded."""
+    multi-threaded convolution. Reused for ``max_age_s`` per heads x batch (:func:`cached_speed`),
+    so pages that redraw do not probe each time and the job launched next needs no probe of its
+    own. ~0.3 s on a quiet 2-core machine, ~1-2 s on a busy one; no model is loaded."""
+    import dataclasses
+    import json
     import time
 
-    work = int(schedule["n_heads"] * schedule["batch_size"]) if schedule else 64
-    heads = int(schedule["n_heads"]) if schedule else 4
-    key = (heads, work)
-    hit = _SPEED_CACHE.get(key)
-    if hit is not None and time.time() - hit.measured_at < max_age_s:
+    from .storage import atomic_write_json
+
+    hit = cached_speed(schedule, max_age_s)
+    if hit is not None:
         return hit
+    heads, work = _speed_key(schedule)
     step_s = _probe_temi(heads, max(2, work // heads), budget_s)
     ref_step = REFERENCE_TEMI_S_PER_STEP + REFERENCE_TEMI_S_PER_HEAD_SAMPLE * work
     slowdown = max(step_s / ref_step, 0.05)
     if work > 64:  # the general slowdown is that of a small step on one thread
-        small = measure_speed(None, budget_s=budget_s, max_age_s=max_age_s)
-        slowdown = small.slowdown
+        slowdown = measure_speed(None, budget_s=budget_s, max_age_s=max_age_s).slowdown
     parallel = max(_probe_conv() / REFERENCE_CONV_S, 0.05)
     speed = MachineSpeed(slowdown, work, step_s, parallel, time.time())
-    _SPEED_CACHE[key] = speed
+    _SPEED_CACHE[(heads, work)] = speed
+    try:
+        try:
+            shared = json.loads(_speed_file().read_text())
+        except (OSError, ValueError):
+            shared = {}
+        shared = {k: v for k, v in shared.items() if isinstance(v, dict) and time.time() - v.get("measured_at", 0) < 3600}
+        shared[f"{heads}x{work}"] = dataclasses.asdict(speed)
+        _speed_file().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(_speed_file(), shared)
+    except OSError:
+        pass  # a read-only cache: this process still reuses it
     return speed
 
 
@@ -330,14 +374,17 @@ def estimate_run_cost(n_images: int, clusterer: str = "temi", runs: list[dict] |
 def estimate_now(n_images: int, clusterer: str = "temi", *, clusterer_params: dict | None = None,
                  n_clusters: int | None = None, corpus_cached: bool | None = None, corpus_size: int | None = None,
                  holdout_fraction: float = DEFAULT_HOLDOUT, n_encode: int | None = None,
-                 max_age_s: float = SPEED_TTL_S) -> CostEstimate:
+                 max_age_s: float = SPEED_TTL_S, probe: bool = True,
+                 runs: list[dict] | None = None) -> CostEstimate:
     """:func:`estimate_run_cost` at this machine's speed now (:func:`measure_speed` of the TEMI step
     the run will train with, reused for ``max_age_s``): the estimate the Data page shows before
-    launch and the job's plan for its whole-job ETA."""
+    launch and the job's plan for its whole-job ETA. ``probe=False`` (the job itself, which must not
+    spend its time probing): a recent probe if there is one (:func:`cached_speed`, e.g. the Data
+    page's), else the rates of ``runs`` / the reference figures."""
     schedule = (temi_schedule(_n_mining(max(int(n_images), 0), holdout_fraction), clusterer_params, n_clusters)
                 if clusterer == "temi" else None)
-    speed = measure_speed(schedule, max_age_s=max_age_s)
-    return estimate_run_cost(n_images, clusterer, clusterer_params=clusterer_params, n_clusters=n_clusters,
+    speed = measure_speed(schedule, max_age_s=max_age_s) if probe else cached_speed(schedule, max_age_s)
+    return estimate_run_cost(n_images, clusterer, runs, clusterer_params=clusterer_params, n_clusters=n_clusters,
                              corpus_cached=corpus_cached, corpus_size=corpus_size, holdout_fraction=holdout_fraction,
                              speed=speed, n_encode=n_encode)
 
@@ -354,7 +401,8 @@ def job_eta(stage_estimates: dict[str, float], stage: str, done: int, total: int
     load, decode workers: 2x too long an ETA at 80 images), and None until there is progress after
     it. Later stages use ``stage_estimates``
     (``CostEstimate.stages``), scaled by how much slower or faster than estimated the current stage
-    runs (clipped to [0.5, 4]) so that a busy machine lengthens the whole ETA, not just the current
+    runs (clipped to [0.5, 10]: a plan from reference figures, without a probe, may be 7x too
+    quick on a busy machine) so that a busy machine lengthens the whole ETA, not just the current
     stage's.
     """
     if done <= 0 or total <= 0:
@@ -367,7 +415,7 @@ def job_eta(stage_estimates: dict[str, float], stage: str, done: int, total: int
     else:
         rest = stage_elapsed / done * max(total - done, 0)
     projected = stage_elapsed + rest
-    speed = min(max(projected / est_now, 0.5), 4.0) if est_now > 1.0 and stage_elapsed > 2.0 else 1.0
+    speed = min(max(projected / est_now, 0.5), 10.0) if est_now > 1.0 and stage_elapsed > 2.0 else 1.0
     later = STAGE_ORDER[STAGE_ORDER.index(stage) + 1:] if stage in STAGE_ORDER else ()
     return rest + speed * sum(float(stage_estimates.get(s, 0.0)) for s in later)
 

@@ -472,18 +472,25 @@ def prepare_corpus(config: MineConfig | None = None, *, progress: ProgressFn | N
 
 def _plan_job(tracker: ProgressTracker, run, config: MineConfig, encoder, n_files: int, corpus,
               cache_dir: str | Path | None, n_encode: int | None = None) -> None:
-    """Give the tracker per-stage estimates for the whole-job ETA: this machine's speed now (a
-    second-long probe of TEMI steps and a convolution, ``clustermine.estimate.estimate_now``), the
-    corpus cache state, TEMI's schedule for N, the ``n_encode`` images not in the feature cache. An
-    estimate only: any failure leaves the job without a whole-job ETA, never fails it."""
+    """Give the tracker per-stage estimates for the whole-job ETA: this machine's speed as the probe
+    of the pre-launch estimate measured it a moment ago (``clustermine.estimate.estimate_now``; the
+    job spends no time probing: without a recent probe, finished runs / reference rates, which the
+    ETA rescales by the live rate of the running stage), the corpus cache state, TEMI's schedule
+    for N, the ``n_encode`` images not in the feature cache. An estimate only: any failure leaves the
+    job without a whole-job ETA, never fails it."""
     from .estimate import corpus_cache_state, estimate_now
+    from .runs import list_runs
 
     try:
+        try:
+            runs = list_runs(Path(run.path).parent)
+        except Exception:  # noqa: BLE001
+            runs = []
         cached = corpus_cache_state(encoder, corpus, config.template,
                                     Path(cache_dir) / "text" if cache_dir else None)
         est = estimate_now(n_files, config.clusterer, clusterer_params=config.clusterer_params,
                            n_clusters=config.n_clusters, corpus_cached=cached, corpus_size=len(corpus),
-                           holdout_fraction=config.holdout_fraction, n_encode=n_encode)
+                           holdout_fraction=config.holdout_fraction, n_encode=n_encode, probe=False, runs=runs)
         tracker.set_plan(est.stages, est.detail)
         tracker.speed_slowdown = round(est.speed.slowdown, 3) if est.speed else None
     except Exception:  # noqa: BLE001 - the ETA is a convenience
