@@ -210,8 +210,8 @@ class TEMI(ClustererBase):
     ``fit(X [N, D])`` trains H student/teacher heads with the beta-weighted PMI loss on
     (image, random kNN neighbour) pairs; cluster ids are the teacher's lowest-loss head's argmax.
     Parameters left at ``None`` are derived from N and C (METHOD 2.9, :func:`default_schedule`):
-    ``n_heads`` (clip(round(N / 250), 4, 16); the former 16 heads, batch >= 32, 2,000 steps when
-    N / C < 15), ``min_steps`` (clip(1000 + N, 1500, 2000)),
+    ``n_heads`` (clip(round(N / 250), 4, 16); more when N / C < 15, within the cost of the schedule
+    for 2N), ``min_steps`` (clip(1000 + N, 1500, 2000)),
     ``knn``, ``batch_size``, ``epochs`` (>= ``min_steps`` optimiser steps; above N = 20,000 also
     ~5,000 samples per cluster, at most 100 epochs), ``lr`` (1e-4 * batch / 256).
     ``knn_method``: ``"exact"`` (chunked, CPU or CUDA), ``"approx"`` (NN-descent on the CPU) or
