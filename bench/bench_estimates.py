@@ -13,7 +13,7 @@ encoder loaded, ``measure_speed`` then ``estimate_run_cost``), then the job runs
 ../shared/data/imagenette_train100 (N / 10 images of each of its 10 classes), with a fresh runs root
 and an empty feature cache (the images are encoded, as on a first run) but the corpus embedding
 already cached. "actual" is the wall time from launching the worker to the run being done; the ETA
-is read from progress.json every 0.5 s. "loaded": a second ``clustermine mine`` (1,000 images of
+is read from progress.json every 0.5 s; the worker's exit after that is not counted. "loaded": a second ``clustermine mine`` (1,000 images of
 imagenette_val100, TEMI, its own empty cache) runs alongside, restarted whenever it ends. The 1-min
 load average is recorded with each cell: the machine is shared, so "quiet" is not guaranteed.
 """
@@ -37,8 +37,12 @@ DATA = ROOT / ".." / "shared" / "data"
 PY = sys.executable
 
 
+TEXT_CACHE = (Path(os.environ.get("CLUSTERMINE_CACHE") or Path.home() / ".cache" / "clustermine") / "text").resolve()
+
+
 def text_cache() -> Path:
-    return (Path(os.environ.get("CLUSTERMINE_CACHE") or Path.home() / ".cache" / "clustermine") / "text").resolve()
+    """The warm corpus embeddings (read once: the cells point CLUSTERMINE_CACHE at their own caches)."""
+    return TEXT_CACHE
 
 
 def fresh_cache(tmp: Path) -> Path:
@@ -147,7 +151,7 @@ def run_cell(n: int, clusterer: str, load: str, encoder) -> dict:
             samples.append({"t": round(time.time() - t0, 2), "stage": prog.get("stage"), "done": prog.get("done"),
                             "total": prog.get("total"), "job_eta_s": prog.get("job_eta_s")})
             loads.append(os.getloadavg()[0])
-            if run.status in ("done", "failed", "cancelled") and not jobs.job_state(run_dir).get("alive"):
+            if run.status in ("done", "failed", "cancelled"):  # what the user sees: the run is finished
                 break
             if time.time() - t0 > 3600:
                 raise RuntimeError("cell took over an hour")
@@ -225,6 +229,14 @@ def table(rows: list[dict]) -> str:
         out.append(f"| {r['N']:,} | {r['clusterer']} | {r['load']} | {r['estimate_s']:.0f} | {r['actual_s']:.0f} | "
                    f"{r['ratio']:.2f} | {eta} | {r['share_starting']:.0%} | {act} | {est} | {sched} | "
                    f"{r['estimate']['slowdown']:.1f} | {r['load_avg_1min']['before']:.1f} / {r['load_avg_1min']['mean']:.1f} |")
+    out.append("")
+    for (clusterer, load) in sorted({(r["clusterer"], r["load"]) for r in rows}):
+        rs = sorted((r for r in rows if (r["clusterer"], r["load"]) == (clusterer, load)), key=lambda r: r["N"])
+        slower = [f"{a['N']} ({a['actual_s']:.0f} s) > {b['N']} ({b['actual_s']:.0f} s)" for a, b in zip(rs, rs[1:])
+                  if a["actual_s"] > b["actual_s"]]
+        within = sum(1 for r in rs if 0.5 <= r["ratio"] <= 2.0)
+        out.append(f"- {clusterer}, {load}: estimate within 2x in {within} / {len(rs)} cells; "
+                   + ("no N slower than a larger N" if not slower else "slower than a larger N: " + "; ".join(slower)))
     return "\n".join(out)
 
 
@@ -251,16 +263,16 @@ def main() -> None:
     encoder = load_encoder("offline")  # the app keeps the Data page's encoder loaded
     existing = json.loads(a.out.read_text())["cells"] if a.out.is_file() else []
     cells = []
-    for load in a.loads.split(","):
-        for clusterer in a.clusterers.split(","):
-            for n in [int(x) for x in a.sizes.split(",")]:
+    for n in [int(x) for x in a.sizes.split(",")]:  # small N first: an interrupted run still has them all
+        for load in a.loads.split(","):
+            for clusterer in a.clusterers.split(","):
                 row = run_cell(n, clusterer, load, encoder)
                 print(json.dumps(row), flush=True)
                 cells.append(row)
                 keep = [c for c in existing if (c["N"], c["clusterer"], c["load"]) not in
                         {(x["N"], x["clusterer"], x["load"]) for x in cells}]
                 a.out.write_text(json.dumps({"cells": keep + cells}, indent=1) + "\n")
-    print(table(cells))
+    print(table(keep + cells))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ REFERENCE_SOURCE = "reference figures (BENCHMARKS.md, 2 CPU cores)"
 # (encode: decode pool and first batch; corpus: loading the cached embedding; vote: the corpus matrix,
 # writing the results). And the encoder's forward pass alone (s / image), the rest of "encode" being
 # decoding. All scale with MachineSpeed.slowdown.
-REFERENCE_FIXED_S = {"start": 2.0, "scan": 0.6, "encode": 1.5, "corpus": 0.15, "cluster": 0.3, "vote": 0.3}
+REFERENCE_FIXED_S = {"start": 2.0, "scan": 0.6, "encode": 1.5, "corpus": 0.15, "cluster": 0.3, "vote": 0.8}
 REFERENCE_FORWARD_S_PER_IMAGE = 0.025
 REFERENCE_CONV_S = 0.012  # _probe_conv on the reference machine
 STAGE_ORDER = ("start", "scan", "encode", "corpus", "cluster", "vote")
