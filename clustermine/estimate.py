@@ -1,19 +1,19 @@
 """What a mining run costs on this machine, before it starts and while it runs: an estimate, never a
-promise. One function, :func:`estimate_run_cost`, serves the first page, the Data page's pre-launch
-line and the running job's whole-job ETA (:func:`job_eta`).
+promise. One function, :func:`estimate_run_cost` (with :func:`estimate_now` around it), serves the
+first page, the Data page's pre-launch line and the running job's whole-job ETA (:func:`job_eta`).
 
-With a :class:`MachineSpeed` (:func:`measure_speed`: a second or two of real TEMI steps and encoder
-forward passes, cached for ``SPEED_TTL_S``), every stage follows this machine's speed *now*: the
-reference figures below are multiplied by how much slower the probe ran than on the reference
-machine, and TEMI's steps and the encoder's forward pass use their measured times directly. This is
-what keeps an estimate within 2x on a loaded machine, where the rates of earlier runs (measured under
-another load, or with cached features) were off by 5-10x (issue 18). Without one:
+With a :class:`MachineSpeed` (:func:`measure_speed`: ~0.3-2 s of real TEMI steps of the run's heads x
+batch and of a multi-threaded convolution, reused for ``SPEED_TTL_S`` by this process and, through
+the cache root's ``speed.json``, by the job launched next), every stage follows this machine's speed
+*now*: the reference figures below times the measured slowdowns, and TEMI's steps at their measured
+time. That keeps an estimate within 2x on a loaded machine, where the rates of earlier runs
+(measured under another load, or with cached features) were off by 5-10x (issue 18).
 
-Per-image stage rates come from the stage timings (``summary.timings_s``) of the finished runs
-under a runs root, i.e. measured on this machine; without any, from documented constants measured
-on the reference machine (2 CPU cores, BENCHMARKS.md "Scaling": N = 1,000 images). TEMI's cost
-follows its N-scaled schedule (``clustermine.clustering.temi.default_schedule``): optimiser steps x
-(a fixed per-step cost + a cost per head and batch sample).
+Without one, per-image stage rates come from the stage timings (``summary.timings_s``) of the
+finished runs under a runs root, i.e. measured on this machine; without any, from documented
+constants measured on the reference machine (2 CPU cores, BENCHMARKS.md "Scaling": N = 1,000
+images). TEMI's cost follows its N-scaled schedule (``clustermine.schedule.default_schedule``):
+optimiser steps x (a fixed per-step cost + a cost per head and batch sample).
 """
 
 from __future__ import annotations
