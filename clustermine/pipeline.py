@@ -48,6 +48,8 @@ class ProgressTracker:
         self.plan: dict[str, float] = {}
         self.plan_detail = ""
         self.job_eta_s: float | None = None
+        self.speed_slowdown: float | None = None  # the speed probe's, when the plan was made
+        self._first: tuple[float, int] | None = None  # (elapsed, done) of the stage's first progress
 
     def set_plan(self, stage_estimates: dict[str, float], detail: str = "") -> None:
         """Estimated seconds per stage (``CostEstimate.stages``) for the whole-job ETA."""
@@ -57,6 +59,7 @@ class ProgressTracker:
         if self.stage:
             self.timings[self.stage] = round(time.time() - self.stage_started, 3)
         self.stage, self.stage_started = stage, time.time()
+        self._first = None
         self.update(0, total, force=True)
 
     def finish(self) -> None:
@@ -67,10 +70,12 @@ class ProgressTracker:
     def update(self, done: int, total: int, force: bool = False) -> None:
         now = time.time()
         elapsed = now - self.stage_started
+        if done > 0 and self._first is None:
+            self._first = (elapsed, int(done))
         if self.plan:
             from .estimate import job_eta
 
-            self.job_eta_s = job_eta(self.plan, self.stage, done, total, elapsed)
+            self.job_eta_s = job_eta(self.plan, self.stage, done, total, elapsed, self._first)
         if self.run is not None and (force or done >= total or now - self._last_write >= self.min_interval):
             eta = (elapsed / done * (total - done)) if done and total else None
             self.run.write_progress({
@@ -466,24 +471,28 @@ def prepare_corpus(config: MineConfig | None = None, *, progress: ProgressFn | N
 
 
 def _plan_job(tracker: ProgressTracker, run, config: MineConfig, encoder, n_files: int, corpus,
-              cache_dir: str | Path | None) -> None:
-    """Give the tracker per-stage estimates for the whole-job ETA (rates measured on this machine's
-    finished runs beside this one, the corpus cache state, TEMI's schedule for N). An estimate only:
-    any failure leaves the job without a whole-job ETA, never fails it."""
-    from .estimate import corpus_cache_state, estimate_run_cost
+              cache_dir: str | Path | None, n_encode: int | None = None) -> None:
+    """Give the tracker per-stage estimates for the whole-job ETA: this machine's speed as the probe
+    of the pre-launch estimate measured it a moment ago (``clustermine.estimate.estimate_now``; the
+    job spends no time probing: without a recent probe, finished runs / reference rates, which the
+    ETA rescales by the live rate of the running stage), the corpus cache state, TEMI's schedule
+    for N, the ``n_encode`` images not in the feature cache. An estimate only: any failure leaves the
+    job without a whole-job ETA, never fails it."""
+    from .estimate import corpus_cache_state, estimate_now
     from .runs import list_runs
 
     try:
         try:
             runs = list_runs(Path(run.path).parent)
-        except Exception:
+        except Exception:  # noqa: BLE001
             runs = []
         cached = corpus_cache_state(encoder, corpus, config.template,
                                     Path(cache_dir) / "text" if cache_dir else None)
-        est = estimate_run_cost(n_files, config.clusterer, runs, clusterer_params=config.clusterer_params,
-                                n_clusters=config.n_clusters, corpus_cached=cached, corpus_size=len(corpus),
-                                holdout_fraction=config.holdout_fraction)
+        est = estimate_now(n_files, config.clusterer, clusterer_params=config.clusterer_params,
+                           n_clusters=config.n_clusters, corpus_cached=cached, corpus_size=len(corpus),
+                           holdout_fraction=config.holdout_fraction, n_encode=n_encode, probe=False, runs=runs)
         tracker.set_plan(est.stages, est.detail)
+        tracker.speed_slowdown = round(est.speed.slowdown, 3) if est.speed else None
     except Exception:  # noqa: BLE001 - the ETA is a convenience
         pass
 
@@ -503,14 +512,15 @@ def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTra
     # 1. scan
     tracker.start("scan")
     records = scan_images(images_dir, hash_files=cluster.hash_files if cluster is not None else None)
-    _plan_job(tracker, run, config, encoder, len(records), corpus, cache_dir)
+    feat_cache = FeatureCache(encoder.fingerprint_id, Path(cache_dir) / "features" if cache_dir else None)
+    n_encode = len({r.sha1 for r in records if r.status == "ok" and r.sha1 not in feat_cache})
+    _plan_job(tracker, run, config, encoder, len(records), corpus, cache_dir, n_encode)
     tracker.update(len(records), len(records), force=True)
 
     # 2. encode
     _store_encoder(run, encoder)
     _store_cluster(run, cluster)
     tracker.start("encode")
-    feat_cache = FeatureCache(encoder.fingerprint_id, Path(cache_dir) / "features" if cache_dir else None)
     encode_records(encoder, records, cache=feat_cache, tracker=tracker, batch_size=config.batch_size,
                    max_pixels=config.max_pixels, chunk_size=max(1, int(encode_chunk_size)), assemble=False,
                    cluster=cluster)
@@ -620,6 +630,8 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
     })
     if temi_schedule:
         summ["temi_schedule"] = temi_schedule
+    if tracker.speed_slowdown is not None:
+        summ["speed_slowdown"] = tracker.speed_slowdown
     if clustering_note:
         summ["clustering_note"] = clustering_note
     run.mark_stage("vote", summary=summ, status="done", error=None)

@@ -14,18 +14,21 @@ widgets.page_header("Runs", "Each run is one folder (config, features, clusters,
                     "reproducible and refresh-proof: its id sits in the page URL.")
 
 runs = cache.list_runs_light(settings.runs_root())
-home.intro(runs)
-ref = state.current()
-if ref.error:
-    widgets.show_error(ref.error)
 top = st.columns([4, 1])
 if top[1].button("New run", type="primary", icon=":material/add:", width="stretch"):
     state.set_run(None)
     st.switch_page("pages/data.py")
+# The cost lines are drawn at once from cheap figures; refine_costs() (last on the page) redraws them
+# with the corpus cache state and this machine's speed, which load the encoder on a first visit.
+refine_costs = home.intro(runs)
+ref = state.current()
+if ref.error:
+    widgets.show_error(ref.error)
 
 if not runs:
     widgets.empty_state("No runs yet — create one on the Data page.",
                         link=("pages/data.py", "Go to Data & encoding", ":material/add_photo_alternate:"))
+    refine_costs()
     st.stop()
 
 statuses = [r["status"] for r in runs]
@@ -84,3 +87,4 @@ if ref.run_id and not ref.error:
         cols[3].page_link("pages/concepts.py", label="Concepts", icon=":material/checklist:")
         cols[4].page_link("pages/scoring.py", label="Scoring", icon=":material/speed:")
     run_admin.panel(ref.run_id, ref.path, next((r.get("label") or "" for r in runs if r["run_id"] == ref.run_id), ""))
+refine_costs()

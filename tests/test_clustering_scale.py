@@ -125,14 +125,13 @@ def test_temi_uses_the_forced_knn_method_and_reports_it() -> None:
 
 # ====================================================================== TEMI schedule at large N
 def _small_n_rule(n: int, c: int | None) -> dict:
-    """The schedule rule of N <= 20,000 written out independently (issue 12's step floor)."""
-    small = bool(c) and n / c < temi_mod.SMALL_CLUSTERS
-    floor = 2000 if small else int(np.clip(1000 + n, 1500, 2000))
+    """The schedule rule of N <= 20,000 written out independently (issue 12's step floor; issue 18:
+    at least the steps of N // 2)."""
+    floor = int(np.clip(1000 + n, 1500, 2000))
     bs = int(np.clip(2 ** int(round(math.log2(n / 16))), 16, 256))
     bs = max(2, min(bs, n // 4))
-    if small:
-        bs = max(2, min(max(bs, 32), n // 4))
-    ep = int(np.clip(math.ceil(floor / (n // bs)), 1, temi_mod.MAX_EPOCHS))
+    need = max(floor, _small_n_rule(n // 2, c)["steps"]) if n >= 32 else floor
+    ep = int(np.clip(math.ceil(need / (n // bs)), 1, temi_mod.MAX_EPOCHS))
     return {"batch_size": bs, "epochs": ep, "min_steps": floor, "steps": (n // bs) * ep}
 
 

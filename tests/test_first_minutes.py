@@ -136,7 +136,7 @@ def test_fmt_num_never_prints_a_negative_zero():
 
 # ====================================================================== engine: cost estimate
 def test_estimate_uses_this_machines_finished_runs():
-    from clustermine.estimate import REFERENCE_S_PER_IMAGE, estimate_run_cost, temi_reference_seconds
+    from clustermine.estimate import REFERENCE_FIXED_S, REFERENCE_S_PER_IMAGE, estimate_run_cost, temi_reference_seconds
 
     runs = [{"status": "done", "config": {"clusterer": "kmeans"},
              "summary": {"n_images": 100, "timings_s": {"scan": 0.1, "encode": 10.0, "corpus": 700.0, "cluster": 0.5,
@@ -147,15 +147,16 @@ def test_estimate_uses_this_machines_finished_runs():
             {"status": "failed", "config": {}, "summary": {"n_images": 10, "timings_s": {"encode": 999.0}}}]
     est = estimate_run_cost(400, "kmeans", runs)
     # medians of the per-image rates of the two finished runs, times 400; the corpus stage excluded
-    by_hand = 400 * (0.001 + np.median([0.1, 0.15]) + 0.005 + 0.01)
+    fixed = sum(REFERENCE_FIXED_S[k] for k in ("start", "scan", "encode", "cluster", "vote"))
+    by_hand = 400 * (0.001 + np.median([0.1, 0.15]) + 0.005 + 0.01) + fixed
     assert est.seconds == pytest.approx(by_hand)
     assert "2 finished runs" in est.source
     temi = estimate_run_cost(400, "temi", runs)  # never measured here: the reference TEMI cost
     ref = estimate_run_cost(1000, "temi", [])
-    assert temi.stages["cluster"] == pytest.approx(temi_reference_seconds(temi.schedule))
+    assert temi.stages["cluster"] == pytest.approx(temi_reference_seconds(temi.schedule) + REFERENCE_FIXED_S["cluster"])
     assert "BENCHMARKS.md" in ref.source
     assert ref.seconds == pytest.approx(1000 * sum(REFERENCE_S_PER_IMAGE[k] for k in ("scan", "encode", "vote"))
-                                        + temi_reference_seconds(ref.schedule))
+                                        + temi_reference_seconds(ref.schedule) + fixed)
 
 
 # ====================================================================== 3. no dead ends: launch
@@ -309,15 +310,25 @@ def test_first_page_explains_the_app_and_the_cost_of_a_run(app_env):
     for step in ("1 · Bring your in-distribution images", "2 · Mine and audit the concepts",
                  "3 · Review, score and export"):
         assert step in body
-    # the estimate comes from this machine's finished run (the small run's own stage timings)
+    # drawn last on the page: the estimate at this machine's speed now (the probe the page just made)
+    from clustermine.estimate import REFERENCE_FIXED_S, cached_speed, estimate_run_cost, fmt_duration
+    from clustermine.runs import list_runs
+
+    speed = cached_speed()
+    assert speed is not None
+    km = estimate_run_cost(200, "kmeans", corpus_cached=True, speed=speed)
+    assert f"**{fmt_duration(km.seconds)}** with k-means" in body
+    assert "this machine's speed measured now" in body and "estimate" in body
+    # the first paint (before that probe) uses this machine's finished run: the small run's own stage timings
+    from ui import home
+
     s = Run.open(app_env).meta["summary"]
     t, n = s["timings_s"], s["n_images"]
-    km_200 = 200 * (t["scan"] + t["encode"] + t["cluster"] + t["vote"]) / n
-    from clustermine.estimate import fmt_duration
-
-    assert f"**{fmt_duration(km_200)}** with k-means" in body
-    assert "measured on this machine (1 finished run)" in body
-    assert "estimate" in body
+    fixed = sum(REFERENCE_FIXED_S[k] for k in ("start", "scan", "encode", "cluster", "vote"))
+    km_200 = 200 * (t["scan"] + t["encode"] + t["cluster"] + t["vote"]) / n + fixed
+    first = "\n".join(home.first_paint_lines(list_runs(app_env.parent)))
+    assert f"**{fmt_duration(km_200)}** with k-means" in first
+    assert "measured on this machine (1 finished run)" in first
 
 
 # ====================================================================== 4. scoring

@@ -23,8 +23,11 @@ POLL_SECONDS = 1.0
 
 
 def _fmt_eta(eta: float | None) -> str:
+    """'1 min 05 s', '12 s'; 'starting…' without a rate yet (None), 'finishing…' under a second."""
     if eta is None:
-        return "estimating…"
+        return "starting…"
+    if eta < 1.0:
+        return "finishing…"
     eta = int(round(eta))
     return f"{eta // 60} min {eta % 60:02d} s" if eta >= 60 else f"{eta} s"
 
@@ -69,12 +72,14 @@ def progress_view(run: Run) -> str:
             st.markdown(f":green[:material/check_circle:] {label}")
         else:
             st.markdown(f":gray[:material/radio_button_unchecked: {label}]")
-    if status == "running" and prog.get("job_eta_s") is not None:
+    if status == "running" and prog.get("plan_s"):
         detail = f" ({md_escape(prog['plan_detail'], None)})" if prog.get("plan_detail") else ""
-        st.markdown(f":material/schedule: **Whole job: about {_fmt_eta(prog['job_eta_s'])} left**, all remaining "
-                    f"stages{detail}")
+        eta = prog.get("job_eta_s")
+        # no number until the current stage has a rate: a guess would sit still or read "0 s" (issue 18)
+        left = f"about {_fmt_eta(eta)} left" if eta is not None and eta >= 1.0 else _fmt_eta(eta)
+        st.markdown(f":material/schedule: **Whole job: {left}**, all remaining stages{detail}")
     if status == "running" and prog.get("started"):
-        st.caption(f"running for {_fmt_eta(time.time() - float(prog['started']))}"
+        st.caption(f"running for {_fmt_eta(max(time.time() - float(prog['started']), 1.0))}"
                    + (f" · worker pid {job['pid']}" if job.get("pid") else ""))
     return status
 

@@ -181,16 +181,17 @@ def _corpus_cached(encoder_spec: str, corpus: str) -> bool | None:
 
 
 def cost_line(ch: Choices) -> str:
-    """The pre-launch line: what the job will cost on this machine (``clustermine.estimate``)."""
-    from clustermine.estimate import estimate_run_cost
+    """The pre-launch line: what the job will cost on this machine at its speed now
+    (``clustermine.estimate.estimate_now``: a short probe, reused for a minute)."""
+    from clustermine.estimate import estimate_now
 
     n = _n_images(ch)
     if n == 0:
         return ""
     runs = cache.list_runs_light(settings.runs_root())
-    est = estimate_run_cost(n, ch.clusterer, runs, n_clusters=ch.n_clusters,
-                            corpus_cached=_corpus_cached(ch.encoder, ch.corpus), holdout_fraction=ch.holdout)
-    line = f"Estimated cost for {n:,} image{'s' if n != 1 else ''}: {est.line()} (rates {est.source})"
+    est = estimate_now(n, ch.clusterer, n_clusters=ch.n_clusters,
+                       corpus_cached=_corpus_cached(ch.encoder, ch.corpus), holdout_fraction=ch.holdout)
+    line = f"Estimated cost for {n:,} image{'s' if n != 1 else ''}: {est.line()} (rates from {est.source})"
     from clustermine.clustering import check_clusterer_feasible
 
     try:

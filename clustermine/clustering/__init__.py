@@ -7,10 +7,10 @@ ending in ``_``, ``random_state``); build them by name with :func:`make_clustere
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Union
 
 from clustermine.clustering.base import ClustererBase, InvalidClusteringInput, NotFittedClusterer
+from clustermine.schedule import MIN_CLUSTER_SIZE, clamp_n_clusters, default_n_clusters  # noqa: F401 (torch-free)
 from clustermine.clustering.feasibility import TEMI_CPU_MAX_S, SlowClusteringWarning, check_clusterer_feasible
 from clustermine.clustering.kmeans import KMeansClusterer
 from clustermine.clustering.temi import TEMI
@@ -37,42 +37,6 @@ Clusterer = Union[TEMI, KMeansClusterer]
 #: name -> estimator class accepted by :func:`make_clusterer`.
 CLUSTERERS: dict[str, type] = {"kmeans": KMeansClusterer, "temi": TEMI}
 _ALIASES = {"k-means": "kmeans", "k_means": "kmeans"}
-
-#: Fewest members a cluster should have on average. A cluster names itself by a plurality vote of
-#: its members, and TEMI's default k = round(0.5 N / C) >= 5 neighbours should stay within one
-#: cluster; both need about 5+ members (METHOD 2.9 recommends 10+ where N allows).
-MIN_CLUSTER_SIZE = 5
-
-
-def clamp_n_clusters(n_clusters: int, n_samples: int) -> tuple[int, str | None]:
-    """Clamp C to [1, max(1, N // MIN_CLUSTER_SIZE)].
-
-    Returns (C used, None) or (clamped C, a one-line message for the user saying why).
-    """
-    hi = max(1, n_samples // MIN_CLUSTER_SIZE)
-    c = int(n_clusters)
-    if c < 1:
-        return 1, f"{n_clusters} clusters requested; using 1 (the number of clusters must be at least 1)"
-    if c > hi:
-        return hi, (
-            f"{c} clusters requested for {n_samples} images; using {hi} so that each cluster has "
-            f"about {MIN_CLUSTER_SIZE}+ members to vote on its concept"
-        )
-    return c, None
-
-
-def default_n_clusters(n_samples: int) -> int:
-    """Data-independent default C = round(sqrt(N / 2)), clipped to [2, 200], then clamped.
-
-    sqrt(N/2) is the classical rule of thumb for the number of clusters (Mardia et al., 1979): the
-    count and the mean size (sqrt(2N)) both grow with N, so small folders get few clusters with
-    enough voters each, and larger ones get the mild over-clustering ClusterMine relies on (several
-    clusters may vote for the same concept; an unsplit class loses concepts). The cap of 200 keeps
-    CPU training cheap; pass C explicitly for ImageNet-scale sets (the paper uses 4000).
-    """
-    c = int(min(200, max(2, round(math.sqrt(max(n_samples, 0) / 2)))))
-    return clamp_n_clusters(c, n_samples)[0]
-
 
 def make_clusterer(
     name: str,

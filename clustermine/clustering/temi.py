@@ -34,27 +34,12 @@ from clustermine.linalg import l2_normalize
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
-#: Optimiser steps a default schedule runs at least from N >= 1000 on (METHOD 2.9b: ~300 steps is
-#: under-trained, ~1.5k+ ties or beats k-means).
-MIN_STEPS = 2000
-#: The floor of the step count for small N (METHOD 2.9b: below ~1.5k steps seeds disagree).
-MIN_STEPS_SMALL_N = 1500
-#: Heads of a default schedule: clip(round(N / HEADS_PER_SAMPLES), MIN_HEADS, MAX_HEADS), but
-#: MAX_HEADS when clusters are small (N / C < SMALL_CLUSTERS).
-MIN_HEADS, MAX_HEADS, HEADS_PER_SAMPLES, SMALL_CLUSTERS = 4, 16, 250, 15
-#: Heads x batch up to which a step runs on one thread when ``n_threads`` is None (issue 12: 300
-#: steps of 4 heads x 16 took 5.7 s on one thread, 27 s on two, on a loaded 2-core machine).
-SMALL_STEP_WORK = 256
-#: Upper bound on the number of epochs a default schedule picks (only reached for tiny N).
-MAX_EPOCHS = 1000
-#: Above this N the large-N rule of :func:`default_schedule` applies (N <= LARGE_N keeps the
-#: step-floor schedule measured in BENCHMARKS "First run" / "Clustering: TEMI vs k-means").
-LARGE_N = 20_000
-#: Samples a large-N schedule routes per cluster (steps x batch / C): the official ImageNet-1K
-#: recipe trains 100 epochs x 1,281,167 images over 25,000 clusters = 5,125 per cluster.
-VISITS_PER_CLUSTER = 5_000
-#: The official recipe's epochs (TEMI README, CIFAR and ImageNet-1K): the large-N rule never asks more.
-OFFICIAL_EPOCHS = 100
+from clustermine.schedule import (  # noqa: F401  (re-exported: the schedule rules need no torch)
+    HEADS_PER_SAMPLES, LARGE_N, MAX_EPOCHS, MAX_HEADS, MIN_HEADS, MIN_STEPS, MIN_STEPS_SMALL_N, OFFICIAL_EPOCHS,
+    SMALL_CLUSTERS, SMALL_STEP_WORK, STEP_OVERHEAD, VISITS_PER_CLUSTER, _default_steps, _large_n_floor,
+    _small_cluster_heads, default_batch_size, default_epochs, default_min_steps, default_n_heads, default_schedule,
+    schedule_work,
+)
 _EMBED_NORMS = ("auto", "standardize", "l2", "none")
 _PREDICT_CHUNK = 8192
 
@@ -67,103 +52,6 @@ def default_knn(n_samples: int, n_clusters: int) -> int:
     """k = clip(round(0.5 N / C), 5, 50), and at most N - 1 (METHOD 2.9)."""
     k = int(np.clip(round(0.5 * n_samples / max(n_clusters, 1)), 5, 50))
     return max(1, min(k, n_samples - 1))
-
-
-def default_n_heads(n_samples: int, n_clusters: int | None = None) -> int:
-    """H = clip(round(N / 250), 4, 16): 4 heads up to N ~ 1.1k, 16 from N = 3,875 on; 16 whenever the
-    clusters are small (N / C < 15), where :func:`default_schedule` keeps the former schedule.
-
-    A step costs about H x batch; with clusters of 15+ samples the heads agree (4 heads gave the
-    ACC / NMI of 16 at N = 1000, BENCHMARKS "Clustering: TEMI vs k-means", and at N = 160, C = 4,
-    "First run (issue 12)"), but with ~10 samples a cluster (caltech101_sub, 21 classes x 10) 4 heads
-    lost 6-15 ACC points to 16: picking the lowest-loss of many heads is what makes such runs stable.
-    """
-    if n_clusters and n_samples / max(int(n_clusters), 1) < SMALL_CLUSTERS:
-        return MAX_HEADS
-    return int(np.clip(round(max(n_samples, 0) / HEADS_PER_SAMPLES), MIN_HEADS, MAX_HEADS))
-
-
-def default_min_steps(n_samples: int) -> int:
-    """Step floor clip(1000 + N, 1500, 2000): 1,500 steps up to N = 500, 2,000 from N = 1000 on.
-
-    Never below METHOD 2.9b's ~1.5k steps (fewer leave seeds disagreeing); small N saves time by
-    fewer heads and a smaller batch instead of fewer steps.
-    """
-    return int(np.clip(1000 + max(n_samples, 0), MIN_STEPS_SMALL_N, MIN_STEPS))
-
-
-def default_batch_size(n_samples: int) -> int:
-    """Power of two nearest to N / 16, clipped to [16, 256], and at most N / 4 (METHOD 2.9).
-
-    N = 1000 gives 64, the batch size measured to work in METHOD 2.9b; small batches buy more
-    optimiser steps per second of CPU time (N < ~360 gets 16).
-    """
-    b = 2 ** int(round(math.log2(max(n_samples, 1) / 16))) if n_samples >= 16 else 1
-    b = int(np.clip(b, 16, 256))
-    return max(2, min(b, n_samples // 4))
-
-
-def default_epochs(n_samples: int, batch_size: int, min_steps: int = MIN_STEPS) -> int:
-    """Epochs so that training runs >= ``min_steps`` optimiser steps (drop_last), in [1, 1000]."""
-    steps_per_epoch = max(1, n_samples // batch_size)
-    return int(np.clip(math.ceil(min_steps / steps_per_epoch), 1, MAX_EPOCHS))
-
-
-def default_schedule(
-    n_samples: int,
-    n_clusters: int | None = None,
-    *,
-    n_heads: int | None = None,
-    batch_size: int | None = None,
-    epochs: int | None = None,
-    min_steps: int | None = None,
-) -> dict[str, int]:
-    """The training schedule TEMI runs on N samples and C clusters (None: unknown, heads from N
-    only): ``n_heads``, ``batch_size``, ``epochs``, ``min_steps`` (the step floor the epochs were
-    chosen for) and ``steps`` (optimiser steps, drop_last). Values given win; ``None`` resolves from
-    N by the default_* rules above. Used by TEMI.fit and by the run-cost estimate.
-
-    N <= ``LARGE_N`` (20,000): epochs reach the step floor (1,500-2,000 steps; METHOD 2.9b: steps,
-    not epochs, decide; that is already far fewer than 100 epochs from N ~ 5k on).
-    N > ``LARGE_N``: a floor of 2,000 steps alone would shrink training to ~1 epoch at 1.28M, where
-    the official recipe trains 100 epochs. What that recipe gives each cluster is the signal to
-    keep: at ImageNet-1K (batch 128, 100 epochs, 25,000 clusters) every cluster receives ~5,100
-    samples over training. So the step floor becomes max(2,000, ``VISITS_PER_CLUSTER`` x C / batch),
-    with the epochs it implies capped at ``OFFICIAL_EPOCHS`` (100) -- unless ``epochs`` or
-    ``min_steps`` is given. At N = 1,281,167, batch 256 (5,004 steps an epoch):
-
-    ====== ========================= ===========================================
-    C      this rule                 official recipe (100 epochs)
-    ====== ========================= ===========================================
-    200    1 epoch, 5,004 steps      100 epochs; 25,600 samples / cluster here
-    1,000  4 epochs, 20,016 steps    100 epochs, 500,400 steps
-    4,000  16 epochs, 80,064 steps   (the paper's C) 100 epochs, 500,400 steps
-    25,000 98 epochs, 490,392 steps  ~ the same (the recipe's own C)
-    ====== ========================= ===========================================
-
-    ``epochs=100`` reproduces the recipe literally. C unknown (None) uses ``default_n_clusters(N)``.
-    """
-    n = max(int(n_samples), 0)
-    # Small clusters (N / C < 15) keep the former schedule (16 heads, batch >= 32, 2,000 steps):
-    # fewer heads, a smaller batch or fewer steps all lost ACC there (BENCHMARKS "First run").
-    small = bool(n_clusters) and n / max(int(n_clusters or 1), 1) < SMALL_CLUSTERS
-    heads = default_n_heads(n, n_clusters) if n_heads is None else int(n_heads)
-    floor = (MIN_STEPS if small else default_min_steps(n)) if min_steps is None else int(min_steps)
-    if batch_size is None:
-        bs = default_batch_size(n)
-        if small:
-            bs = max(2, min(max(bs, 32), n // 4))
-    else:
-        bs = int(batch_size)
-    bs = max(1, bs)
-    if epochs is None and min_steps is None and n > LARGE_N:
-        from clustermine.clustering import default_n_clusters
-
-        c = int(n_clusters) if n_clusters else default_n_clusters(n)
-        spe = max(1, n // bs)
-        floor = max(floor, min(math.ceil(VISITS_PER_CLUSTER * c / bs), OFFICIAL_EPOCHS * spe))
-    ep = default_epochs(n, bs, floor) if epochs is None else int(epochs)
-    return {"n_heads": heads, "batch_size": bs, "epochs": ep, "min_steps": floor, "steps": (n // bs) * ep}
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,8 +210,8 @@ class TEMI(ClustererBase):
     ``fit(X [N, D])`` trains H student/teacher heads with the beta-weighted PMI loss on
     (image, random kNN neighbour) pairs; cluster ids are the teacher's lowest-loss head's argmax.
     Parameters left at ``None`` are derived from N and C (METHOD 2.9, :func:`default_schedule`):
-    ``n_heads`` (clip(round(N / 250), 4, 16); the former 16 heads, batch >= 32, 2,000 steps when
-    N / C < 15), ``min_steps`` (clip(1000 + N, 1500, 2000)),
+    ``n_heads`` (clip(round(N / 250), 4, 16); more when N / C < 15, within the cost of the schedule
+    for 2N), ``min_steps`` (clip(1000 + N, 1500, 2000)),
     ``knn``, ``batch_size``, ``epochs`` (>= ``min_steps`` optimiser steps; above N = 20,000 also
     ~5,000 samples per cluster, at most 100 epochs), ``lr`` (1e-4 * batch / 256).
     ``knn_method``: ``"exact"`` (chunked, CPU or CUDA), ``"approx"`` (NN-descent on the CPU) or
