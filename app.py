@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from clustermine import clusterview
+from clustermine.workflows import clusterview
 from ui import settings, state, widgets
 from ui.cache import list_runs_light, system_device, warm_imports
 from ui.text import md_code, md_escape

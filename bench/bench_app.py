@@ -48,8 +48,8 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def build_run(path: Path, images: Path) -> Path:
-    from clustermine.pipeline import MineConfig, mine
-    from clustermine.runs import Run
+    from clustermine.workflows.pipeline import MineConfig, mine
+    from clustermine.store import Run
 
     try:
         if Run.open(path).status == "done":
@@ -65,8 +65,8 @@ def build_run(path: Path, images: Path) -> Path:
 
 # ------------------------------------------------------------------------------------ (a)
 def bench_edit_rescore(run_dir: Path, n_images: int = 1000, reps: int = 20) -> dict:
-    from clustermine.runs import Run
-    from clustermine.scoring import WhatIfScorer
+    from clustermine.store import Run
+    from clustermine.method.scoring import WhatIfScorer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-edit-"))
     try:
@@ -191,7 +191,7 @@ def main() -> int:
                      f"{r['p90_ms']:.1f} ms p90 ({r['reps']} edits; scorer built once in {r['build_s']:.1f} s)",
                      "< 300 ms", r["median_ms"] < 300))
     if "b" in only:
-        from clustermine.runs import Run
+        from clustermine.store import Run
 
         n = len(Run.open(run_dir).image_paths())
         for r in bench_pages(run_dir):

@@ -17,8 +17,8 @@ import numpy as np
 
 from common import RESULTS, machine_info, machine_line, write_block  # noqa: E402  (sets env, sys.path)
 
-from clustermine.corpus import embed_concepts, load_corpus, prompts
-from clustermine.encoders import load_encoder
+from clustermine.method.corpus import embed_concepts, load_corpus, prompts
+from clustermine.method.encoders import load_encoder
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import torch  # noqa: E402
 
-from clustermine.encoders import load_encoder  # noqa: E402
-from clustermine.encoders.decode import PROCESS_MIN_IMAGES, resolve_workers  # noqa: E402
+from clustermine.method.encoders import load_encoder  # noqa: E402
+from clustermine.method.encoders.decode import PROCESS_MIN_IMAGES, resolve_workers  # noqa: E402
 
 
 def _cpu_s() -> float:

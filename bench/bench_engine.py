@@ -37,8 +37,8 @@ def corpus_cold_warm(skip_cold: bool) -> dict:
     res = {}
     code = (
         "t0 = time.perf_counter()\n"
-        "from clustermine.encoders import load_encoder\n"
-        "from clustermine.corpus import load_corpus, corpus_embeddings\n"
+        "from clustermine.method.encoders import load_encoder\n"
+        "from clustermine.method.corpus import load_corpus, corpus_embeddings\n"
         "t_imp = time.perf_counter()\n"
         "enc = load_encoder('offline', device='cpu')\n"
         "c = load_corpus('wordnet-nouns')\n"
@@ -61,7 +61,7 @@ def corpus_cold_warm(skip_cold: bool) -> dict:
 def latency_and_throughput() -> dict:
     import torch
 
-    from clustermine.scoring import Detector
+    from clustermine.method.scoring import Detector
 
     enc = common.encoder()
     corpus, text_emb = common.corpus_and_embeddings("wordnet-nouns")
@@ -92,7 +92,7 @@ def latency_and_throughput() -> dict:
         t0 = time.perf_counter()
         enc.encode_images(sub, batch_size=bs)
         e2e.append(len(sub) / (time.perf_counter() - t0))
-    from clustermine.images import load_rgb  # noqa: F401
+    from clustermine.method.images import load_rgb  # noqa: F401
     batches = [torch.stack([enc.load_and_preprocess(f) for f in sub[i:i + bs]]) for i in range(0, len(sub), bs)]
     bare = []
     for _ in range(2):
@@ -123,7 +123,7 @@ def mine_memory() -> dict:
         for f in (Path(os.environ["CLUSTERMINE_CACHE"]) / "text").glob("*"):
             os.link(f, Path(tmp) / "text" / f.name)
         code = (
-            "from clustermine.pipeline import mine, MineConfig\n"
+            "from clustermine.workflows.pipeline import mine, MineConfig\n"
             "t0 = time.perf_counter()\n"
             f"run = mine({str(DATA / 'imagenette_train100')!r}, {tmp + '/run'!r}, MineConfig(device='cpu'), cache_dir={tmp!r})\n"
             "out = {'wall_s': time.perf_counter() - t0, 'summary': run.meta.get('summary', {})}\n"

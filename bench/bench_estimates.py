@@ -9,7 +9,7 @@ second mining job running; and the 160-image first run, old checkout vs this one
 
 Each cell is what the app does: the estimate is made in this process as the Data page makes it (the
 encoder loaded, ``measure_speed`` then ``estimate_run_cost``), then the job runs in a worker process
-(``clustermine.jobs.start_mine_job``: ``python -m clustermine resume``) on a class-stratified subset of
+(``clustermine.workflows.jobs.start_mine_job``: ``python -m clustermine resume``) on a class-stratified subset of
 ../shared/data/imagenette_train100 (N / 10 images of each of its 10 classes), with a fresh runs root
 and an empty feature cache (the images are encoded, as on a first run) but the corpus embedding
 already cached. "actual" is the wall time from launching the worker to the run being done; the ETA
@@ -102,8 +102,8 @@ class SecondJob:
 
 def estimate_like_the_app(n: int, clusterer: str, encoder) -> tuple[dict, float]:
     """The Data page's pre-launch estimate (encoder loaded, speed probed now); its own cost (s)."""
-    from clustermine.config import MineConfig
-    from clustermine.estimate import estimate_now
+    from clustermine.core.config import MineConfig
+    from clustermine.workflows.estimate import estimate_now
 
     cfg = MineConfig()
     t = time.perf_counter()
@@ -118,9 +118,9 @@ def estimate_like_the_app(n: int, clusterer: str, encoder) -> tuple[dict, float]
 
 def run_cell(n: int, clusterer: str, load: str, encoder) -> dict:
     """One cell; the worker reads the probe of the pre-launch estimate, as a job launched by the app does."""
-    from clustermine import jobs
-    from clustermine.config import MineConfig
-    from clustermine.runs import Run
+    from clustermine.workflows import jobs
+    from clustermine.core.config import MineConfig
+    from clustermine.store import Run
 
     tmp = Path(tempfile.mkdtemp(prefix=f"est_{n}_{clusterer}_{load}_"))
     second = None
@@ -258,7 +258,7 @@ def main() -> None:
         out = a.out.with_name("ab_first_run_160.json")
         out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
         return
-    from clustermine.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder
 
     encoder = load_encoder("offline")  # the app keeps the Data page's encoder loaded
     existing = json.loads(a.out.read_text())["cells"] if a.out.is_file() else []

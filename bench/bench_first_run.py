@@ -43,8 +43,8 @@ def subset_folder(src: Path, dst: Path, n_classes: int, per_class: int) -> list[
 
 def real_features(name: str, n_classes: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """Offline-encoder features [n, D] and class labels of a class-balanced subset of a shared folder."""
-    from clustermine.encoders import load_encoder
-    from clustermine.pipeline import load_folder
+    from clustermine.method.encoders import load_encoder
+    from clustermine.workflows.pipeline import load_folder
 
     records, feats = load_folder(DATA / name, load_encoder("offline"))
     labels = np.array([Path(r.path).parts[0] for r in records])
@@ -63,10 +63,10 @@ def old_defaults(n: int) -> dict:
 
 def quality(seeds: list[int], out: Path | None, threads: int | None = 1, variants: tuple[str, ...] = ("new", "old"),
             only: str = "") -> list[dict]:
-    from clustermine.clustering import TEMI
-    from clustermine.metrics import clustering_scores
+    from clustermine.method.clustering import TEMI
+    from clustermine.method.metrics import clustering_scores
 
-    from clustermine.clustering import default_n_clusters
+    from clustermine.method.clustering import default_n_clusters
 
     # (features, labels, C): C = the classes, except "4x18", an 80-image first run's 72 mining images
     # with the default C rule (6 clusters of ~12: the small-cluster schedule of issue 18)
@@ -112,9 +112,9 @@ def table(rows: list[dict]) -> str:
 
 def first_mine(n_classes: int, per_class: int, clusterer: str) -> dict:
     """Wall time of one ``mine`` of a fresh folder (feature cache empty, corpus embedding cached)."""
-    from clustermine.config import MineConfig
-    from clustermine.estimate import estimate_run_cost
-    from clustermine.pipeline import mine
+    from clustermine.core.config import MineConfig
+    from clustermine.workflows.estimate import estimate_run_cost
+    from clustermine.workflows.pipeline import mine
 
     tmp = Path(tempfile.mkdtemp(prefix="first_run_"))
     try:

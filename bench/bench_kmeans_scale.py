@@ -25,7 +25,7 @@ SECTION = "## Paper scale"
 CODE = """
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
-from clustermine.clustering import KMeansClusterer
+from clustermine.method.clustering import KMeansClusterer
 X = np.load({path!r}, mmap_mode="r")
 y = np.load({labels!r})
 load_before = os.getloadavg()[0]

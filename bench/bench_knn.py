@@ -30,7 +30,7 @@ NOISES = (0.9, 1.5)
 
 CODE = """
 import numpy as np
-from clustermine.clustering.knn import knn_indices
+from clustermine.method.clustering.knn import knn_indices
 X = np.load({path!r}, mmap_mode="r")
 t0 = time.perf_counter()
 idx = knn_indices(X, {k}, method={method!r}, random_state=0)

@@ -4,7 +4,7 @@ run, inside one server process, through the web app's own caches.
 Each session is a thread that does what the Scoring page does per user: take the encoder from
 ``ui.cache.get_encoder`` (``st.cache_resource``: one instance per process, forward passes
 serialised by a lock), the run from ``ui.cache.load_run`` and score its own images with
-``clustermine.pipeline.score_images``. The script checks that every session got the *same*
+``clustermine.workflows.pipeline.score_images``. The script checks that every session got the *same*
 encoder object (and that ``load_encoder`` returns one instance), and reports the resident memory
 (VmRSS, and the peak VmHWM) of the process: after imports, after one warm-up session (encoder and
 run loaded), and after N concurrent sessions.
@@ -61,8 +61,8 @@ def files(folder: Path, classes: list[str] | None, per_class: int) -> list[Path]
 
 def build_run(spec: str, workdir: Path, corpus: str) -> Path:
     """A small real run: 40 Imagenette photos (4 classes x 10), k-means C = 4."""
-    from clustermine.encoders import load_encoder
-    from clustermine.pipeline import MineConfig, mine
+    from clustermine.method.encoders import load_encoder
+    from clustermine.workflows.pipeline import MineConfig, mine
 
     imgs = workdir / "images"
     for f in files(DATA / "imagenette_train100", ID_CLASSES, 10):
@@ -92,8 +92,8 @@ def main() -> None:
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     import ui.cache as cache  # the web app's caches (st.cache_resource works without a server)
-    from clustermine.encoders import load_encoder
-    from clustermine.pipeline import score_images
+    from clustermine.method.encoders import load_encoder
+    from clustermine.workflows.pipeline import score_images
 
     mem = {"after_imports": rss_mib()}
     spec = a.encoder

@@ -27,7 +27,7 @@ import numpy as np
 
 from common import RESULTS, machine_info, machine_line, peak_rss_mb, write_block  # noqa: E402  (sets env, sys.path)
 
-from clustermine import projection as pj
+from clustermine.workflows import projection as pj
 
 SECTION = "## Paper scale"
 

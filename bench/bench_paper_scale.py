@@ -85,7 +85,7 @@ def run_child(code: str, *args: str, timeout: float = 7200) -> dict:
 MINE = '''
     import sys
     from clustermine.cli import main
-    from clustermine.runs import Run
+    from clustermine.store import Run
     feats, paths, out = sys.argv[1:4]
     rc = main(["mine", "--features", feats, "--paths", paths, "--out", out, "--clusterer", "kmeans",
                "--clusters", "1000", "--quiet", "--force"])
@@ -97,8 +97,8 @@ MINE = '''
 
 CALIBRATE = '''
     import sys, time
-    from clustermine.runs import Run
-    from clustermine.whatif import calibration_set
+    from clustermine.store import Run
+    from clustermine.workflows.whatif import calibration_set
     run = Run.open(sys.argv[1])
     t = time.perf_counter(); cal = calibration_set(run); RESULT["seconds"] = time.perf_counter() - t
     RESULT["n"] = int(len(cal.rows))
@@ -106,8 +106,8 @@ CALIBRATE = '''
 
 SCORE = '''
     import sys, time
-    from clustermine.runs import Run
-    from clustermine.whatif import all_scores
+    from clustermine.store import Run
+    from clustermine.workflows.whatif import all_scores
     run = Run.open(sys.argv[1])
     t = time.perf_counter(); s = all_scores(run); RESULT["seconds"] = time.perf_counter() - t
     RESULT["n"] = int(len(s))
@@ -124,8 +124,8 @@ PAGES = '''
 VOTE_SLICE = '''
     import sys, time
     import numpy as np
-    from clustermine.mining import zero_shot_topk
-    from clustermine.scoring import WhatIfScorer
+    from clustermine.method.mining import zero_shot_topk
+    from clustermine.method.scoring import WhatIfScorer
     feats = np.load(sys.argv[1], mmap_mode="r")[: int(sys.argv[2])]
     rng = np.random.default_rng(1)
     text = rng.normal(size=(10000, feats.shape[1])).astype(np.float32)

@@ -40,12 +40,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     a = ap.parse_args()
 
-    from clustermine.corpus import corpus_embeddings, load_corpus
-    from clustermine.distributed import RayCluster
-    from clustermine.encoders import load_encoder
-    from clustermine.images import scan_images
-    from clustermine.mining import zero_shot_topk
-    from clustermine.pipeline import FeatureCache, encode_records
+    from clustermine.method.corpus import corpus_embeddings, load_corpus
+    from clustermine.workflows.distributed import RayCluster
+    from clustermine.method.encoders import load_encoder
+    from clustermine.method.images import scan_images
+    from clustermine.method.mining import zero_shot_topk
+    from clustermine.workflows.pipeline import FeatureCache, encode_records
 
     encoder = load_encoder("offline", device="cpu")
     records = [r for r in scan_images(a.images) if r.ok][: a.n]

@@ -45,7 +45,7 @@ FOLDERS = ROOT / ".cache" / "bench_folders"
 def make_folder(n: int) -> Path:
     if n == 1000:
         return DATA / "imagenette_train100"
-    from clustermine.images import scan_images
+    from clustermine.method.images import scan_images
 
     dst = FOLDERS / f"N{n}"
     marker = dst / ".complete"
@@ -94,13 +94,13 @@ def part_mine(sizes) -> dict:
         run_dir = ROOT / ".cache" / "bench_runs" / f"N{n}"
         shutil.rmtree(run_dir, ignore_errors=True)
         code = (
-            "from clustermine.pipeline import mine, MineConfig\n"
+            "from clustermine.workflows.pipeline import mine, MineConfig\n"
             "t0 = time.perf_counter()\n"
             f"run = mine({str(folder)!r}, {str(run_dir)!r}, MineConfig(device='cpu'), overwrite=True)\n"
             "out = {'wall_s': time.perf_counter() - t0, 'summary': run.meta.get('summary', {})}\n"
             "out['max_rss_after_mine_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-            "from clustermine.images import scan_images, load_rgb\n"
-            "from clustermine.encoders import load_encoder\n"
+            "from clustermine.method.images import scan_images, load_rgb\n"
+            "from clustermine.method.encoders import load_encoder\n"
             "enc = load_encoder('offline', 'cpu')\n"
             f"recs = [r for r in scan_images({str(folder)!r}) if r.status == 'ok']\n"
             "t0 = time.perf_counter()\n"
@@ -124,7 +124,7 @@ def part_vote(sizes) -> dict:
         for label, chunk in (("chunked", 1024), ("all rows at once", 10**9)):
             code = (
                 "import numpy as np\nfrom common import corpus_and_embeddings\n"
-                "from clustermine.mining import zero_shot_topk\n"
+                "from clustermine.method.mining import zero_shot_topk\n"
                 f"F = np.load({str(feats)!r}).astype(np.float32)\n"
                 "_, T = corpus_and_embeddings('wordnet-nouns')\n"
                 "zero_shot_topk(F[:8], T, k=5)\n"
@@ -150,7 +150,7 @@ def _synthetic(n: int, d: int = 384, k: int = 50, seed: int = 0) -> np.ndarray:
 def part_temi(max_n: int, full_fit: bool = False) -> dict:
     import torch
 
-    from clustermine.clustering.temi import MIN_STEPS, TEMI, default_batch_size, default_epochs, knn_indices
+    from clustermine.method.clustering.temi import MIN_STEPS, TEMI, default_batch_size, default_epochs, knn_indices
 
     res = {"step": [], "knn": [], "full": []}
     # s/step depends on batch size and C, not on N: 1 epoch at N = 10,240 (bs = 256 by default there)
@@ -215,7 +215,7 @@ def part_embed2d(sizes) -> dict:
 
 
 def part_score() -> dict:
-    from clustermine.scoring import Detector
+    from clustermine.method.scoring import Detector
 
     enc = common.encoder()
     corpus, emb = common.corpus_and_embeddings("wordnet-nouns")

@@ -1,7 +1,7 @@
 """Find-images benchmark (issue 13): latency of a warm text -> images query on a 20K-image run.
 
 A warm query is (1) embedding the text with the run's encoder text tower and (2) one cosine
-ranking over the run's cached L2-normalised features (``clustermine.search.FeatureIndex``). The
+ranking over the run's cached L2-normalised features (``clustermine.workflows.search.FeatureIndex``). The
 features here are synthetic (20,000 x 384 float16, like a run's ``features.npy``); the text is
 embedded with the real encoder (default: the offline one, whose text tower is MiniLM, D = 384).
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-encoder", action="store_true", help="time the ranking only")
     a = p.parse_args(argv)
 
-    from clustermine.search import FeatureIndex
+    from clustermine.workflows.search import FeatureIndex
 
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(a.n, a.dim)).astype(np.float16).astype(np.float32)
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     rank_ms = _median_ms(lambda: index.nearest(query, a.k), a.repeats)
     out = {"n": a.n, "dim": a.dim, "k": a.k, "index_build_ms": round(build_ms, 1), "rank_ms": round(rank_ms, 2)}
     if not a.no_encoder:
-        from clustermine.corpus import embed_concepts
-        from clustermine.encoders import load_encoder
+        from clustermine.method.corpus import embed_concepts
+        from clustermine.method.encoders import load_encoder
 
         t0 = time.perf_counter()
         enc = load_encoder(a.encoder, device="cpu")

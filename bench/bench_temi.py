@@ -83,7 +83,7 @@ def step_ab(X: np.ndarray, a: argparse.Namespace, batch: int, rounds: int = 5, s
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from clustermine.clustering import temi as T
+    from clustermine.method.clustering import temi as T
 
     torch.manual_seed(0)
     dev, H, C, d = a.device, a.heads, a.clusters, X.shape[1]
@@ -171,13 +171,13 @@ def run_one(a: argparse.Namespace, n: int) -> dict:
     """Fit TEMI (and k-means) on one synthetic set; returns the table row."""
     import torch
 
-    from clustermine.clustering import TEMI, KMeansClusterer
+    from clustermine.method.clustering import TEMI, KMeansClusterer
 
     if a.threads:
         torch.set_num_threads(a.threads)
     X, y = make_mixture(n, a.dim, a.classes or a.clusters, noise=a.noise, seed=a.seed)
     if a.ab_only:
-        from clustermine.clustering.temi import default_batch_size
+        from clustermine.method.clustering.temi import default_batch_size
 
         bs = a.batch_size or default_batch_size(n)
         row = {"N": n, "D": a.dim, "C": a.clusters, "heads": a.heads, "batch": bs, "threads": torch.get_num_threads()}

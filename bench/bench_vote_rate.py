@@ -24,7 +24,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.code:
         sys.path.insert(0, a.code)
-    from clustermine.mining import zero_shot_topk
+    from clustermine.method.mining import zero_shot_topk
 
     feats = np.load(a.features, mmap_mode="r")[: a.n]
     text = np.load(a.text).astype(np.float32)

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from clustermine.linalg import l2_normalize as l2n  # noqa: E402,F401  (used as common.l2n)
+from clustermine.core.linalg import l2_normalize as l2n  # noqa: E402,F401  (used as common.l2n)
 
 DATA = Path(os.environ.get("CLUSTERMINE_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "bench" / "results"
@@ -78,7 +78,7 @@ _ENCODER = None
 def encoder():
     global _ENCODER
     if _ENCODER is None:
-        from clustermine.encoders import load_encoder
+        from clustermine.method.encoders import load_encoder
 
         _ENCODER = load_encoder("offline", device="cpu")
     return _ENCODER
@@ -89,7 +89,7 @@ def folder_records(rel: str, per_class: int | None = None) -> list:
 
     ``per_class``: keep only the first ``per_class`` files (file-name order) of every class folder.
     """
-    from clustermine.images import scan_images
+    from clustermine.method.images import scan_images
 
     recs = [r for r in scan_images(DATA / rel) if r.status == "ok"]
     if per_class is not None:
@@ -106,7 +106,7 @@ def folder_features(rel: str, per_class: int | None = None) -> tuple[list[str], 
 
     ``per_class``: as in :func:`folder_records` (only those files are encoded).
     """
-    from clustermine.pipeline import FeatureCache, encode_records
+    from clustermine.workflows.pipeline import FeatureCache, encode_records
 
     recs = folder_records(rel, per_class)
     feats, _ = encode_records(encoder(), recs, cache=FeatureCache(encoder().fingerprint_id))
@@ -138,7 +138,7 @@ def corpus_and_embeddings(spec: str = "wordnet-nouns", template: str | None = No
     result is kept in ``.cache/bench_text`` (not in the engine's cache). ``subsample``: a fixed
     (seed 0) random fraction of the corpus, original order kept.
     """
-    from clustermine.corpus import Corpus, corpus_embeddings, embed_concepts, load_corpus
+    from clustermine.method.corpus import Corpus, corpus_embeddings, embed_concepts, load_corpus
 
     key = (spec, template, subsample)
     if key in _CORPORA:
@@ -186,7 +186,7 @@ def corpus_and_embeddings(spec: str = "wordnet-nouns", template: str | None = No
 def n_clusters_default(n: int) -> int:
     """The engine's default C rule (does not look at the true class count)."""
     try:
-        from clustermine.clustering import clamp_n_clusters, default_n_clusters
+        from clustermine.method.clustering import clamp_n_clusters, default_n_clusters
 
         c, _ = clamp_n_clusters(default_n_clusters(n), n)
         return int(c)
@@ -198,7 +198,7 @@ def cluster(X: np.ndarray, method: str, C: int, seed: int) -> np.ndarray:
     """Cluster ids [N]; ``make_clusterer`` from the engine (TEMI defaults / k-means)."""
     import hashlib
 
-    from clustermine.clustering import make_clusterer
+    from clustermine.method.clustering import make_clusterer
 
     if C <= 1:
         return np.zeros(X.shape[0], dtype=np.int64)
@@ -317,7 +317,7 @@ _WN_SYN: dict | None = None
 def wordnet_synonyms(name: str) -> set[str]:
     """All noun lemmas sharing a WordNet synset with ``name`` (normalised: lowercase, spaces)."""
     global _WN_SYN
-    from clustermine.corpus import find_wordnet, normalize_concept
+    from clustermine.method.corpus import find_wordnet, normalize_concept
 
     if _WN_SYN is None:
         src = find_wordnet()

@@ -6,13 +6,13 @@
 Splits, features, corpus and k-means clusterings are those of ``bench/eval_ood.py`` (cached
 features: run ``bench/encode_all.py`` first). For every split, seed and mining-set size (all mining
 images, and a seeded subsample of 160 — the first-run scenario of issue 12) a run is emulated
-exactly as ``clustermine.pipeline.mine`` builds it: ``holdout_rows(n, 0.1, seed)`` held out, k-means
+exactly as ``clustermine.workflows.pipeline.mine`` builds it: ``holdout_rows(n, 0.1, seed)`` held out, k-means
 with the engine's default C on the rest, top-1 zero-shot votes over the WordNet nouns (similarities
 rounded to float16 as stored), plurality vote -> Y_pos, τ = 0.01. Then, at target TPR 95 %:
 
 - before: threshold = ``threshold_at_tpr`` on the held-out images' scores (the old default);
   its "ID false alarms" figure = share of those same held-out images below it.
-- after: ``clustermine.calibration``: cross-fitted (5 folds) mining scores pooled with the held-out
+- after: ``clustermine.method.calibration``: cross-fitted (5 folds) mining scores pooled with the held-out
   scores; threshold = order statistic at 90 % confidence; "ID false alarms" = cross-validated over
   the folds (each image judged by a threshold its fold did not set).
 
@@ -42,9 +42,9 @@ TPR, CONFIDENCE, N_FOLDS, HOLDOUT, SMALL_N = 0.95, 0.9, 5, 0.1, 160
 
 def emulate_run(X: np.ndarray, top1: np.ndarray, sim1: np.ndarray, seed: int, n_vocab: int) -> dict:
     """Held-out rows, cluster ids (-1 = held out) and mined Y_pos of a run on features ``X``."""
-    from clustermine.calibration import crossfit_positive_rows, fold_ids
-    from clustermine.mining import cluster_statistics
-    from clustermine.pipeline import holdout_rows
+    from clustermine.method.calibration import crossfit_positive_rows, fold_ids
+    from clustermine.method.mining import cluster_statistics
+    from clustermine.workflows.pipeline import holdout_rows
 
     n = len(X)
     hold = holdout_rows(n, HOLDOUT, seed)
@@ -61,10 +61,10 @@ def emulate_run(X: np.ndarray, top1: np.ndarray, sim1: np.ndarray, seed: int, n_
 
 
 def evaluate_split(key: str, seeds, sizes) -> dict:
-    from clustermine.calibration import choose_threshold, crossfit_scores, crossval_false_alarms
-    from clustermine.metrics import threshold_at_tpr
-    from clustermine.mining import zero_shot_topk
-    from clustermine.scoring import WhatIfScorer
+    from clustermine.method.calibration import choose_threshold, crossfit_scores, crossval_false_alarms
+    from clustermine.method.metrics import threshold_at_tpr
+    from clustermine.method.mining import zero_shot_topk
+    from clustermine.method.scoring import WhatIfScorer
 
     split = SPLITS[key]()
     corpus, text = corpus_and_embeddings("wordnet-nouns")
@@ -118,7 +118,7 @@ def render(results: dict, seeds, info: dict, seconds: float) -> str:
         f"builds it "
         f"(10 % held out by `holdout_rows`, votes rounded to float16). **before**: `threshold_at_tpr` on the "
         f"held-out images (the old default), its \"ID false alarms\" measured on those same images. **after**: "
-        f"`clustermine.calibration`: {N_FOLDS}-fold cross-fitted mining scores + held-out scores, order statistic "
+        f"`clustermine.method.calibration`: {N_FOLDS}-fold cross-fitted mining scores + held-out scores, order statistic "
         f"at {CONFIDENCE:.0%} confidence, \"ID false alarms\" cross-validated over the folds. Columns: the ID "
         f"false-alarm figure the app shows; the false alarms measured on the ID test set(s) (= 100 − TPR); the FPR "
         f"on each OOD test set (OOD scored ≥ threshold). All in %. \"n = 160\": a seeded subsample of the mining "

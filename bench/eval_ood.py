@@ -164,7 +164,7 @@ class Scorer:
     """Per test set: LSE over the corpus computed once (engine's WhatIfScorer), then any Y_pos."""
 
     def __init__(self, split: dict, text_emb: np.ndarray, tau: float):
-        from clustermine.scoring import WhatIfScorer
+        from clustermine.method.scoring import WhatIfScorer
 
         self.sets = {**{("id", k): v for k, v in split["id_tests"].items()},
                      **{("ood", k): v for k, v in split["ood"].items()}}
@@ -175,7 +175,7 @@ class Scorer:
 
 
 def evaluate_scores(split: dict, sc: dict) -> dict:
-    from clustermine.metrics import ood_metrics
+    from clustermine.method.metrics import ood_metrics
 
     out = {}
     for idn in split["id_tests"]:
@@ -203,7 +203,7 @@ def match_classes(pos_texts: list[str], class_names: dict, class_emb: np.ndarray
 
 
 def clustermine_pos(X, top1, top1_sim, method, C, seed, n_vocab, concepts):
-    from clustermine.mining import cluster_statistics, mine_positive_concepts, summary
+    from clustermine.method.mining import cluster_statistics, mine_positive_concepts, summary
 
     t0 = time.perf_counter()
     ids = common.cluster(X, method, C, seed)
@@ -230,10 +230,10 @@ def class_concepts(ids, labels, stats, concepts, class_names):
 def run_bench(split: dict, seeds, *, C=None, tau=TAU, corpus_spec="wordnet-nouns", template=None, neg="rest",
               clusterers=("temi", "kmeans"), baselines=True, verbose=True, subsample=None,
               temi_seeds=None) -> dict:
-    from clustermine.corpus import embed_concepts
-    from clustermine.metrics import FPR95_RULE, clustering_scores
-    from clustermine.mining import posmine, zero_shot_topk
-    from clustermine.scoring import mcm_scores, neg_mining, neglabel_scores
+    from clustermine.method.corpus import embed_concepts
+    from clustermine.method.metrics import FPR95_RULE, clustering_scores
+    from clustermine.method.mining import posmine, zero_shot_topk
+    from clustermine.method.scoring import mcm_scores, neg_mining, neglabel_scores
 
     enc = encoder()
     corpus, text_emb = corpus_and_embeddings(corpus_spec, template, subsample)

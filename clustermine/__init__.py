@@ -8,7 +8,7 @@ Data flows one way: images → features → clusters → votes → concepts → 
 - :func:`zero_shot_topk`, :func:`cluster_statistics`, :func:`mine_positive_concepts`
 - :class:`Detector`, :func:`log_scores`
 - :func:`mine`, :func:`score_images`, :func:`evaluate`, :class:`MineConfig`, :class:`Run`
-- :mod:`clustermine.metrics`
+- :mod:`clustermine.method.metrics`
 
 Heavy modules are imported lazily so that ``import clustermine`` is quick and never pulls in a UI.
 """
@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import ClusterMineError
+from clustermine.core.errors import ClusterMineError
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_encoder": "encoders", "Encoder": "encoders",
-    "load_corpus": "corpus", "corpus_embeddings": "corpus", "Corpus": "corpus",
-    "TEMI": "clustering", "KMeansClusterer": "clustering", "make_clusterer": "clustering",
-    "zero_shot_topk": "mining", "cluster_statistics": "mining", "mine_positive_concepts": "mining",
-    "cluster_alerts": "mining", "posmine": "mining",
-    "Detector": "scoring", "log_scores": "scoring", "WhatIfScorer": "scoring",
-    "mine": "pipeline", "score_images": "pipeline", "evaluate": "pipeline", "MineConfig": "pipeline",
-    "Run": "runs", "list_runs": "runs", "export_run": "export",
+    "load_encoder": "method.encoders", "Encoder": "method.encoders",
+    "load_corpus": "method.corpus", "corpus_embeddings": "method.corpus", "Corpus": "method.corpus",
+    "TEMI": "method.clustering", "KMeansClusterer": "method.clustering", "make_clusterer": "method.clustering",
+    "zero_shot_topk": "method.mining", "cluster_statistics": "method.mining", "mine_positive_concepts": "method.mining",
+    "cluster_alerts": "method.mining", "posmine": "method.mining",
+    "Detector": "method.scoring", "log_scores": "method.scoring", "WhatIfScorer": "method.scoring",
+    "mine": "workflows.pipeline", "score_images": "workflows.pipeline", "evaluate": "workflows.pipeline", "MineConfig": "workflows.pipeline",
+    "Run": "store", "list_runs": "store", "export_run": "workflows.export",
 }
 
 __all__ = ["ClusterMineError", "__version__", *_LAZY]

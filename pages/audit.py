@@ -7,8 +7,8 @@ import math
 
 import streamlit as st
 
-from clustermine import clusterview
-from clustermine.mining import cluster_alerts, shared_winners
+from clustermine.workflows import clusterview
+from clustermine.method.mining import cluster_alerts, shared_winners
 from ui import audit_cards, state, widgets
 
 state.ensure_frame()

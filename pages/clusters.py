@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from clustermine import clusterview, projection
-from clustermine.rundir import layout
+from clustermine.workflows import clusterview, projection
+from clustermine.store import layout
 from ui import audit_cards, charts, rundata, scores, settings, state, widgets
 from ui.text import md_code
 

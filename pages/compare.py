@@ -1,14 +1,14 @@
 """Compare: the selected run (A) against another finished run (B): which one detects an OOD folder
 better (AUROC / FPR95 of each, verdict changes by direction), Y_pos added / removed / kept, cluster
 agreement on the images both hold, score shift of the shared held-out images, and the settings and
-images that differ. The engine does the work: ``clustermine.compare``."""
+images that differ. The engine does the work: ``clustermine.workflows.compare``."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from clustermine.compare import diff_runs
+from clustermine.workflows.compare import diff_runs
 from ui import cache, settings, state, widgets
 from ui.text import md_escape
 

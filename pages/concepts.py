@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clustermine import clusterview
+from clustermine.workflows import clusterview
 
 from ui import concept_review, state, whatif_panel, widgets
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clustermine import export, ood_eval, report, tables
+from clustermine.workflows import export, ood_eval, report, tables
 from ui import exports, state, widgets
 from ui.text import md_code
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from clustermine import clusterview
+from clustermine.workflows import clusterview
 from ui import cache, home, run_admin, settings, state, widgets
 from ui.text import md_escape
 

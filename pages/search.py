@@ -8,9 +8,9 @@ from collections import Counter
 import pandas as pd
 import streamlit as st
 
-from clustermine.errors import ClusterMineError
-from clustermine import search as search_engine
-from clustermine.search import find_image_paths, row_of_path, search_image, search_text
+from clustermine.core.errors import ClusterMineError
+from clustermine.workflows import search as search_engine
+from clustermine.workflows.search import find_image_paths, row_of_path, search_image, search_text
 from ui import cache, state, widgets
 from ui.text import md_escape
 

@@ -26,7 +26,7 @@ apt_install() {
 }
 
 # WordNet: nltk data (if the user ran nltk.download) or Debian's wordnet-base.
-if ! .venv/bin/python -c "from clustermine.corpus import find_wordnet; find_wordnet()" 2>/dev/null; then
+if ! .venv/bin/python -c "from clustermine.method.corpus import find_wordnet; find_wordnet()" 2>/dev/null; then
   echo "[setup] installing WordNet (Debian package wordnet-base)" >&2
   apt_install wordnet-base || echo "[setup] could not install wordnet-base: install it yourself (see README)" >&2
 fi

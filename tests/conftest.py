@@ -39,8 +39,8 @@ def missing_resource(what: str) -> None:
 
 def missing_ci_resources(data_dir: Path, chromium: Path, need_browser: bool) -> list[str]:
     """What a CI run lacks: the real-image folder, WordNet, Chromium + Playwright (for browser tests)."""
-    from clustermine.corpus import find_wordnet
-    from clustermine.errors import CorpusError
+    from clustermine.method.corpus import find_wordnet
+    from clustermine.core.errors import CorpusError
 
     out = []
     if not data_dir.is_dir():
@@ -117,7 +117,7 @@ def small_images(tmp_path_factory) -> Path:
 def small_run_template(small_images, tmp_path_factory) -> Path:
     """A finished run (offline encoder, k-means, C=4, WordNet nouns) on ``small_images``. Read-only:
     tests that modify a run use ``small_run`` (a fresh copy)."""
-    from clustermine.pipeline import MineConfig, mine
+    from clustermine.workflows.pipeline import MineConfig, mine
 
     out = tmp_path_factory.mktemp("runs") / "small-run"
     mine(small_images, out, MineConfig(n_clusters=4, clusterer="kmeans", seed=0))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import worker_hooks
 from conftest import copy_subset, shared
+from clustermine.workflows.whatif import run_detector
 
 pytestmark = pytest.mark.app
 
@@ -182,7 +183,7 @@ def test_corrupt_run_json_shows_an_error(app_env):
 
 # ------------------------------------------------------------------------------------ data page
 def test_data_page_shows_a_finished_run(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     at = open_app(app_env.name, "pages/data.py")
     no_exception(at)
@@ -258,7 +259,7 @@ def test_launch_waits_for_a_usable_image_and_an_empty_zip_says_why(app_env, smal
 
 
 def test_launching_a_zip_of_empty_images_names_each_file(app_env):
-    from clustermine.runs import list_runs
+    from clustermine.store import list_runs
 
     at = open_app(None, "pages/data.py")
     at.segmented_control(key="src_kind").set_value("zip").run()
@@ -272,7 +273,7 @@ def test_launching_a_zip_of_empty_images_names_each_file(app_env):
 
 
 def test_data_page_refuses_a_zip_bomb_without_leaving_a_run(app_env, tmp_path):
-    from clustermine.runs import list_runs
+    from clustermine.store import list_runs
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -299,7 +300,7 @@ def test_data_page_refuses_a_folder_outside_the_roots(app_env, tmp_path, monkeyp
 
 
 def _wait_status(run_dir: Path, statuses: tuple[str, ...], timeout: float) -> str:
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     end = time.monotonic() + timeout
     status = ""
@@ -321,7 +322,7 @@ def _mining_options(at, name: str, n_clusters: int = 2):
 
 
 def _mine_to_the_end(at, run_dir: Path) -> None:
-    from clustermine import jobs
+    from clustermine.workflows import jobs
 
     status = _wait_status(run_dir, ("done", "failed", "cancelled"), 900)
     assert status == "done", jobs.log_tail(run_dir)
@@ -332,7 +333,7 @@ def _mine_to_the_end(at, run_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_data_page_mines_a_server_folder(app_env, small_images, tmp_path, monkeypatch):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     data = tmp_path / "data"
     copy_subset(small_images, data / "id", ["n01440764", "n03028079"], 6)  # 12: enough for C = 2
@@ -355,7 +356,7 @@ def test_data_page_mines_a_server_folder(app_env, small_images, tmp_path, monkey
 
 @pytest.mark.slow
 def test_data_page_mines_a_zip(app_env, small_images):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     members = {f"{cls}/{f.name}": f for cls in ("n01440764", "n02979186")
                for f in sorted((small_images / cls).iterdir())[:6]}
@@ -392,8 +393,8 @@ def test_launch_from_the_data_page_cancel_mid_encode_and_resume(app_env, small_i
     and the run finishes. Skipped files are listed with reasons."""
     import uuid
 
-    from clustermine import jobs
-    from clustermine.runs import Run
+    from clustermine.workflows import jobs
+    from clustermine.store import Run
 
     # the first worker holds after its first chunk of 8 until the cancel: it always lands mid-encode
     worker_hooks.install(tmp_path / "hook", monkeypatch, "hold_after_first_chunk")
@@ -482,9 +483,9 @@ def _has_key(at, key: str) -> bool:
 
 
 def test_dead_worker_is_reported_as_failed(app_env, tmp_path):
-    from clustermine import jobs
-    from clustermine.runs import Run
-    from clustermine.storage import atomic_write_json
+    from clustermine.workflows import jobs
+    from clustermine.store import Run
+    from clustermine.core.storage import atomic_write_json
 
     run_dir = app_env.parent / "dead-run"
     run = Run.create(run_dir, {**Run.open(app_env).config})
@@ -499,7 +500,7 @@ def test_dead_worker_is_reported_as_failed(app_env, tmp_path):
 
 
 def test_a_run_never_started_offers_to_start(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     Run.create(app_env.parent / "idle-run", {**Run.open(app_env).config})
     at = open_app("idle-run", "pages/data.py")
@@ -510,7 +511,7 @@ def test_a_run_never_started_offers_to_start(app_env):
 
 # ------------------------------------------------------------------------------------ clusters page
 def test_clusters_page_map_carries_row_ids(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(app_env)
     at = open_app(app_env.name, "pages/clusters.py")
@@ -564,7 +565,7 @@ def test_audit_page_has_one_card_per_cluster_lowest_purity_first(app_env):
     # lowest purity first; equal purities by cluster id
     assert all((purity[a], a) < (purity[b], b) for a, b in zip(order, order[1:])), (order, purity)
     assert len(set(purity.values())) > 1, "the small run should have clusters of different purity"
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     stats = {s.cluster: s for s in Run.open(app_env).cluster_stats()}
     assert len(at.get("plotly_chart")) == sum(1 for s in stats.values() if s.histogram)  # one histogram per card
@@ -586,7 +587,7 @@ def test_audit_page_other_sort_key(app_env):
 
 # ------------------------------------------------------------------------------------ concepts page
 def test_concepts_reject_button_changes_positive_concepts(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(app_env)
     before = run.positive_concepts()
@@ -609,11 +610,11 @@ def test_concepts_reject_button_changes_positive_concepts(app_env):
 
 
 def test_concepts_what_if_panel_reacts_to_a_rejection(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(app_env)
     held = heldout_features(run)
-    before = run.detector(calibrate=False).log_scores(held)
+    before = run_detector(run, calibrate=False).log_scores(held)
     at = open_app(app_env.name, "pages/concepts.py")
     no_exception(at)
     m = metrics(at)
@@ -625,7 +626,7 @@ def test_concepts_what_if_panel_reacts_to_a_rejection(app_env):
     m2 = metrics(at)
     assert m2["Y_pos now"] == "1"
     assert m2["ID false alarms, mined"] == m["ID false alarms, mined"]
-    after = Run.open(app_env).detector(calibrate=False).log_scores(held)
+    after = run_detector(Run.open(app_env), calibrate=False).log_scores(held)
     assert float(m2["median score shift"]) == pytest.approx(float(np.median(after - before)), abs=0.0015)
     assert float(m2["ID false alarms, now"].rstrip(" %")) >= float(m["ID false alarms, now"].rstrip(" %"))
 
@@ -643,7 +644,7 @@ def test_concept_table_edit_maps_to_actions():
 def test_concepts_table_edit_through_the_data_editor(app_env):
     """A status edited in the table (the editor's JSON widget state, as the browser sends it) becomes
     a logged edit, and the table is rebuilt from the run."""
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(app_env)
     first, second = run.concepts()[0], run.concepts()[1]
@@ -666,12 +667,12 @@ def test_concepts_table_edit_through_the_data_editor(app_env):
 def test_concepts_accept_button_and_the_what_if_result(app_env):
     """Reject a concept, then click Accept: the status, the log and the what-if panel follow; the
     panel's median score shift equals the engine's Detector scores of the held-out images."""
-    from clustermine.runs import Run
-    from clustermine.scoring import Detector
+    from clustermine.store import Run
+    from clustermine.method.scoring import Detector
 
     run = Run.open(app_env)
     held = heldout_features(run)
-    det = run.detector(calibrate=False)
+    det = run_detector(run, calibrate=False)
     before = det.log_scores(held)
 
     def median_shift_without(concept) -> float:  # the engine's Detector, that concept no longer positive
@@ -693,7 +694,7 @@ def test_concepts_accept_button_and_the_what_if_result(app_env):
     at.selectbox(key="concept_pick").set_value(victim.id).run()
     at.button(key="btn_reject").click().run()
     no_exception(at)
-    after = Run.open(app_env).detector(calibrate=False).log_scores(held)
+    after = run_detector(Run.open(app_env), calibrate=False).log_scores(held)
     shift = float(np.median(after - before))
     assert shift == pytest.approx(median_shift_without(victim), abs=1e-9)
     assert shift < -0.002, shift  # a positive concept turned negative lowers the scores
@@ -712,13 +713,13 @@ def test_concepts_accept_button_and_the_what_if_result(app_env):
     assert at.data_editor[0].value.loc[victim.id, "status"] == "accepted"
     m2 = metrics(at)
     assert m2["Y_pos now"] == str(n_pos) and m2["accepted"] == "1"
-    np.testing.assert_allclose(run.detector(calibrate=False).log_scores(held), before, atol=1e-6)
+    np.testing.assert_allclose(run_detector(run, calibrate=False).log_scores(held), before, atol=1e-6)
     assert m2["median score shift"] in ("0.000", "-0.000")
     assert m2["ID false alarms, now"] == m2["ID false alarms, mined"]
 
 
 def test_concepts_add_a_corpus_concept(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(app_env)
     word = next(w for w in run.vocabulary_base() if w not in run.positive_concepts() and w.isalpha())
@@ -740,13 +741,13 @@ def _check_against_engine(at, run_dir: Path, images: list[Path]) -> None:
     """Every row of the Scoring page equals ``clustermine.score_images`` (the engine's public API:
     encoder, Detector with the current edits, threshold calibrated on held-out ID images)."""
     from clustermine import score_images
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(run_dir)
     expected = {Path(e["path"]).name: e for e in score_images(run, images)}
     df = at.dataframe[0].value.set_index("file")
     assert sorted(df.index) == sorted(expected)
-    thr = run.detector().threshold
+    thr = run_detector(run).threshold
     for name, e in expected.items():
         # float32 sums at 1/tau = 100: ~1e-6 relative; the page shows 3 decimals
         assert df.loc[name, "log score"] == pytest.approx(e["log_score"], abs=1e-3), name
@@ -758,7 +759,7 @@ def _check_against_engine(at, run_dir: Path, images: list[Path]) -> None:
 
 
 def test_scoring_page_scores_uploads_and_follows_edits(app_env, small_images):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     # one image of a class the run mined, one of a class it never saw
     imgs = [sorted((small_images / "n01440764").iterdir())[0],
@@ -815,7 +816,7 @@ def test_export_files_hold_the_concept_table(app_env, downloads):
     in the CSV only."""
     import csv
 
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     rid = app_env.name
     at = open_app(rid, "pages/concepts.py")
@@ -856,8 +857,8 @@ def test_export_files_hold_the_concept_table(app_env, downloads):
 
 def test_export_detector_bundle_loads(app_env, tmp_path):
     """The zip offered by the Export page unpacks to a detector that loads and scores like the run."""
-    from clustermine.runs import Run
-    from clustermine.scoring import Detector
+    from clustermine.store import Run
+    from clustermine.method.scoring import Detector
     from ui.exports import bundle_zip
 
     run = Run.open(app_env)
@@ -870,12 +871,12 @@ def test_export_detector_bundle_loads(app_env, tmp_path):
     assert set(det.positive_concepts) == set(run.positive_concepts())
     assert det.threshold is not None and "TPR" in det.threshold_rule
     f = run.features()[:3]
-    np.testing.assert_allclose(det.log_scores(f), run.detector().log_scores(f), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(det.log_scores(f), run_detector(run).log_scores(f), rtol=1e-3, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------ projection helpers
 def test_pca_is_deterministic_and_cached(tmp_path):
-    from clustermine import projection
+    from clustermine.workflows import projection
 
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(300, 16)).astype(np.float32)
@@ -895,7 +896,7 @@ def test_pca_is_deterministic_and_cached(tmp_path):
 
 
 def test_projection_downsamples_big_sets(tmp_path):
-    from clustermine import projection
+    from clustermine.workflows import projection
 
     feats = np.random.default_rng(1).normal(size=(500, 8)).astype(np.float32)
     rows, coords = projection.projection(tmp_path, "pca", feats, max_points=100)
@@ -904,7 +905,7 @@ def test_projection_downsamples_big_sets(tmp_path):
 
 
 def test_tiny_inputs_do_not_break_the_map():
-    from clustermine import projection
+    from clustermine.workflows import projection
 
     assert projection.pca_2d(np.zeros((1, 4))).shape == (1, 2)
     assert projection.umap_2d(np.ones((3, 4), dtype=np.float32)).shape == (3, 2)  # falls back to PCA
@@ -912,7 +913,7 @@ def test_tiny_inputs_do_not_break_the_map():
 
 @pytest.mark.slow
 def test_umap_map_is_cached(tmp_path):
-    from clustermine import projection
+    from clustermine.workflows import projection
 
     feats = np.random.default_rng(2).normal(size=(80, 8)).astype(np.float32)
     rows, coords = projection.projection(tmp_path, "umap", feats, seed=0)
@@ -954,16 +955,16 @@ def test_concepts_what_if_with_an_ood_sample(app_env, small_images, tmp_path, mo
     m = metrics(at)
     # the same AUROC by hand from the engine's scores: held-out ID images vs the OOD files
     from clustermine import score_images
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(app_env)
-    id_scores = run.detector(calibrate=False).log_scores(heldout_features(run))
+    id_scores = run_detector(run, calibrate=False).log_scores(heldout_features(run))
     ood_scores = [e["log_score"] for e in score_images(run, sorted(ood.iterdir()))]
     assert float(m["AUROC, mined"]) == pytest.approx(auroc_by_hand(id_scores, ood_scores), abs=0.0006)
     assert m["AUROC, mined"] == m["AUROC, now"]  # no edit yet: before == after
     assert f"ID = {len(id_scores)} held-out images, OOD = 6 images" in texts(at)
     # issue 18 (5): the report (Export page) carries this folder's metrics, the panel's numbers
-    from clustermine import ood_eval, report
+    from clustermine.workflows import ood_eval, report
 
     rec = ood_eval.latest(run)
     assert rec is not None and rec["current"] and Path(rec["folder"]).resolve() == ood.resolve()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import CHROMIUM, missing_resource
 from streamlit_server import streamlit_server
+from clustermine.workflows.whatif import run_detector
 
 pytestmark = pytest.mark.browser
 
@@ -80,11 +81,11 @@ def _download_scores(pg, tmp: Path) -> dict[str, dict]:
 def _same_as_engine(row: dict, run_dir: Path, image: Path) -> None:
     """A row of the Scoring page's CSV equals ``clustermine.score_images`` for the same file."""
     from clustermine import score_images
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(run_dir)
     (e,) = score_images(run, [image])
-    thr = run.detector().threshold
+    thr = run_detector(run).threshold
     assert float(row["log score"]) == pytest.approx(e["log_score"], abs=1e-3)  # float32 sums at 1/tau = 100
     assert float(row["threshold"]) == pytest.approx(thr, abs=1e-3)
     assert row["verdict"] == ("ID" if e["log_score"] >= thr else "OOD")

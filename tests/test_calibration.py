@@ -16,8 +16,9 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import norm
 
-from clustermine import calibration as cal
+from clustermine.method import calibration as cal
 from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
+from clustermine.workflows.whatif import run_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -139,8 +140,8 @@ def reference_scores(d: dict, positives_of_row) -> np.ndarray:
 
 
 def test_crossfitted_scores_equal_an_independent_recomputation(small_run):
-    from clustermine import whatif
-    from clustermine.runs import Run
+    from clustermine.workflows import whatif
+    from clustermine.store import Run
 
     d = raw(small_run)
     n = len(d["cids"])
@@ -188,7 +189,7 @@ def test_crossfitted_scores_equal_an_independent_recomputation(small_run):
                                                                     | {newcomer})), rtol=0, atol=2e-4)
 
     # the detector's threshold: the k-th smallest pooled score, k from the brute-force rank
-    det = Run.open(small_run).detector(tpr=0.8)
+    det = run_detector(Run.open(small_run), tpr=0.8)
     pooled = np.sort(whatif.calibration_set(Run.open(small_run)).current)
     k = brute_force_rank(n, 0.8, cal.DEFAULT_CONFIDENCE)
     assert k >= 1 and det.threshold == pytest.approx(pooled[k - 1], abs=1e-12)
@@ -209,8 +210,8 @@ def test_cli_score_and_evaluate_warn_when_the_calibration_set_is_too_small(small
 
 
 def test_export_summary_carries_the_warning(small_run, tmp_path):
-    from clustermine.export import export_run
-    from clustermine.runs import Run
+    from clustermine.workflows.export import export_run
+    from clustermine.store import Run
 
     out = export_run(Run.open(small_run), tmp_path / "exp")
     s = json.loads((out / "summary.json").read_text())
@@ -233,14 +234,14 @@ def warnings_text(at) -> str:
 
 @pytest.mark.app
 def test_scoring_page_warns_and_the_threshold_slider_moves_the_verdicts(app_env, small_images):
-    from clustermine import whatif
-    from clustermine.runs import Run
+    from clustermine.workflows import whatif
+    from clustermine.store import Run
 
     at = open_page(app_env.name, "pages/scoring.py")
     assert "at least 45 are needed to guarantee 95% TPR" in warnings_text(at)
     at.slider(key="tpr").set_value(0.8).run()  # 40 images suffice for 80 % (11 needed)
     assert not at.exception and "needed to guarantee" not in warnings_text(at)
-    thr80 = Run.open(app_env).detector(tpr=0.8).threshold
+    thr80 = run_detector(Run.open(app_env), tpr=0.8).threshold
     assert at.slider(key="score_threshold").value == pytest.approx(round(thr80, 3))
 
     imgs = [sorted((small_images / c).iterdir())[0] for c in ("n01440764", "n02102040", "n02979186", "n03028079")]
@@ -264,7 +265,7 @@ def test_scoring_page_warns_and_the_threshold_slider_moves_the_verdicts(app_env,
     assert f"keeps {kept:.1%}" in shown.replace("\\", "")
     # moving the TPR slider brings the calibrated threshold back
     at.slider(key="tpr").set_value(0.85).run()
-    thr85 = Run.open(app_env).detector(tpr=0.85).threshold
+    thr85 = run_detector(Run.open(app_env), tpr=0.85).threshold
     assert at.slider(key="score_threshold").value == pytest.approx(round(thr85, 3))
     shown = next(m.value for m in at.markdown if m.value.startswith("**Threshold**"))
     assert shown.split()[1] == f"{thr85:.3f}"
@@ -272,8 +273,8 @@ def test_scoring_page_warns_and_the_threshold_slider_moves_the_verdicts(app_env,
 
 @pytest.mark.app
 def test_concepts_what_if_warns_and_shows_crossvalidated_false_alarms(app_env):
-    from clustermine import whatif
-    from clustermine.runs import Run
+    from clustermine.workflows import whatif
+    from clustermine.store import Run
 
     at = open_page(app_env.name, "pages/concepts.py")
     assert "at least 45 are needed to guarantee 95% TPR" in warnings_text(at)

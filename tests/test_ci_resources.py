@@ -81,7 +81,7 @@ def test_developer_machine_skips_instead(tmp_path):
 
 def test_missing_wordnet_is_named(monkeypatch, tmp_path):
     """WordNet cannot be removed from this machine for a subprocess: check the detector directly."""
-    from clustermine import corpus
+    from clustermine.method import corpus
     from conftest import missing_ci_resources
 
     monkeypatch.setattr(corpus, "wordnet_candidates", lambda: [tmp_path / "nowhere"])

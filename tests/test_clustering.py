@@ -1,4 +1,4 @@
-"""Tests of clustermine.clustering: TEMI, the k-means baseline, the factory and the C rules."""
+"""Tests of clustermine.method.clustering: TEMI, the k-means baseline, the factory and the C rules."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 
-from clustermine.clustering import (
+from clustermine.method.clustering import (
     MIN_CLUSTER_SIZE,
     TEMI,
     KMeansClusterer,
@@ -20,8 +20,8 @@ from clustermine.clustering import (
     default_n_clusters,
     make_clusterer,
 )
-from clustermine.clustering import temi as temi_mod
-from clustermine.errors import CancelledError, ClusterMineError
+from clustermine.method.clustering import temi as temi_mod
+from clustermine.core.errors import CancelledError, ClusterMineError
 
 
 def hungarian_acc(y: np.ndarray, pred: np.ndarray) -> float:
@@ -295,7 +295,7 @@ def test_kmeans_baseline(data: tuple[np.ndarray, np.ndarray]) -> None:
 
 
 def test_kmeans_minibatch_branch(monkeypatch: pytest.MonkeyPatch, data: tuple[np.ndarray, np.ndarray]) -> None:
-    from clustermine.clustering import kmeans as kmeans_mod
+    from clustermine.method.clustering import kmeans as kmeans_mod
 
     monkeypatch.setattr(kmeans_mod, "MINIBATCH_ABOVE", 100)
     X, y = data

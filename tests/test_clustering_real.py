@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clustermine.clustering import KMeansClusterer, TEMI
-from clustermine.encoders import load_encoder
-from clustermine.metrics import clustering_scores
-from clustermine.pipeline import load_folder
+from clustermine.method.clustering import KMeansClusterer, TEMI
+from clustermine.method.encoders import load_encoder
+from clustermine.method.metrics import clustering_scores
+from clustermine.workflows.pipeline import load_folder
 from conftest import shared
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from clustermine.clustering import TEMI, KMeansClusterer, check_clusterer_feasible
-from clustermine.clustering import knn as knn_mod
-from clustermine.clustering import temi as temi_mod
-from clustermine.clustering.base import InvalidClusteringInput
+from clustermine.method.clustering import TEMI, KMeansClusterer
+from clustermine.method.cost import check_clusterer_feasible
+from clustermine.method.clustering import knn as knn_mod
+from clustermine.method.clustering import temi as temi_mod
+from clustermine.method.clustering.base import InvalidClusteringInput
 
 
 def sphere_mixture(n: int, d: int, c: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -167,12 +168,12 @@ def test_large_n_schedule_known_answers_and_overrides() -> None:
     assert temi_mod.default_schedule(n, 1000, epochs=100)["steps"] == 100 * (n // 256)
     assert temi_mod.default_schedule(n, 1000, min_steps=2000)["epochs"] == 1  # an explicit floor wins
     # C unknown: the default C rule
-    from clustermine.clustering import default_n_clusters
+    from clustermine.method.clustering import default_n_clusters
     assert temi_mod.default_schedule(n) == temi_mod.default_schedule(n, default_n_clusters(n))
 
 
 def test_estimate_follows_the_large_n_schedule_and_cluster_count() -> None:
-    from clustermine.estimate import REFERENCE_TEMI_S_PER_HEAD_SAMPLE, estimate_run_cost
+    from clustermine.workflows.estimate import REFERENCE_TEMI_S_PER_HEAD_SAMPLE, estimate_run_cost
 
     e = estimate_run_cost(1_000_000, "temi", [], n_clusters=1000, holdout_fraction=0.0)
     assert e.schedule == temi_mod.default_schedule(1_000_000, 1000)
@@ -182,7 +183,7 @@ def test_estimate_follows_the_large_n_schedule_and_cluster_count() -> None:
 
 # ====================================================================== k-means on a float16 memmap
 def test_minibatch_spherical_kmeans_on_float16_memmap(tmp_path, monkeypatch) -> None:
-    from clustermine.clustering import kmeans as kmeans_mod
+    from clustermine.method.clustering import kmeans as kmeans_mod
     from sklearn.metrics import adjusted_rand_score
 
     monkeypatch.setattr(kmeans_mod, "MINIBATCH_ABOVE", 1000)
@@ -216,7 +217,7 @@ def test_minibatch_spherical_kmeans_on_float16_memmap(tmp_path, monkeypatch) -> 
 
 def test_minibatch_kmeans_reads_the_memmap_in_batches(tmp_path, monkeypatch) -> None:
     """No full-size float copy: every row read the model makes is a batch of at most batch_size rows."""
-    from clustermine.clustering import kmeans as kmeans_mod
+    from clustermine.method.clustering import kmeans as kmeans_mod
 
     X, _ = sphere_mixture(3000, 8, 5, noise=0.3)
 
@@ -247,8 +248,8 @@ def test_check_clusterer_feasible_flags_temi_on_cpu_at_imagenet_size() -> None:
     assert check_clusterer_feasible("kmeans", 1_281_167, "cpu", n_clusters=1000) is None
     assert check_clusterer_feasible("temi", 1000, "cpu") is None  # the small-run path is untouched
     # finished runs that show this machine is 4x faster than the reference shrink the estimate
-    from clustermine.clustering.feasibility import estimate_temi_cpu_seconds
-    from clustermine.estimate import temi_reference_seconds
+    from clustermine.method.cost import estimate_temi_cpu_seconds
+    from clustermine.workflows.estimate import temi_reference_seconds
 
     sched = {"n_heads": 4, "batch_size": 64, "steps": 2000}
     runs = [{"status": "done", "config": {"clusterer": "temi"},
@@ -260,8 +261,8 @@ def test_check_clusterer_feasible_flags_temi_on_cpu_at_imagenet_size() -> None:
 
 
 def test_temi_fit_warns_when_the_estimate_is_too_long(monkeypatch) -> None:
-    from clustermine.clustering import SlowClusteringWarning
-    from clustermine.clustering import feasibility
+    from clustermine.method.cost import SlowClusteringWarning
+    from clustermine.method import cost as feasibility
 
     X, _ = sphere_mixture(200, 8, 4, noise=0.3)
     small = dict(n_heads=2, epochs=1, batch_size=32, hidden_dim=16, bottleneck_dim=8, n_threads=1)

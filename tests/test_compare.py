@@ -15,9 +15,10 @@ import pytest
 from conftest import copy_subset, shared
 
 from clustermine.cli import main
-from clustermine.compare import diff_runs
-from clustermine.runs import Run
+from clustermine.workflows.compare import diff_runs
+from clustermine.store import Run
 from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
+from clustermine.workflows.whatif import run_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def best_matching_overlap(a: np.ndarray, b: np.ndarray) -> int:
 def other_run(small_images, tmp_path_factory) -> Path:
     """The small run's images mined with another seed and C (and more held out, so that the two
     runs share held-out images: the seed also draws them)."""
-    from clustermine.pipeline import MineConfig, mine
+    from clustermine.workflows.pipeline import MineConfig, mine
 
     out = tmp_path_factory.mktemp("runs-b") / "other"
     mine(small_images, out, MineConfig(n_clusters=3, clusterer="kmeans", seed=2, holdout_fraction=0.3))
@@ -90,28 +91,28 @@ def test_diff_of_two_seeds_and_c_matches_independent_values(small_run_template, 
     overlap = sum(m[2] for m in d["clusters"]["matched"])
     assert overlap == best_matching_overlap(ca[both], cb[both])
     assert len({m[0] for m in d["clusters"]["matched"]}) == len(d["clusters"]["matched"]) == 3
-    sa = a.detector(calibrate=False).log_scores(a.features()[hold])
-    sb = b.detector(calibrate=False).log_scores(b.features()[hold])
+    sa = run_detector(a, calibrate=False).log_scores(a.features()[hold])
+    sb = run_detector(b, calibrate=False).log_scores(b.features()[hold])
     assert d["heldout_shift"]["n"] == int(hold.sum()) > 0
     assert abs(float(np.mean(sb - sa))) > 1e-3
     assert d["heldout_shift"]["mean"] == pytest.approx(float(np.mean(sb - sa)), abs=1e-5)
-    from clustermine.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder
 
     enc = load_encoder("offline")
     feats = enc.encode_images(sorted(str(p) for p in ood.rglob("*.JPEG"))).features
     feats = feats.astype(np.float16).astype(np.float32)  # as every run and sample stores them
-    shift = b.detector().log_scores(feats) - a.detector().log_scores(feats)
+    shift = run_detector(b).log_scores(feats) - run_detector(a).log_scores(feats)
     assert d["ood_shift"]["n"] == 4
     assert abs(float(shift.mean())) > 1e-3
     assert d["ood_shift"]["mean"] == pytest.approx(float(shift.mean()), abs=1e-5)
 
-    # issue 18 (6): AUROC / FPR95 of each run = clustermine.metrics on its held-out ID images and the
+    # issue 18 (6): AUROC / FPR95 of each run = clustermine.method.metrics on its held-out ID images and the
     # OOD images, scored here by each run's detector; the same numbers as each run's what-if panel
-    from clustermine import metrics
-    from clustermine.compare import better_run
-    from clustermine.whatif import ood_comparison, sample_scorer
+    from clustermine.method import metrics
+    from clustermine.workflows.compare import better_run
+    from clustermine.workflows.whatif import ood_comparison, sample_scorer
 
-    det_a, det_b = a.detector(), b.detector()
+    det_a, det_b = run_detector(a), run_detector(b)
     oa, ob = det_a.log_scores(feats), det_b.log_scores(feats)
     om = d["ood_metrics"]
     for m, run, det, ood_s in ((om["a"], a, det_a, oa), (om["b"], b, det_b, ob)):
@@ -138,7 +139,7 @@ def test_diff_of_two_seeds_and_c_matches_independent_values(small_run_template, 
 
 
 def test_verdict_changes_and_better_run_rules():
-    from clustermine.compare import better_run, verdict_changes
+    from clustermine.workflows.compare import better_run, verdict_changes
 
     a = np.array([0.0, -1.0, -2.0, -3.0, -0.5])
     b = np.array([-2.5, -0.5, -2.0, -1.0, -0.5])
@@ -158,7 +159,7 @@ def test_images_dir_is_listed_only_when_the_images_differ(small_images, small_ru
     ``images_dir`` row; a run with 3 more photos says so."""
     import shutil
 
-    from clustermine.pipeline import MineConfig, mine
+    from clustermine.workflows.pipeline import MineConfig, mine
 
     cfg = Run.open(small_run_template).config
     same = shutil.copytree(small_images, tmp_path / "upload-copy")

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from clustermine.cli import _parser, config_from_args
-from clustermine.config import MineConfig, default_tau
-from clustermine.errors import ClusterMineError
+from clustermine.core.config import MineConfig, default_tau
+from clustermine.core.errors import ClusterMineError
+from clustermine.workflows.whatif import run_detector
 
 
 def _parse(*flags: str) -> MineConfig:
@@ -53,8 +54,8 @@ def test_every_setting_is_reachable_from_the_cli(name):
 
 
 def test_clusterer_names_match_the_clustering_registry():
-    from clustermine.clustering import CLUSTERERS
-    from clustermine.config import CLUSTERER_NAMES
+    from clustermine.method.clustering import CLUSTERERS
+    from clustermine.core.config import CLUSTERER_NAMES
 
     assert set(CLUSTERER_NAMES) == set(CLUSTERERS) and MineConfig().clusterer in CLUSTERERS
 
@@ -82,8 +83,8 @@ def test_default_tau_depends_on_the_encoder():
 
 
 def test_detector_and_old_runs_take_tau_from_the_right_place(tmp_path):
-    from clustermine.runs import Run
-    from clustermine.scoring import Detector
+    from clustermine.store import Run
+    from clustermine.method.scoring import Detector
 
     emb = np.eye(3, dtype=np.float32)
     assert Detector(["a", "b", "c"], emb, [0], encoder_spec="offline").tau == 0.05
@@ -99,12 +100,12 @@ def test_detector_and_old_runs_take_tau_from_the_right_place(tmp_path):
 def test_a_mined_run_stores_and_scores_with_its_encoders_tau(small_run_template):
     """The conftest run (offline encoder, no τ given) stores τ = 0.05 and its detector scores with it:
     log S from an independent numpy softmax over the run's own arrays."""
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(small_run_template)
     stored = json.loads((small_run_template / "run.json").read_text())["config"]
     assert stored["tau"] == 0.05 and run.tau == 0.05
-    det = run.detector()
+    det = run_detector(run)
     feats = run.features()[:5].astype(np.float64)
     text = run.text_embeddings().astype(np.float64)
     z = feats @ text.T / 0.05

@@ -1,6 +1,6 @@
 """Where features meet (issue 18, points 1-4 and the Concepts counts of 12): excluded images,
 rejected concepts, empty clusters and the review tallies read the same from the engine
-(``clustermine.clusterview``), the pages, search, the CLI and the HTML report. Real images: the
+(``clustermine.workflows.clusterview``), the pages, search, the CLI and the HTML report. Real images: the
 planted-contaminant run of ``test_exclusions`` (3 Imagenette classes x 12 + 6 garbage trucks)."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import re
 import numpy as np
 import pytest
 
-from clustermine import clusterview
+from clustermine.workflows import clusterview
 from clustermine.cli import main
-from clustermine.exclusions import remine
-from clustermine.mining import cluster_alerts
-from clustermine.report import build_report
-from clustermine.runs import Run
-from clustermine.search import search_image
+from clustermine.workflows.remine import remine
+from clustermine.method.mining import cluster_alerts
+from clustermine.workflows.report import build_report
+from clustermine.store import Run
+from clustermine.workflows.search import search_image
 from test_app import app_env, no_exception, open_app  # noqa: F401  (app_env is a fixture)
 from test_exclusions import planted, planted_template  # noqa: F401  (fixtures)
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clustermine import corpus as C
-from clustermine.errors import CorpusError
+from clustermine.method import corpus as C
+from clustermine.core.errors import CorpusError
 
 
 def test_normalize_and_dedupe():
@@ -82,7 +82,7 @@ def test_prompt_template_needs_placeholder():
 def test_embed_concepts_length_sorted_batches_keep_corpus_order():
     """Concepts are embedded in length-sorted batches for speed; every row must still be the
     embedding of its own concept (compared with one-by-one embedding, batch size 1: no padding)."""
-    from clustermine.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder
 
     enc = load_encoder("offline", device="cpu")
     concepts = ["x", "a very long multi word concept name indeed", "dog", "hot dog stand", "b",

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clustermine.errors import RunError
-from clustermine.runs import Run
+from clustermine.core.errors import RunError
+from clustermine.store import Run
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -69,8 +69,8 @@ MINE_CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from tiny_openclip import register_tiny_openclip
     name = register_tiny_openclip({cfg!r})
-    from clustermine.encoders import load_encoder
-    from clustermine.pipeline import MineConfig, mine
+    from clustermine.method.encoders import load_encoder
+    from clustermine.workflows.pipeline import MineConfig, mine
     cfg = MineConfig(**{cfg_dict!r})
     enc = load_encoder(cfg.encoder, "cpu")
 
@@ -140,8 +140,8 @@ def test_sigkill_during_encoding_then_resume_encodes_only_missing_chunks(tmp_pat
     assert len(cached) < N_IMAGES
 
     # resume in this process: only the images outside the written chunks are encoded
-    from clustermine.encoders import load_encoder
-    from clustermine.pipeline import mine
+    from clustermine.method.encoders import load_encoder
+    from clustermine.workflows.pipeline import mine
 
     enc = load_encoder(cfg.encoder, "cpu")
     totals: list[int] = []
@@ -169,7 +169,7 @@ def test_sigkill_during_encoding_then_resume_encodes_only_missing_chunks(tmp_pat
 
 EDIT_CHILD = textwrap.dedent("""
     import sys
-    from clustermine.runs import Run
+    from clustermine.store import Run
     run = Run.open({run!r})
     vocab = run.vocabulary_base()
     limit, offset, user = {limit!r}, {offset!r}, {user!r}

@@ -1,4 +1,4 @@
-"""The encoding pipeline's decode workers (clustermine.encoders.decode): worker processes (spawn) give
+"""The encoding pipeline's decode workers (clustermine.method.encoders.decode): worker processes (spawn) give
 the same features, order, skip reasons and progress as decoding in-process; cancel and errors leave no
 child process; the GPU preprocessing is checked on the CPU against the PIL transform."""
 
@@ -13,8 +13,8 @@ import psutil
 import pytest
 import torch
 
-from clustermine.encoders import EncodeResult, load_encoder
-from clustermine.encoders.decode import (
+from clustermine.method.encoders import EncodeResult, load_encoder
+from clustermine.method.encoders.decode import (
     PROCESS_MIN_CPUS,
     PROCESS_MIN_IMAGES,
     RawJpeg,
@@ -23,9 +23,9 @@ from clustermine.encoders.decode import (
     make_decoded,
     resolve_workers,
 )
-from clustermine.encoders.openclip import OpenClipEncoder
-from clustermine.errors import CancelledError
-from clustermine.images import load_rgb
+from clustermine.method.encoders.openclip import OpenClipEncoder
+from clustermine.core.errors import CancelledError
+from clustermine.method.images import load_rgb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import SHARED_DATA, missing_resource  # noqa: E402

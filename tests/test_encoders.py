@@ -1,4 +1,4 @@
-"""Tests of clustermine.encoders with real components: the offline ConSE encoder on real ImageNet
+"""Tests of clustermine.method.encoders with real components: the offline ConSE encoder on real ImageNet
 images, and a tiny (untrained) open_clip model for the open_clip code paths."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clustermine.encoders import EncodeResult, Encoder, load_encoder, resolve_device
-from clustermine.encoders.offline import OfflineEncoder, get_classifier, imagenet_classnames
-from clustermine.encoders.openclip import OpenClipEncoder, parse_spec
-from clustermine.errors import CancelledError, EncoderError
+from clustermine.method.encoders import EncodeResult, Encoder, load_encoder, resolve_device
+from clustermine.method.encoders.offline import OfflineEncoder, get_classifier, imagenet_classnames
+from clustermine.method.encoders.openclip import OpenClipEncoder, parse_spec
+from clustermine.core.errors import CancelledError, EncoderError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_openclip import TINY_CONFIG, register_tiny_openclip  # noqa: E402

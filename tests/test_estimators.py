@@ -12,8 +12,8 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from clustermine.clustering import KMeansClusterer, TEMI, make_clusterer
-from clustermine.errors import ClusterMineError
+from clustermine.method.clustering import KMeansClusterer, TEMI, make_clusterer
+from clustermine.core.errors import ClusterMineError
 
 # Tiny TEMI: a few hundred optimiser steps of narrow heads on one thread.
 FAST = dict(n_heads=3, hidden_dim=32, bottleneck_dim=16, batch_size=16, epochs=25, lr=1e-3, n_threads=1)

@@ -13,11 +13,12 @@ import pytest
 from conftest import copy_subset, shared
 
 from clustermine.cli import main
-from clustermine.errors import ClusterMineError
-from clustermine.exclusions import last_changes, remine
-from clustermine.rundir import layout
-from clustermine.runs import Run
+from clustermine.core.errors import ClusterMineError
+from clustermine.workflows.remine import last_changes, remine
+from clustermine.store import layout
+from clustermine.store import Run
 from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
+from clustermine.workflows.whatif import run_detector
 
 ID_CLASSES = ["n01440764", "n02102040", "n03028079"]
 CONTAMINANT = "n03417042"
@@ -25,7 +26,7 @@ CONTAMINANT = "n03417042"
 
 @pytest.fixture(scope="module")
 def planted_template(tmp_path_factory) -> Path:
-    from clustermine.pipeline import MineConfig, mine
+    from clustermine.workflows.pipeline import MineConfig, mine
 
     root = tmp_path_factory.mktemp("planted")
     src = shared("imagenette_train100")
@@ -108,8 +109,8 @@ def test_threshold_is_calibrated_without_excluded_images(planted):
     """Excluding a held-out image (held-out images never vote, so no other calibration score can
     change) removes exactly its score from the calibration set; the threshold is then the
     order-statistic rule on the remaining scores."""
-    from clustermine.calibration import choose_threshold
-    from clustermine.whatif import calibration_set
+    from clustermine.method.calibration import choose_threshold
+    from clustermine.workflows.whatif import calibration_set
 
     run = planted
     before = calibration_set(run)
@@ -126,13 +127,13 @@ def test_threshold_is_calibrated_without_excluded_images(planted):
     np.testing.assert_array_equal(after.rows, before.rows[keep])
     np.testing.assert_allclose(after.current, before.current[keep], atol=1e-9)
     expected = choose_threshold(before.current[keep], 0.95).threshold
-    assert run.detector().threshold == pytest.approx(expected, abs=1e-9)
+    assert run_detector(run).threshold == pytest.approx(expected, abs=1e-9)
     if before.current.min() == before.current[before.rows == victim][0]:  # it set the old threshold
-        assert run.detector().threshold > choose_threshold(before.current, 0.95).threshold
+        assert run_detector(run).threshold > choose_threshold(before.current, 0.95).threshold
 
 
 def test_recluster_uses_the_stored_settings_and_leaves_excluded_images_out(planted):
-    from clustermine.clustering import make_clusterer
+    from clustermine.method.clustering import make_clusterer
 
     run = planted
     bad_concept = contaminant_concept(run)
@@ -173,7 +174,7 @@ def test_bad_input_is_named_and_cli_verbs(planted, capsys):
     assert main(["remine", str(planted.path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_excluded"] == 5 and out["mode"] == "reuse"
-    from clustermine.tables import image_table
+    from clustermine.workflows.tables import image_table
 
     table, _ = image_table(Run.open(planted.path))
     assert sum(table["excluded"]) == 5

@@ -29,10 +29,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clustermine.errors import NoImagesError, SafetyError
-from clustermine.pipeline import MineConfig, mine, score_images
-from clustermine.runs import Run
-from clustermine.uploads import (
+from clustermine.core.errors import NoImagesError, SafetyError
+from clustermine.workflows.pipeline import MineConfig, mine, score_images
+from clustermine.store import Run
+from clustermine.workflows.uploads import (
     UploadLimits,
     declared_entry_count,
     extract_zip,
@@ -69,7 +69,7 @@ def tiny_spec(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_spec):
-    from clustermine.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder
 
     return load_encoder(tiny_spec, "cpu")
 
@@ -113,7 +113,7 @@ def config(spec: str, corpus: Path, **kw) -> MineConfig:
 def mine_tiny_run(base: Path, run_dir: Path, n_images: int = 12) -> tuple[Run, object, list[Path]]:
     """A real finished run made with the tiny open_clip model on ``n_images`` photos (k-means, C = 2,
     the 50 ``CONCEPTS``), built under ``base``. Returns (run, encoder, sorted image paths)."""
-    from clustermine.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder
 
     spec = f"openclip:{register_tiny_openclip(base / 'cfg')}:none"
     enc = load_encoder(spec, "cpu")
@@ -294,7 +294,7 @@ def test_hostile_names_reach_no_shell(hostile):
     # the image table (parquet) keeps names with a newline and quotes verbatim
     import pyarrow.parquet as pq
 
-    from clustermine.rundir import layout
+    from clustermine.store import layout
 
     names = pq.read_table(hostile["run"].path / layout.IMAGES).column("path").to_pylist()
     assert len(names) == len(BAD_FILES) + len(good_names())
@@ -302,7 +302,7 @@ def test_hostile_names_reach_no_shell(hostile):
 
 
 def test_special_images_decode_upright(hostile):
-    from clustermine.images import load_rgb
+    from clustermine.method.images import load_rgb
 
     folder = hostile["folder"]
     assert load_rgb(folder / "exif_rotated.jpg").size == (20, 40)  # EXIF orientation applied
@@ -510,7 +510,7 @@ def test_zip_with_100k_entries_is_refused_by_count_quickly(tmp_path, monkeypatch
     with open(z, "rb") as fh:
         assert declared_entry_count(fh) == 100_000
 
-    import clustermine.uploads as uploads
+    import clustermine.workflows.uploads as uploads
 
     def no_parse(*a, **k):
         raise AssertionError("the central directory was parsed: the count check must come first")
@@ -622,7 +622,7 @@ def test_paths_inside_the_roots_resolve(roots):
 
 
 def test_data_roots_come_from_the_environment(tmp_path, monkeypatch):
-    from clustermine.uploads import default_data_roots
+    from clustermine.workflows.uploads import default_data_roots
 
     a = tmp_path / "a"
     a.mkdir()

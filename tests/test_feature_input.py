@@ -1,4 +1,4 @@
-"""Tests of clustermine.feature_input on small real files written in tmp_path (synthetic arrays)."""
+"""Tests of clustermine.method.feature_input on small real files written in tmp_path (synthetic arrays)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clustermine.encoders.offline import TEXT_DIM
-from clustermine.errors import ClusterMineError, FeatureInputError
-from clustermine.feature_input import (
+from clustermine.method.encoders.offline import TEXT_DIM
+from clustermine.core.errors import ClusterMineError, FeatureInputError
+from clustermine.method.feature_input import (
     describe_feature_source,
     iter_normalized_chunks,
     load_feature_source,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from clustermine.cli import main
-from clustermine.rundir import layout
-from clustermine.runs import Run
+from clustermine.store import layout
+from clustermine.store import Run
 
 
 @pytest.fixture
@@ -51,8 +51,8 @@ def test_mine_features_gives_the_folder_runs_concepts_and_opens_in_the_app(expor
     assert run.meta["summary"]["features_import"]["n"] == a.shape[0]
 
     # the vote's pass cached every image's corpus LSE, equal to computing it afresh
-    from clustermine.scoring import corpus_logsumexp
-    from clustermine.whatif import corpus_lse, lse_ready
+    from clustermine.method.scoring import corpus_logsumexp
+    from clustermine.workflows.whatif import corpus_lse, lse_ready
 
     rows = np.arange(run.n_images())
     assert lse_ready(run, rows)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from conftest import CHROMIUM, missing_resource
 from test_app import app_env, metrics, no_exception, open_app, texts  # noqa: F401  (app_env is a fixture)
+from clustermine.workflows.whatif import run_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -45,15 +46,15 @@ def _errors(at) -> str:
 
 
 def _runs(root: Path) -> list[str]:
-    from clustermine.runs import list_runs
+    from clustermine.store import list_runs
 
     return sorted(r["run_id"] for r in list_runs(root))
 
 
 # ====================================================================== engine: upload validation
 def test_require_decodable_names_every_bad_file(tmp_path):
-    from clustermine.errors import NoImagesError
-    from clustermine.images import require_decodable
+    from clustermine.core.errors import NoImagesError
+    from clustermine.method.images import require_decodable
 
     (tmp_path / "notes.jpg").write_text("this is a text file renamed .jpg\n")
     (tmp_path / "half.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
@@ -68,8 +69,8 @@ def test_require_decodable_names_every_bad_file(tmp_path):
 
 
 def test_require_decodable_with_no_image_file_at_all(tmp_path):
-    from clustermine.errors import NoImagesError
-    from clustermine.images import require_decodable
+    from clustermine.core.errors import NoImagesError
+    from clustermine.method.images import require_decodable
 
     (tmp_path / "readme.md").write_text("hello")
     with pytest.raises(NoImagesError, match="no image files found"):
@@ -79,7 +80,7 @@ def test_require_decodable_with_no_image_file_at_all(tmp_path):
 # ====================================================================== engine: alert rule
 def _stats(assign: dict[int, list[int]], n_vocab: int = 50):
     """ClusterStats from {cluster: [top-1 concept of each member]} (similarities all 0.5)."""
-    from clustermine.mining import cluster_statistics
+    from clustermine.method.mining import cluster_statistics
 
     cids = np.concatenate([[c] * len(v) for c, v in assign.items()])
     top1 = np.concatenate([v for v in assign.values()])
@@ -88,7 +89,7 @@ def _stats(assign: dict[int, list[int]], n_vocab: int = 50):
 
 def test_over_clustering_alone_raises_no_shared_concept_alert():
     """4 classes in 8 clusters: every class split in two pure clusters (purity 0.9, 0.8)."""
-    from clustermine.mining import cluster_alerts, shared_winners
+    from clustermine.method.mining import cluster_alerts, shared_winners
 
     assign = {}
     for k in range(4):
@@ -100,7 +101,7 @@ def test_over_clustering_alone_raises_no_shared_concept_alert():
 
 
 def test_a_weak_cluster_sharing_a_concept_is_flagged_alone():
-    from clustermine.mining import AlertRules, cluster_alerts
+    from clustermine.method.mining import AlertRules, cluster_alerts
 
     # concept 7 wins cluster 0 with 9/10 votes and cluster 1 with 3/10 (plurality: the rest split)
     stats = _stats({0: [7] * 9 + [1], 1: [7, 7, 7, 2, 2, 3, 3, 4, 5, 6], 2: [8] * 10})
@@ -136,7 +137,7 @@ def test_fmt_num_never_prints_a_negative_zero():
 
 # ====================================================================== engine: cost estimate
 def test_estimate_uses_this_machines_finished_runs():
-    from clustermine.estimate import REFERENCE_FIXED_S, REFERENCE_S_PER_IMAGE, estimate_run_cost, temi_reference_seconds
+    from clustermine.workflows.estimate import REFERENCE_FIXED_S, REFERENCE_S_PER_IMAGE, estimate_run_cost, temi_reference_seconds
 
     runs = [{"status": "done", "config": {"clusterer": "kmeans"},
              "summary": {"n_images": 100, "timings_s": {"scan": 0.1, "encode": 10.0, "corpus": 700.0, "cluster": 0.5,
@@ -199,8 +200,8 @@ def test_data_page_refuses_a_zip_of_only_bad_files(app_env):
 
 # ====================================================================== 3. live status badge
 def test_data_page_badge_shows_the_live_state(app_env):
-    from clustermine.runs import Run
-    from clustermine.storage import atomic_write_json
+    from clustermine.store import Run
+    from clustermine.core.storage import atomic_write_json
 
     run_dir = app_env.parent / "live-run"
     run = Run.create(run_dir, {**Run.open(app_env).config})
@@ -232,7 +233,7 @@ def test_data_page_badge_shows_the_live_state(app_env):
 
 # ====================================================================== 3. refresh keeps reviewer and OOD sample
 def test_refresh_keeps_the_reviewer_name(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     at = open_app(app_env.name, "pages/concepts.py")
     at.text_input(key="reviewer").input("Ada Lovelace").run()
@@ -301,7 +302,7 @@ def test_an_ood_folder_outside_the_roots_in_the_url_is_ignored(app_env, tmp_path
 
 # ====================================================================== 4. first page
 def test_first_page_explains_the_app_and_the_cost_of_a_run(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     at = open_app(None)
     no_exception(at)
@@ -311,8 +312,8 @@ def test_first_page_explains_the_app_and_the_cost_of_a_run(app_env):
                  "3 · Review, score and export"):
         assert step in body
     # drawn last on the page: the estimate at this machine's speed now (the probe the page just made)
-    from clustermine.estimate import REFERENCE_FIXED_S, cached_speed, estimate_run_cost, fmt_duration
-    from clustermine.runs import list_runs
+    from clustermine.workflows.estimate import REFERENCE_FIXED_S, cached_speed, estimate_run_cost, fmt_duration
+    from clustermine.store import list_runs
 
     speed = cached_speed()
     assert speed is not None
@@ -339,7 +340,7 @@ def _score(at, files: list[tuple[str, bytes]]):
 
 
 def test_scoring_upload_errors_stay_and_a_bad_file_is_removed_alone(app_env, small_images):
-    from clustermine.rundir import layout
+    from clustermine.store import layout
 
     good = sorted((small_images / "n01440764").iterdir())[:2]
     at = open_app(app_env.name, "pages/scoring.py")
@@ -372,14 +373,14 @@ def _has_button(at, key: str) -> bool:
 
 def test_scoring_gallery_order_and_filter(app_env, small_images):
     from clustermine import score_images
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     imgs = [sorted((small_images / c).iterdir())[0] for c in ("n01440764", "n02102040", "n02979186", "n03028079")]
     at = open_app(app_env.name, "pages/scoring.py")
     _score(at, [(p.name, p.read_bytes()) for p in imgs] + [("noise.jpg", _jpeg_bytes(3, 96))])
     no_exception(at)
     run = Run.open(app_env)
-    thr = run.detector().threshold
+    thr = run_detector(run).threshold
     by_engine = {Path(e["path"]).name: e["log_score"] for e in score_images(run, imgs)}
     df = at.dataframe[0].value
     shown = list(df["file"])
@@ -402,8 +403,8 @@ def test_scoring_gallery_order_and_filter(app_env, small_images):
 
 # ====================================================================== 4. audit and map
 def test_audit_has_no_shared_concept_alert_without_a_problem_and_groups_clusters(app_env):
-    from clustermine.mining import cluster_alerts
-    from clustermine.runs import Run
+    from clustermine.method.mining import cluster_alerts
+    from clustermine.store import Run
 
     run = Run.open(app_env)
     stats = run.cluster_stats()
@@ -426,7 +427,7 @@ def test_audit_has_no_shared_concept_alert_without_a_problem_and_groups_clusters
 
 
 def test_typical_and_atypical_never_share_an_image(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
     from ui.rundata import typical_atypical
 
     run = Run.open(app_env)
@@ -445,7 +446,7 @@ def test_typical_and_atypical_never_share_an_image(app_env):
 
 
 def test_cluster_map_legend_carries_each_clusters_concept(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(app_env)
     vocab = run.vocabulary_base()

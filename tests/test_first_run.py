@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from clustermine.clustering import temi as temi_mod
-from clustermine.clustering.temi import TEMI, default_schedule
+from clustermine.method.clustering import temi as temi_mod
+from clustermine.method.clustering.temi import TEMI, default_schedule
 from test_app import app_env, no_exception, open_app  # noqa: F401  (app_env is a fixture)
 
 
@@ -43,7 +43,7 @@ def test_no_collection_costs_more_than_one_twice_its_size(c_rule):
     """Issue 18: 80 images ran 16 heads x batch 18 x 2,000 steps (986 s), 160 images 4 x 16 x 1,503 (21 s).
     A step costs a fixed part plus a part per head x batch sample: with steps and steps x heads x batch
     both never falling from N to 2N, no weighting of the two can make N cost more than 2N."""
-    from clustermine.clustering import default_n_clusters
+    from clustermine.method.clustering import default_n_clusters
 
     ns = list(range(4, 3000)) + list(range(3000, 60_000, 173)) + [100_000, 640_583]
     for n in ns:
@@ -58,7 +58,7 @@ def test_no_collection_costs_more_than_one_twice_its_size(c_rule):
 
 
 def test_predicted_cost_never_falls_as_n_doubles():
-    from clustermine.estimate import MachineSpeed, estimate_run_cost
+    from clustermine.workflows.estimate import MachineSpeed, estimate_run_cost
 
     for clusterer in ("temi", "kmeans"):
         for speed in (None, MachineSpeed(3.0, 1, 0.01, 5.0)):
@@ -108,7 +108,7 @@ def test_temi_resolves_none_from_n_and_keeps_explicit_values():
 
 # ====================================================================== the estimate
 def test_estimate_follows_temi_schedule_and_measured_speed():
-    from clustermine.estimate import (REFERENCE_CORPUS_S, REFERENCE_FIXED_S, REFERENCE_TEMI_S_PER_HEAD_SAMPLE,
+    from clustermine.workflows.estimate import (REFERENCE_CORPUS_S, REFERENCE_FIXED_S, REFERENCE_TEMI_S_PER_HEAD_SAMPLE,
                                       REFERENCE_TEMI_S_PER_STEP, estimate_run_cost)
 
     # 160 images, 10 % held out -> 144 mining images: 4 heads, batch 16, 9 steps/epoch x 167 epochs
@@ -141,7 +141,7 @@ def test_estimate_follows_temi_schedule_and_measured_speed():
 
 
 def test_estimate_follows_the_measured_speed_of_this_machine_now():
-    from clustermine.estimate import MachineSpeed, estimate_run_cost
+    from clustermine.workflows.estimate import MachineSpeed, estimate_run_cost
 
     runs = [{"status": "done", "config": {"clusterer": "kmeans"},  # measured under another load: not used
              "summary": {"n_images": 100, "timings_s": {"encode": 0.1, "cluster": 0.01, "vote": 0.01}}}]
@@ -166,7 +166,7 @@ def test_estimate_follows_the_measured_speed_of_this_machine_now():
 
 
 def test_speed_probe_runs_real_temi_steps_and_is_reused_briefly():
-    from clustermine.estimate import measure_speed
+    from clustermine.workflows.estimate import measure_speed
 
     small = measure_speed({"n_heads": 4, "batch_size": 16}, budget_s=0.3, max_age_s=0)
     assert small.temi_work == 64 and small.temi_step_s > 0 and small.slowdown > 0 and small.parallel_slowdown > 0
@@ -178,7 +178,7 @@ def test_speed_probe_runs_real_temi_steps_and_is_reused_briefly():
 
 
 def test_job_eta_covers_every_remaining_stage():
-    from clustermine.estimate import job_eta
+    from clustermine.workflows.estimate import job_eta
 
     plan = {"scan": 1.0, "encode": 10.0, "corpus": 0.0, "cluster": 20.0, "vote": 2.0}
     # stage without a rate yet: no number ("starting…"), however long it has run
@@ -202,8 +202,8 @@ def test_job_eta_covers_every_remaining_stage():
 def test_progress_json_mid_job_has_a_whole_job_eta(tmp_path):
     from conftest import copy_subset, shared
 
-    from clustermine.estimate import REFERENCE_CORPUS_S, REFERENCE_CORPUS_SIZE
-    from clustermine.pipeline import MineConfig, mine
+    from clustermine.workflows.estimate import REFERENCE_CORPUS_S, REFERENCE_CORPUS_SIZE
+    from clustermine.workflows.pipeline import MineConfig, mine
 
     images = copy_subset(shared("imagenette_train100"), tmp_path / "images", ["n01440764", "n02102040"], 6)
     words = ["fish", "dog", "cassette", "church", "truck", "parachute", "golf ball", "chainsaw"]
@@ -220,7 +220,7 @@ def test_progress_json_mid_job_has_a_whole_job_eta(tmp_path):
             if prog.get("stage") == stage and prog.get("plan_s"):
                 seen.setdefault(stage, []).append(prog)
 
-    from clustermine.estimate import measure_speed
+    from clustermine.workflows.estimate import measure_speed
 
     probe = measure_speed(max_age_s=0)  # as the Data page does before launch: the job reuses it
     run = mine(images, run_dir, MineConfig(clusterer="kmeans", n_clusters=2, corpus=str(corpus), batch_size=4),
@@ -273,7 +273,7 @@ def test_data_page_shows_the_cost_before_launch(app_env):
 def test_data_page_shows_the_whole_job_eta_of_a_running_job(app_env):
     import time
 
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(app_env)
     run.set_status("running")  # no job.json: a CLI job, left alone by the app's reconcile
@@ -313,7 +313,7 @@ def test_runs_page_first_paint_needs_no_torch_and_no_model():
     import sys
 
     code = ("import sys; from ui import home; lines = home.first_paint_lines([]); "
-            "print('torch' in sys.modules, 'clustermine.encoders' in sys.modules); print('\\n'.join(lines))")
+            "print('torch' in sys.modules, 'clustermine.method.encoders' in sys.modules); print('\\n'.join(lines))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert out.returncode == 0, out.stderr
@@ -354,7 +354,7 @@ def _write_running(run, stage: str, done: int, total: int, job_eta_s):
 
 
 def test_job_panel_says_starting_without_a_rate_and_never_zero_seconds(app_env):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     run = Run.open(app_env)
     run.set_status("running")  # no job.json: a CLI job, left alone by the app's reconcile

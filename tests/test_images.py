@@ -1,4 +1,4 @@
-"""Tests of clustermine.images on hostile, real files built in tmp_path."""
+"""Tests of clustermine.method.images on hostile, real files built in tmp_path."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clustermine.errors import ImageError, NoImagesError
-from clustermine.images import (
+from clustermine.core.errors import ImageError, NoImagesError
+from clustermine.method.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageRecord,

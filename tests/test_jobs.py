@@ -29,8 +29,8 @@ def _images(dst: Path, per_class: int) -> Path:
 
 def _new_run(tmp_path: Path, name: str, images: Path, **settings) -> Path:
     """A created (not started) run, as the web app's new-run form leaves it."""
-    from clustermine.config import MineConfig
-    from clustermine.runs import Run
+    from clustermine.core.config import MineConfig
+    from clustermine.store import Run
 
     corpus = tmp_path / "concepts.txt"
     corpus.write_text("\n".join(CONCEPTS) + "\n", encoding="utf-8")
@@ -60,9 +60,9 @@ def test_non_default_topk_and_clusterer_params_survive_the_job_path(tmp_path):
     """A run with topk=2 and k-means options (n_init=1, max_iter=2) started as the app starts it: the
     worker finishes, stores those settings, keeps 2 votes per image, and its clusters are exactly
     k-means with those options on the run's own features (not with the defaults)."""
-    from clustermine import jobs
-    from clustermine.clustering import KMeansClusterer
-    from clustermine.runs import Run
+    from clustermine.workflows import jobs
+    from clustermine.method.clustering import KMeansClusterer
+    from clustermine.store import Run
 
     params = {"n_init": 1, "max_iter": 2}
     run_dir = _new_run(tmp_path, "opts", _images(tmp_path / "imgs", 10), clusterer="kmeans", n_clusters=3, topk=2,
@@ -93,7 +93,7 @@ def test_non_default_topk_and_clusterer_params_survive_the_job_path(tmp_path):
 def test_finished_workers_are_reaped(tmp_path):
     """Three real jobs started from this process: once they have finished, none is left as a zombie
     child, even though nobody asked for their state (as when the user has left the page)."""
-    from clustermine import jobs
+    from clustermine.workflows import jobs
 
     images = _images(tmp_path / "imgs", 4)
     runs = [_new_run(tmp_path, f"job{i}", images, clusterer="kmeans", n_clusters=2, seed=i) for i in range(3)]
@@ -149,7 +149,7 @@ def test_sigterm_stops_the_server_promptly_and_leaves_its_job_cancelled(tmp_path
     pytest.importorskip("websockets")
     from streamlit_server import streamlit_server
 
-    from clustermine import jobs
+    from clustermine.workflows import jobs
 
     monkeypatch.setenv("CLUSTERMINE_CACHE", str(tmp_path / "cache"))  # nothing encoded yet: the job runs a while
     # ... and the first worker holds at its encode stage until a cancel is requested, so the job is

@@ -154,7 +154,7 @@ def _card_captions(pg) -> dict[int, list[str]]:
 
 
 def _run(runs_root: Path, run_id: str):
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     return Run.open(runs_root / run_id)
 
@@ -173,8 +173,8 @@ def _cluster_count(sidebar: str) -> int:
 def test_analyst_journey(server, page, data, tmp_path):
     from playwright.sync_api import expect
 
-    from clustermine import clusterview
-    from clustermine.mining import cluster_alerts
+    from clustermine.workflows import clusterview
+    from clustermine.method.mining import cluster_alerts
 
     pg, runs_root = page, server["runs_root"]
     t0 = time.monotonic()
@@ -414,7 +414,7 @@ def test_analyst_journey(server, page, data, tmp_path):
     pg.get_by_text(re.compile("AUROC")).first.wait_for(timeout=300_000)
     _idle(pg)
     shown = _text(pg)
-    from clustermine.compare import diff_runs
+    from clustermine.workflows.compare import diff_runs
 
     d = diff_runs(_run(runs_root, "journey-b"), _run(runs_root, "journey-a"), ood_folder=str(data["ood"]))
     verdict = re.search(r"(A is better|B is better|A and B are equal|Neither run is better)[^\n]*", shown).group(0)

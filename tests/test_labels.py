@@ -10,10 +10,10 @@ import re
 import numpy as np
 import pytest
 
-from clustermine.mining import AlertRules, ClusterStats, cluster_alerts
-from clustermine.report import build_report, histogram_svg
-from clustermine.rundir import layout
-from clustermine.runs import Run
+from clustermine.method.mining import AlertRules, ClusterStats, cluster_alerts
+from clustermine.workflows.report import build_report, histogram_svg
+from clustermine.store import layout
+from clustermine.store import Run
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 6, 7, 11, 12, 26, 99, 100, 101, 999, 12_345])
@@ -100,7 +100,7 @@ def test_fit_width_covers_the_longest_cell_and_the_header():
 @pytest.mark.app
 def test_runs_table_shows_labels_whole_and_every_column(small_run, monkeypatch):
     """Issue 18 (12): the Runs table's label is not cut ("baselin") and the created column is there."""
-    from clustermine.rundir.admin import set_label
+    from clustermine.workflows.run_admin import set_label
     from test_app import no_exception, open_app
 
     monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))

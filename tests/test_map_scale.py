@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clustermine import projection as pj
-from clustermine.rundir import layout
+from clustermine.workflows import projection as pj
+from clustermine.store import layout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_app import app_env, no_exception, open_app, texts  # noqa: F401,E402  (app_env is a fixture)
@@ -219,7 +219,7 @@ def _plotly_array(v) -> np.ndarray:
 def test_clusters_page_large_run_path(app_env, monkeypatch, color_by) -> None:
     """The small run, with the large-run thresholds lowered: the page shows every image as a density
     image, a stratified sample of points carrying row ids, and states the choice and its limits."""
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     monkeypatch.setattr(pj, "LARGE_MAP", 10)
     monkeypatch.setattr(pj, "FIT_POINTS", 12)
@@ -250,7 +250,7 @@ def test_clusters_page_large_run_path(app_env, monkeypatch, color_by) -> None:
 
 
 def test_point_table_reads_only_the_drawn_rows_and_matches_the_full_tables(small_run) -> None:
-    from clustermine.runs import Run
+    from clustermine.store import Run
     from ui import rundata
 
     run = Run.open(small_run)
@@ -271,7 +271,7 @@ def test_point_table_reads_only_the_drawn_rows_and_matches_the_full_tables(small
 def test_large_map_box_and_lasso_select_every_image_inside(app_env, monkeypatch) -> None:
     """A box (then a lasso) sent as the browser sends it selects every image inside — also those
     not drawn as dots — and "Mark selected as not ID" excludes exactly them."""
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     monkeypatch.setattr(pj, "LARGE_MAP", 10)
     monkeypatch.setattr(pj, "FIT_POINTS", 12)

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from clustermine import metrics
+from clustermine.method import metrics
 
 # ------------------------------------------------------------------ independent references
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from clustermine.errors import ClusterMineError
-from clustermine.mining import (cluster_alerts, cluster_statistics, mine_positive_concepts, normalized_entropy,
+from clustermine.core.errors import ClusterMineError
+from clustermine.method.mining import (cluster_alerts, cluster_statistics, mine_positive_concepts, normalized_entropy,
                                 posmine, summary, zero_shot_topk)
-from clustermine.scoring import (Detector, WhatIfScorer, log_scores, mcm_scores, neg_mining, neglabel_scores)
+from clustermine.method.scoring import (Detector, WhatIfScorer, log_scores, mcm_scores, neg_mining, neglabel_scores)
 
 
 def _unit(rng, n, d):
@@ -55,7 +55,7 @@ def test_zero_shot_topk_many_exact_ties_take_the_full_scan_and_keep_index_order(
 def test_zero_shot_topk_fused_lse_matches_logsumexp_and_float16_memmap_input(tmp_path):
     from scipy.special import logsumexp
 
-    from clustermine.scoring import corpus_logsumexp
+    from clustermine.method.scoring import corpus_logsumexp
 
     rng = np.random.default_rng(6)
     f, t = _unit(rng, 70, 24).astype(np.float16), _unit(rng, 900, 24)

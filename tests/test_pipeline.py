@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from clustermine.encoders import load_encoder
-from clustermine.errors import ClusterMineError, RunError
-from clustermine.pipeline import MineConfig, evaluate, load_folder, mine, score_images
-from clustermine.runs import Run
+from clustermine.method.encoders import load_encoder
+from clustermine.core.errors import ClusterMineError, RunError
+from clustermine.workflows.pipeline import MineConfig, evaluate, load_folder, mine, score_images
+from clustermine.store import Run
 from conftest import IMAGENETTE_ID, IMAGENETTE_OOD, ROOT, copy_subset, shared
 from test_metrics import ref_fpr_at_recall
+from clustermine.workflows.whatif import run_detector
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +96,7 @@ def test_cli_score_evaluate_concepts_export(imagenette_run, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     # reference: log S by its definition in float64, on the image encoded here (float16 like the run)
-    det = Run.open(path).detector()
+    det = run_detector(Run.open(path))
     enc = load_encoder(det.encoder_spec)
     feat = enc.encode_images([str(img)]).features.astype(np.float16).astype(np.float64)
     logits = feat @ det.text_embeddings.astype(np.float64).T / det.tau
@@ -116,7 +117,7 @@ def test_cli_score_evaluate_concepts_export(imagenette_run, tmp_path):
     got = json.loads(r.stdout)
     # reference: the edited run's detector on the same features (feature cache), metrics recomputed
     # by the pairwise AUROC count and the plain-Python FPR95 of test_metrics
-    det = Run.open(path).detector()
+    det = run_detector(Run.open(path))
     assert first not in det.positive_concepts and "zebra" in det.positive_concepts
     s_id = det.log_scores(load_folder(base / "val_id", enc)[1])
     s_ood = det.log_scores(load_folder(shared("dtd10"), enc)[1])
@@ -143,7 +144,7 @@ def test_cli_user_errors_are_one_line(tmp_path, small_images):
 
 
 def test_import_and_cli_never_import_streamlit():
-    code = ("import sys, clustermine, clustermine.pipeline, clustermine.runs, clustermine.cli;"
+    code = ("import sys, clustermine, clustermine.workflows.pipeline, clustermine.store, clustermine.cli;"
             "from clustermine.cli import main;"
             "import contextlib, io;"
             "buf = io.StringIO();\n"

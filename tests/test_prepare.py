@@ -3,8 +3,8 @@
 import numpy as np
 
 from clustermine import cli
-from clustermine.corpus import corpus_embeddings, load_corpus
-from clustermine.encoders import load_encoder
+from clustermine.method.corpus import corpus_embeddings, load_corpus
+from clustermine.method.encoders import load_encoder
 
 
 def test_prepare_embeds_the_corpus_once_and_mine_reuses_it(tmp_path, capsys):

@@ -8,8 +8,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from clustermine import projection
-from clustermine.projection import pca_2d
+from clustermine.workflows import projection
+from clustermine.workflows.projection import pca_2d
 
 
 def reference_pca(x: np.ndarray) -> np.ndarray:

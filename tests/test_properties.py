@@ -26,10 +26,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from clustermine import metrics
-from clustermine.mining import cluster_statistics, mine_positive_concepts, normalized_entropy, zero_shot_topk
-from clustermine.runs import Run, concept_id
-from clustermine.scoring import Detector, WhatIfScorer, log_scores
+from clustermine.method import metrics
+from clustermine.method.mining import cluster_statistics, mine_positive_concepts, normalized_entropy, zero_shot_topk
+from clustermine.store import Run, concept_id
+from clustermine.method.scoring import Detector, WhatIfScorer, log_scores
+from clustermine.workflows.whatif import export_detector, run_detector, what_if_scorer
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -158,7 +159,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_encoded_scores_independent_of_batch_size_and_order(tiny_run):
-    from clustermine.pipeline import score_images
+    from clustermine.workflows.pipeline import score_images
 
     run, enc, paths = tiny_run
     ref = enc.encode_images(paths, batch_size=len(paths)).features
@@ -173,7 +174,7 @@ def test_encoded_scores_independent_of_batch_size_and_order(tiny_run):
     assert a.keys() == b.keys()
     for k in a:
         assert a[k] == pytest.approx(b[k], abs=1e-4)
-    det = run.detector()
+    det = run_detector(run)
     stored = det.log_scores(run.features())
     by_path = {r["abs_path"]: r["row"] for r in run.image_records(ok_only=True)}
     for p in paths:
@@ -220,7 +221,7 @@ def write_synthetic_run(path: Path, seed: int = 0, n_img: int = 40, n_vocab: int
 def plant_added_embedding(run: Run, text: str, seed: int) -> None:
     """What `edit_concept("add", text)` needs for a concept outside the corpus (normally from the
     encoder): its float16 embedding in added/<id>.npy."""
-    from clustermine.storage import atomic_save_npy
+    from clustermine.core.storage import atomic_save_npy
 
     emb = unit_rows(np.random.default_rng(seed), 1, run.text_embeddings().shape[1])[0]
     atomic_save_npy(run.path / "added" / f"{concept_id(text)}.npy", emb.astype(np.float16))
@@ -258,19 +259,19 @@ def test_rejecting_a_concept_never_grows_y_pos_or_raises_scores(synthetic_templa
             run.edit_concept("add", key, user="prop")
         before = set(run.positive_concepts())
         feats = run.features()
-        scores_before = run.detector(calibrate=False).log_scores(feats) if before else None
+        scores_before = run_detector(run, calibrate=False).log_scores(feats) if before else None
 
         run.edit_concept("reject", key, user="prop")
         after = set(run.positive_concepts())
         assert after <= before and key not in after
         assert len(before) - len(after) == (1 if key in before else 0)
         if after:
-            det = run.detector(calibrate=False)
+            det = run_detector(run, calibrate=False)
             scores_after = det.log_scores(feats)
             assert np.all(scores_after <= scores_before + ATOL)
             # the what-if scorer gives the same scores as the detector after the edit
             _, extra, pos = run.vocabulary()
-            np.testing.assert_allclose(run.what_if_scorer(feats).log_scores(pos, extra), scores_after, rtol=0, atol=ATOL)
+            np.testing.assert_allclose(what_if_scorer(run, feats).log_scores(pos, extra), scores_after, rtol=0, atol=ATOL)
         # the log replays to the table that concepts.json holds
         import json
 
@@ -379,8 +380,8 @@ def test_run_detector_round_trip_with_edits(synthetic_template, tmp_path):
     run.edit_concept("add", run.vocabulary_base()[0])
     first = run.positive_concepts()[0]
     run.edit_concept("reject", first)
-    det = run.detector()
-    back = Detector.load(run.export_detector(tmp_path / "bundle"))
+    det = run_detector(run)
+    back = Detector.load(export_detector(run, tmp_path / "bundle"))
     feats = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
     np.testing.assert_array_equal(back.log_scores(feats), det.log_scores(feats))
     assert back.threshold == det.threshold
@@ -392,7 +393,7 @@ def test_log_scores_are_in_0_1_and_rejecting_everything_is_refused():
     feats, text = unit_rows(rng, 5, 8), unit_rows(rng, 6, 8)
     s = log_scores(feats, text, np.arange(6), 0.01)
     np.testing.assert_allclose(s, 0.0, atol=1e-12)  # all concepts positive: S = 1
-    from clustermine.errors import ClusterMineError
+    from clustermine.core.errors import ClusterMineError
 
     with pytest.raises(ClusterMineError, match="no positive concepts"):
         log_scores(feats, text, np.array([], dtype=int), 0.01)

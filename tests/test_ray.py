@@ -26,10 +26,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 pytest.importorskip("ray", reason="Ray is pinned in requirements.txt; install it to run these tests")
 
 from clustermine.cli import main as cli_main  # noqa: E402
-from clustermine.distributed import RayClusterError, RayCluster, ray_address  # noqa: E402
-from clustermine.pipeline import MineConfig, mine  # noqa: E402
-from clustermine.runs import Run  # noqa: E402
-from clustermine.storage import cache_root  # noqa: E402
+from clustermine.workflows.distributed import RayClusterError, RayCluster, ray_address  # noqa: E402
+from clustermine.workflows.pipeline import MineConfig, mine  # noqa: E402
+from clustermine.store import Run  # noqa: E402
+from clustermine.core.storage import cache_root  # noqa: E402
 
 CLASSES = ["n01440764", "n02102040", "n02979186", "n03028079"]
 PER_CLASS = 24
@@ -126,7 +126,7 @@ def test_ray_tasks_ran_on_both_nodes(cluster, ray_run):
 
 def test_scan_hashed_on_the_cluster_equals_local(cluster, images, tmp_path):
     """The scan's sha1s computed by Ray tasks: the same records (skip reasons, duplicates) as locally."""
-    from clustermine.images import scan_images
+    from clustermine.method.images import scan_images
 
     folder = copy_subset(images, tmp_path / "scan", [CLASSES[0]], 5)
     first = sorted((folder / CLASSES[0]).iterdir())[0]
@@ -158,7 +158,7 @@ def test_score_with_ray_equals_local(cluster, local_run, images, capsys):
 
 
 def test_evaluate_with_ray_equals_local(cluster, local_run, images, tmp_path):
-    from clustermine.pipeline import evaluate
+    from clustermine.workflows.pipeline import evaluate
 
     id_dir = copy_subset(images, tmp_path / "id", [CLASSES[0]], 8)
     ood_dir = copy_subset(shared("imagenette_train100"), tmp_path / "ood", ["n03417042"], 8)
@@ -187,7 +187,7 @@ def test_ray_address_resolution(monkeypatch):
 
 def test_missing_ray_says_how_to_install(tmp_path):
     code = ("import sys; sys.modules['ray'] = None\n"
-            "from clustermine.distributed import RayCluster, RayClusterError\n"
+            "from clustermine.workflows.distributed import RayCluster, RayClusterError\n"
             "try:\n    RayCluster('127.0.0.1:1').connect()\nexcept RayClusterError as e:\n    print('MSG', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert "MSG Ray is not installed" in out.stdout and "pip install 'ray[default,data]==" in out.stdout
@@ -210,7 +210,7 @@ def test_data_page_shows_the_cluster_and_runs_the_job_there(cluster, images, tmp
     with the page's usual progress to the end."""
     from test_app import _mine_to_the_end, _mining_options, no_exception, open_app, texts
 
-    from clustermine import jobs
+    from clustermine.workflows import jobs
 
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -240,8 +240,8 @@ def test_data_page_shows_the_cluster_and_runs_the_job_there(cluster, images, tmp
 def test_cancel_during_ray_encode_keeps_the_shards_and_resumes(cluster, images, tmp_path):
     """Cancel (the run's cancel flag, as the Data page's button sets it) while the cluster encodes: the
     run is cancelled and resumable, returned shards are cached, the resume encodes only the rest."""
-    from clustermine.errors import CancelledError
-    from clustermine.pipeline import resume
+    from clustermine.core.errors import CancelledError
+    from clustermine.workflows.pipeline import resume
 
     cache = fresh_cache(tmp_path / "cache")
     out = tmp_path / "run"
@@ -298,7 +298,7 @@ def test_node_killed_mid_encode_loses_nothing(cluster, images, local_run, tmp_pa
         assert stored >= 32, "shards returned before the failure must be in the cache"
         first_total = max(totals)
         totals.clear()
-        from clustermine.pipeline import resume
+        from clustermine.workflows.pipeline import resume
 
         run = resume(out, progress=progress, cache_dir=cache, encode_chunk_size=16, ray_address=cluster.address)
         assert totals and max(totals) == first_total - stored, "the resume re-encoded stored shards"

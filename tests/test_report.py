@@ -16,12 +16,13 @@ import pytest
 from conftest import CHROMIUM, copy_subset, missing_resource, shared
 
 from clustermine.cli import main
-from clustermine.export import export_run
-from clustermine.mining import cluster_alerts
-from clustermine.rundir import layout
-from clustermine.runs import Run
-from clustermine.tables import IMAGE_FIELDS, image_table, image_table_csv, image_table_parquet
+from clustermine.workflows.export import export_run
+from clustermine.method.mining import cluster_alerts
+from clustermine.store import layout
+from clustermine.store import Run
+from clustermine.workflows.tables import IMAGE_FIELDS, image_table, image_table_csv, image_table_parquet
 from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
+from clustermine.workflows.whatif import run_detector
 
 
 def _lse(x: np.ndarray) -> np.ndarray:
@@ -67,7 +68,7 @@ def test_image_table_equals_the_run_arrays_and_scores(small_run):
     np.testing.assert_allclose(cols["top1_similarity"], top_sim[:, 0], atol=1e-6)
     np.testing.assert_allclose(cols["log_score"], ref, atol=1e-4)
     np.testing.assert_allclose(cols["score"], np.exp(ref), rtol=1e-3)
-    assert threshold == run.detector().threshold
+    assert threshold == run_detector(run).threshold
     # the verdict at the current threshold; rows within float noise of it are not asserted
     clear = np.abs(ref - threshold) > 1e-4
     want = np.where(ref >= threshold, "ID", "OOD")
@@ -134,8 +135,8 @@ def _check_report_text(text: str, run: Run) -> None:
 def test_report_holds_every_cluster_and_concept_and_the_ood_metrics(small_run, tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from clustermine.encoders import load_encoder
-    from clustermine.images import scan_images
+    from clustermine.method.encoders import load_encoder
+    from clustermine.method.images import scan_images
 
     run = Run.open(small_run)
     run.edit_concept("add", "<b>bold</b> fish", user="tester")  # user text: escaped, not markup
@@ -235,9 +236,9 @@ def test_report_carries_the_latest_what_if_on_a_server_folder(small_run, tmp_pat
     re-measures on that folder; once the folder is gone the old numbers are flagged, never dropped."""
     import shutil
 
-    from clustermine import ood_eval, report
-    from clustermine.encoders import load_encoder
-    from clustermine.whatif import encode_folder, ood_comparison, sample_scorer
+    from clustermine.workflows import ood_eval, report
+    from clustermine.method.encoders import load_encoder
+    from clustermine.workflows.whatif import encode_folder, ood_comparison, sample_scorer
 
     run = Run.open(small_run)
     assert ood_eval.latest(run) is None and '<section id="ood">' not in report.report_html(run)
@@ -275,7 +276,7 @@ def test_report_carries_the_latest_what_if_on_a_server_folder(small_run, tmp_pat
 
 
 def test_report_ood_of_an_unreadable_record_is_left_out(small_run):
-    from clustermine import ood_eval, report
+    from clustermine.workflows import ood_eval, report
 
     layout.ood_eval_file(small_run).parent.mkdir(parents=True, exist_ok=True)
     layout.ood_eval_file(small_run).write_text("{not json", encoding="utf-8")
@@ -296,7 +297,7 @@ def test_export_page_offers_the_table_and_report(app_env, small_run, tmp_path):
 
     from ui.exports import deferred
 
-    from clustermine import report, tables
+    from clustermine.workflows import report, tables
 
     run = Run.open(small_run)
     csv_text = deferred(tables.image_table_csv, str(small_run))()
@@ -311,7 +312,7 @@ def test_export_page_offers_the_table_and_report(app_env, small_run, tmp_path):
 
 
 def test_typical_and_atypical_members_by_angle_to_the_centroid():
-    from clustermine.report import typical_atypical
+    from clustermine.workflows.report import typical_atypical
 
     angles = np.radians([0.0, 10.0, -10.0, 40.0, -50.0, 170.0])
     feats = np.stack([np.cos(angles), np.sin(angles)], axis=1) * np.array([[1], [2], [1], [3], [1], [1]])

@@ -1,4 +1,4 @@
-"""The run directory package (clustermine.rundir): one home for every run-directory name, the
+"""The run directory package (clustermine.store): one home for every run-directory name, the
 on-disk format 1 still readable, and the JSON-only run listing the app uses."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from clustermine.errors import RunError
-from clustermine.rundir import layout
-from clustermine.runs import Run, list_runs
+from clustermine.core.errors import RunError
+from clustermine.store import layout
+from clustermine.store import Run, list_runs
+from clustermine.workflows.whatif import run_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 TAU = 0.05
@@ -25,7 +26,7 @@ TAU = 0.05
 
 # ------------------------------------------------------------------------------------ one home for the names
 def _layout_names() -> set[str]:
-    tree = ast.parse((ROOT / "clustermine" / "rundir" / "layout.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "clustermine" / "store" / "layout.py").read_text(encoding="utf-8"))
     names = set()
     for node in tree.body:
         if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
@@ -57,7 +58,7 @@ def _source_files() -> list[Path]:
     out = [ROOT / "app.py"]
     for folder in ("clustermine", "ui", "pages"):
         out += sorted((ROOT / folder).rglob("*.py"))
-    return [p for p in out if p != ROOT / "clustermine" / "rundir" / "layout.py"]
+    return [p for p in out if p != ROOT / "clustermine" / "store" / "layout.py"]
 
 
 def _run_dir_literals(path: Path) -> list[tuple[int, str]]:
@@ -97,7 +98,7 @@ def test_run_directory_names_are_spelled_only_in_layout():
         rel = path.relative_to(ROOT).as_posix()
         offenders += [f"{rel}:{line}: {name!r}" for line, name in _run_dir_literals(path)
                       if (rel, name) not in OTHER_FORMATS]
-    assert not offenders, ("run-directory names outside clustermine/rundir/layout.py (use its constants):\n"
+    assert not offenders, ("run-directory names outside clustermine/store/layout.py (use its constants):\n"
                            + "\n".join(offenders))
 
 
@@ -116,7 +117,7 @@ def _cid(text: str) -> str:
 
 def write_format1_run(run_dir: Path, *, status: str = "done") -> dict:
     """A finished format-1 run written file by file, as the current format specifies (names and
-    contents spelled here, independently of clustermine.rundir). Returns the arrays written."""
+    contents spelled here, independently of clustermine.store). Returns the arrays written."""
     rng = np.random.default_rng(7)
     run_dir.mkdir(parents=True)
     feats = _unit(rng.normal(size=(4, 8))).astype(np.float16)
@@ -189,17 +190,17 @@ def test_a_format1_run_written_by_hand_opens_unchanged(tmp_path):
     np.testing.assert_array_equal(extra, arrays["added"][None])
 
     # Scores: log S = LSE over Y_pos − LSE over V, computed here in float64.
-    det = run.detector(calibrate=False)
+    det = run_detector(run, calibrate=False)
     full = np.concatenate([arrays["text"], arrays["added"][None]]).astype(np.float64)
     z = arrays["features"].astype(np.float64) @ full.T / TAU
     expected = logsumexp(z[:, [1, 3, 5]], axis=1) - logsumexp(z, axis=1)
     np.testing.assert_allclose(det.log_scores(arrays["features"]), expected, rtol=0, atol=1e-4)
     assert det.encoder_fingerprint_id == "abc123" and det.template == "a photo of a {}."
 
-    # Threshold (issue 12, clustermine.calibration): lowest of the 4 calibration scores (k = 1 for 50 % TPR
+    # Threshold (issue 12, clustermine.method.calibration): lowest of the 4 calibration scores (k = 1 for 50 % TPR
     # at 90 % confidence). Held-out rows 2, 3 use Y_pos; mining rows are cross-fitted, one fold each: row 0's
     # fold still elects church (1), row 1's fold elects only the rejected tench, leaving the user's concepts.
-    cal = run.detector(tpr=0.5)
+    cal = run_detector(run, tpr=0.5)
     cross = expected.copy()
     cross[1] = logsumexp(z[1, [3, 5]]) - logsumexp(z[1])
     assert cal.threshold_rule.startswith("order statistic k = 1 of 4 calibration ID images (2 mining images "
@@ -310,8 +311,8 @@ def test_list_runs_reads_run_json_only_newest_first(tmp_path):
 
 
 def test_listing_and_layout_import_no_numeric_stack():
-    code = ("import sys; from clustermine.rundir.listing import list_runs; from clustermine.rundir import layout; "
-            "heavy = [m for m in ('numpy', 'scipy', 'sklearn', 'filelock', 'clustermine.runs') if m in sys.modules]; "
+    code = ("import sys; from clustermine.store.listing import list_runs; from clustermine.store import layout; "
+            "heavy = [m for m in ('numpy', 'scipy', 'sklearn', 'filelock', 'clustermine.store') if m in sys.modules]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})

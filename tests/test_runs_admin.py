@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from clustermine.cli import main
-from clustermine.errors import ClusterMineError, RunError
-from clustermine.rundir import layout, list_runs
-from clustermine.rundir.admin import MAX_LABEL_CHARS, delete_run, set_label
-from clustermine.runs import Run
+from clustermine.core.errors import ClusterMineError, RunError
+from clustermine.store import layout, list_runs
+from clustermine.workflows.run_admin import MAX_LABEL_CHARS, delete_run, set_label
+from clustermine.store import Run
 from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Find images (clustermine.search): rankings equal a brute-force float64 ranking; a class name
+"""Find images (clustermine.workflows.search): rankings equal a brute-force float64 ranking; a class name
 finds that class's photos in a real run; the CLI verb and the app page."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from clustermine.cli import main
-from clustermine.errors import ClusterMineError
-from clustermine.runs import Run
-from clustermine.search import FeatureIndex, feature_index, row_of_path, search_image, search_text, top_k
+from clustermine.core.errors import ClusterMineError
+from clustermine.store import Run
+from clustermine.workflows.search import FeatureIndex, feature_index, row_of_path, search_image, search_text, top_k
 from test_app import app_env, no_exception, open_app  # noqa: F401,E402  (app_env is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_text_query_finds_the_class(small_run_template):
         classes = [Path(h.path).parts[0] for h in hits]
         assert classes == [wnid] * 5, (text, classes)
         # similarities equal the cosine of the stored features with the query embedding
-        from clustermine.search import embed_query
+        from clustermine.workflows.search import embed_query
 
         q = embed_query(run, text)
         ref = brute_force(run.features(), q)
@@ -121,7 +121,7 @@ def test_search_page(app_env, small_run):
 
 
 def test_row_of_path_and_find_image_paths_are_columnar(small_run_template):
-    from clustermine.search import find_image_paths
+    from clustermine.workflows.search import find_image_paths
 
     run = Run.open(small_run_template)
     records = run.image_records(ok_only=True)
@@ -138,7 +138,7 @@ def test_row_of_path_and_find_image_paths_are_columnar(small_run_template):
 @pytest.mark.app
 def test_search_page_filters_the_picker_on_a_large_run(app_env, small_run, monkeypatch):
     """Above PICKER_MAX images the page does not list every image: a filter narrows the picker."""
-    import clustermine.search as search_engine
+    import clustermine.workflows.search as search_engine
 
     monkeypatch.setattr(search_engine, "PICKER_MAX", 5)
     at = open_app(small_run.name, "pages/search.py")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clustermine.hashing import cached_file_hash, file_hash
-from clustermine.images import scan_images
-from clustermine.linalg import l2_normalize
+from clustermine.core.hashing import cached_file_hash, file_hash
+from clustermine.method.images import scan_images
+from clustermine.core.linalg import l2_normalize
 
 # FIPS 180 test vectors for the message "abc".
 ABC_SHA1 = "a9993e364706816aba3e25717850c26c9cd0d89d"
@@ -77,7 +77,7 @@ def test_load_encoder_builds_each_encoder_once_under_concurrent_calls(tmp_path: 
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_openclip import register_tiny_openclip
 
-    from clustermine.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder
 
     name = register_tiny_openclip(tmp_path, name="cm-tiny-cache-test")
     barrier = threading.Barrier(6)

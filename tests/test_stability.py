@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from clustermine.cli import main
-from clustermine.rundir import layout
-from clustermine.runs import Run
+from clustermine.store import layout
+from clustermine.store import Run
 from test_app import no_exception, open_app  # noqa: E402
 
 
@@ -72,8 +72,8 @@ def test_old_run_without_head_labels_has_unknown_support(small_run, capsys):
 
 
 def test_kmeans_seed_stability_on_request(small_run, capsys):
-    from clustermine.clustering import make_clusterer
-    from clustermine.stability import seed_stability
+    from clustermine.method.clustering import make_clusterer
+    from clustermine.workflows.stability import seed_stability
 
     run = Run.open(small_run)
     calls = []
@@ -96,7 +96,7 @@ def test_kmeans_seed_stability_on_request(small_run, capsys):
 
 
 def test_real_tiny_temi_run_stores_heads_and_support(small_images, tmp_path):
-    from clustermine.pipeline import MineConfig, mine
+    from clustermine.workflows.pipeline import MineConfig, mine
 
     n_heads = 4
     run = mine(small_images, tmp_path / "temi", MineConfig(
@@ -113,7 +113,7 @@ def test_real_tiny_temi_run_stores_heads_and_support(small_images, tmp_path):
         assert 0.0 <= c.support <= 1.0 and c.support >= 1 / n_heads
         assert c.support == pytest.approx(sum(c.corpus_index in w for w in winners) / n_heads)
     # re-clustering without a few excluded images stores the new heads; excluded images do not vote
-    from clustermine.exclusions import remine
+    from clustermine.workflows.remine import remine
 
     gone = [int(r) for r in np.flatnonzero(cids >= 0)[:3]]
     run.set_excluded(gone)
@@ -131,7 +131,7 @@ def test_real_tiny_temi_run_stores_heads_and_support(small_images, tmp_path):
 
 
 def test_temi_head_labels_are_each_heads_argmax():
-    from clustermine.clustering import TEMI
+    from clustermine.method.clustering import TEMI
 
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(m, 0.1, size=(20, 8)) for m in (-1.0, 0.0, 1.0)]).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Refusals of clustermine.uploads (hostile archives, path escapes, oversized input) and the
+"""Refusals of clustermine.workflows.uploads (hostile archives, path escapes, oversized input) and the
 escaping of user text in the web app."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from clustermine.errors import SafetyError
-from clustermine.uploads import (
+from clustermine.core.errors import SafetyError
+from clustermine.workflows.uploads import (
     UploadLimits,
     check_run_id,
     count_folder,
@@ -73,7 +73,7 @@ def test_check_run_id_refuses(bad):
 
 
 def test_new_run_id_is_a_url_safe_slug():
-    from clustermine.uploads import new_run_id
+    from clustermine.workflows.uploads import new_run_id
 
     assert new_run_id("My run 2") == "my-run-2"
     assert new_run_id("../../etc/passwd") == "etc-passwd"
@@ -361,7 +361,7 @@ def test_resolve_refuses_missing_empty_and_files(roots):
 
 
 def test_default_data_roots_from_env(tmp_path, monkeypatch):
-    from clustermine.uploads import default_data_roots
+    from clustermine.workflows.uploads import default_data_roots
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
@@ -370,7 +370,7 @@ def test_default_data_roots_from_env(tmp_path, monkeypatch):
 
 
 def test_default_data_roots_are_shared_data_and_run_uploads(tmp_path, monkeypatch):
-    from clustermine.uploads import default_data_roots
+    from clustermine.workflows.uploads import default_data_roots
 
     monkeypatch.delenv("CLUSTERMINE_DATA_ROOTS", raising=False)
     (tmp_path / "work").mkdir()
@@ -391,7 +391,7 @@ def test_script_concept_is_rendered_escaped(small_run, monkeypatch):
     """A concept named <script>alert(1)</script> shows as text; no element renders it as HTML."""
     from streamlit.testing.v1 import AppTest
 
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     evil = "<script>alert(1)</script>"
     run = Run.open(small_run)
@@ -424,11 +424,11 @@ def test_uploaded_names_are_kept_in_image_names_csv_and_search(small_images, tmp
     uploaded (extension case included), and the stored files keep the extension's case too."""
     import csv
 
-    from clustermine.pipeline import MineConfig, mine
-    from clustermine.rundir import layout
-    from clustermine.runs import Run
-    from clustermine.search import search_text
-    from clustermine.tables import image_table_csv
+    from clustermine.workflows.pipeline import MineConfig, mine
+    from clustermine.store import layout
+    from clustermine.store import Run
+    from clustermine.workflows.search import search_text
+    from clustermine.workflows.tables import image_table_csv
 
     photos = [p for cls in ("n01440764", "n03028079") for p in sorted((small_images / cls).iterdir())[:6]]
     names = ["X.JPEG", "Y.Jpg", "my photo (1).JPEG"] + [p.name for p in photos[3:]]

@@ -1,4 +1,4 @@
-"""The what-if engine (clustermine.whatif): the corpus-LSE cache kept in the run, what-if after
+"""The what-if engine (clustermine.workflows.whatif): the corpus-LSE cache kept in the run, what-if after
 concept edits, and the OOD comparison. Every expected value is computed here from the run's files
 (read with numpy) and the plain score formula, not through the code under test. The run is real:
 tiny random open_clip model, real photos, a 50-concept corpus, k-means."""
@@ -14,17 +14,18 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from clustermine import whatif
-from clustermine.metrics import ood_metrics, threshold_at_tpr
-from clustermine.pipeline import MineConfig, mine
-from clustermine.runs import Run
-from clustermine.scoring import Detector
+from clustermine.workflows import whatif
+from clustermine.method.metrics import ood_metrics, threshold_at_tpr
+from clustermine.workflows.pipeline import MineConfig, mine
+from clustermine.store import Run
+from clustermine.method.scoring import Detector
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 from conftest import shared  # noqa: E402
 from test_faults import CONCEPTS, photo_sources  # noqa: E402
 from tiny_openclip import register_tiny_openclip  # noqa: E402
+from clustermine.workflows.whatif import run_detector
 
 TPR = 0.9
 ATOL = 1e-4  # float32 dot products / τ against a float64 reference: ~1e-5 in log-score units
@@ -33,7 +34,7 @@ NEW_CONCEPT = "purple elephant on a bicycle"  # outside the corpus: embedded whe
 
 @pytest.fixture(scope="module")
 def tiny_env(tmp_path_factory):
-    from clustermine.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder
 
     base = tmp_path_factory.mktemp("whatif")
     spec = f"openclip:{register_tiny_openclip(base / 'cfg')}:none"
@@ -143,7 +144,7 @@ def test_corpus_lse_cache_is_dropped_when_the_features_change(run):
 def test_corpus_lse_cache_is_dropped_when_tau_changes(run):
     feats, _, text, tau = files(run)
     _poison(run)
-    run._update_meta(config={**run.config, "tau": 2 * tau})
+    run.update_meta(config={**run.config, "tau": 2 * tau})
     reopened = Run.open(run.path)
     assert reopened.tau == 2 * tau
     got = whatif.corpus_lse(reopened, np.arange(len(feats)))
@@ -170,7 +171,7 @@ def test_what_if_after_a_reject_equals_a_fresh_detector(run, tiny_env):
     mined_rows = sorted({m["index"] for m in json.loads((run.path / "mined.json").read_text())})
     pos_rows, _ = _edit(run, enc)
 
-    from clustermine.corpus import embed_concepts
+    from clustermine.method.corpus import embed_concepts
 
     extra = embed_concepts(enc, [NEW_CONCEPT], run.config.get("template") or enc.text_template)
     extra = extra.astype(np.float16).astype(np.float32)  # stored as float16 like every embedding
@@ -194,7 +195,7 @@ def test_what_if_after_a_reject_equals_a_fresh_detector(run, tiny_env):
     assert wi.rule == f"log-score at {TPR:.0%} TPR on {len(held)} held-out ID images"
 
     # The run's calibrated detector uses the current concepts ...
-    det = Run.open(run.path).detector(tpr=TPR)
+    det = run_detector(Run.open(run.path), tpr=TPR)
     assert sorted(det.positive_idx.tolist()) == pos_rows + [len(CONCEPTS)]
     # ... and the calibrated threshold of issue 12 (checked against a recomputation in test_calibration.py).
     cal = whatif.calibration(run, TPR)
@@ -254,8 +255,8 @@ def test_ood_comparison_equals_metrics_computed_directly(run, tiny_env, tmp_path
 
 
 def test_heldout_above_the_cap_is_a_fixed_sample_scored_like_the_full_set(small_run):
-    from clustermine.runs import Run
-    from clustermine.whatif import heldout
+    from clustermine.store import Run
+    from clustermine.workflows.whatif import heldout
 
     run = Run.open(small_run)
     full = heldout(run)
@@ -277,7 +278,7 @@ def _folder(path: str) -> str:
 @pytest.fixture(scope="module")
 def dtd10_paths() -> list[str]:
     """The scanned relative paths of dtd10 (10 texture subfolders x 60 photos), as encode_folder sees them."""
-    from clustermine.images import scan_images
+    from clustermine.method.images import scan_images
 
     return [r.path for r in scan_images(shared("dtd10")) if r.ok]
 

@@ -26,7 +26,7 @@ def install(folder: Path, monkeypatch, patcher: str) -> None:
 
 def hold_once_until_cancel() -> None:
     """The first caller waits until the run ``CM_TEST_RUN_DIR``'s cancel is requested (at most 300 s)."""
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     mark = os.environ["CM_TEST_HELD_MARK"]
     if os.path.exists(mark):
@@ -42,7 +42,7 @@ def hold_before_encode() -> None:
     """The first worker holds at the start of its encode stage; later workers run freely."""
     if not os.environ.get("CM_TEST_HELD_MARK"):
         return
-    import clustermine.pipeline as pipeline
+    import clustermine.workflows.pipeline as pipeline
 
     encode_records = pipeline.encode_records
 
@@ -59,7 +59,7 @@ def hold_after_first_chunk() -> None:
     first chunk: the cancel lands with one chunk cached and one not."""
     if not os.environ.get("CM_TEST_ENCODE_LOG"):
         return
-    import clustermine.pipeline as pipeline
+    import clustermine.workflows.pipeline as pipeline
 
     encode_records, put = pipeline.encode_records, pipeline.FeatureCache.put
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clustermine import clusterview
-from clustermine.clusterview import ClusterName
-from clustermine.mining import ClusterStats, shared_winners
-from clustermine.runs import Run
+from clustermine.workflows import clusterview
+from clustermine.workflows.clusterview import ClusterName
+from clustermine.method.mining import ClusterStats, shared_winners
+from clustermine.store import Run
 
 from . import charts, rundata, widgets
 from .text import md_escape
@@ -52,7 +52,7 @@ def shared_groups(stats: list[ClusterStats], vocab: list[str]) -> None:
 def exclude_images(run_path: str, rows: list[int], restore: bool = False) -> None:
     """Mark feature ``rows`` "not ID" (or restore them) in the run's exclusion log; the outcome is
     shown by :func:`exclusion_feedback` on the next script run (callbacks cannot draw)."""
-    from clustermine.errors import ClusterMineError
+    from clustermine.core.errors import ClusterMineError
 
     from . import cache
     from .concept_review import reviewer
@@ -75,7 +75,7 @@ def exclusion_feedback() -> None:
 
 def remine_panel(run: Run) -> None:
     """Excluded images, the re-mine button (reuse clusters or re-cluster) and the last re-mine's changes."""
-    from clustermine.exclusions import last_changes, remine
+    from clustermine.workflows.remine import last_changes, remine
 
     from .concept_review import reviewer
 
@@ -112,7 +112,7 @@ def remine_panel(run: Run) -> None:
 
 def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumbs: int = 6, top: int = 8,
          shared_with: list[int] | None = None, single_head: bool = False, name: ClusterName | None = None) -> None:
-    """One cluster's card. ``name``: the cluster's name (:func:`clustermine.clusterview.cluster_names`);
+    """One cluster's card. ``name``: the cluster's name (:func:`clustermine.workflows.clusterview.cluster_names`);
     None names it by its winner."""
     winner = vocab[s.winner] if s.winner is not None else None
     name = name or ClusterName(s.cluster, winner, "mined" if winner is not None else "empty")

@@ -6,7 +6,7 @@
   concept edits do not (``Run.concepts()`` re-reads ``edits.jsonl``), so large arrays such as the
   corpus text embeddings are held once. Artefacts that depend on the edits are keyed on
   :func:`edits_key` (the mtime, size and inode of ``edits.jsonl``). The run list
-  (:func:`list_runs_light`) is the engine's JSON-only ``clustermine.rundir.listing.list_runs``.
+  (:func:`list_runs_light`) is the engine's JSON-only ``clustermine.store.listing.list_runs``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from clustermine.rundir import layout
-from clustermine.rundir.listing import list_runs as list_runs_light  # JSON only: no numeric imports
+from clustermine.store import layout
+from clustermine.store.listing import list_runs as list_runs_light  # JSON only: no numeric imports
 
-if TYPE_CHECKING:  # clustermine.runs pulls in scikit-learn: imported lazily, off the first page's path
-    from clustermine.runs import Run
+if TYPE_CHECKING:  # clustermine.store pulls in scikit-learn: imported lazily, off the first page's path
+    from clustermine.store import Run
 
 
 # ------------------------------------------------------------------------------------ encoder
@@ -50,7 +50,7 @@ class LockedEncoder:
 @st.cache_resource(show_spinner="Loading the encoder (once per server process)…", max_entries=3)
 def get_encoder(spec: str, device: str = "auto") -> LockedEncoder:
     """The (locked) encoder for ``spec``; raises EncoderError for bad specs (not cached)."""
-    from clustermine.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder
 
     return LockedEncoder(load_encoder(spec, device=device))
 
@@ -87,8 +87,8 @@ def system_device() -> str:
 
 @st.cache_resource(show_spinner=False)
 def resolved_device(device: str = "auto") -> str:
-    """``clustermine.encoders.resolve_device`` (imports torch: call it where the user chooses)."""
-    from clustermine.encoders import resolve_device
+    """``clustermine.method.encoders.resolve_device`` (imports torch: call it where the user chooses)."""
+    from clustermine.method.encoders import resolve_device
 
     return resolve_device(device)
 
@@ -101,7 +101,7 @@ def _stat_key(p: Path) -> tuple[int, int, int]:
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _open_run(path: str, meta_key: tuple[int, int]) -> "Run":
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     return Run.open(path, require_complete=False)
 
@@ -132,8 +132,8 @@ def check_complete(run: Run) -> None:
 @st.cache_data(max_entries=5000, show_spinner=False)
 def thumbnail(path: str, stamp: tuple[int, int, int], size: int = 192) -> bytes | None:
     """JPEG bytes of a ``size``-pixel thumbnail (None when the file cannot be decoded)."""
-    from clustermine.errors import ImageError
-    from clustermine.images import load_rgb
+    from clustermine.core.errors import ImageError
+    from clustermine.method.images import load_rgb
 
     try:
         img = load_rgb(path)
@@ -163,7 +163,7 @@ def warm_imports() -> None:
     def work() -> None:
         import importlib
 
-        for name in ("clustermine.runs", "clustermine.pipeline", "clustermine.export", "pandas",
+        for name in ("clustermine.store", "clustermine.workflows.pipeline", "clustermine.workflows.export", "pandas",
                      "plotly.graph_objects", "ui.scores", "ui.charts", "PIL.Image"):
             try:
                 importlib.import_module(name)

@@ -3,7 +3,7 @@
 Jobs started from the app then run their encoding and vote on that cluster (the worker gets
 ``--ray ADDRESS``); progress and Cancel work as for local jobs, because the driver (the worker
 process on this server) writes ``progress.json`` and reads the cancel flag. The cluster is asked for
-its nodes by a short-lived CLI process (``clustermine.distributed.query_cluster``): the web server
+its nodes by a short-lived CLI process (``clustermine.workflows.distributed.query_cluster``): the web server
 itself never imports Ray.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from clustermine.distributed import RayClusterError, query_cluster, ray_address
+from clustermine.workflows.distributed import RayClusterError, query_cluster, ray_address
 
 from .text import md_code, md_escape
 

@@ -8,8 +8,8 @@ import os
 import pandas as pd
 import streamlit as st
 
-from clustermine.errors import ClusterMineError
-from clustermine.runs import Run
+from clustermine.core.errors import ClusterMineError
+from clustermine.store import Run
 
 from . import cache, rundata, widgets
 from .text import md_escape
@@ -111,7 +111,7 @@ def with_support(run: Run, df: pd.DataFrame) -> pd.DataFrame:
 def stability_panel(run: Run) -> None:
     """Where the support comes from; for runs without head labels (k-means, older runs), a button
     that re-clusters with a few seeds (progress bar) to compute it."""
-    from clustermine.stability import seed_stability, stability_source
+    from clustermine.workflows.stability import seed_stability, stability_source
 
     source = stability_source(run)
     concepts = run.concepts()

@@ -8,15 +8,16 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from clustermine import export
-from clustermine.runs import Run
+from clustermine.workflows import export
+from clustermine.store import Run
+from clustermine.workflows.whatif import run_detector
 
 
 
 def bundle_zip(run: Run) -> bytes:
-    """A zip of ``detector/`` as written by ``run.detector().save`` (load with ``Detector.load``)."""
+    """A zip of ``detector/`` as written by ``run_detector(run).save`` (load with ``Detector.load``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = run.detector().save(Path(tmp) / "detector")
+        folder = run_detector(run).save(Path(tmp) / "detector")
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(folder.iterdir()):  # float16 embeddings barely compress: store them
@@ -32,7 +33,7 @@ def summary_json(run: Run) -> str:
 def deferred(fn, path: str):
     """A zero-argument callable for ``st.download_button(data=...)``: the payload is built only when
     the user clicks (on Streamlit's download thread), from the run as it is at that moment."""
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     return lambda: fn(Run.open(path))
 

@@ -1,5 +1,5 @@
 """The first page's introduction: what the app does, the workflow in three steps, and what a run
-costs on this machine (an estimate from clustermine.estimate, labelled as such)."""
+costs on this machine (an estimate from clustermine.workflows.estimate, labelled as such)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Callable
 
 import streamlit as st
 
-from clustermine.estimate import MachineSpeed, estimate_run_cost, fmt_duration
+from clustermine.workflows.estimate import MachineSpeed, estimate_run_cost, fmt_duration
 
 STEPS = [
     ("1 · Bring your in-distribution images", ":material/add_photo_alternate:",
@@ -55,7 +55,7 @@ def cost_lines(runs: list[dict], corpus_cached: bool | None = None, speed: Machi
 
 def _default_corpus_cached() -> bool | None:
     """Whether the default encoder's default corpus embedding is cached (same check as the Data page)."""
-    from clustermine.config import MineConfig
+    from clustermine.core.config import MineConfig
 
     from .new_run import _corpus_cached
 
@@ -93,7 +93,7 @@ def intro(runs: list[dict]) -> Callable[[], None]:
     draw(first_paint_lines(runs))
 
     def refine() -> None:
-        from clustermine.estimate import measure_speed
+        from clustermine.workflows.estimate import measure_speed
 
         _KNOWN_CORPUS_STATE["default"] = state = _default_corpus_cached()
         draw(cost_lines(runs, state, measure_speed()))

@@ -1,5 +1,5 @@
 """The Data page's view of one run: mining progress (polled), cancel / stop, resume, results and
-skipped files. The job itself runs in a worker process (clustermine.jobs); this only reads
+skipped files. The job itself runs in a worker process (clustermine.workflows.jobs); this only reads
 ``progress.json`` / ``run.json`` and writes the cancel flag."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from clustermine import clusterview, jobs
-from clustermine.rundir import layout
-from clustermine.runs import Run
+from clustermine.workflows import clusterview, jobs
+from clustermine.store import layout
+from clustermine.store import Run
 
 from . import cache, cluster_panel, rundata, state, widgets
 from .text import md_escape

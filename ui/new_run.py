@@ -11,12 +11,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from clustermine import jobs
-from clustermine.config import CLUSTERER_NAMES, MineConfig, default_tau
-from clustermine.corpus import BUILTIN_CORPORA
-from clustermine.errors import ClusterMineError, SafetyError
-from clustermine.rundir import layout
-from clustermine.uploads import (
+from clustermine.workflows import jobs
+from clustermine.core.config import CLUSTERER_NAMES, MineConfig, default_tau
+from clustermine.method.corpus import BUILTIN_CORPORA
+from clustermine.core.errors import ClusterMineError, SafetyError
+from clustermine.store import layout
+from clustermine.workflows.uploads import (
     SourceCount,
     UploadReport,
     count_folder,
@@ -145,7 +145,7 @@ MAX_COUNTED_FILES = 200_000  # counting a huge server folder for the estimate st
 
 
 def source_count(ch: Choices) -> SourceCount | None:
-    """What the chosen source holds (``clustermine.uploads`` counts by file name; the scan decides for
+    """What the chosen source holds (``clustermine.workflows.uploads`` counts by file name; the scan decides for
     real), counted once per script run; None while nothing is chosen."""
     if ch.counted is not None:
         return ch.counted
@@ -170,7 +170,7 @@ def _n_images(ch: Choices) -> int:
 @st.cache_data(ttl=30, show_spinner=False)
 def _corpus_cached(encoder_spec: str, corpus: str) -> bool | None:
     """Whether the corpus embedding for this encoder is already cached (None: cannot tell)."""
-    from clustermine.estimate import corpus_cache_state
+    from clustermine.workflows.estimate import corpus_cache_state
 
     if corpus == CUSTOM_CORPUS:
         return False
@@ -182,8 +182,8 @@ def _corpus_cached(encoder_spec: str, corpus: str) -> bool | None:
 
 def cost_line(ch: Choices) -> str:
     """The pre-launch line: what the job will cost on this machine at its speed now
-    (``clustermine.estimate.estimate_now``: a short probe, reused for a minute)."""
-    from clustermine.estimate import estimate_now
+    (``clustermine.workflows.estimate.estimate_now``: a short probe, reused for a minute)."""
+    from clustermine.workflows.estimate import estimate_now
 
     n = _n_images(ch)
     if n == 0:
@@ -192,7 +192,7 @@ def cost_line(ch: Choices) -> str:
     est = estimate_now(n, ch.clusterer, n_clusters=ch.n_clusters,
                        corpus_cached=_corpus_cached(ch.encoder, ch.corpus), holdout_fraction=ch.holdout)
     line = f"Estimated cost for {n:,} image{'s' if n != 1 else ''}: {est.line()} (rates from {est.source})"
-    from clustermine.clustering import check_clusterer_feasible
+    from clustermine.method.cost import check_clusterer_feasible
 
     try:
         device = cache.resolved_device("auto")
@@ -264,8 +264,8 @@ def _source_name(ch: Choices) -> str:
 
 def _require_readable(images_dir: Path, uploaded: bool) -> None:
     """Refuse to create a run whose images cannot be read (NoImagesError naming files and reasons)."""
-    from clustermine.errors import NoImagesError
-    from clustermine.images import require_decodable
+    from clustermine.core.errors import NoImagesError
+    from clustermine.method.images import require_decodable
 
     try:
         require_decodable(images_dir)
@@ -281,7 +281,7 @@ def launch(ch: Choices) -> str:
     Inputs are staged in a hidden folder first, so a refused upload (zip bomb, nothing usable)
     leaves no half-made run behind.
     """
-    from clustermine.runs import Run
+    from clustermine.store import Run
 
     root = settings.runs_root()
     run_dir = _unique_run_dir(root, ch.name)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from clustermine.errors import ClusterMineError
-from clustermine.rundir.admin import MAX_LABEL_CHARS, delete_run, set_label
+from clustermine.core.errors import ClusterMineError
+from clustermine.workflows.run_admin import MAX_LABEL_CHARS, delete_run, set_label
 
 from . import state, widgets
 from .text import md_escape

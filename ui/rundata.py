@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clustermine import clusterview
-from clustermine.runs import Run
+from clustermine.workflows import clusterview
+from clustermine.store import Run
 
 
 def upload_names(run: Run) -> dict[str, str]:
@@ -22,7 +22,7 @@ def image_names(run: Run, rows: np.ndarray | None = None) -> list[str]:
 
 def winner_texts(run: Run) -> dict[int, str]:
     """cluster id -> the cluster's name label ('tench', 'tench (rejected)', '– (empty)'), see
-    :func:`clustermine.clusterview.cluster_names`."""
+    :func:`clustermine.workflows.clusterview.cluster_names`."""
     return {c: name.label for c, name in clusterview.cluster_names(run).items()}
 
 
@@ -65,7 +65,7 @@ def point_table(run: Run, rows: np.ndarray) -> dict[str, list | np.ndarray]:
 
 def typical_atypical(run: Run, cluster: int, n: int = 6) -> tuple[list[int], list[int]]:
     """The cluster's most typical and most atypical members, excluded images left out (see
-    :func:`clustermine.clusterview.typical_atypical`)."""
+    :func:`clustermine.workflows.clusterview.typical_atypical`)."""
     return clusterview.typical_atypical(run, cluster, n)
 
 

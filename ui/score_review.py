@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from clustermine.rundir import layout
-from clustermine.runs import Run
-from clustermine.storage import atomic_write_json
+from clustermine.store import layout
+from clustermine.store import Run
+from clustermine.core.storage import atomic_write_json
 
 from . import cache, widgets
 from .text import fmt_num, md_escape, wrap_name

@@ -1,4 +1,4 @@
-"""Process-wide caches around :mod:`clustermine.whatif` (the engine computes; this module only
+"""Process-wide caches around :mod:`clustermine.workflows.whatif` (the engine computes; this module only
 keeps its results per run and per edit, so reruns and other sessions reuse them).
 
 Convention everywhere: higher score = more in-distribution.
@@ -11,13 +11,14 @@ import json
 import numpy as np
 import streamlit as st
 
-from clustermine import whatif
-from clustermine.rundir import layout
-from clustermine.runs import Run
-from clustermine.scoring import WhatIfScorer
-from clustermine.whatif import HeldOut, ProgressFn, WhatIf, encode_folder, lse_ready
+from clustermine.workflows import whatif
+from clustermine.store import layout
+from clustermine.store import Run
+from clustermine.method.scoring import WhatIfScorer
+from clustermine.workflows.whatif import HeldOut, ProgressFn, WhatIf, encode_folder, lse_ready
 
 from . import cache
+from clustermine.workflows.whatif import run_detector
 
 __all__ = ["HeldOut", "WhatIf", "all_scores", "current_threshold", "detector_now", "encode_folder", "heldout",
            "lse_ready", "ood_comparison", "sample_scorer", "score_features", "what_if"]
@@ -50,7 +51,7 @@ def _scorer_for(key: str, _run_path: str, _features: np.ndarray) -> WhatIfScorer
 
 def sample_scorer(run: Run, features: np.ndarray) -> WhatIfScorer:
     """``whatif.sample_scorer`` kept per run and per content of ``features``."""
-    from clustermine.projection import features_key
+    from clustermine.workflows.projection import features_key
 
     return _scorer_for(f"{run.path}|{run.tau}|{features_key(features)}", str(run.path), features)
 
@@ -61,11 +62,11 @@ def ood_comparison(run: Run, ood: WhatIfScorer) -> dict:
 
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _detector(path: str, edits: tuple, meta: tuple):
-    return cache.load_run(path).detector(calibrate=False)
+    return run_detector(cache.load_run(path), calibrate=False)
 
 
 def detector_now(run: Run):
-    """``run.detector(calibrate=False)`` for the current edits (never reused across edits)."""
+    """``run_detector(run, calibrate=False)`` for the current edits (never reused across edits)."""
     return _detector(str(run.path), cache.edits_key(run), cache._stat_key(layout.meta_path(run.path)))
 
 

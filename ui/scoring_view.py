@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clustermine import whatif
-from clustermine.calibration import DEFAULT_CONFIDENCE
-from clustermine.errors import ClusterMineError, NoImagesError
-from clustermine.rundir import layout
-from clustermine.runs import Run
-from clustermine.storage import atomic_write_json
-from clustermine.uploads import resolve_in_roots, save_uploads
+from clustermine.workflows import whatif
+from clustermine.method.calibration import DEFAULT_CONFIDENCE
+from clustermine.core.errors import ClusterMineError, NoImagesError
+from clustermine.store import layout
+from clustermine.store import Run
+from clustermine.core.storage import atomic_write_json
+from clustermine.workflows.uploads import resolve_in_roots, save_uploads
 
 from . import cache, score_review, scores, settings, widgets
 from .text import clean_zero, fmt_num

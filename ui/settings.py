@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clustermine.uploads import default_data_roots
+from clustermine.workflows.uploads import default_data_roots
 
 
 def runs_root() -> Path:
@@ -19,7 +19,7 @@ def runs_root() -> Path:
 
 
 def data_roots() -> list[Path]:
-    """Folders a typed server-side path may point into (see clustermine.uploads.default_data_roots)."""
+    """Folders a typed server-side path may point into (see clustermine.workflows.uploads.default_data_roots)."""
     return default_data_roots(runs_root())
 
 

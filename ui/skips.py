@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clustermine.whatif import not_drawn
+from clustermine.workflows.whatif import not_drawn
 
 from .text import md_escape
 
 def skip_summary(skipped: list[tuple[str, str]]) -> str:
     """'103 skipped: 100 not drawn into the 500-image sample, 3 unreadable or not an image' ('' if none).
 
-    ``skipped``: (file, reason) pairs as returned by ``clustermine.whatif.encode_folder``."""
+    ``skipped``: (file, reason) pairs as returned by ``clustermine.workflows.whatif.encode_folder``."""
     if not skipped:
         return ""
     left_out, limit = not_drawn(skipped)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from clustermine.errors import ClusterMineError, SafetyError
-from clustermine.rundir import layout
-from clustermine.uploads import check_run_id
+from clustermine.core.errors import ClusterMineError, SafetyError
+from clustermine.store import layout
+from clustermine.workflows.uploads import check_run_id
 
 from . import settings
 
@@ -132,7 +132,7 @@ def sync_sticky() -> None:
 def ood_folder_allowed(run_id: str, folder: str) -> bool:
     """A folder from the URL may be scored only when it is inside the allowed data folders or is the
     run's own uploaded OOD sample (a URL is user input)."""
-    from clustermine.uploads import resolve_in_roots
+    from clustermine.workflows.uploads import resolve_in_roots
 
     try:
         check_run_id(run_id)
@@ -189,7 +189,7 @@ def current() -> RunRef:
 
 
 def require_run(*, done: bool = True):
-    """The selected :class:`~clustermine.runs.Run`, or an explanatory empty state and ``st.stop()``.
+    """The selected :class:`~clustermine.store.Run`, or an explanatory empty state and ``st.stop()``.
 
     With ``done`` the run must have finished mining and hold all its files (a missing or corrupt
     file is named in an error box).

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from clustermine import ood_eval
-from clustermine.errors import ClusterMineError
-from clustermine.rundir import layout
-from clustermine.runs import Run
-from clustermine.uploads import resolve_in_roots, save_uploads
-from clustermine.whatif import SAMPLE_LIMIT
+from clustermine.workflows import ood_eval
+from clustermine.core.errors import ClusterMineError
+from clustermine.store import layout
+from clustermine.store import Run
+from clustermine.workflows.uploads import resolve_in_roots, save_uploads
+from clustermine.workflows.whatif import SAMPLE_LIMIT
 
 from . import cache, charts, scores, settings, skips, state, widgets
 from .text import md_code, md_escape

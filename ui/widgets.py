@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 
 import streamlit as st
 
-from clustermine.errors import ClusterMineError
+from clustermine.core.errors import ClusterMineError
 
 from . import cache
 from .text import fmt_num, md_escape, wrap_name
@@ -67,7 +67,7 @@ def sidebar_status(run_path: str, status: str, every_s: float = 2.0) -> None:
         try:
             run = cache.load_run(run_path)
             run.reload_meta()
-            from clustermine import jobs
+            from clustermine.workflows import jobs
 
             stage = (run.progress() or {}).get("stage")
             live_status_badge(run.status, stage, bool(jobs.job_state(run.path).get("alive")))

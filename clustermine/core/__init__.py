@@ -1,0 +1,1 @@
+"""Foundations: errors, configuration, atomic storage, hashing, small linear algebra."""

@@ -1,0 +1,1 @@
+"""The method as array maths: encoders, corpus, clustering, votes, scores, calibration, metrics."""
