@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from clustermine.core.config import DEFAULT_TPR
+
 from ui import score_review, scoring_view, state, widgets
 from ui.text import md_escape
 
@@ -14,7 +16,7 @@ widgets.page_header("Scoring", "Scores always reflect the current concept edits.
 run = state.require_run(done=True)
 
 c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
-tpr, thr, rule, cal = float(st.session_state.get("tpr", 0.95)), None, "", None
+tpr, thr, rule, cal = float(st.session_state.get(state.TPR_KEY, DEFAULT_TPR)), None, "", None
 with widgets.guard("calibrating the threshold"), st.spinner("Calibrating the threshold (first time per run: "
                                                              "every image is scored against the corpus)…"):
     tpr, thr, rule, cal = scoring_view.threshold_controls(run, c1, c2)

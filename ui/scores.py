@@ -19,6 +19,7 @@ from clustermine.workflows.whatif import HeldOut, ProgressFn, WhatIf, encode_fol
 
 from . import cache
 from clustermine.workflows.whatif import run_detector
+from clustermine.core.config import DEFAULT_TPR
 
 __all__ = ["HeldOut", "WhatIf", "all_scores", "current_threshold", "detector_now", "encode_folder", "heldout",
            "lse_ready", "ood_comparison", "sample_scorer", "score_features", "what_if"]
@@ -36,7 +37,7 @@ def heldout(run: Run) -> HeldOut:
     return _heldout(str(run.path), json.dumps([whatif.lse_stamp(run), excluded]))
 
 
-def what_if(run: Run, tpr: float = 0.95) -> WhatIf:
+def what_if(run: Run, tpr: float = DEFAULT_TPR) -> WhatIf:
     return whatif.what_if(run, tpr, heldout(run))
 
 

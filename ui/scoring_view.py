@@ -21,7 +21,7 @@ from clustermine.store import Run
 from clustermine.core.storage import atomic_write_json
 from clustermine.workflows.uploads import resolve_in_roots, save_uploads
 
-from . import cache, score_review, scores, settings, widgets
+from . import cache, score_review, scores, settings, state, widgets
 from .text import clean_zero, fmt_num
 
 def uploads_dir(run: Run) -> Path:
@@ -80,7 +80,7 @@ def _fmt_concepts(pairs) -> str:
     return ", ".join(f"{c} ({fmt_num(s, 2)})" for c, s in pairs)
 
 
-TPR_KEY = "tpr"
+TPR_KEY = state.TPR_KEY
 THRESHOLD_KEY = "score_threshold"  # the threshold slider, in log-score units
 MANUAL_KEY = "score_threshold_manual"  # run id whose threshold was set by hand with the slider
 

@@ -25,6 +25,8 @@ from . import settings
 RUN_KEY = "run_id"
 SELECT_KEY = "run_select"
 NEW_RUN = "__new__"
+#: The session key of the target ID true-positive rate the Scoring page and the what-if panel share.
+TPR_KEY = "tpr"
 
 
 @dataclass

@@ -20,7 +20,7 @@ from . import cache, charts, scores, settings, skips, state, widgets
 from .text import md_code, md_escape
 
 OOD_KEY = "whatif_ood"  # session: {"run": run_id, "folder": str}
-TPR_KEY = "tpr"
+TPR_KEY = state.TPR_KEY
 
 
 def heldout_panel(run: Run) -> None:

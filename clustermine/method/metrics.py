@@ -33,6 +33,8 @@ import math
 
 import numpy as np
 
+from clustermine.core.config import DEFAULT_TPR
+
 # scipy / scikit-learn are imported inside the clustering functions that need them: importing them
 # costs seconds, and the run / scoring modules (and so the web app's every page) import this module.
 
@@ -123,7 +125,7 @@ def fpr95(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return fpr_at_recall(id_scores, ood_scores, 0.95)
 
 
-def threshold_at_tpr(id_scores: np.ndarray, tpr: float = 0.95) -> float:
+def threshold_at_tpr(id_scores: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
     """Score λ keeping at least ``tpr`` of the ID scores (the "keep at least tpr of ID" rule).
 
     λ is the smallest of the ⌈tpr · N_ID⌉ highest ID scores, so #ID ≥ λ is at least tpr · N_ID.
@@ -139,7 +141,7 @@ def threshold_at_tpr(id_scores: np.ndarray, tpr: float = 0.95) -> float:
     return float(id_sorted[id_sorted.size - n_keep])
 
 
-def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> float:
+def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
     """Fraction of OOD scores ≥ :func:`threshold_at_tpr` (the "keep at least tpr of ID" rule).
 
     Equals the FPR of the first tie-grouped ROC point with TPR ≥ ``tpr``; OOD scores tying with λ

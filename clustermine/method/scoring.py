@@ -23,6 +23,7 @@ from clustermine.core.config import default_tau
 from clustermine.core.errors import ClusterMineError, RunError
 from clustermine.method.metrics import threshold_at_tpr
 from clustermine.core.storage import atomic_save_npy, atomic_write_json
+from clustermine.core.config import DEFAULT_TPR
 
 DETECTOR_FORMAT = 1
 
@@ -189,7 +190,7 @@ class Detector:
             })
         return out
 
-    def calibrate(self, id_features: np.ndarray, tpr: float = 0.95) -> float:
+    def calibrate(self, id_features: np.ndarray, tpr: float = DEFAULT_TPR) -> float:
         """Set the threshold so that ``tpr`` of the given (held-out ID) images are accepted."""
         ls = self.log_scores(id_features)
         self.threshold = threshold_at_tpr(ls, tpr)

@@ -22,6 +22,7 @@ from clustermine.method.mining import ClusterStats, MinedConcept, clustering_win
 from clustermine.core.storage import atomic_save_npy, atomic_write_json, atomic_write_jsonl
 from clustermine.store import layout
 from clustermine.store.store import RunStore, now_iso
+from clustermine.core.config import user_identity
 
 POSITIVE_STATUSES = ("mined", "accepted", "added")
 EDIT_ACTIONS = ("accept", "reject", "restore", "add")
@@ -185,7 +186,7 @@ class ConceptTable(RunStore):
                     if found is None:
                         raise ClusterMineError(f"no concept {key!r} in this run; `add` it first")
                     cid, text = found.id, found.text
-                entry = {"seq": len(edits) + 1, "ts": now_iso(), "user": user or os.environ.get("USER") or "unknown",
+                entry = {"seq": len(edits) + 1, "ts": now_iso(), "user": user_identity(user),
                          "action": action, "concept_id": cid, "text": text}
                 edits.append(entry)
                 atomic_write_jsonl(self.file(layout.EDITS), edits)
@@ -255,9 +256,9 @@ def support_labels(run: RunStore) -> tuple[np.ndarray | None, str | None]:
         try:
             arr = np.load(p, allow_pickle=False).astype(np.int64)
         except (OSError, ValueError, EOFError) as exc:
-            raise RunStoreError(f"{p}: corrupt ({exc})") from exc
+            raise RunError(f"{p}: corrupt ({exc})") from exc
         if arr.ndim != 2 or arr.shape[1] != n:
-            raise RunStoreError(f"{p}: shape {arr.shape} does not match the run's {n} images")
+            raise RunError(f"{p}: shape {arr.shape} does not match the run's {n} images")
         return arr, source
     return None, None
 
@@ -285,7 +286,7 @@ def attach_support(run: RunStore, concepts: list[Concept]) -> None:
     when the run stores no head or seed labels, and for user concepts outside the corpus)."""
     try:
         counts, total, _ = _support_table(run)
-    except (RunStoreError, OSError):
+    except (RunError, OSError):
         return  # an incomplete run: stability unknown, the concept table still opens
     if not total:
         return

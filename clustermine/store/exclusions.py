@@ -20,6 +20,7 @@ from clustermine.core.errors import ClusterMineError, RunError
 from clustermine.store import layout
 from clustermine.store.concepts import read_edit_log
 from clustermine.store.store import RunStore, now_iso
+from clustermine.core.config import user_identity
 
 EXCLUSION_ACTIONS = ("exclude", "restore")
 
@@ -146,7 +147,7 @@ class ExclusionTable(RunStore):
                     if bool(mask[row]) == (not restore):
                         continue
                     log.append({"seq": len(log) + 1, "ts": now_iso(),
-                                "user": user or os.environ.get("USER") or "unknown", "action": action,
+                                "user": user_identity(user), "action": action,
                                 "row": row, "path": records[row]["path"]})
                     mask[row] = not restore
                     changed.append(row)

@@ -11,6 +11,7 @@ from clustermine.core.units import csv_safe  # noqa: F401  (re-exported)
 from clustermine.store import Run
 from clustermine.core.storage import atomic_write_json, atomic_write_text
 from clustermine.workflows.whatif import run_detector
+from clustermine.core.config import DEFAULT_TPR
 
 CONCEPT_FIELDS = ("id", "text", "status", "source", "votes", "purity", "clusters", "updated", "user")
 
@@ -36,7 +37,7 @@ def concepts_json(run: Run) -> str:
     return json.dumps([c.to_dict() for c in run.concepts()], indent=2, ensure_ascii=False)
 
 
-def calibration_summary(run: Run, tpr: float = 0.95) -> dict | None:
+def calibration_summary(run: Run, tpr: float = DEFAULT_TPR) -> dict | None:
     """How the default threshold (``tpr``) was calibrated, with the too-few-images warning (None:
     no positive concept, nothing to calibrate). See :mod:`clustermine.method.calibration`."""
     if not len(run.vocabulary()[2]):

@@ -345,7 +345,8 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
     """Stages 3-5 (corpus, cluster, vote) on the run's stored features; ``is_hold`` bool [N_ok].
     With a Ray ``cluster`` the vote runs there; clustering stays here."""
     from clustermine.method.cost import check_clusterer_feasible
-    from clustermine.method.clustering import clamp_n_clusters, default_n_clusters, make_clusterer
+    from clustermine.method.clustering import clamp_n_clusters, default_n_clusters
+    from clustermine.workflows.recluster import clusterer_device, fit_rows, run_clusterer
     from clustermine.method.corpus import corpus_embeddings
     from clustermine.method.mining import cluster_statistics, mine_positive_concepts, summary, zero_shot_topk
     from clustermine.workflows.whatif import store_corpus_lse
@@ -366,7 +367,7 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
     mine_rows = np.flatnonzero(~is_hold)
     requested = config.n_clusters or default_n_clusters(len(mine_rows))
     n_clusters, clamp_msg = clamp_n_clusters(requested, len(mine_rows))
-    device = encoder.device if config.clusterer == "temi" else "cpu"
+    device = clusterer_device(config, encoder.device if config.clusterer == "temi" else None)
     # TEMI on a CPU at paper scale: said in the run (TEMI.fit also warns), the job goes on as asked.
     clustering_note = check_clusterer_feasible(config.clusterer, len(mine_rows), device, n_clusters=n_clusters,
                                                params=config.clusterer_params)
@@ -376,10 +377,9 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
     if n_clusters <= 1:
         cluster_ids[mine_rows] = 0
     else:
-        clusterer = make_clusterer(config.clusterer, n_clusters, seed=config.seed, device=device,
-                                   progress=tracker.stage_callback(), cancel=lambda: tracker.check_cancel_flag(),
-                                   **config.clusterer_params)
-        cluster_ids[mine_rows] = clusterer.fit_predict(np.asarray(features[mine_rows], dtype=np.float32))
+        clusterer = run_clusterer(config, n_clusters, device=device, progress=tracker.stage_callback(),
+                                  cancel=lambda: tracker.check_cancel_flag())
+        cluster_ids[mine_rows] = fit_rows(clusterer, features, mine_rows)
         if hasattr(clusterer, "n_heads_"):  # TEMI's resolved schedule, for this machine's cost estimates
             temi_schedule = {"n_heads": int(clusterer.n_heads_), "batch_size": int(clusterer.batch_size_),
                              "steps": int(clusterer.n_iter_)}

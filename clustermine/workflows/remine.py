@@ -23,6 +23,7 @@ from clustermine.core.errors import RunError
 from clustermine.method.mining import cluster_statistics, mine_positive_concepts, summary
 from clustermine.store import layout
 from clustermine.store.store import now_iso
+from clustermine.core.config import user_identity
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -50,7 +51,8 @@ def _recluster(run: Run, voters: np.ndarray, n_clusters: int,
                progress: ProgressFn | None) -> tuple[np.ndarray, int]:
     """(new cluster ids int64 [N_ok], C used): fit the run's clusterer on the ``voters`` rows, then assign the
     other mining rows (excluded ones) with ``predict``; held-out rows stay -1."""
-    from clustermine.method.clustering import clamp_n_clusters, make_clusterer
+    from clustermine.method.clustering import clamp_n_clusters
+    from clustermine.workflows.recluster import fit_rows, run_clusterer
     from clustermine.workflows.pipeline import write_head_labels
 
     cfg = run.config
@@ -62,10 +64,9 @@ def _recluster(run: Run, voters: np.ndarray, n_clusters: int,
         new[old >= 0] = 0
         run.write_cluster_ids(new)
         return new, 1
-    est = make_clusterer(cfg.get("clusterer", "kmeans"), c, seed=int(cfg.get("seed") or 0), progress=progress,
-                         **(cfg.get("clusterer_params") or {}))
+    est = run_clusterer(cfg, c, progress=progress)
     feats = run.features()
-    new[rows] = est.fit_predict(feats[rows])
+    new[rows] = fit_rows(est, feats, rows)
     others = np.flatnonzero((old >= 0) & ~voters)
     if len(others):
         new[others] = est.predict(feats[others])
@@ -131,7 +132,7 @@ def _remine(run: Run, recluster: bool, user: str | None, progress: ProgressFn | 
     dropped = [{"concept": e["text"], "action": e["action"], "user": e.get("user"), "ts": e.get("ts")}
                for cid, e in last.items() if e["action"] in ("accept", "reject", "restore") and cid not in mined_ids]
     changes = {
-        "ts": now_iso(), "user": user or os.environ.get("USER") or "unknown",
+        "ts": now_iso(), "user": user_identity(user),
         "mode": "recluster" if recluster else "reuse", "n_excluded": int(excluded.sum()),
         "n_voters": int(voters.sum()),
         "y_pos_added": sorted(after_pos - before_pos), "y_pos_removed": sorted(before_pos - after_pos),

@@ -38,7 +38,7 @@ def seed_stability(run: Run, n_seeds: int = 5, *, progress: ProgressFn | None = 
     """Re-cluster the run's voting images with ``n_seeds - 1`` more seeds (the run's clusterer,
     C and options; seeds ``seed+1 ...``) and store all S = ``n_seeds`` clusterings, the run's own
     first, in ``seed_labels.npy``. ``progress(done, S)`` after each. Returns int32 [S, N_ok]."""
-    from clustermine.method.clustering import make_clusterer
+    from clustermine.workflows.recluster import run_clusterer
     from clustermine.core.errors import CancelledError
 
     if n_seeds < 2:
@@ -60,8 +60,7 @@ def seed_stability(run: Run, n_seeds: int = 5, *, progress: ProgressFn | None = 
         if cancel and cancel():
             raise CancelledError("stability cancelled; nothing was stored")
         if n_clusters > 1 and len(rows) >= n_clusters:
-            est = make_clusterer(cfg.get("clusterer", "kmeans"), n_clusters, seed=base_seed + s,
-                                 **(cfg.get("clusterer_params") or {}))
+            est = run_clusterer(cfg, n_clusters, seed=base_seed + s)
             labels[s, rows] = est.fit_predict(feats)
         else:
             labels[s, rows] = 0

@@ -204,7 +204,7 @@ def _threshold(log_scores: np.ndarray, tpr: float) -> float:
     return threshold_at_tpr(log_scores, tpr) if np.isfinite(log_scores).any() else float("-inf")
 
 
-def what_if(run: Run, tpr: float = 0.95, held: HeldOut | None = None) -> WhatIf:
+def what_if(run: Run, tpr: float = DEFAULT_TPR, held: HeldOut | None = None) -> WhatIf:
     """Held-out ID scores before (mined set) and after (current set) the concept edits, and the
     false-alarm rate (ID flagged OOD) of each at the mined detector's threshold."""
     h = held if held is not None else heldout(run)
@@ -340,7 +340,7 @@ class Calibration:
         return float(np.mean(self.scores >= threshold)) if self.n else float("nan")
 
 
-def calibration(run: Run, tpr: float = 0.95, confidence: float = _cal.DEFAULT_CONFIDENCE, *, concepts: str = "current",
+def calibration(run: Run, tpr: float = DEFAULT_TPR, confidence: float = _cal.DEFAULT_CONFIDENCE, *, concepts: str = "current",
                 cal_set: CalibrationSet | None = None) -> Calibration:
     """The order-statistic threshold (clustermine.method.calibration) on the run's calibration scores of
     the ``"current"`` (edited) or ``"mined"`` concept set, its rule text, warning and the
@@ -358,7 +358,7 @@ def calibration(run: Run, tpr: float = 0.95, confidence: float = _cal.DEFAULT_CO
                        choice.guaranteed, choice.min_n, far, rule, choice.warning, scores)
 
 
-def calibration_warning(run: Run, tpr: float = 0.95, confidence: float = _cal.DEFAULT_CONFIDENCE) -> str | None:
+def calibration_warning(run: Run, tpr: float = DEFAULT_TPR, confidence: float = _cal.DEFAULT_CONFIDENCE) -> str | None:
     """The too-few-calibration-images warning of the current concepts at ``tpr`` (None when fine)."""
     return calibration(run, tpr, confidence).warning
 
