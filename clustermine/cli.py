@@ -19,6 +19,18 @@ from typing import Sequence
 from clustermine.core.config import MineConfig
 from clustermine.core.errors import CancelledError, ClusterMineError
 from clustermine.store import layout
+from clustermine.store import Run
+from clustermine.workflows.distributed import RAY_ADDRESS_ENV, RayCluster, ray_address
+from clustermine.workflows.remine import remine
+from clustermine.workflows.run_admin import delete_run, set_label
+from clustermine.workflows.search import row_of_path, search_image, search_text
+from clustermine.workflows.stability import clustering_winners, seed_stability, stability_source, support_counts
+from clustermine.workflows.compare import diff_runs
+from clustermine.workflows.export import export_run
+from clustermine.workflows.pipeline import evaluate, mine, mine_features, prepare_corpus, resume, score_images
+from clustermine.workflows.report import write_report
+from clustermine.workflows.whatif import calibration_warning
+from clustermine.core.units import fmt_duration
 
 
 def _type_of(f: dataclasses.Field) -> type:
@@ -82,7 +94,6 @@ def _add_ray_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _ray(a: argparse.Namespace) -> str | None:
-    from clustermine.workflows.distributed import ray_address
 
     return ray_address(a.ray)
 
@@ -242,7 +253,6 @@ class _Bars:
                 self.bar.total = total
             self.bar.n = done
             if self.job_eta_s is not None:
-                from clustermine.workflows.estimate import fmt_duration
 
                 self.bar.set_postfix_str(f"job ETA {fmt_duration(self.job_eta_s)}", refresh=False)
             self.bar.refresh()
@@ -254,7 +264,6 @@ class _Bars:
 
 
 def _cmd_mine(a: argparse.Namespace) -> int:
-    from clustermine.workflows.pipeline import mine, mine_features
 
     if (a.images_dir is None) == (a.features is None):
         raise ClusterMineError("mine: give either an images folder or --features FILE (not both)")
@@ -274,7 +283,6 @@ def _cmd_mine(a: argparse.Namespace) -> int:
 
 
 def _cmd_resume(a: argparse.Namespace) -> int:
-    from clustermine.workflows.pipeline import resume
 
     bars = _Bars(a.quiet)
     try:
@@ -285,7 +293,6 @@ def _cmd_resume(a: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(a: argparse.Namespace) -> int:
-    from clustermine.workflows.pipeline import prepare_corpus
 
     config = MineConfig(encoder=a.encoder, corpus=a.corpus, template=a.template, device=a.device).validate("command line")
     bars = _Bars(a.quiet)
@@ -321,7 +328,6 @@ def _report_run(run) -> int:
 
 def _calibration_warning(run) -> None:
     """Issue 12: say on stderr when the calibration set is too small for the default 95 % TPR."""
-    from clustermine.workflows.whatif import calibration_warning
 
     if len(run.vocabulary()[2]):
         msg = calibration_warning(run, 0.95)
@@ -330,8 +336,6 @@ def _calibration_warning(run) -> None:
 
 
 def _cmd_score(a: argparse.Namespace) -> int:
-    from clustermine.workflows.pipeline import score_images
-    from clustermine.store import Run
 
     run = Run.open(a.run_dir)
     results = score_images(run, a.paths, top=a.top, ray_address=_ray(a))
@@ -350,8 +354,6 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from clustermine.workflows.pipeline import evaluate
-    from clustermine.store import Run
 
     run = Run.open(a.run_dir)
     res = evaluate(run, a.id_dir, a.ood_dir, cache_dir=a.cache_dir, ray_address=_ray(a))
@@ -365,7 +367,6 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def _cmd_concepts(a: argparse.Namespace) -> int:
-    from clustermine.store import Run
 
     run = Run.open(a.run_dir)
     for action in ("accept", "reject", "restore", "add"):
@@ -389,8 +390,6 @@ def _cmd_concepts(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from clustermine.workflows.export import export_run
-    from clustermine.store import Run
 
     out = export_run(Run.open(a.run_dir), a.out)
     print(f"exported to {out}")
@@ -398,8 +397,6 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from clustermine.workflows.report import write_report
-    from clustermine.store import Run
 
     out = write_report(Run.open(a.run_dir), a.out, ood_dir=a.ood, ood_limit=a.ood_limit)
     print(f"report written to {out}")
@@ -407,8 +404,6 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_search(a: argparse.Namespace) -> int:
-    from clustermine.store import Run
-    from clustermine.workflows.search import row_of_path, search_image, search_text
 
     run = Run.open(a.run_dir)
     hits = search_image(run, row_of_path(run, a.query), a.k) if a.image else search_text(run, a.query, a.k)
@@ -421,7 +416,6 @@ def _cmd_search(a: argparse.Namespace) -> int:
 
 
 def _cmd_label(a: argparse.Namespace) -> int:
-    from clustermine.workflows.run_admin import set_label
 
     label = set_label(a.run_dir, a.text)
     print(f"label of {a.run_dir}: {label!r}" if label else f"label of {a.run_dir} removed")
@@ -429,7 +423,6 @@ def _cmd_label(a: argparse.Namespace) -> int:
 
 
 def _cmd_delete(a: argparse.Namespace) -> int:
-    from clustermine.workflows.run_admin import delete_run
 
     if not a.yes:
         print(f"error: deleting {a.run_dir} cannot be undone; add --yes to confirm", file=sys.stderr)
@@ -440,7 +433,6 @@ def _cmd_delete(a: argparse.Namespace) -> int:
 
 
 def _cmd_exclude(a: argparse.Namespace) -> int:
-    from clustermine.store import Run
 
     run = Run.open(a.run_dir)
     keys = list(a.paths) + list(a.row)
@@ -475,8 +467,6 @@ def _print_changes(ch: dict) -> None:
 
 
 def _cmd_remine(a: argparse.Namespace) -> int:
-    from clustermine.workflows.remine import remine
-    from clustermine.store import Run
 
     run = Run.open(a.run_dir)
     changes = remine(run, recluster=a.recluster, user=a.user)
@@ -488,8 +478,6 @@ def _cmd_remine(a: argparse.Namespace) -> int:
 
 
 def _cmd_stability(a: argparse.Namespace) -> int:
-    from clustermine.store import Run
-    from clustermine.workflows.stability import clustering_winners, seed_stability, stability_source, support_counts
 
     run = Run.open(a.run_dir)
     if a.seeds is not None:
@@ -522,8 +510,6 @@ def _cmd_stability(a: argparse.Namespace) -> int:
 
 
 def _cmd_diff(a: argparse.Namespace) -> int:
-    from clustermine.workflows.compare import diff_runs
-    from clustermine.store import Run
 
     d = diff_runs(Run.open(a.run_a), Run.open(a.run_b), ood_folder=a.ood, ood_limit=a.ood_limit)
     if a.json:
@@ -562,7 +548,6 @@ def _cmd_diff(a: argparse.Namespace) -> int:
 
 
 def _cmd_cluster(a: argparse.Namespace) -> int:
-    from clustermine.workflows.distributed import RAY_ADDRESS_ENV, RayCluster
 
     address = _ray(a)
     if address is None:

@@ -10,7 +10,6 @@ import statistics
 from typing import TYPE_CHECKING, Any
 
 from clustermine.core.units import fmt_duration
-from clustermine.method.clustering.knn import estimate_knn_seconds, resolve_knn_method
 from clustermine.method.schedule import default_n_clusters, default_schedule
 
 if TYPE_CHECKING:
@@ -99,6 +98,9 @@ def estimate_temi_cpu_seconds(n_samples: int, n_clusters: int | None = None, par
     Training follows ``clustermine.workflows.estimate``: the reference cost of the schedule (heads x batch x
     steps, plus C beyond 100), scaled by how fast finished TEMI runs in ``runs`` were here.
     """
+    # the kNN module imports torch: kept out of this module's import so that cost lines stay light
+    from clustermine.method.clustering.knn import estimate_knn_seconds, resolve_knn_method
+
     c = default_n_clusters(n_samples) if n_clusters is None else int(n_clusters)
     sched = temi_schedule(n_samples, params, c)
     rate = measured_rates(runs or [])[0].get("cluster:temi", 1.0)

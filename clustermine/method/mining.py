@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
+from clustermine.core.errors import CancelledError
 
 
 def zero_shot_topk(image_features: np.ndarray, text_embeddings: np.ndarray, k: int = 5,
@@ -36,7 +37,6 @@ def zero_shot_topk(image_features: np.ndarray, text_embeddings: np.ndarray, k: i
     """
     import torch
 
-    from clustermine.core.errors import CancelledError
 
     texts = np.ascontiguousarray(text_embeddings, dtype=np.float32)
     n, d = image_features.shape

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.special import logsumexp
 
 from clustermine.core.config import default_tau
+from clustermine.core.linalg import logsumexp
 from clustermine.core.errors import ClusterMineError, RunError
 from clustermine.method.metrics import threshold_at_tpr
 from clustermine.core.storage import atomic_save_npy, atomic_write_json
 from clustermine.core.config import DEFAULT_TPR
+from clustermine.method.mining import corpus_lse_rows
 
 DETECTOR_FORMAT = 1
 
@@ -40,7 +41,6 @@ def corpus_logsumexp(image_features: np.ndarray, text_embeddings: np.ndarray, ta
     time); the same arithmetic as the vote's fused LSE (:func:`clustermine.method.mining.corpus_lse_rows`)."""
     import torch
 
-    from clustermine.method.mining import corpus_lse_rows
 
     texts = torch.from_numpy(np.ascontiguousarray(text_embeddings, dtype=np.float32))
     n = image_features.shape[0]

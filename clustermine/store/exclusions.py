@@ -21,6 +21,7 @@ from clustermine.store import layout
 from clustermine.store.concepts import read_edit_log
 from clustermine.store.store import RunStore, now_iso
 from clustermine.core.config import user_identity
+from clustermine.core.storage import atomic_write_jsonl
 
 EXCLUSION_ACTIONS = ("exclude", "restore")
 
@@ -136,7 +137,6 @@ class ExclusionTable(RunStore):
         rows = self.resolve_images(keys)
         records = {r["row"]: r for r in self.image_records(ok_only=True)}
         action = "restore" if restore else "exclude"
-        from clustermine.core.storage import atomic_write_jsonl
 
         try:
             with self.lock(layout.EXCLUSIONS_LOCK):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from clustermine.method.mining import ClusterStats
+from clustermine.method.mining import typical_atypical as rank_members
 
 if TYPE_CHECKING:
     from clustermine.store.concepts import Concept
@@ -50,7 +51,6 @@ def cluster_members(run: Run, cluster: int) -> np.ndarray:
 def typical_atypical(run: Run, cluster: int, n: int = 6) -> tuple[list[int], list[int]]:
     """The ``n`` members of ``cluster`` closest to its centroid and up to ``n`` farthest, farthest
     first (see :func:`clustermine.method.mining.typical_atypical`); excluded images are never members."""
-    from clustermine.method.mining import typical_atypical as rank_members
 
     return rank_members(run.feature_matrix(), voting_cluster_ids(run), cluster, n)
 

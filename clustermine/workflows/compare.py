@@ -16,6 +16,10 @@ import numpy as np
 
 from clustermine.workflows.clusterview import cluster_count, cluster_count_text
 from clustermine.workflows.whatif import run_detector
+from clustermine.core.errors import NoImagesError
+from clustermine.method.metrics import ood_metrics
+from clustermine.method.scoring import WhatIfScorer
+from clustermine.workflows.whatif import corpus_lse, encode_folder, heldout
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -77,7 +81,6 @@ def verdict_changes(scores_a: np.ndarray, scores_b: np.ndarray, threshold_a: flo
 def run_ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict | None:
     """:func:`clustermine.method.metrics.ood_metrics` of one run (AUROC, FPR95, AUPR, n_id, n_ood); None
     when a score is undefined (no positive concept) or a side is empty."""
-    from clustermine.method.metrics import ood_metrics
 
     try:
         return ood_metrics(id_scores, ood_scores)
@@ -137,8 +140,6 @@ def matched_clusters(labels_a: np.ndarray, labels_b: np.ndarray) -> list[tuple[i
 
 def _current_scores(run: Run, rows: np.ndarray) -> np.ndarray:
     """float64 [len(rows)] current log-scores of feature ``rows`` (corpus LSE from the run's cache)."""
-    from clustermine.method.scoring import WhatIfScorer
-    from clustermine.workflows.whatif import corpus_lse
 
     _, extra, pos = run.vocabulary()
     if len(rows) == 0:
@@ -150,7 +151,6 @@ def _current_scores(run: Run, rows: np.ndarray) -> np.ndarray:
 def _heldout_scores(run: Run) -> np.ndarray:
     """float64 current log-scores of the run's held-out ID images (:func:`clustermine.workflows.whatif.heldout`:
     the images the what-if panel and the report score; all images when none is held out)."""
-    from clustermine.workflows.whatif import heldout
 
     _, extra, pos = run.vocabulary()
     return heldout(run).scorer.log_scores(pos, extra)
@@ -263,9 +263,7 @@ def _ood_scores(det_a, det_b, folder: str | Path, limit: int, progress: Progress
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Log scores float64 [n] of the same ``folder`` images (at most ``limit``) under A's and B's
     detectors (encoded once per encoder)."""
-    from clustermine.method.encoders import load_encoder
-    from clustermine.core.errors import NoImagesError
-    from clustermine.workflows.whatif import encode_folder
+    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
     if not Path(folder).is_dir():
         raise NoImagesError(f"{folder}: OOD folder not found")

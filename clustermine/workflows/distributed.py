@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from clustermine.core.errors import CancelledError, ClusterMineError, EncoderError
+from clustermine.method.mining import zero_shot_topk
+from clustermine.method.images import DEFAULT_MAX_PIXELS, hash_or_reason
 
 RAY_ADDRESS_ENV = "CLUSTERMINE_RAY_ADDRESS"
 """Environment variable naming the default cluster (``auto``, ``host:port`` or ``ray://host:port``)."""
@@ -248,8 +250,7 @@ class RayCluster:
         about ``chunk_size`` images as they come back (positions index ``paths``; chunks arrive in no
         particular order). ``encoder`` is the driver's encoder: the actors load the same spec and must
         have the same fingerprint. Cancel raises CancelledError (the pipeline is stopped)."""
-        from clustermine.method.encoders.base import EncodeResult
-        from clustermine.method.images import DEFAULT_MAX_PIXELS
+        from clustermine.method.encoders.base import EncodeResult  # imports torch (seconds): only when this runs
 
         ray = self.ray
         names = [os.fspath(p) for p in paths]
@@ -399,7 +400,7 @@ def query_cluster(address: str, timeout: float = 90.0) -> dict:
 def decode_batch(batch: dict, transform: Callable, max_pixels: int, pixel_shape: tuple[int, ...]) -> dict:
     """Decode + preprocess a batch of rows ``{"pos", "path"}`` -> adds ``pixels`` float32 [B, *pixel_shape]
     (zeros for skipped files) and ``reason`` (empty when the file is usable; else why it was skipped)."""
-    from clustermine.method.encoders.decode import load_item
+    from clustermine.method.encoders.decode import load_item  # imports torch (seconds): only when this runs
 
     paths = [str(p) for p in batch["path"]]
     pixels = np.zeros((len(paths), *pixel_shape), dtype=np.float32)
@@ -423,7 +424,7 @@ class EncoderActor:
     def __init__(self, spec: str, device: str, fingerprint_id: str, threads: int = 1) -> None:
         import torch
 
-        from clustermine.method.encoders import load_encoder
+        from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
         torch.set_num_threads(max(1, int(threads)))
         self.encoder = load_encoder(spec, device=device)
@@ -446,13 +447,11 @@ class EncoderActor:
 
 
 def hash_block(paths: list[str], _shared: None) -> list[tuple[str | None, str | None]]:
-    from clustermine.method.images import hash_or_reason
 
     return [hash_or_reason(p) for p in paths]
 
 
 def vote_block(features: np.ndarray, text_embeddings: np.ndarray, k: int, tau: float):
-    from clustermine.method.mining import zero_shot_topk
 
     return zero_shot_topk(features, text_embeddings, k=k, tau=tau)
 

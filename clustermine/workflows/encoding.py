@@ -13,6 +13,9 @@ import numpy as np
 
 from clustermine.core.errors import CancelledError, NoImagesError
 from clustermine.core.storage import atomic_save_npz, cache_root
+from clustermine.core.errors import ImageError
+from clustermine.method.images import DEFAULT_MAX_PIXELS, check_pixel_limit, scan_images
+from clustermine.workflows.estimate import job_eta
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
@@ -65,7 +68,6 @@ class ProgressTracker:
         if done > 0 and self._first is None:
             self._first = (elapsed, int(done))
         if self.plan:
-            from clustermine.workflows.estimate import job_eta
 
             self.job_eta_s = job_eta(self.plan, self.stage, done, total, elapsed, self._first)
         if self.run is not None and (force or done >= total or now - self._last_write >= self.min_interval):
@@ -169,8 +171,6 @@ def encode_records(encoder, records: list, *, cache: FeatureCache | None = None,
     :class:`clustermine.workflows.distributed.RayCluster`): encode there instead of in this process; the shards
     are the same cache chunks, written here as results come back.
     """
-    from clustermine.method.images import DEFAULT_MAX_PIXELS, check_pixel_limit
-    from clustermine.core.errors import ImageError
 
     cache = cache or FeatureCache(encoder.fingerprint_id)
     errors: dict[str, str] = {}
@@ -225,7 +225,6 @@ def load_folder(folder: str | Path, encoder, *, cache_dir: str | Path | None = N
                 tracker: ProgressTracker | None = None, max_pixels: int | None = None,
                 batch_size: int = 32, cluster=None) -> tuple[list, np.ndarray]:
     """Scan and encode a folder: (usable ImageRecords, features float32 [n, D]) in scan order."""
-    from clustermine.method.images import scan_images
 
     records = scan_images(folder, hash_files=cluster.hash_files if cluster is not None else None)
     cache = FeatureCache(encoder.fingerprint_id, cache_dir)

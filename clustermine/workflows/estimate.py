@@ -27,6 +27,9 @@ from clustermine.method.cost import (  # noqa: F401  (re-exported)
     REFERENCE_S_PER_IMAGE, REFERENCE_TEMI_FLAT_CLUSTERS, REFERENCE_TEMI_S_PER_HEAD_SAMPLE,
     REFERENCE_TEMI_S_PER_HEAD_SAMPLE_CLUSTER, REFERENCE_TEMI_S_PER_STEP, measured_rates, temi_reference_seconds,
     temi_schedule)
+from clustermine.core.errors import CancelledError, ClusterMineError
+from clustermine.core.storage import atomic_write_json, cache_root
+from clustermine.method.corpus import embedding_cache_key, load_corpus
 
 REFERENCE_CORPUS_S = 728.0
 REFERENCE_CORPUS_SIZE = 117_798  # texts embedded in REFERENCE_CORPUS_S
@@ -125,7 +128,6 @@ def _speed_key(schedule: dict[str, int] | None) -> tuple[int, int]:
 
 
 def _speed_file() -> Path:
-    from clustermine.core.storage import cache_root
 
     return cache_root() / "speed.json"
 
@@ -159,7 +161,6 @@ def measure_speed(schedule: dict[str, int] | None = None, *, budget_s: float = 0
     import json
     import time
 
-    from clustermine.core.storage import atomic_write_json
 
     hit = cached_speed(schedule, max_age_s)
     if hit is not None:
@@ -194,8 +195,7 @@ def _probe_temi(heads: int, batch: int, budget_s: float) -> float:
 
     import numpy as np
 
-    from clustermine.method.clustering.temi import TEMI
-    from clustermine.core.errors import CancelledError
+    from clustermine.method.clustering.temi import TEMI  # imports pandas (seconds): only when this runs
 
     spe = 8
     X = np.random.default_rng(0).normal(size=(batch * spe, 384)).astype(np.float32)
@@ -366,9 +366,6 @@ def corpus_cache_state(encoder, corpus_spec, template: str | None = None,
     when not, None when it cannot be told (e.g. an unreadable corpus file). ``encoder``: a loaded
     encoder (its fingerprint names the cache entry); ``corpus_spec``: a corpus name / file or a loaded
     ``clustermine.method.corpus.Corpus``."""
-    from clustermine.method.corpus import embedding_cache_key, load_corpus
-    from clustermine.core.errors import ClusterMineError
-    from clustermine.core.storage import cache_root
 
     try:
         corpus = corpus_spec if hasattr(corpus_spec, "digest") else load_corpus(corpus_spec)

@@ -12,6 +12,9 @@ from clustermine.store import Run
 from clustermine.core.storage import atomic_write_json, atomic_write_text
 from clustermine.workflows.whatif import run_detector
 from clustermine.core.config import DEFAULT_TPR
+from clustermine.core.storage import atomic_write_bytes
+from clustermine.workflows.tables import image_table, image_table_csv, image_table_parquet
+from clustermine.workflows.whatif import calibration
 
 CONCEPT_FIELDS = ("id", "text", "status", "source", "votes", "purity", "clusters", "updated", "user")
 
@@ -42,7 +45,6 @@ def calibration_summary(run: Run, tpr: float = DEFAULT_TPR) -> dict | None:
     no positive concept, nothing to calibrate). See :mod:`clustermine.method.calibration`."""
     if not len(run.vocabulary()[2]):
         return None
-    from clustermine.workflows.whatif import calibration
 
     cal = calibration(run, tpr)
     return {"tpr": cal.tpr, "confidence": cal.confidence, "threshold": cal.threshold, "k": cal.k,
@@ -67,8 +69,6 @@ def export_run(run: Run, out_dir: str | Path) -> Path:
     """Write ``positive_concepts.txt``, ``concepts.csv``, ``concepts.json``, ``summary.json`` and
     ``detector/`` (load it with ``clustermine.Detector.load``), and the per-image results
     ``images.csv`` / ``images.parquet`` (:mod:`clustermine.workflows.tables`) into ``out_dir``."""
-    from clustermine.core.storage import atomic_write_bytes
-    from clustermine.workflows.tables import image_table, image_table_csv, image_table_parquet
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from clustermine.store import Run, now_iso
 from clustermine.core.storage import atomic_write_json
 
 from clustermine.store.layout import JOB_FILE, LOG_FILE
+from clustermine.workflows.pipeline import run_mine_config
 _PROCS: dict[int, subprocess.Popen] = {}  # workers started by this process; a daemon thread waits for each
 _PROC_RUNS: dict[int, Path] = {}  # worker pid -> its run folder
 _PROCS_LOCK = threading.Lock()
@@ -126,7 +127,6 @@ def start_mine_job(run_dir: str | os.PathLike, *, env: dict | None = None, cance
     this process exits (e.g. on SIGTERM), the worker is asked to cancel (:func:`stop_all_jobs`);
     otherwise it runs on by itself.
     """
-    from clustermine.workflows.pipeline import run_mine_config
 
     run_dir = Path(run_dir)
     run = Run.open(run_dir, require_complete=False)

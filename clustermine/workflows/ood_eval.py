@@ -21,6 +21,7 @@ import numpy as np
 from clustermine.core.errors import ClusterMineError
 from clustermine.store import layout
 from clustermine.core.storage import atomic_write_json
+from clustermine.workflows.whatif import SAMPLE_LIMIT, encode_folder, ood_comparison, sample_scorer, sampling_note
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -45,7 +46,7 @@ def inputs_stamp(run: Run) -> dict:
 
 
 def _encoder_for(run: Run):
-    from clustermine.method.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
     return load_encoder((run.meta.get("encoder") or {}).get("spec") or run.config.get("encoder", "offline"))
 
@@ -62,7 +63,6 @@ def evaluate_sample(run: Run, folder: str | os.PathLike, encoder=None, *, limit:
     :func:`~clustermine.workflows.whatif.sampling_note`), ``source`` and ``measured`` (UTC ISO time). ``held`` / ``scorer``: cached helpers of the caller
     (the app), same numbers as without them.
     """
-    from clustermine.workflows.whatif import SAMPLE_LIMIT, encode_folder, ood_comparison, sample_scorer, sampling_note
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -23,6 +23,16 @@ from clustermine.core.storage import cache_root
 from clustermine.workflows.encoding import (  # noqa: F401  (STAGES, load_folder: part of this module's API)
     STAGES, CancelFn, FeatureCache, ProgressFn, ProgressTracker, encode_records, load_folder)
 from clustermine.workflows.whatif import run_detector
+from clustermine.method.corpus import corpus_embeddings, embedding_cache_key, load_corpus
+from clustermine.method.cost import check_clusterer_feasible
+from clustermine.method.feature_input import iter_normalized_chunks, load_feature_source, validate_features
+from clustermine.method.mining import cluster_statistics, mine_positive_concepts, summary, zero_shot_topk
+from clustermine.store import Run, comparable_config, list_runs
+from clustermine.store.store import IMAGE_COLUMNS
+from clustermine.workflows.distributed import RayCluster
+from clustermine.workflows.estimate import corpus_cache_state, estimate_now
+from clustermine.workflows.whatif import store_corpus_lse
+from clustermine.method.images import scan_images
 __all__ = ["MineConfig", "mine", "mine_features", "resume", "score_images", "evaluate", "load_folder", "STAGES"]
 
 
@@ -70,7 +80,6 @@ def _cluster(ray_address: str | None):
     if not ray_address:
         yield None
         return
-    from clustermine.workflows.distributed import RayCluster
 
     with RayCluster(ray_address) as cluster:
         yield cluster
@@ -96,9 +105,7 @@ def mine_features(features: str | Path, paths: str | Path | None, run_dir: str |
     or the features folder for clip-retrieval metadata); they are only opened to show thumbnails.
     Stages: ``scan`` (check), ``encode`` (import), then corpus / cluster / vote as :func:`mine`.
     """
-    from clustermine.method.corpus import load_corpus
-    from clustermine.method.encoders import load_encoder
-    from clustermine.method.feature_input import load_feature_source, validate_features
+    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
     config = (config or MineConfig()).validate().resolved()
     # Every check before the run folder is made: a bad file leaves nothing behind.
@@ -125,8 +132,6 @@ def _import_stages(run, source, stats, config: MineConfig, tracker: ProgressTrac
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from clustermine.method.feature_input import iter_normalized_chunks
-    from clustermine.store.store import IMAGE_COLUMNS
 
     _store_encoder(run, encoder)
     _store_cluster(run, cluster)
@@ -159,7 +164,6 @@ def _import_stages(run, source, stats, config: MineConfig, tracker: ProgressTrac
 
 def _start_run(run_dir: str | Path, cfg: dict, overwrite: bool):
     """Create (or resume) the run in ``run_dir`` with config ``cfg`` and mark it running."""
-    from clustermine.store import Run
 
     run = Run.create(run_dir, cfg, overwrite=overwrite)
     run.clear_cancel()
@@ -203,7 +207,6 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, cancel: C
            ray_address: str | None = None):
     """Continue (or start) mining the unfinished run in ``run_dir`` with the settings stored in its
     ``run.json``; returns the finished :class:`Run`. Finished work (cached features) is reused."""
-    from clustermine.store import Run, comparable_config
 
     run = Run.open(run_dir, require_complete=False)
     if run.status == "done":
@@ -234,8 +237,7 @@ def prepare_corpus(config: MineConfig | None = None, *, progress: ProgressFn | N
     """Embed the corpus of ``config`` (encoder, corpus, template) into the text cache ahead of time,
     so the first ``mine`` needs no corpus stage. Returns ``{"cache": path, "n": M, "seconds": s,
     "was_cached": bool}``; a cached corpus returns at once."""
-    from clustermine.method.corpus import corpus_embeddings, embedding_cache_key, load_corpus
-    from clustermine.method.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
     config = (config or MineConfig()).resolved()
     corpus = load_corpus(config.corpus)
@@ -258,8 +260,6 @@ def _plan_job(tracker: ProgressTracker, run, config: MineConfig, encoder, n_file
     ETA rescales by the live rate of the running stage), the corpus cache state, TEMI's schedule
     for N, the ``n_encode`` images not in the feature cache. An estimate only: any failure leaves the
     job without a whole-job ETA, never fails it."""
-    from clustermine.workflows.estimate import corpus_cache_state, estimate_now
-    from clustermine.store import list_runs
 
     try:
         try:
@@ -279,10 +279,8 @@ def _plan_job(tracker: ProgressTracker, run, config: MineConfig, encoder, n_file
 
 def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTracker,
                  cache_dir: str | Path | None, encoder, encode_chunk_size: int = 256, cluster=None) -> None:
-    from clustermine.method.clustering import make_clusterer
-    from clustermine.method.corpus import load_corpus
-    from clustermine.method.encoders import load_encoder
-    from clustermine.method.images import scan_images
+    from clustermine.method.clustering import make_clusterer  # imports pandas (seconds): only when this runs
+    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
     # Fail fast on a bad corpus, clusterer option or encoder spec, before the long scan and encode.
     corpus = load_corpus(config.corpus)
@@ -344,12 +342,8 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
              is_hold: np.ndarray, counts: dict, cluster=None) -> None:
     """Stages 3-5 (corpus, cluster, vote) on the run's stored features; ``is_hold`` bool [N_ok].
     With a Ray ``cluster`` the vote runs there; clustering stays here."""
-    from clustermine.method.cost import check_clusterer_feasible
-    from clustermine.method.clustering import clamp_n_clusters, default_n_clusters
-    from clustermine.workflows.recluster import clusterer_device, fit_rows, run_clusterer
-    from clustermine.method.corpus import corpus_embeddings
-    from clustermine.method.mining import cluster_statistics, mine_positive_concepts, summary, zero_shot_topk
-    from clustermine.workflows.whatif import store_corpus_lse
+    from clustermine.method.clustering import clamp_n_clusters, default_n_clusters  # imports pandas (seconds): only when this runs
+    from clustermine.workflows.recluster import clusterer_device, fit_rows, run_clusterer  # imports pandas (seconds): only when this runs
 
     template = config.template or encoder.text_template
     features = run.feature_matrix()  # float16 memmap [N_ok, D]
@@ -430,7 +424,7 @@ def write_head_labels(run, head_labels: np.ndarray, rows: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- score / evaluate
 def _gather_encode(cluster, encoder, files: list[str]):
     """Encode ``files`` on the cluster into one EncodeResult in input order (no feature cache, as locally)."""
-    from clustermine.method.encoders.base import EncodeResult
+    from clustermine.method.encoders.base import EncodeResult  # imports torch (seconds): only when this runs
 
     ok = [False] * len(files)
     errors: dict[str, str] = {}
@@ -449,7 +443,6 @@ def _resolve_paths(paths: Iterable[str | Path]) -> list[Path]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            from clustermine.method.images import scan_images
 
             out.extend(Path(r.abs_path) for r in scan_images(p) if r.status == "ok")
         else:
@@ -465,7 +458,7 @@ def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5
     ``threshold``, ``top_positive`` / ``top_negative`` [(concept, cosine)], or ``error``.
     ``ray_address``: encode and score on that Ray cluster (same results as here).
     """
-    from clustermine.method.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
     detector = run_detector(run)
     encoder = encoder or load_encoder(detector.encoder_spec or run.config.get("encoder", "offline"))
@@ -503,7 +496,7 @@ def evaluate(run, id_dir: str | Path, ood_dir: str | Path, *, encoder=None,
              cache_dir: str | Path | None = None, ray_address: str | None = None) -> dict:
     """AUROC / FPR95 / AUPR of the run's current detector, ID folder vs OOD folder
     (``ray_address``: encode and score on that Ray cluster)."""
-    from clustermine.method.encoders import load_encoder
+    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
     detector = run_detector(run)
     encoder = encoder or load_encoder(detector.encoder_spec or run.config.get("encoder", "offline"))

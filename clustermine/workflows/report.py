@@ -25,6 +25,9 @@ from clustermine.core.errors import ClusterMineError, ImageError
 from clustermine.method.mining import ClusterStats, cluster_alerts, typical_atypical
 from clustermine.core.storage import atomic_write_text
 from clustermine.workflows.whatif import run_detector
+from clustermine.store.layout import OOD_SAMPLE_DIR
+from clustermine.workflows.ood_eval import evaluate_sample, for_report, uploaded_sample
+from clustermine.method.images import load_rgb
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -59,7 +62,6 @@ def _e(text: object) -> str:
 # ------------------------------------------------------------------------------------ pieces
 def thumbnail_data_uri(path: str | os.PathLike, size: int = 96, quality: int = 70) -> str | None:
     """``data:image/jpeg;base64,...`` of a ``size``-pixel thumbnail; None if the file cannot be read."""
-    from clustermine.method.images import load_rgb
 
     try:
         img = load_rgb(path)
@@ -123,7 +125,6 @@ def ood_metrics_for_folder(run: Run, folder: str | os.PathLike, limit: int = 500
     """AUROC / FPR95 / ... of held-out ID vs the images of ``folder`` (at most ``limit``), with the
     mined (``before``) and current (``after``) concepts, plus ``n_ood`` and ``skipped``; recorded as
     the run's latest OOD evaluation (:func:`clustermine.workflows.ood_eval.evaluate_sample`)."""
-    from clustermine.workflows.ood_eval import evaluate_sample
 
     return evaluate_sample(run, folder, encoder, limit=limit, source="report")
 
@@ -184,7 +185,6 @@ def _n_clusters_used(cfg: dict, summary: dict, n_used: int) -> str:
 def _sample_name(ood: dict) -> str:
     """The OOD sample as a reader knows it: the folder's name, or where the what-if panel's
     uploaded images came from."""
-    from clustermine.store.layout import OOD_SAMPLE_DIR
 
     name = Path(str(ood.get("folder", ""))).name
     return "uploaded in the what-if panel" if name == OOD_SAMPLE_DIR else name
@@ -296,7 +296,6 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
 
 def stored_ood_sample(run: Run) -> Path | None:
     """The OOD sample uploaded in the app's what-if panel (``ood_sample/``), None when there is none."""
-    from clustermine.workflows.ood_eval import uploaded_sample
 
     return uploaded_sample(run)
 
@@ -305,7 +304,6 @@ def report_html(run: Run, *, encoder=None) -> str:
     """The report of ``run``, with the OOD metrics of its latest OOD evaluation whichever sample it
     was (a server folder or uploaded images in the what-if panel, ``clustermine report --ood``:
     :func:`clustermine.workflows.ood_eval.for_report`); an unreadable sample is left out, never an error."""
-    from clustermine.workflows.ood_eval import for_report
 
     return build_report(run, ood=for_report(run, encoder))
 

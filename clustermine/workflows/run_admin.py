@@ -10,6 +10,8 @@ from pathlib import Path
 
 from clustermine.core.errors import ClusterMineError, RunError
 from clustermine.store import layout
+from clustermine.store.store import RunStore
+from clustermine.workflows.jobs import job_state
 
 MAX_LABEL_CHARS = 120
 # A run whose progress file changed this recently is treated as being mined (by the CLI, which
@@ -28,7 +30,6 @@ def clean_label(text: str) -> str:
 def set_label(run_dir: str | os.PathLike, text: str) -> str:
     """Store ``text`` (one line, at most :data:`MAX_LABEL_CHARS`; empty removes the label) as the
     run's ``label`` in run.json (locked, atomic). Returns the stored label."""
-    from clustermine.store.store import RunStore
 
     label = clean_label(text)
     store = RunStore.open(run_dir, require_complete=False)
@@ -38,7 +39,6 @@ def set_label(run_dir: str | os.PathLike, text: str) -> str:
 
 def _appears_running(run_dir: Path) -> str | None:
     """Why the run must not be deleted now (its job is alive or it is being mined), else None."""
-    from clustermine.workflows.jobs import job_state
 
     state = job_state(run_dir)
     if state["alive"]:
@@ -48,7 +48,6 @@ def _appears_running(run_dir: Path) -> str | None:
         age = time.time() - prog.stat().st_mtime
     except OSError:
         return None
-    from clustermine.store.store import RunStore
 
     try:
         status = RunStore.open(run_dir, require_complete=False).status

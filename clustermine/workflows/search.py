@@ -18,6 +18,7 @@ import numpy as np
 from clustermine.workflows import clusterview
 from clustermine.core.errors import ClusterMineError
 from clustermine.store import layout
+from clustermine.method.corpus import embed_concepts
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -102,7 +103,7 @@ def embed_query(run: Run, text: str, encoder=None) -> np.ndarray:
         raise ClusterMineError("search text is longer than 200 characters")
     enc_meta = run.meta.get("encoder") or {}
     if encoder is None:
-        from clustermine.method.encoders import load_encoder
+        from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
         encoder = load_encoder(enc_meta.get("spec") or run.config.get("encoder", "offline"))
     if enc_meta.get("fingerprint_id") and encoder.fingerprint_id != enc_meta["fingerprint_id"]:
@@ -113,7 +114,6 @@ def embed_query(run: Run, text: str, encoder=None) -> np.ndarray:
         if key in _QUERY_CACHE:
             _QUERY_CACHE.move_to_end(key)
             return _QUERY_CACHE[key]
-    from clustermine.method.corpus import embed_concepts
 
     emb = embed_concepts(encoder, [text], template)[0]
     with _INDEX_LOCK:

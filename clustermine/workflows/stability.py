@@ -19,6 +19,7 @@ from clustermine.core.errors import ClusterMineError, RunError
 from clustermine.method.mining import clustering_winners, support_counts  # noqa: F401  (re-exported)
 from clustermine.store.concepts import _support_table, attach_support, support_labels  # noqa: F401
 from clustermine.store import layout
+from clustermine.core.errors import CancelledError
 
 if TYPE_CHECKING:
     from clustermine.store.concepts import Concept
@@ -38,8 +39,7 @@ def seed_stability(run: Run, n_seeds: int = 5, *, progress: ProgressFn | None = 
     """Re-cluster the run's voting images with ``n_seeds - 1`` more seeds (the run's clusterer,
     C and options; seeds ``seed+1 ...``) and store all S = ``n_seeds`` clusterings, the run's own
     first, in ``seed_labels.npy``. ``progress(done, S)`` after each. Returns int32 [S, N_ok]."""
-    from clustermine.workflows.recluster import run_clusterer
-    from clustermine.core.errors import CancelledError
+    from clustermine.workflows.recluster import run_clusterer  # imports pandas (seconds): only when this runs
 
     if n_seeds < 2:
         raise ClusterMineError(f"stability needs at least 2 seeds, got {n_seeds}")

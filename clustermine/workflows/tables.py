@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from clustermine.workflows.whatif import run_detector
+from clustermine.core.units import csv_safe
+from clustermine.workflows.whatif import all_scores
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -38,7 +40,6 @@ def excluded_mask(run: Run) -> np.ndarray:
 def image_table(run: Run) -> tuple[dict[str, list], float | None]:
     """The per-image columns (dict of equal-length lists, rows ordered by feature row) and the
     log-score threshold the verdicts use (None: no positive concept, so no verdict)."""
-    from clustermine.workflows.whatif import all_scores
 
     records = sorted(run.image_records(ok_only=True), key=lambda r: r["row"])
     top_idx, top_sim = run.votes()
@@ -68,7 +69,6 @@ def image_table(run: Run) -> tuple[dict[str, list], float | None]:
 
 def image_table_csv(run: Run, table: dict[str, list] | None = None) -> str:
     """The per-image table as CSV text (text cells guarded against spreadsheet formulas)."""
-    from clustermine.core.units import csv_safe
 
     cols = table if table is not None else image_table(run)[0]
     buf = io.StringIO()

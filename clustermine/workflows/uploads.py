@@ -34,6 +34,8 @@ from typing import BinaryIO, Iterable
 
 from clustermine.core.errors import SafetyError
 from clustermine.store import layout
+from clustermine.core.storage import atomic_write_json
+from clustermine.method.images import IMAGE_EXTENSIONS
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -215,7 +217,6 @@ def write_upload_manifest(run_dir: str | os.PathLike, report: UploadReport) -> P
     """Record what an upload brought in the run's ``uploads.json``: each saved file's stored path
     (relative to the report's folder, i.e. to the run's ``uploads/``) with the user's own name
     (``Run.image_names`` shows and exports that name), and each skipped file with its reason."""
-    from clustermine.core.storage import atomic_write_json
 
     data = report.to_dict()
     for f in data["saved"]:
@@ -435,7 +436,6 @@ def _listing(items: list[str], reason: str | None = None) -> str:
 
 
 def _image_extensions() -> frozenset[str]:
-    from clustermine.method.images import IMAGE_EXTENSIONS  # numpy / PIL: loaded only when counting
 
     return IMAGE_EXTENSIONS
 

@@ -29,6 +29,8 @@ from clustermine.store import layout
 from clustermine.method.scoring import Detector, WhatIfScorer, corpus_logsumexp, threshold_rule
 from clustermine.core.config import DEFAULT_TPR
 from clustermine.core.storage import atomic_save_npy, atomic_save_npz, atomic_write_json
+from clustermine.workflows.encoding import FeatureCache, ProgressTracker, encode_records
+from clustermine.method.images import scan_images
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -437,8 +439,6 @@ def encode_folder(folder: str | Path, encoder, *, limit: int = SAMPLE_LIMIT, see
     images left out of the sample are in ``skipped`` with the reason "not drawn into the sample of
     ``limit`` images" (:func:`not_drawn`, :func:`sampling_note`).
     """
-    from clustermine.method.images import scan_images
-    from clustermine.workflows.encoding import FeatureCache, ProgressTracker, encode_records
 
     records = scan_images(folder)
     ok = [r for r in records if r.ok]

@@ -35,11 +35,11 @@ _LOAD_LOCK = threading.Lock()
 @functools.cache
 def _build(spec: str, device: str) -> Encoder:
     if spec == "offline":
-        from clustermine.method.encoders.offline import OfflineEncoder
+        from clustermine.method.encoders.offline import OfflineEncoder  # imports torch (seconds): only when this runs
 
         return OfflineEncoder(device)
     if spec.startswith("openclip:"):
-        from clustermine.method.encoders.openclip import OpenClipEncoder
+        from clustermine.method.encoders.openclip import OpenClipEncoder  # imports torch (seconds): only when this runs
 
         return OpenClipEncoder(spec, device)
     raise EncoderError(f"unknown encoder {spec!r}; valid forms: " + "; ".join(VALID_SPECS))
