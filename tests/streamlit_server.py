@@ -25,12 +25,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(runs_root: Path, log_path: Path, *, wait_s: float = 60.0,
-                     skip_if_down: bool = False, env: dict[str, str] | None = None) -> Iterator[dict]:
+                     env: dict[str, str] | None = None) -> Iterator[dict]:
     """Run the app with ``CLUSTERMINE_RUNS_ROOT=runs_root`` until the block ends.
 
     Yields ``{"url", "port", "pid"}`` once ``/_stcore/health`` answers. If it does not answer within
-    ``wait_s`` seconds (or the process dies), the test fails, or is skipped when ``skip_if_down``,
-    with the end of the server log in the message.
+    ``wait_s`` seconds (or the process dies), the test fails with the end of the server log in the
+    message (a server that does not start is an error, never a skip).
     """
     port = free_port()
     env = dict(os.environ, CLUSTERMINE_RUNS_ROOT=str(runs_root), CLUSTERMINE_UMAP_WARMUP="0", HF_HUB_OFFLINE="1",
@@ -40,18 +40,17 @@ def streamlit_server(runs_root: Path, log_path: Path, *, wait_s: float = 60.0,
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    give_up = pytest.skip if skip_if_down else pytest.fail
     try:
         deadline = time.monotonic() + wait_s
         while True:
             if proc.poll() is not None:
-                give_up("streamlit exited at start: " + log_path.read_text(errors="replace")[-2000:])
+                pytest.fail("streamlit exited at start: " + log_path.read_text(errors="replace")[-2000:])
             try:
                 if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    give_up(f"streamlit did not answer /_stcore/health in {wait_s:.0f} s: "
+                    pytest.fail(f"streamlit did not answer /_stcore/health in {wait_s:.0f} s: "
                             + log_path.read_text(errors="replace")[-2000:])
                 time.sleep(0.2)
         yield {"url": url, "port": port, "pid": proc.pid}

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import missing_resource
 
 from clustermine.method import corpus as C
 from clustermine.core.errors import CorpusError
@@ -15,8 +16,9 @@ def test_normalize_and_dedupe():
     assert C.dedupe(["Dog", "dog", "", "cat_fish", "Cat fish"]) == ["dog", "cat fish"]
 
 
-@pytest.mark.skipif(not Path("/usr/share/wordnet/index.noun").exists(), reason="Debian wordnet-base not installed")
 def test_wordnet_counts_match_nltk_lemma_counts(monkeypatch):
+    if not Path("/usr/share/wordnet/index.noun").exists():
+        missing_resource("Debian wordnet-base not installed (/usr/share/wordnet/index.noun)")
     monkeypatch.setenv("CLUSTERMINE_WORDNET", "/usr/share/wordnet")
     nouns = C.load_corpus("wordnet-nouns")
     assert len(nouns) == 117_798  # == nltk's len(set(all_lemma_names('n'))) after normalisation

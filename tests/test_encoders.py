@@ -24,16 +24,16 @@ from clustermine.method.encoders.openclip import OpenClipEncoder, parse_spec
 from clustermine.core.errors import CancelledError, EncoderError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import SHARED_DATA, missing_resource  # noqa: E402
 from tiny_openclip import TINY_CONFIG, register_tiny_openclip  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGENET_SAMPLE = SHARED_DATA / "imagenet_sample"
 
 
 def _require_imagenet_sample() -> list[dict[str, str]]:
     labels = IMAGENET_SAMPLE / "labels.csv"
     if not labels.is_file():
-        pytest.skip(f"shared data not found: {labels} (expected ../shared/data beside the checkout)")
+        missing_resource(f"shared data not found: {labels} (expected ../shared/data beside the checkout)")
     with labels.open(newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 

@@ -137,7 +137,7 @@ def test_fmt_num_never_prints_a_negative_zero():
 
 # ====================================================================== engine: cost estimate
 def test_estimate_uses_this_machines_finished_runs():
-    from clustermine.workflows.estimate import REFERENCE_FIXED_S, REFERENCE_S_PER_IMAGE, estimate_run_cost, temi_reference_seconds
+    from clustermine.workflows.estimate import estimate_run_cost
 
     runs = [{"status": "done", "config": {"clusterer": "kmeans"},
              "summary": {"n_images": 100, "timings_s": {"scan": 0.1, "encode": 10.0, "corpus": 700.0, "cluster": 0.5,
@@ -147,17 +147,23 @@ def test_estimate_uses_this_machines_finished_runs():
                                                         "vote": 2.0}}},
             {"status": "failed", "config": {}, "summary": {"n_images": 10, "timings_s": {"encode": 999.0}}}]
     est = estimate_run_cost(400, "kmeans", runs)
-    # medians of the per-image rates of the two finished runs, times 400; the corpus stage excluded
-    fixed = sum(REFERENCE_FIXED_S[k] for k in ("start", "scan", "encode", "cluster", "vote"))
-    by_hand = 400 * (0.001 + np.median([0.1, 0.15]) + 0.005 + 0.01) + fixed
+    # medians of the per-image rates of the two finished runs, times 400; the corpus stage excluded;
+    # plus the reference machine's fixed costs (BENCHMARKS "Estimates"): start 2.0 + scan 0.6 +
+    # encode 1.5 + cluster 0.3 + vote 0.8 = 5.2 s
+    by_hand = 400 * (0.001 + 0.125 + 0.005 + 0.01) + 5.2  # = 61.6 s
     assert est.seconds == pytest.approx(by_hand)
     assert "2 finished runs" in est.source
     temi = estimate_run_cost(400, "temi", runs)  # never measured here: the reference TEMI cost
     ref = estimate_run_cost(1000, "temi", [])
-    assert temi.stages["cluster"] == pytest.approx(temi_reference_seconds(temi.schedule) + REFERENCE_FIXED_S["cluster"])
+    # 360 mining images: 4 heads x batch 16, 1,518 steps; a step costs 1 ms + 36 us per head x sample
+    # on the reference machine (BENCHMARKS "Clustering: TEMI vs k-means"), + 0.3 s fixed
+    assert (temi.schedule["n_heads"], temi.schedule["batch_size"], temi.schedule["steps"]) == (4, 16, 1518)
+    assert temi.stages["cluster"] == pytest.approx(1518 * (0.001 + 36e-6 * 4 * 16) + 0.3)  # = 5.32 s
     assert "BENCHMARKS.md" in ref.source
-    assert ref.seconds == pytest.approx(1000 * sum(REFERENCE_S_PER_IMAGE[k] for k in ("scan", "encode", "vote"))
-                                        + temi_reference_seconds(ref.schedule) + fixed)
+    # 1,000 images at the reference rates 0.1 + 30 + 1.4 ms (scan, encode, vote) = 31.5 s; 900 mining
+    # images: 4 heads x batch 64, 1,904 steps = 19.45 s; fixed costs 5.2 s
+    assert (ref.schedule["n_heads"], ref.schedule["batch_size"], ref.schedule["steps"]) == (4, 64, 1904)
+    assert ref.seconds == pytest.approx(31.5 + 1904 * (0.001 + 36e-6 * 4 * 64) + 5.2)  # = 56.15 s
 
 
 # ====================================================================== 3. no dead ends: launch
@@ -312,7 +318,7 @@ def test_first_page_explains_the_app_and_the_cost_of_a_run(app_env):
                  "3 · Review, score and export"):
         assert step in body
     # drawn last on the page: the estimate at this machine's speed now (the probe the page just made)
-    from clustermine.workflows.estimate import REFERENCE_FIXED_S, cached_speed, estimate_run_cost, fmt_duration
+    from clustermine.workflows.estimate import cached_speed, estimate_run_cost, fmt_duration
     from clustermine.store import list_runs
 
     speed = cached_speed()
@@ -325,7 +331,7 @@ def test_first_page_explains_the_app_and_the_cost_of_a_run(app_env):
 
     s = Run.open(app_env).meta["summary"]
     t, n = s["timings_s"], s["n_images"]
-    fixed = sum(REFERENCE_FIXED_S[k] for k in ("start", "scan", "encode", "cluster", "vote"))
+    fixed = 2.0 + 0.6 + 1.5 + 0.3 + 0.8  # the reference fixed costs of start, scan, encode, cluster, vote (s)
     km_200 = 200 * (t["scan"] + t["encode"] + t["cluster"] + t["vote"]) / n + fixed
     first = "\n".join(home.first_paint_lines(list_runs(app_env.parent)))
     assert f"**{fmt_duration(km_200)}** with k-means" in first

@@ -146,7 +146,6 @@ def test_sigterm_stops_the_server_promptly_and_leaves_its_job_cancelled(tmp_path
     """The server starts a job (Resume clicked in a real session), gets SIGTERM while the job runs,
     exits within a few seconds, and says so in its log; the job is cancelled (finished work kept)
     and resuming it finishes the run."""
-    pytest.importorskip("websockets")
     from streamlit_server import streamlit_server
 
     from clustermine.workflows import jobs

@@ -6,7 +6,7 @@ number and time, each (1) GET ``/_stcore/health`` and the page URL with ``?run=<
 a real Streamlit session over the websocket (the protocol the browser speaks) and run the Runs,
 Concepts and Audit pages for that run, which must all finish without an exception. The server's
 resident memory is printed before and after (see BENCHMARKS.md, "Load (issue 5)").
-Skipped when streamlit cannot start here.
+A server that does not start fails the tests (streamlit and its websockets are pinned requirements).
 """
 
 from __future__ import annotations
@@ -74,10 +74,9 @@ def small_run_copy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(small_run_copy):
-    pytest.importorskip("streamlit")
     runs_root, run_id = small_run_copy
     log_path = runs_root.parent / "streamlit.log"
-    with streamlit_server(runs_root, log_path, wait_s=90, skip_if_down=True) as srv:
+    with streamlit_server(runs_root, log_path, wait_s=90) as srv:
         yield {**srv, "run_id": run_id, "log": log_path}
 
 def test_server_listens_on_localhost_only(server):
@@ -163,7 +162,6 @@ def test_five_concurrent_http_clients_all_answered(server):
 
 
 def test_five_concurrent_sessions_render_the_run(server):
-    pytest.importorskip("websockets")
     before = rss_mib(server["pid"])
     warm: list = [None]
     _ws_client(server["port"], server["run_id"], warm, 0)  # one session first: imports and caches

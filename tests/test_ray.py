@@ -4,6 +4,7 @@ CPU (tests/ray_cluster.py), started by this module and stopped by the PIDs it st
 The same ~100 real images are mined locally and with ``--ray``: features, Y_pos and skip reasons must
 agree; encode and vote tasks must have run on both nodes (Ray's state API); ``score --ray`` must give the
 local scores; killing a node's raylet mid-encode must not lose or corrupt anything.
+Every test that starts or uses the cluster (or the runs mined for it) is marked ``slow``: minutes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ray_cluster import LoopbackRayCluster, free_port
 
 # The cluster listens on loopback only; Ray keeps 127.0.0.1 as it is with this (see tests/ray_node.py).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-pytest.importorskip("ray", reason="Ray is pinned in requirements.txt; install it to run these tests")
+import ray  # noqa: E402,F401  (pinned in requirements.txt: a missing Ray fails here, it is not skipped)
 
 from clustermine.cli import main as cli_main  # noqa: E402
 from clustermine.workflows.distributed import RayClusterError, RayCluster, ray_address  # noqa: E402
@@ -86,6 +87,7 @@ def _by_path(run: Run) -> dict[str, dict]:
     return {r["path"]: r for r in run.image_table().to_pylist()}
 
 
+@pytest.mark.slow
 def test_ray_mine_matches_local(local_run, ray_run):
     a, b = local_run.image_table().to_pylist(), ray_run.image_table().to_pylist()
     assert [r["path"] for r in a] == [r["path"] for r in b]
@@ -100,6 +102,7 @@ def test_ray_mine_matches_local(local_run, ray_run):
     assert "executed_on" not in local_run.meta
 
 
+@pytest.mark.slow
 def test_ray_skips_bad_files_with_the_local_reasons(local_run, ray_run):
     la, lb = _by_path(local_run), _by_path(ray_run)
     skipped = {p: r["reason"] for p, r in la.items() if r["status"] != "ok"}
@@ -108,6 +111,7 @@ def test_ray_skips_bad_files_with_the_local_reasons(local_run, ray_run):
     assert all(lb[p]["status"] == "skipped" for p in skipped)
 
 
+@pytest.mark.slow
 def test_ray_tasks_ran_on_both_nodes(cluster, ray_run):
     from ray.util.state import list_nodes, list_tasks
 
@@ -124,6 +128,7 @@ def test_ray_tasks_ran_on_both_nodes(cluster, ray_run):
     assert used == nodes, f"tasks by kind and node: {where}"
 
 
+@pytest.mark.slow
 def test_scan_hashed_on_the_cluster_equals_local(cluster, images, tmp_path):
     """The scan's sha1s computed by Ray tasks: the same records (skip reasons, duplicates) as locally."""
     from clustermine.method.images import scan_images
@@ -140,6 +145,7 @@ def test_scan_hashed_on_the_cluster_equals_local(cluster, images, tmp_path):
     assert any(r["duplicate_of"] for r in local) and any(r["status"] == "skipped" for r in local)
 
 
+@pytest.mark.slow
 def test_score_with_ray_equals_local(cluster, local_run, images, capsys):
     files = sorted(str(p) for p in (images / CLASSES[1]).iterdir())[:6] + [str(images / "broken" / "notes.jpg")]
     capsys.readouterr()
@@ -157,6 +163,7 @@ def test_score_with_ray_equals_local(cluster, local_run, images, capsys):
         assert b["is_id"] == a["is_id"]
 
 
+@pytest.mark.slow
 def test_evaluate_with_ray_equals_local(cluster, local_run, images, tmp_path):
     from clustermine.workflows.pipeline import evaluate
 
@@ -203,6 +210,7 @@ def test_default_path_never_imports_ray(small_images, tmp_path):
     assert "RC 0 RAY False" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.app
 def test_data_page_shows_the_cluster_and_runs_the_job_there(cluster, images, tmp_path, monkeypatch):
     """With CLUSTERMINE_RAY_ADDRESS set on the server, the Data page names the cluster's nodes / CPUs /
@@ -237,6 +245,7 @@ def test_data_page_shows_the_cluster_and_runs_the_job_there(cluster, images, tmp
     assert "ran on the Ray cluster" in texts(at)
 
 
+@pytest.mark.slow
 def test_cancel_during_ray_encode_keeps_the_shards_and_resumes(cluster, images, tmp_path):
     """Cancel (the run's cancel flag, as the Data page's button sets it) while the cluster encodes: the
     run is cancelled and resumable, returned shards are cached, the resume encodes only the rest."""
@@ -268,6 +277,7 @@ def test_cancel_during_ray_encode_keeps_the_shards_and_resumes(cluster, images, 
 
 
 # Last: it takes the second node down for good.
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_node_killed_mid_encode_loses_nothing(cluster, images, local_run, tmp_path):
     """Kill node 2's raylet once some shards are stored: Ray finishes the job on the head node, or the
