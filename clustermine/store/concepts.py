@@ -27,6 +27,22 @@ from clustermine.method.corpus import embed_concepts
 
 POSITIVE_STATUSES = ("mined", "accepted", "added")
 EDIT_ACTIONS = ("accept", "reject", "restore", "add")
+CONCEPT_STATUSES = ("mined", "accepted", "rejected", "added")  # what a reviewer may set a concept to
+
+
+def action_for(old: str, new: str) -> str | None:
+    """The edit (one of EDIT_ACTIONS) that moves a concept from status ``old`` to ``new``; None when
+    there is nothing to do. Back to mined / added is a ``restore`` (replay gives mined concepts
+    ``mined`` and the user's ``added``). ClusterMineError on a status that is not a concept status."""
+    if new not in CONCEPT_STATUSES:
+        raise ClusterMineError(f"unknown concept status {new!r}; use one of {', '.join(CONCEPT_STATUSES)}")
+    if new == old:
+        return None
+    if new == "rejected":
+        return "reject"
+    if new == "accepted":
+        return "accept"
+    return "restore"
 
 
 def concept_id(text: str) -> str:
