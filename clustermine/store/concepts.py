@@ -45,6 +45,20 @@ def action_for(old: str, new: str) -> str | None:
     return "restore"
 
 
+def set_concept_status(table: "ConceptTable", key: str, status: str, *, user: str | None = None
+                       ) -> tuple[Concept, str | None]:
+    """Give the concept ``key`` (id or text) of ``table`` the status ``status`` through the edit
+    :func:`action_for` names (logged like any edit). Returns ``(concept now, the action or None when
+    it already had that status)``; ClusterMineError names an unknown concept or status."""
+    current = table.find_concept(key)
+    if current is None:
+        raise ClusterMineError(f"no concept {key!r} in this run (give its id or its text)")
+    action = action_for(current.status, status)
+    if action is None:
+        return current, None
+    return table.edit_concept(action, current.id, user=user), action
+
+
 def concept_id(text: str) -> str:
     """Stable id of a concept: ``c-`` + 10 hex of sha1 of its normalised text."""
     return "c-" + hashlib.sha1(normalize_concept(text).encode("utf-8")).hexdigest()[:10]
