@@ -783,6 +783,27 @@ def test_scoring_page_scores_uploads_and_follows_edits(app_env, small_images):
     assert top not in after["top positive concepts"].iloc[0]
 
 
+def test_scoring_page_csv_guards_formulas_in_file_names(app_env, small_images, downloads):
+    """The Scoring page's CSV download goes through the engine's formula guard: an image uploaded as
+    ``=cmd.jpg`` (or ``@x.jpg``) stays text in a spreadsheet; the numbers stay numbers."""
+    import csv
+
+    img = sorted((small_images / "n01440764").iterdir())[0]
+    at = open_app(app_env.name, "pages/scoring.py")
+    at.file_uploader(key="score_files").set_value([("=cmd.jpg", img.read_bytes(), "image/jpeg"),
+                                                   ("@x.jpg", img.read_bytes(), "image/jpeg")])
+    at.button[[b.label for b in at.button].index("Score these images")].click().run()
+    no_exception(at)
+    shown = at.dataframe[0].value
+    assert sorted(shown["file"]) == ["=cmd.jpg", "@x.jpg"]  # the page shows the user's names as they are
+    rows = list(csv.DictReader(io.StringIO(downloads[f"{app_env.name}-scores.csv"].decode())))
+    assert sorted(r["file"] for r in rows) == ["'=cmd.jpg", "'@x.jpg"]
+    by_file = dict(zip(shown["file"], shown["log score"]))
+    for r in rows:
+        assert float(r["log score"]) == pytest.approx(by_file[r["file"][1:]], abs=1e-3)
+        assert r["verdict"] in ("ID", "OOD") and float(r["threshold"]) <= 0
+
+
 def test_scoring_page_slider_moves_the_threshold(app_env):
     at = open_app(app_env.name, "pages/scoring.py")
     md = [m.value for m in at.markdown if "Threshold" in m.value]
