@@ -997,6 +997,37 @@ def test_concepts_what_if_with_an_ood_sample(app_env, small_images, tmp_path, mo
     assert "vs 6 images of the OOD sample ood" in page
 
 
+def test_concepts_what_if_with_uploaded_ood_images(app_env):
+    """OOD images uploaded in the what-if panel are kept by the engine (ood_eval.save_uploaded_sample,
+    a second upload replaces the first) and give the same AUROC as the same files given as a folder."""
+    from conftest import shared
+    from clustermine import score_images
+    from clustermine.store import Run
+    from clustermine.store import layout
+    from clustermine.workflows import ood_eval
+
+    files = sorted(shared("imagenette_val100", "n03417042").iterdir())[:5]
+    at = open_app(app_env.name, "pages/concepts.py")
+    at.radio(key="ood_mode").set_value("upload").run()
+    at.file_uploader(key="ood_files").set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files[:2]]
+                                                + [("empty.jpg", b"", "image/jpeg")]).run()
+    at.button(key="ood_use_upload").click().run()
+    no_exception(at)
+    run = Run.open(app_env)
+    sample = layout.ood_sample_dir(app_env)
+    assert ood_eval.uploaded_sample(run) == sample and sorted(p.name for p in sample.iterdir()) == \
+        sorted(f.name for f in files[:2])
+    assert "1 file(s) skipped" in texts(at)
+    at.file_uploader(key="ood_files").set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files]).run()
+    at.button(key="ood_use_upload").click().run()
+    no_exception(at)
+    assert sorted(p.name for p in sample.iterdir()) == sorted(f.name for f in files)  # replaced, not appended
+    m = metrics(at)
+    id_scores = run_detector(run, calibrate=False).log_scores(heldout_features(run))
+    ood_scores = [e["log_score"] for e in score_images(run, files)]
+    assert float(m["AUROC, mined"]) == pytest.approx(auroc_by_hand(id_scores, ood_scores), abs=0.0006)
+
+
 @pytest.mark.slow
 def test_clusters_page_umap_on_demand(app_env):
     at = open_app(app_env.name, "pages/clusters.py")
