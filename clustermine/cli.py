@@ -14,6 +14,7 @@ import dataclasses
 import json
 import sys
 import typing
+from pathlib import Path
 from typing import Sequence
 
 from clustermine.core.config import MineConfig
@@ -30,6 +31,9 @@ from clustermine.workflows.export import export_run
 from clustermine.workflows.pipeline import evaluate, mine, mine_features, prepare_corpus, resume, score_images
 from clustermine.workflows.report import write_report
 from clustermine.workflows.whatif import calibration_warning
+from clustermine.store.concepts import set_concept_status
+from clustermine.workflows import scoring_uploads
+from clustermine.workflows.new_run import RunSource, create_run_from_uploads
 from clustermine.core.units import fmt_duration
 
 
@@ -105,7 +109,10 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("mine", help="encode a folder of ID images (or import their embeddings), cluster, vote and "
                        "mine concepts into a run folder")
-    m.add_argument("images_dir", nargs="?", default=None, help="folder of ID images (or use --features)")
+    m.add_argument("images_dir", nargs="?", default=None, help="folder of ID images (or use --zip / --features)")
+    m.add_argument("--zip", default=None, metavar="FILE", dest="zip_file",
+                   help="a zip of ID images instead of a folder: unpacked safely into the run's uploads/ (as the "
+                        "web app's 'Upload a zip'; path escapes, links and zip bombs are refused)")
     m.add_argument("--features", default=None, metavar="FILE",
                    help="precomputed image embeddings instead of a folder: a .npy float16/float32 [N, D], or a "
                         "clip-retrieval output folder (img_emb/ + metadata/); --encoder names the matching text tower")
@@ -139,7 +146,12 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="score images (files or folders) with a run's current concepts")
     s.add_argument("run_dir")
-    s.add_argument("paths", nargs="+")
+    s.add_argument("paths", nargs="*", help="image files or folders (none: the images kept in the run, as on the "
+                   "Scoring page)")
+    s.add_argument("--keep", action="store_true",
+                   help="also keep these images in the run's scoring store (files copied, folders listed), the "
+                        "store the Scoring page shows")
+    s.add_argument("--clear-kept", action="store_true", help="forget every image kept in the run for scoring")
     s.add_argument("--top", type=int, default=3)
     s.add_argument("--json", action="store_true")
     _add_ray_argument(s)
@@ -158,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--reject", action="append", default=[], metavar="CONCEPT")
     c.add_argument("--restore", action="append", default=[], metavar="CONCEPT")
     c.add_argument("--add", action="append", default=[], metavar="CONCEPT")
+    c.add_argument("--set", action="append", default=[], metavar="CONCEPT=STATUS", dest="set_status",
+                   help="give a concept (id or text) a status: mined, accepted, rejected or added, through the edit "
+                        "the web app's table makes (clustermine.store.action_for)")
     c.add_argument("--user", default=None)
     c.add_argument("--json", action="store_true")
 
@@ -265,13 +280,17 @@ class _Bars:
 
 def _cmd_mine(a: argparse.Namespace) -> int:
 
-    if (a.images_dir is None) == (a.features is None):
-        raise ClusterMineError("mine: give either an images folder or --features FILE (not both)")
+    if sum(x is not None for x in (a.images_dir, a.features, a.zip_file)) != 1:
+        raise ClusterMineError("mine: give one of an images folder, --zip FILE or --features FILE")
     if a.features is None and (a.paths or a.image_root):
         raise ClusterMineError("mine: --paths and --image-root go with --features")
     bars = _Bars(a.quiet)
     try:
-        if a.features is not None:
+        if a.zip_file is not None:  # the same engine call as the web app's upload, then the stored run is mined
+            create_run_from_uploads(a.out, config_from_args(a), RunSource("zip", zip_file=a.zip_file),
+                                    overwrite=a.force)
+            run = resume(a.out, progress=bars, cache_dir=a.cache_dir, ray_address=_ray(a))
+        elif a.features is not None:
             run = mine_features(a.features, a.paths, a.out, config_from_args(a), image_root=a.image_root,
                                 progress=bars, overwrite=a.force, cache_dir=a.cache_dir, ray_address=_ray(a))
         else:
@@ -338,7 +357,10 @@ def _calibration_warning(run) -> None:
 def _cmd_score(a: argparse.Namespace) -> int:
 
     run = Run.open(a.run_dir)
-    results = score_images(run, a.paths, top=a.top, ray_address=_ray(a))
+    paths = _scoring_paths(run, a)
+    if not paths:
+        return 0
+    results = score_images(run, paths, top=a.top, ray_address=_ray(a))
     _calibration_warning(run)
     if a.json:
         print(json.dumps(results, indent=2))
@@ -351,6 +373,34 @@ def _cmd_score(a: argparse.Namespace) -> int:
         tops = ", ".join(f"{c} ({s:.2f})" for c, s in r["top_positive"])
         print(f"{r['path']}\t{verdict}\tlog_score={r['log_score']:.3f}\tscore={r['score']:.4g}\ttop: {tops}")
     return 0
+
+
+def _scoring_paths(run, a: argparse.Namespace) -> list[str]:
+    """What ``score`` scores: the given paths (kept in the run's scoring store with --keep), or the
+    images the run keeps (``clustermine.workflows.scoring_uploads``, the Scoring page's store)."""
+    if a.clear_kept:
+        scoring_uploads.clear(run)
+        print("cleared the images kept for scoring", file=sys.stderr)
+        if not a.paths:
+            return []
+    if a.paths and a.keep:
+        folders = [p for p in a.paths if Path(p).is_dir()]
+        rep = scoring_uploads.add_files(run, [p for p in a.paths if not Path(p).is_dir()])
+        for f in folders:
+            scoring_uploads.add_folder(run, f)
+        for f in rep.skipped:
+            print(f"not kept {f.display_name}: {f.reason}", file=sys.stderr)
+        print(f"kept {rep.n_saved} file(s) and {len(folders)} folder(s) in {scoring_uploads.uploads_dir(run).parent}",
+              file=sys.stderr)
+    if a.paths:
+        return list(a.paths)
+    if a.keep:
+        raise ClusterMineError("score: --keep needs image files or folders to keep")
+    kept = scoring_uploads.sources(run)
+    if not kept:
+        raise ClusterMineError("score: give image files or folders; this run keeps none for scoring (add them "
+                               "with --keep or on the Scoring page)")
+    return kept
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
@@ -374,6 +424,13 @@ def _cmd_concepts(a: argparse.Namespace) -> int:
             c = run.edit_concept(action, key, user=a.user)
             if not a.json:
                 print(f"{action}: {c.text} -> {c.status}")
+    for item in a.set_status:
+        key, sep, status = item.rpartition("=")
+        if not sep or not key.strip():
+            raise ClusterMineError(f"concepts --set: expected CONCEPT=STATUS, got {item!r}")
+        c, action = set_concept_status(run, key.strip(), status.strip(), user=a.user)
+        if not a.json:
+            print(f"{action}: {c.text} -> {c.status}" if action else f"unchanged: {c.text} is {c.status}")
     concepts = run.concepts()
     if a.json:
         print(json.dumps([c.to_dict() for c in concepts], indent=2))

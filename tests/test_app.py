@@ -783,6 +783,27 @@ def test_scoring_page_scores_uploads_and_follows_edits(app_env, small_images):
     assert top not in after["top positive concepts"].iloc[0]
 
 
+def test_scoring_page_csv_guards_formulas_in_file_names(app_env, small_images, downloads):
+    """The Scoring page's CSV download goes through the engine's formula guard: an image uploaded as
+    ``=cmd.jpg`` (or ``@x.jpg``) stays text in a spreadsheet; the numbers stay numbers."""
+    import csv
+
+    img = sorted((small_images / "n01440764").iterdir())[0]
+    at = open_app(app_env.name, "pages/scoring.py")
+    at.file_uploader(key="score_files").set_value([("=cmd.jpg", img.read_bytes(), "image/jpeg"),
+                                                   ("@x.jpg", img.read_bytes(), "image/jpeg")])
+    at.button[[b.label for b in at.button].index("Score these images")].click().run()
+    no_exception(at)
+    shown = at.dataframe[0].value
+    assert sorted(shown["file"]) == ["=cmd.jpg", "@x.jpg"]  # the page shows the user's names as they are
+    rows = list(csv.DictReader(io.StringIO(downloads[f"{app_env.name}-scores.csv"].decode())))
+    assert sorted(r["file"] for r in rows) == ["'=cmd.jpg", "'@x.jpg"]
+    by_file = dict(zip(shown["file"], shown["log score"]))
+    for r in rows:
+        assert float(r["log score"]) == pytest.approx(by_file[r["file"][1:]], abs=1e-3)
+        assert r["verdict"] in ("ID", "OOD") and float(r["threshold"]) <= 0
+
+
 def test_scoring_page_slider_moves_the_threshold(app_env):
     at = open_app(app_env.name, "pages/scoring.py")
     md = [m.value for m in at.markdown if "Threshold" in m.value]
@@ -974,6 +995,37 @@ def test_concepts_what_if_with_an_ood_sample(app_env, small_images, tmp_path, mo
     page = report.report_html(run)
     assert f"<td>{rec['after']['auroc']:.4f}</td><td>{rec['after']['fpr95']:.4f}</td>" in page
     assert "vs 6 images of the OOD sample ood" in page
+
+
+def test_concepts_what_if_with_uploaded_ood_images(app_env):
+    """OOD images uploaded in the what-if panel are kept by the engine (ood_eval.save_uploaded_sample,
+    a second upload replaces the first) and give the same AUROC as the same files given as a folder."""
+    from conftest import shared
+    from clustermine import score_images
+    from clustermine.store import Run
+    from clustermine.store import layout
+    from clustermine.workflows import ood_eval
+
+    files = sorted(shared("imagenette_val100", "n03417042").iterdir())[:5]
+    at = open_app(app_env.name, "pages/concepts.py")
+    at.radio(key="ood_mode").set_value("upload").run()
+    at.file_uploader(key="ood_files").set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files[:2]]
+                                                + [("empty.jpg", b"", "image/jpeg")]).run()
+    at.button(key="ood_use_upload").click().run()
+    no_exception(at)
+    run = Run.open(app_env)
+    sample = layout.ood_sample_dir(app_env)
+    assert ood_eval.uploaded_sample(run) == sample and sorted(p.name for p in sample.iterdir()) == \
+        sorted(f.name for f in files[:2])
+    assert "1 file(s) skipped" in texts(at)
+    at.file_uploader(key="ood_files").set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files]).run()
+    at.button(key="ood_use_upload").click().run()
+    no_exception(at)
+    assert sorted(p.name for p in sample.iterdir()) == sorted(f.name for f in files)  # replaced, not appended
+    m = metrics(at)
+    id_scores = run_detector(run, calibrate=False).log_scores(heldout_features(run))
+    ood_scores = [e["log_score"] for e in score_images(run, files)]
+    assert float(m["AUROC, mined"]) == pytest.approx(auroc_by_hand(id_scores, ood_scores), abs=0.0006)
 
 
 @pytest.mark.slow

@@ -10,28 +10,18 @@ import streamlit as st
 
 from clustermine.core.errors import ClusterMineError
 from clustermine.store import Run
+from clustermine.store.concepts import CONCEPT_STATUSES, action_for
 
 from . import cache, rundata, widgets
 from .text import md_escape
 
-STATUSES = ["mined", "accepted", "rejected", "added"]
+STATUSES = list(CONCEPT_STATUSES)  # the engine's rule (clustermine.store.concepts), shown as the column's options
 _ERR_KEY = "concept_edit_error"
 _OK_KEY = "concept_edit_ok"
 
 
 def reviewer() -> str:
     return (st.session_state.get("reviewer") or "").strip() or os.environ.get("USER") or "reviewer"
-
-
-def action_for(old: str, new: str) -> str | None:
-    """The edit that moves a concept from status ``old`` to ``new`` (None: nothing to do)."""
-    if new == old:
-        return None
-    if new == "rejected":
-        return "reject"
-    if new == "accepted":
-        return "accept"
-    return "restore"  # back to mined / added
 
 
 def apply(run_path: str, action: str, key: str, encoder=None) -> None:

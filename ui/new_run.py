@@ -3,11 +3,7 @@ launch (stage the inputs safely, create the run, start the worker)."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import streamlit as st
 
@@ -15,21 +11,14 @@ from clustermine.workflows import jobs
 from clustermine.core.config import CLUSTERER_NAMES, MineConfig, default_tau
 from clustermine.method.corpus import BUILTIN_CORPORA
 from clustermine.core.errors import ClusterMineError, SafetyError
-from clustermine.store import layout
+from clustermine.workflows.new_run import RunSource, create_run_from_uploads, unique_run_dir
 from clustermine.workflows.uploads import (
     SourceCount,
-    UploadReport,
     count_folder,
     count_names,
     count_zip,
-    extract_zip,
     list_subfolders,
-    new_run_id,
-    nothing_usable,
     resolve_in_roots,
-    save_upload,
-    save_uploads,
-    write_upload_manifest,
 )
 
 from . import cache, settings, state, widgets
@@ -231,85 +220,18 @@ def form() -> Choices | None:
     return None
 
 
-def _unique_run_dir(root: Path, name: str) -> Path:
-    base = new_run_id(name or f"run-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-    candidate, i = root / base, 2
-    while candidate.exists():
-        candidate, i = root / f"{base}-{i}", i + 1
-    return candidate
-
-
-def _stage_inputs(ch: Choices, staging: Path) -> tuple[UploadReport | None, Path | None]:
-    """Save uploads / unpack the zip into ``staging`` (refusals raise SafetyError)."""
-    if ch.source == "files":
-        return save_uploads(ch.files, layout.uploads_dir(staging)), None
-    if ch.source == "zip":
-        zpath = staging / layout.UPLOAD_ZIP
-        saved = save_upload(ch.zip_file, staging, getattr(ch.zip_file, "name", layout.UPLOAD_ZIP),
-                            max_bytes=1 << 40, stored_name=layout.UPLOAD_ZIP)
-        if saved.status != "saved":
-            raise SafetyError(f"the zip could not be saved: {saved.reason}")
-        report = extract_zip(zpath, layout.uploads_dir(staging))
-        zpath.unlink(missing_ok=True)
-        return report, None
-    return None, resolve_in_roots(ch.folder, settings.data_roots())
-
-
-def _source_name(ch: Choices) -> str:
-    """The user's name for the uploaded source, for messages."""
-    if ch.source == "zip":
-        return str(getattr(ch.zip_file, "name", "") or "the zip")
-    return "your upload"
-
-
-def _require_readable(images_dir: Path, uploaded: bool) -> None:
-    """Refuse to create a run whose images cannot be read (NoImagesError naming files and reasons)."""
-    from clustermine.core.errors import NoImagesError
-    from clustermine.method.images import require_decodable
-
-    try:
-        require_decodable(images_dir)
-    except NoImagesError as exc:
-        if not uploaded:
-            raise
-        raise NoImagesError(str(exc).replace(str(images_dir), "your upload")) from None
+def run_source(ch: Choices) -> RunSource:
+    """The engine's description of the chosen source (a server folder confined to the data roots)."""
+    return RunSource(ch.source, files=list(ch.files), zip_file=ch.zip_file, folder=ch.folder,
+                     roots=settings.data_roots() if ch.source == "folder" else None)
 
 
 def launch(ch: Choices) -> str:
-    """Create the run from the choices and start its worker; returns the run id.
-
-    Inputs are staged in a hidden folder first, so a refused upload (zip bomb, nothing usable)
-    leaves no half-made run behind.
-    """
-    from clustermine.store import Run
-
-    root = settings.runs_root()
-    run_dir = _unique_run_dir(root, ch.name)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-    try:
-        report, folder = _stage_inputs(ch, staging)
-        problem = nothing_usable(report, _source_name(ch)) if report is not None else None
-        if problem:
-            raise SafetyError(problem)
-        _require_readable(folder if folder is not None else layout.uploads_dir(staging), folder is None)
-        corpus = ch.corpus
-        if ch.corpus == CUSTOM_CORPUS:
-            saved = save_upload(ch.corpus_file, staging, "concepts.txt", stored_name=layout.USER_CORPUS,
-                                max_bytes=64 << 20)
-            if saved.status != "saved":
-                raise SafetyError(f"the concept list could not be saved: {saved.reason}")
-            corpus = str(run_dir.parent.resolve() / run_dir.name / layout.USER_CORPUS)
-        # Resolved exactly as the worker's pipeline.mine resolves it, so its Run.create resumes this run.
-        images_dir = folder.resolve() if folder is not None else layout.uploads_dir(run_dir.parent.resolve() / run_dir.name)
-        cfg = ch.mine_config(corpus).to_dict()
-        cfg["images_dir"] = str(images_dir)
-        Run.create(run_dir, cfg)
-        for item in staging.iterdir():
-            item.rename(run_dir / item.name)
-        if report is not None:  # paths relative to uploads/ (they were staged elsewhere)
-            write_upload_manifest(run_dir, report)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    """Create the run from the choices (``clustermine.workflows.new_run.create_run_from_uploads``:
+    staged first, so a refused upload leaves no half-made run) and start its worker; returns the run id."""
+    run_dir = unique_run_dir(settings.runs_root(), ch.name)
+    create_run_from_uploads(run_dir, ch.mine_config(ch.corpus), run_source(ch),
+                            corpus_file=ch.corpus_file if ch.corpus == CUSTOM_CORPUS else None)
     jobs.start_mine_job(run_dir, cancel_at_exit=True)
     return run_dir.name
 

@@ -3,15 +3,11 @@ until dismissed, and removing one bad uploaded file without clearing the others.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
-from clustermine.store import layout
 from clustermine.store import Run
-from clustermine.core.storage import atomic_write_json
+from clustermine.workflows import scoring_uploads
 
 from . import cache, widgets
 from .text import fmt_num, md_escape, wrap_name
@@ -85,39 +81,10 @@ def show_upload_errors(run: Run) -> None:
 
 
 # ------------------------------------------------------------------------------------ bad uploaded files
-def _names_file(run: Run) -> Path:
-    return layout.scoring_dir(run.path) / layout.SCORING_NAMES
-
-
 def bad_uploads(run: Run, skipped: list[tuple[str, str]], scored: pd.DataFrame | None) -> list[tuple[str, str]]:
     """(stored file name, reason) of uploaded test files that were saved but could not be scored."""
-    up = layout.scoring_uploads_dir(run.path)
-    good = set(scored["path"]) if scored is not None and len(scored) else set()
-    out = []
-    for name, reason in skipped:
-        p = up / str(name)
-        try:
-            inside = p.resolve().parent == up.resolve()
-        except OSError:
-            continue
-        if inside and p.is_file() and str(p) not in good and str(p.resolve()) not in good:
-            out.append((p.name, reason))
-    return out
-
-
-def remove_upload(run: Run, stored_name: str) -> None:
-    """Delete one uploaded test file (only a direct child of the run's scoring uploads folder)."""
-    up = layout.scoring_uploads_dir(run.path)
-    p = up / stored_name
-    if p.resolve().parent != up.resolve() or not p.is_file():
-        return
-    p.unlink()
-    try:
-        names = dict(json.loads(_names_file(run).read_text(encoding="utf-8")))
-        names.pop(stored_name, None)
-        atomic_write_json(_names_file(run), names)
-    except (OSError, ValueError, TypeError):
-        pass
+    good = scored["path"] if scored is not None and len(scored) else ()
+    return scoring_uploads.bad_uploads(run, skipped, good)
 
 
 def skipped_section(run: Run, skipped: list[tuple[str, str]], scored: pd.DataFrame | None) -> None:
@@ -125,11 +92,7 @@ def skipped_section(run: Run, skipped: list[tuple[str, str]], scored: pd.DataFra
     if not skipped:
         return
     bad = bad_uploads(run, skipped, scored)
-    names = {}
-    try:
-        names = dict(json.loads(_names_file(run).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        pass
+    names = scoring_uploads.display_names(run)
     with st.expander(f"Not scored ({len(skipped)})", expanded=bool(bad)):
         for stored, reason in bad:
             c1, c2 = st.columns([5, 1], vertical_alignment="center")
@@ -138,7 +101,7 @@ def skipped_section(run: Run, skipped: list[tuple[str, str]], scored: pd.DataFra
             if c2.button("Remove", key=f"rm-upload-{stored}", icon=":material/delete:", width="stretch",
                          help="Delete this uploaded file only; the other images stay."):
                 with widgets.guard("removing the file"):
-                    remove_upload(run, stored)
+                    scoring_uploads.remove_upload(run, stored)
                     st.rerun()
         others = [(f, r) for f, r in skipped if f not in {b[0] for b in bad}]
         if others:

@@ -4,71 +4,35 @@ switches and refreshes), their scores under the current concepts, and the result
 from __future__ import annotations
 
 import base64
-import json
 import math
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from clustermine.workflows import whatif
+from clustermine.workflows import scoring_uploads, whatif
 from clustermine.method.calibration import DEFAULT_CONFIDENCE
-from clustermine.core.errors import ClusterMineError, NoImagesError
-from clustermine.store import layout
+from clustermine.core.errors import ClusterMineError
 from clustermine.store import Run
-from clustermine.core.storage import atomic_write_json
-from clustermine.workflows.uploads import resolve_in_roots, save_uploads
 
 from . import cache, score_review, scores, settings, state, widgets
 from .text import clean_zero, fmt_num
 
-def uploads_dir(run: Run) -> Path:
-    return layout.scoring_uploads_dir(run.path)
-
-
-def _folders_file(run: Run) -> Path:
-    return layout.scoring_dir(run.path) / layout.SCORING_FOLDERS
-
-
-def folders(run: Run) -> list[str]:
-    try:
-        return list(json.loads(_folders_file(run).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return []
-
-
-def _names_file(run: Run) -> Path:
-    return layout.scoring_dir(run.path) / layout.SCORING_NAMES
-
-
-def display_names(run: Run) -> dict[str, str]:
-    """stored (sanitised) file name -> the name the user's file had (display text only)."""
-    try:
-        return dict(json.loads(_names_file(run).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return {}
-
 
 def add_uploads(run: Run, files) -> int:
-    rep = save_uploads(files, uploads_dir(run))
-    score_review.remember_upload_errors(run, rep.skipped)  # shown by the page until dismissed
-    names = display_names(run)
-    names.update({f.stored_name: f.display_name for f in rep.saved})
-    atomic_write_json(_names_file(run), names)
+    """Keep the uploaded files in the run (``scoring_uploads.add_uploads``); the refused ones are shown
+    by the page until dismissed. Returns how many were saved."""
+    rep = scoring_uploads.add_uploads(run, files)
+    score_review.remember_upload_errors(run, rep.skipped)
     return rep.n_saved
 
 
 def add_folder(run: Run, typed: str) -> None:
-    folder = str(resolve_in_roots(typed, settings.data_roots()))
-    known = folders(run)
-    if folder not in known:
-        atomic_write_json(_folders_file(run), known + [folder])
+    scoring_uploads.add_folder(run, typed, roots=settings.data_roots())
 
 
 def clear(run: Run) -> None:
-    shutil.rmtree(layout.scoring_dir(run.path), ignore_errors=True)
+    scoring_uploads.clear(run)
 
 
 def _data_uri(path: str) -> str | None:
@@ -153,30 +117,19 @@ def results(run: Run, tpr: float, progress=None, threshold: float | None = None
 
     ``threshold``: a log-score threshold set by hand (default: the calibrated one for ``tpr``).
     Returns (table, threshold, rule, skipped [(file, reason)])."""
-    sources = ([str(uploads_dir(run))] if uploads_dir(run).is_dir() else []) + folders(run)
-    enc = None
-    rows, skipped = [], []
-    shown = display_names(run)
-    for src in sources:
-        try:
-            if enc is None:
-                enc = cache.get_encoder(cache.run_encoder_spec(run))
-            recs, feats, skip = scores.encode_folder(src, enc, limit=2000, progress=progress)
-        except NoImagesError as exc:
-            skipped.append((src, str(exc)))
-            continue
-        skipped += skip
-        out, thr, rule = scores.score_features(run, feats, tpr)
-        if threshold is not None:
-            for e in out:
-                e["is_id"] = bool(e["log_score"] >= threshold)
-        for r, e in zip(recs, out):
-            rows.append({
-                "thumbnail": _data_uri(r.abs_path), "file": r.path if src != str(uploads_dir(run)) else shown.get(Path(r.path).name, Path(r.path).name),
-                "source": "upload" if src == str(uploads_dir(run)) else src,
-                "verdict": "ID" if e["is_id"] else "OOD", "log score": e["log_score"], "score": e["score"],
-                "top positive concepts": _fmt_concepts(e["top_positive"]),
-                "top negative concepts": _fmt_concepts(e["top_negative"]), "path": r.abs_path})
+    kept, skipped = [], []
+    if scoring_uploads.sources(run):  # the encoder and the cached detector only when there is something to score
+        kept, _, _, skipped = scoring_uploads.score_kept(
+            run, tpr, cache.get_encoder(cache.run_encoder_spec(run)), detector=scores.detector_now(run),
+            held=scores.heldout(run), progress=progress)
+    rows = []
+    for e in kept:
+        is_id = e["is_id"] if threshold is None else bool(e["log_score"] >= threshold)
+        rows.append({
+            "thumbnail": _data_uri(e["path"]), "file": e["file"], "source": e["source"],
+            "verdict": "ID" if is_id else "OOD", "log score": e["log_score"], "score": e["score"],
+            "top positive concepts": _fmt_concepts(e["top_positive"]),
+            "top negative concepts": _fmt_concepts(e["top_negative"]), "path": e["path"]})
     thr, rule = scores.current_threshold(run, tpr)
     return pd.DataFrame(rows), thr if threshold is None else threshold, rule, skipped
 
@@ -210,10 +163,9 @@ def _table_fit(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def csv_bytes(df: pd.DataFrame, threshold: float | None, rule: str) -> bytes:
-    out = df.drop(columns=["thumbnail"]).copy()
-    out["threshold"] = threshold
-    out["threshold_rule"] = rule
-    return out.to_csv(index=False).encode("utf-8")
+    """The results table as the download's CSV (the engine's writer: formula guard on text cells)."""
+    out = df.drop(columns=["thumbnail"])
+    return scoring_uploads.results_csv(out.to_dict("records"), threshold, rule, columns=list(out.columns)).encode("utf-8")
 
 
 def input_section(run: Run) -> None:

@@ -3,7 +3,6 @@ mined detector's threshold) and, given an OOD sample, on AUROC / FPR95."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,8 @@ import streamlit as st
 
 from clustermine.workflows import ood_eval
 from clustermine.core.errors import ClusterMineError
-from clustermine.store import layout
 from clustermine.store import Run
-from clustermine.workflows.uploads import resolve_in_roots, save_uploads
+from clustermine.workflows.uploads import resolve_in_roots
 from clustermine.workflows.whatif import SAMPLE_LIMIT
 
 from . import cache, charts, scores, settings, skips, state, widgets
@@ -67,12 +65,10 @@ def _ood_folder_input(run: Run) -> Path | None:
         return None
     files = st.file_uploader("OOD images", accept_multiple_files=True, key="ood_files")
     if files and st.button("Use these images", key="ood_use_upload"):
-        dest = layout.ood_sample_dir(run.path)
-        shutil.rmtree(dest, ignore_errors=True)
-        rep = save_uploads(files, dest)
-        if rep.skipped:
-            st.caption(f"{len(rep.skipped)} file(s) skipped")
-        return dest if rep.n_saved else None
+        saved = ood_eval.save_uploaded_sample(run, files)
+        if saved.skipped:
+            st.caption(f"{len(saved.skipped)} file(s) skipped")
+        return ood_eval.uploaded_sample(run) if saved.n_saved else None
     return None
 
 

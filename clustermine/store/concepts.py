@@ -27,6 +27,36 @@ from clustermine.method.corpus import embed_concepts
 
 POSITIVE_STATUSES = ("mined", "accepted", "added")
 EDIT_ACTIONS = ("accept", "reject", "restore", "add")
+CONCEPT_STATUSES = ("mined", "accepted", "rejected", "added")  # what a reviewer may set a concept to
+
+
+def action_for(old: str, new: str) -> str | None:
+    """The edit (one of EDIT_ACTIONS) that moves a concept from status ``old`` to ``new``; None when
+    there is nothing to do. Back to mined / added is a ``restore`` (replay gives mined concepts
+    ``mined`` and the user's ``added``). ClusterMineError on a status that is not a concept status."""
+    if new not in CONCEPT_STATUSES:
+        raise ClusterMineError(f"unknown concept status {new!r}; use one of {', '.join(CONCEPT_STATUSES)}")
+    if new == old:
+        return None
+    if new == "rejected":
+        return "reject"
+    if new == "accepted":
+        return "accept"
+    return "restore"
+
+
+def set_concept_status(table: "ConceptTable", key: str, status: str, *, user: str | None = None
+                       ) -> tuple[Concept, str | None]:
+    """Give the concept ``key`` (id or text) of ``table`` the status ``status`` through the edit
+    :func:`action_for` names (logged like any edit). Returns ``(concept now, the action or None when
+    it already had that status)``; ClusterMineError names an unknown concept or status."""
+    current = table.find_concept(key)
+    if current is None:
+        raise ClusterMineError(f"no concept {key!r} in this run (give its id or its text)")
+    action = action_for(current.status, status)
+    if action is None:
+        return current, None
+    return table.edit_concept(action, current.id, user=user), action
 
 
 def concept_id(text: str) -> str:

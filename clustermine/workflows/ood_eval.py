@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -22,6 +23,7 @@ from clustermine.core.errors import ClusterMineError
 from clustermine.store import layout
 from clustermine.core.storage import atomic_write_json
 from clustermine.workflows.whatif import SAMPLE_LIMIT, encode_folder, ood_comparison, sample_scorer, sampling_note
+from clustermine.workflows.uploads import UploadReport, save_uploads
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -30,7 +32,8 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[int, int], None]
 
-__all__ = ["evaluate_sample", "for_report", "inputs_stamp", "latest", "record", "uploaded_sample"]
+__all__ = ["evaluate_sample", "for_report", "inputs_stamp", "latest", "record", "save_uploaded_sample",
+           "uploaded_sample"]
 
 #: What an evaluation's numbers depend on besides the OOD images: features and held-out flags
 #: (images table), text embeddings and τ, the mined concepts, the edit log and the exclusions.
@@ -110,6 +113,15 @@ def uploaded_sample(run: Run) -> Path | None:
         return folder if folder.is_dir() and any(folder.iterdir()) else None
     except OSError:
         return None
+
+
+def save_uploaded_sample(run: Run, files) -> UploadReport:
+    """Replace the run's uploaded OOD sample (``ood_sample/``) with ``files`` (upload objects with
+    ``.name`` and ``.read``; saved under sanitised names with the upload limits). Returns the report;
+    :func:`uploaded_sample` is None afterwards when none could be saved."""
+    dest = layout.ood_sample_dir(run.path)
+    shutil.rmtree(dest, ignore_errors=True)
+    return save_uploads(files, dest)
 
 
 def for_report(run: Run, encoder=None) -> dict | None:
