@@ -112,6 +112,7 @@ def test_cli_score_evaluate_concepts_export(imagenette_run, tmp_path):
     assert r.returncode == 0, r.stderr
     state = {c["text"]: c["status"] for c in json.loads(r.stdout)}
     assert state[first] == "rejected" and state["zebra"] == "added"
+    copy_subset(shared("imagenette_val100"), base / "val_id", IMAGENETTE_ID)  # also when this test runs alone
     r = _cli("evaluate", path, "--id", base / "val_id", "--ood", shared("dtd10"), "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
