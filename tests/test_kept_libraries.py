@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clustermine.store import Run, layout
+from clustermine.workflows import projection as pj
 from clustermine.workflows import report
-from clustermine.store import layout
-from clustermine.store import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,3 +64,50 @@ def test_histogram_labels_are_escaped_and_the_svg_is_markup():
     assert "<b>" not in svg and html.escape("<b>&'\"</b>") in svg
     assert svg.count("<rect") == 2 and svg.startswith('<svg class="hist"')
     assert report.histogram_svg([], []) == '<p class="muted">no votes</p>'
+
+
+# ------------------------------------------------------------------------------------ density rasters
+def _points_on_edges(extent, shape, rng) -> np.ndarray:
+    """Random points plus points exactly on every pixel edge, on the extent's border, outside it and NaN."""
+    x0, x1, y0, y1 = extent
+    h, w = shape
+    xe, ye = np.linspace(x0, x1, w + 1), np.linspace(y0, y1, h + 1)
+    inside = np.c_[rng.uniform(x0, x1, 5000), rng.uniform(y0, y1, 5000)]
+    grid = np.array(np.meshgrid(xe, ye)).reshape(2, -1).T
+    outside = np.array([[x0 - 1e-3, y0], [x1 + 1e-3, y1], [x0, y1 + 1.0], [np.nan, y0], [x0, np.inf]])
+    return np.concatenate([inside, grid, outside])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_density_counts_are_numpys_histogram2d_and_pixel_of_bins_alike(dtype):
+    rng = np.random.default_rng(11)
+    extent, shape = (-1.3, 2.9, 0.1, 0.8), (7, 13)
+    c = _points_on_edges(extent, shape, rng).astype(dtype)
+    ref, _, _ = np.histogram2d(c[:, 1], c[:, 0], bins=shape, range=[extent[2:], extent[:2]])
+    counts = pj.density_counts(c, extent, shape)
+    assert counts.dtype == np.int64 and np.array_equal(counts, ref)
+    pix = pj.pixel_of(c, extent, shape)
+    # the majority raster's pixels are the counts' pixels, edge points included
+    assert np.array_equal(np.bincount(pix[pix >= 0], minlength=shape[0] * shape[1]).reshape(shape), counts)
+    x, y = c[:, 0].astype(np.float64), c[:, 1].astype(np.float64)  # as stored: a float32 edge may fall outside
+    inside = (x >= extent[0]) & (x <= extent[1]) & (y >= extent[2]) & (y <= extent[3])
+    assert np.array_equal(pix >= 0, inside) and not inside[-5:].any() and counts.sum() == inside.sum()
+    lab, _ = pj.density_majority(c, rng.integers(0, 3, len(c)), extent, shape)
+    assert ((lab >= 0) == (counts > 0)).all()
+
+
+def test_density_mean_is_the_weighted_histogram2d_over_the_counts():
+    rng = np.random.default_rng(12)
+    extent, shape = (0.0, 1.0, 0.0, 1.0), (6, 9)
+    c = _points_on_edges(extent, shape, rng)
+    v = rng.normal(size=len(c))
+    v[::5] = np.nan
+    ok = np.isfinite(v)
+    s, _, _ = np.histogram2d(c[ok, 1], c[ok, 0], bins=shape, range=[(0, 1), (0, 1)], weights=v[ok])
+    n, _, _ = np.histogram2d(c[ok, 1], c[ok, 0], bins=shape, range=[(0, 1), (0, 1)])
+    mean = pj.density_mean(c, v, extent, shape)
+    assert np.array_equal(np.isnan(mean), n == 0)
+    np.testing.assert_allclose(mean[n > 0], s[n > 0] / n[n > 0], rtol=1e-12)
+    pix = pj.pixel_of(c, extent, shape)
+    for p in rng.choice(np.flatnonzero(n.ravel()), 10, replace=False):  # brute force on a few pixels
+        assert mean.ravel()[p] == pytest.approx(np.nanmean(v[pix == p]))

@@ -446,34 +446,48 @@ def map_extent(coords: np.ndarray, pad: float = 0.02) -> tuple[float, float, flo
 
 
 def pixel_of(coords: np.ndarray, extent: tuple[float, float, float, float], shape: tuple[int, int]) -> np.ndarray:
-    """Flat pixel index (int64 [N], row-major [H, W], row 0 = lowest y) of each point; -1 outside."""
+    """Flat pixel index (int64 [N], row-major [H, W], row 0 = lowest y) of each point; -1 outside.
+
+    The binning of :func:`np.histogram2d` over ``extent`` (edges ``np.linspace``, pixels half-open
+    except the last, which holds the right / top edge), so that per-pixel tallies made with these
+    indices fall in the same pixels as :func:`density_counts`."""
     h, w = shape
     x0, x1, y0, y1 = extent
     c = np.asarray(coords, dtype=np.float64)
-    fx = (c[:, 0] - x0) / (x1 - x0) * w
-    fy = (c[:, 1] - y0) / (y1 - y0) * h
-    ok = (fx >= 0) & (fx <= w) & (fy >= 0) & (fy <= h)  # right / top edges fall in the last pixel
-    ix = np.minimum(np.where(ok, fx, 0).astype(np.int64), w - 1)
-    iy = np.minimum(np.where(ok, fy, 0).astype(np.int64), h - 1)
+    index = []
+    for values, lo, hi, n in ((c[:, 0], x0, x1, w), (c[:, 1], y0, y1, h)):
+        edges = np.linspace(lo, hi, n + 1)
+        i = np.searchsorted(edges, values, side="right") - 1
+        i[values == edges[-1]] = n - 1
+        index.append(i)
+    ix, iy = index
+    ok = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
     return np.where(ok, iy * w + ix, -1)
+
+
+def _histogram(coords: np.ndarray, extent, shape: tuple[int, int], weights: np.ndarray | None = None) -> np.ndarray:
+    """:func:`np.histogram2d` of the points [N, 2] (optionally ``weights`` [N]) in ``shape`` pixels over
+    ``extent``: float64 [H, W], row 0 = lowest y; points outside are left out."""
+    c = np.asarray(coords)
+    x0, x1, y0, y1 = extent
+    hist, _, _ = np.histogram2d(c[:, 1], c[:, 0], bins=shape, range=[(y0, y1), (x0, x1)], weights=weights)
+    return hist
 
 
 def density_counts(coords: np.ndarray, extent, shape: tuple[int, int]) -> np.ndarray:
     """Points per pixel, int64 [H, W] (row 0 = lowest y)."""
-    pix = pixel_of(coords, extent, shape)
-    return np.bincount(pix[pix >= 0], minlength=shape[0] * shape[1]).reshape(shape)
+    return _histogram(coords, extent, shape).astype(np.int64)
 
 
 def density_mean(coords: np.ndarray, values: np.ndarray, extent, shape: tuple[int, int]) -> np.ndarray:
     """Mean of the finite ``values`` [N] per pixel, float64 [H, W]; NaN where a pixel has none."""
-    pix = pixel_of(coords, extent, shape)
     v = np.asarray(values, dtype=np.float64)
-    ok = (pix >= 0) & np.isfinite(v)
-    size = shape[0] * shape[1]
-    s = np.bincount(pix[ok], weights=v[ok], minlength=size)
-    c = np.bincount(pix[ok], minlength=size)
+    ok = np.isfinite(v)
+    c = np.asarray(coords)[ok]
+    s = _histogram(c, extent, shape, weights=v[ok])
+    n = _histogram(c, extent, shape)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(c > 0, s / np.maximum(c, 1), np.nan).reshape(shape)
+        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
 
 
 def density_majority(coords: np.ndarray, labels: np.ndarray, extent, shape: tuple[int, int]
