@@ -1,6 +1,6 @@
 """Issue 19 (7): where a kept library does it better. The HTML report is rendered by autoescaped
 Jinja2 templates shipped as package data; the density rasters are ``np.histogram2d``; every NumPy
-L2 normalisation of features goes through :func:`clustermine.linalg.l2_normalize`."""
+L2 normalisation of features goes through :func:`clustermine.core.linalg.l2_normalize`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clustermine.core.linalg import l2_normalize
 from clustermine.store import Run, layout
 from clustermine.workflows import projection as pj
 from clustermine.workflows import report
@@ -111,3 +112,52 @@ def test_density_mean_is_the_weighted_histogram2d_over_the_counts():
     pix = pj.pixel_of(c, extent, shape)
     for p in rng.choice(np.flatnonzero(n.ravel()), 10, replace=False):  # brute force on a few pixels
         assert mean.ravel()[p] == pytest.approx(np.nanmean(v[pix == p]))
+
+
+# ------------------------------------------------------------------------------------ one L2 helper
+def test_l2_normalize_dtypes_vectors_and_in_place_chunks():
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(9, 5)).astype(np.float16)
+    x[4] = 0
+    ref = x.astype(np.float64) / np.where(np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True) > 0,
+                                          np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True), 1.0)
+    f64 = l2_normalize(x, dtype=np.float64)
+    assert f64.dtype == np.float64 and np.allclose(f64, ref, atol=1e-15, rtol=0)
+    big = np.full((12, 5), 7.0, dtype=np.float32)
+    got = l2_normalize(x, out=big[2:11])
+    assert np.shares_memory(got, big) and (big[[0, 1, 11]] == 7.0).all()  # only the chunk is written
+    np.testing.assert_allclose(big[2:11], ref, atol=1e-6)
+    v = l2_normalize(np.array([3.0, -4.0]))
+    assert v.shape == (2,) and np.allclose(v, [0.6, -0.8])
+    assert l2_normalize(np.zeros((0, 5))).shape == (0, 5)
+
+
+def test_features_are_normalised_by_the_one_helper_everywhere():
+    """Each engine path that makes unit rows agrees with the helper (search index, typical members,
+    the chunked k-NN input, the map's neighbour weights) and no module divides by row norms by hand."""
+    import re
+
+    from clustermine.method.clustering.knn import normalized_float32
+    from clustermine.method.mining import typical_atypical
+    from clustermine.workflows.search import FeatureIndex
+
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(40, 6)).astype(np.float32) * rng.uniform(0.1, 9, (40, 1)).astype(np.float32)
+    x[5] = 0
+    unit = l2_normalize(x)
+    assert np.array_equal(FeatureIndex(x).unit, unit)
+    assert np.array_equal(normalized_float32(x, chunk_rows=7), unit)
+    q = x[3] * 5
+    np.testing.assert_allclose(FeatureIndex(x).similarities(q), unit @ unit[3], rtol=1e-5, atol=1e-6)
+    ids = np.zeros(40, dtype=int)
+    u64 = l2_normalize(x, dtype=np.float64)
+    sims = u64 @ l2_normalize(x.astype(np.float64).mean(axis=0), dtype=np.float64)
+    order = np.lexsort((np.arange(40), -sims))
+    assert typical_atypical(x, ids, 0, 5) == (order[:5].tolist(), order[::-1][:5].tolist())
+
+    by_hand = re.compile(r"/=?\s*(np\.maximum\(|np\.where\(|max\(|float\()*\s*(np\.linalg\.norm|norms?\b|np\.sqrt)")
+    allowed = {"linalg.py", "feature_input.py"}  # feature_input: the norms it checks divide the rows
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "clustermine").rglob("*.py"))
+                 if p.name not in allowed
+                 for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if by_hand.search(line)]
+    assert offenders == []

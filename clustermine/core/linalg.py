@@ -7,18 +7,30 @@ Torch tensors use :func:`torch.nn.functional.normalize` directly (same rule: ``x
 from __future__ import annotations
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, DTypeLike
 
 
-def l2_normalize(x: ArrayLike) -> np.ndarray:
-    """Rows of ``x`` [N, D] scaled to unit L2 norm, as float32 [N, D]; all-zero rows stay zero.
+def l2_normalize(x: ArrayLike, *, dtype: DTypeLike = np.float32, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows of ``x`` [N, D] (or the one vector [D]) scaled to unit L2 norm, as ``dtype`` (float32 or
+    float64) of the same shape; all-zero rows stay zero. The input is never modified.
 
-    scikit-learn's :func:`sklearn.preprocessing.normalize` (``norm="l2"``) on a float32 copy; the
-    input is never modified.
+    ``out``: a float array of ``x``'s shape to fill instead of a new one (a chunk of a larger
+    matrix: no second copy). scikit-learn's :func:`sklearn.preprocessing.normalize` (``norm="l2"``),
+    which also refuses non-finite input (ValueError) and leaves rows of norm < 10 float eps as they are.
     """
     from sklearn.preprocessing import normalize
 
-    return normalize(np.array(x, dtype=np.float32, copy=True), norm="l2", copy=False)
+    if out is None:
+        out = np.array(x, dtype=dtype, copy=True)
+    else:
+        out[...] = x
+    if out.size == 0:  # scikit-learn refuses empty input; nothing to scale
+        return out
+    rows = out.reshape(1, -1) if out.ndim == 1 else out
+    done = normalize(rows, norm="l2", copy=False)
+    if done is not rows:  # scikit-learn had to convert (not expected for float32/float64 arrays)
+        rows[...] = done
+    return out
 
 
 def logsumexp(x: ArrayLike, axis: int = -1) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 from clustermine.core.errors import CancelledError
+from clustermine.core.linalg import l2_normalize
 
 
 def zero_shot_topk(image_features: np.ndarray, text_embeddings: np.ndarray, k: int = 5,
@@ -297,9 +298,7 @@ def typical_atypical(features: np.ndarray, cluster_ids: np.ndarray, cluster: int
     if not len(members):
         return [], []
     f = np.asarray(features[members], dtype=np.float64)
-    centroid = f.mean(axis=0)
-    norm = np.linalg.norm(centroid)
-    sims = f @ (centroid / norm if norm > 0 else centroid) / np.maximum(np.linalg.norm(f, axis=1), 1e-12)
+    sims = l2_normalize(f, dtype=np.float64) @ l2_normalize(f.mean(axis=0), dtype=np.float64)
     order = np.lexsort((members, -sims))  # closest first
     typical = members[order[:n]].tolist()
     atypical = members[order[n:][::-1][:n]].tolist()

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clustermine.store import layout
+from clustermine.core.linalg import l2_normalize
 from clustermine.core.storage import atomic_save_npy, atomic_save_npz, atomic_write_json
 
 MAX_POINTS = 20_000
@@ -236,11 +237,6 @@ def _chunk_f32(features, a: int, b: int) -> np.ndarray:
     return np.asarray(features[a:b], dtype=np.float32)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
 def pca_fit(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PCA of ``sample`` (float [S, D]) as ``(mean float64 [D], axes float64 [2, D])``, oriented
     as :func:`pca_2d` (largest loading positive; a missing second axis is zero), so that
@@ -306,7 +302,7 @@ def extend_map(features, fit_rows: np.ndarray, fit_coords: np.ndarray, groups: n
     out = np.empty((n, 2), dtype=np.float32)
     if n == 0:
         return out
-    fit_x = _unit(np.asarray(features[fit_rows], dtype=np.float32))
+    fit_x = l2_normalize(features[fit_rows])
     by_group: dict[int, np.ndarray] = {}
     if groups is not None:
         groups = np.asarray(groups).ravel()
@@ -318,7 +314,7 @@ def extend_map(features, fit_rows: np.ndarray, fit_coords: np.ndarray, groups: n
     step = chunk if groups is not None else max(256, min(chunk, (1 << 25) // max(len(fit_rows), 1)))
     for a in range(0, n, step):
         b = min(n, a + step)
-        x = _unit(_chunk_f32(features, a, b))
+        x = l2_normalize(features[a:b])
         if groups is None:
             out[a:b] = _weighted_neighbours(x, fit_x, fit_coords, k, temperature)
         else:

@@ -17,6 +17,7 @@ import numpy as np
 
 from clustermine.workflows import clusterview
 from clustermine.core.errors import ClusterMineError
+from clustermine.core.linalg import l2_normalize
 from clustermine.store import layout
 from clustermine.method.corpus import embed_concepts
 
@@ -51,8 +52,7 @@ class FeatureIndex:
         feats = np.asarray(features, dtype=np.float32)
         if feats.ndim != 2:
             raise ValueError("features must be a [N, D] matrix")
-        norms = np.linalg.norm(feats, axis=1, keepdims=True)
-        self.unit = feats / np.maximum(norms, 1e-12)
+        self.unit = l2_normalize(feats)
 
     def __len__(self) -> int:
         return self.unit.shape[0]
@@ -62,7 +62,7 @@ class FeatureIndex:
         q = np.asarray(query, dtype=np.float32).ravel()
         if q.shape[0] != self.unit.shape[1]:
             raise ClusterMineError(f"query has dimension {q.shape[0]}, the run's features {self.unit.shape[1]}")
-        return self.unit @ (q / max(float(np.linalg.norm(q)), 1e-12))
+        return self.unit @ l2_normalize(q)
 
     def nearest(self, query: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(rows int64 [k], cosine float32 [k]) of the ``k`` images nearest ``query``, best first."""

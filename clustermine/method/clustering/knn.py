@@ -19,6 +19,7 @@ import torch
 
 from clustermine.method.clustering.base import InvalidClusteringInput
 from clustermine.core.errors import CancelledError
+from clustermine.core.linalg import l2_normalize
 
 CancelFn = Callable[[], bool]
 
@@ -53,11 +54,7 @@ def normalized_float32(X: np.ndarray, *, chunk_rows: int = NORMALIZE_CHUNK_ROWS,
     for i0 in range(0, n, chunk_rows):
         if cancel is not None and cancel():
             raise CancelledError("cancelled while normalising features")
-        blk = out[i0 : i0 + chunk_rows]
-        blk[...] = X[i0 : i0 + chunk_rows]
-        norms = np.sqrt(np.einsum("ij,ij->i", blk, blk))
-        norms[norms == 0] = 1.0
-        blk /= norms[:, None]
+        l2_normalize(X[i0 : i0 + chunk_rows], out=out[i0 : i0 + chunk_rows])
     return out
 
 
