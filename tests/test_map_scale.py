@@ -291,10 +291,14 @@ def test_large_map_box_and_lasso_select_every_image_inside(app_env, monkeypatch)
     original = at._tree.get_widget_states
     selection = {"points": [], "point_indices": [], "box": [box], "lasso": []}
 
-    def with_selection():
+    def with_selection():  # the chart as last drawn; the browser's new selection replaces the kept one
         ws = original()
+        chart_id = at.get("plotly_chart")[0].proto.id
+        kept = [x for x in ws.widgets if x.id != chart_id]
+        del ws.widgets[:]
+        ws.widgets.extend(kept)
         w = ws.widgets.add()
-        w.id = chart.proto.id
+        w.id = chart_id
         w.string_value = json.dumps({"selection": selection})
         return ws
 
@@ -305,9 +309,16 @@ def test_large_map_box_and_lasso_select_every_image_inside(app_env, monkeypatch)
     at.button(key="map_exclude").click().run()
     no_exception(at)
     assert np.flatnonzero(Run.open(app_env).excluded_mask()).tolist() == inside
-    # a lasso: the same half as a polygon
+    # a lasso: the same half as a polygon, drawn on the map as it now is (a fresh page: the mark redrew
+    # the whole page, so the map is a new chart)
     selection.update(box=[], lasso=[{"xref": "x", "yref": "y", "x": [box["x"][0], x_mid + 1e-6, x_mid + 1e-6, box["x"][0]],
                                      "y": [box["y"][0], box["y"][0], box["y"][1], box["y"][1]]}])
+    at = open_app(app_env.name, "pages/clusters.py")
+    no_exception(at)
+    original = at._tree.get_widget_states
+    at._tree.get_widget_states = with_selection
     at.run()
     no_exception(at)
     assert f"{len(inside):,} selected image(s)" in [s.value for s in at.subheader]
+    assert any(f"{len(inside)} of the {len(inside)} selected image(s) are marked not ID" in i.value.replace("\\", "")
+               for i in at.info)

@@ -137,7 +137,7 @@ def test_extract_good_zip_keeps_structure(tmp_path):
                                        (".DS_Store", b"x"), ("notes/", b"")])
     rep = extract_zip(z, tmp_path / "out")
     names = sorted(str(p.relative_to(tmp_path / "out")) for p in all_files(tmp_path / "out"))
-    assert names == ["cls_a/1.jpg", "cls_b/2.jpg"]
+    assert names == ["cls_a/1.jpg", "cls_b/2.JPG"]  # the user's own extension case is kept (issue 18, 10)
     assert rep.n_saved == 2 and all(Path(f.path).is_file() for f in rep.saved)
 
 

@@ -34,12 +34,17 @@ def l2_normalize(x: ArrayLike, *, dtype: DTypeLike = np.float32, out: np.ndarray
 
 
 def logsumexp(x: ArrayLike, axis: int = -1) -> np.ndarray:
-    """log(sum(exp(x))) along ``axis``, computed stably (the maximum shifted out first); float64.
-    Rows that are all -inf give -inf. The same values as ``scipy.special.logsumexp`` without
-    importing SciPy (about a second of start-up on a loaded 2-core machine)."""
-    a = np.asarray(x, dtype=np.float64)
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
-    return np.squeeze(out, axis=axis)
+    """log(sum(exp(x))) along ``axis``, float64, computed as SciPy does: the maximum m shifted out
+    and m + log1p(sum of exp(x - m) over the other entries), which keeps the full precision of the
+    largest term. Rows that are all -inf give -inf. The same values as ``scipy.special.logsumexp``
+    without importing SciPy (about a second of start-up on a loaded 2-core machine)."""
+    a = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)
+    if a.shape[-1] == 0:
+        return np.full(a.shape[:-1], -np.inf)
+    i = np.argmax(a, axis=-1)[..., None]
+    m = np.take_along_axis(a, i, axis=-1)
+    finite = np.isfinite(m)
+    shifted = np.exp(a - np.where(finite, m, 0.0))
+    np.put_along_axis(shifted, i, 0.0, axis=-1)
+    out = np.where(finite, m, m + 0.0) + np.where(finite, np.log1p(np.sum(shifted, axis=-1, keepdims=True)), 0.0)
+    return out[..., 0]
