@@ -213,7 +213,7 @@ def ab(old_tree: Path, reps: int, n: int = 160) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| N | clusterer | load | estimate s | actual s | estimate / actual | whole-job ETA / truth (min-max) "
+    out = ["| N | clusterer | load | estimate s | actual s | estimate / actual | whole-job ETA / truth: min-max (share within 2x) "
            "| 'starting…' share | stages actual s (other / scan / encode / corpus / cluster / vote) "
            "| stages estimated s | schedule | slowdown (probe) | load avg 1 min (before / mean) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -226,6 +226,10 @@ def table(rows: list[dict]) -> str:
         s = r.get("schedule")
         sched = f"{s['n_heads']}x{s['batch_size']}x{s['steps']:,}" if s else "k-means"
         eta = f"{r['eta_ratio_min']}-{r['eta_ratio_max']}" if r.get("eta_ratio_min") is not None else "n/a"
+        trace = [x["job_eta_s"] / (r["actual_s"] - x["t"]) for x in r.get("eta_samples_every", [])
+                 if x["job_eta_s"] is not None and r["actual_s"] - x["t"] >= 5.0]
+        if trace:  # share of the (sampled) ETAs within 2x of the truth
+            eta += f" ({sum(1 for v in trace if 0.5 <= v <= 2.0) / len(trace):.0%} within 2x)"
         out.append(f"| {r['N']:,} | {r['clusterer']} | {r['load']} | {r['estimate_s']:.0f} | {r['actual_s']:.0f} | "
                    f"{r['ratio']:.2f} | {eta} | {r['share_starting']:.0%} | {act} | {est} | {sched} | "
                    f"{r['estimate']['slowdown']:.1f} | {r['load_avg_1min']['before']:.1f} / {r['load_avg_1min']['mean']:.1f} |")

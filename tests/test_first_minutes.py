@@ -321,14 +321,14 @@ def test_first_page_explains_the_app_and_the_cost_of_a_run(app_env):
     from clustermine.workflows.estimate import cached_speed, estimate_run_cost, fmt_duration
     from clustermine.store import list_runs
 
+    from ui import home
+
     speed = cached_speed()
     assert speed is not None
-    km = estimate_run_cost(200, "kmeans", corpus_cached=True, speed=speed)
+    km = estimate_run_cost(200, "kmeans", corpus_cached=home._KNOWN_CORPUS_STATE["default"], speed=speed)
     assert f"**{fmt_duration(km.seconds)}** with k-means" in body
     assert "this machine's speed measured now" in body and "estimate" in body
     # the first paint (before that probe) uses this machine's finished run: the small run's own stage timings
-    from ui import home
-
     s = Run.open(app_env).meta["summary"]
     t, n = s["timings_s"], s["n_images"]
     fixed = 2.0 + 0.6 + 1.5 + 0.3 + 0.8  # the reference fixed costs of start, scan, encode, cluster, vote (s)
