@@ -67,7 +67,7 @@ class LazyEncoder:
 
 
 def run_encoder_spec(run: Run) -> str:
-    return (run.meta.get("encoder") or {}).get("spec") or run.config.get("encoder", "offline")
+    return run.encoder_spec
 
 
 def system_device() -> str:

@@ -22,7 +22,7 @@ from filelock import FileLock
 
 from clustermine.core.errors import RunError
 from clustermine.method.mining import ClusterStats
-from clustermine.core.config import stored_tau
+from clustermine.core.config import MineConfig, stored_tau
 from clustermine.core.storage import (atomic_memmap, atomic_save_npy, atomic_save_npz, atomic_write_bytes, atomic_write_json,
                        atomic_write_text)
 from clustermine.store import layout
@@ -167,6 +167,12 @@ class RunStore:
     @property
     def config(self) -> dict:
         return self.meta.get("config", {})
+
+    @property
+    def encoder_spec(self) -> str:
+        """The encoder of this run, the one place that says it: the spec recorded when it encoded
+        (``run.json`` ``encoder.spec``), else the configured one, else the default (offline)."""
+        return (self.meta.get("encoder") or {}).get("spec") or self.config.get("encoder") or MineConfig.encoder
 
     @property
     def tau(self) -> float:

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from clustermine.core.config import STAGES
 from clustermine.core.errors import CancelledError, NoImagesError
 from clustermine.core.storage import atomic_save_npz, cache_root
 from clustermine.core.errors import ImageError
@@ -19,7 +20,6 @@ from clustermine.workflows.estimate import job_eta
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
-STAGES = ("scan", "encode", "corpus", "cluster", "vote")
 
 
 # ----------------------------------------------------------------------------- progress

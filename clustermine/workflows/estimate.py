@@ -27,6 +27,7 @@ from clustermine.method.cost import (  # noqa: F401  (re-exported)
     REFERENCE_S_PER_IMAGE, REFERENCE_TEMI_FLAT_CLUSTERS, REFERENCE_TEMI_S_PER_HEAD_SAMPLE,
     REFERENCE_TEMI_S_PER_HEAD_SAMPLE_CLUSTER, REFERENCE_TEMI_S_PER_STEP, measured_rates, temi_reference_seconds,
     temi_schedule)
+from clustermine.core.config import STAGES
 from clustermine.core.errors import CancelledError, ClusterMineError
 from clustermine.core.storage import atomic_write_json, cache_root
 from clustermine.method.corpus import embedding_cache_key, load_corpus
@@ -42,7 +43,7 @@ REFERENCE_SOURCE = "reference figures (BENCHMARKS.md, 2 CPU cores)"
 REFERENCE_FIXED_S = {"start": 1.3, "scan": 0.1, "encode": 3.0, "corpus": 0.15, "cluster": 0.3, "vote": 0.8}
 REFERENCE_FORWARD_S_PER_IMAGE = 0.015
 REFERENCE_CONV_S = 0.012  # _probe_conv on the reference machine
-STAGE_ORDER = ("start", "scan", "encode", "corpus", "cluster", "vote")
+STAGE_ORDER = ("start", *STAGES)  # the job's stages (core.config.STAGES) after the worker's start
 #: How long a speed probe is reused (s): the load of a shared machine changes within minutes.
 SPEED_TTL_S = 60.0
 DEFAULT_HOLDOUT = 0.1

@@ -51,7 +51,7 @@ def inputs_stamp(run: Run) -> dict:
 def _encoder_for(run: Run):
     from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
-    return load_encoder((run.meta.get("encoder") or {}).get("spec") or run.config.get("encoder", "offline"))
+    return load_encoder(run.encoder_spec)
 
 
 def evaluate_sample(run: Run, folder: str | os.PathLike, encoder=None, *, limit: int | None = None,

@@ -461,7 +461,7 @@ def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5
     from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
     detector = run_detector(run)
-    encoder = encoder or load_encoder(detector.encoder_spec or run.config.get("encoder", "offline"))
+    encoder = encoder or load_encoder(detector.encoder_spec or run.encoder_spec)
     detector.check_encoder(encoder)
     files = _resolve_paths(paths)
     if not files:
@@ -499,7 +499,7 @@ def evaluate(run, id_dir: str | Path, ood_dir: str | Path, *, encoder=None,
     from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
     detector = run_detector(run)
-    encoder = encoder or load_encoder(detector.encoder_spec or run.config.get("encoder", "offline"))
+    encoder = encoder or load_encoder(detector.encoder_spec or run.encoder_spec)
     detector.check_encoder(encoder)
     with _cluster(ray_address) as cluster:
         _, id_feats = load_folder(id_dir, encoder, cache_dir=cache_dir, cluster=cluster)

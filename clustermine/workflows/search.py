@@ -105,7 +105,7 @@ def embed_query(run: Run, text: str, encoder=None) -> np.ndarray:
     if encoder is None:
         from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
-        encoder = load_encoder(enc_meta.get("spec") or run.config.get("encoder", "offline"))
+        encoder = load_encoder(run.encoder_spec)
     if enc_meta.get("fingerprint_id") and encoder.fingerprint_id != enc_meta["fingerprint_id"]:
         raise ClusterMineError("the given encoder is not the one this run was mined with")
     template = run.config.get("template") or encoder.text_template
