@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, missing_resource
+from browser_helpers import browser_page, idle, nav, require_browser, shot
 from streamlit_server import streamlit_server
 from clustermine.workflows.whatif import run_detector
 
@@ -20,19 +20,12 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run", "--disable-quic"]
 MINE_TIMEOUT_MS = 900_000  # first use embeds the 118K-noun corpus (~90 s idle machine); cached afterwards
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not CHROMIUM.exists():
-        missing_resource(f"{CHROMIUM} not installed (bash scripts/setup_env.sh --with-browser)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as exc:
-        missing_resource(f"playwright not importable: {exc}")
+    require_browser()
     runs_root = tmp_path_factory.mktemp("browser_runs")
     with streamlit_server(runs_root, runs_root / "streamlit.log", wait_s=60) as srv:
         yield {"url": srv["url"], "runs_root": runs_root}
@@ -40,33 +33,19 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS, headless=True)
-        ctx = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
-        pg = ctx.new_page()
-        pg.set_default_timeout(60_000)
+    with browser_page(1500) as pg:
         yield pg
-        browser.close()
 
 
 def _idle(pg, ms: int = 400) -> None:
-    """Wait until Streamlit has finished the current script run."""
-    pg.wait_for_timeout(ms)
-    pg.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=120_000)
-    pg.wait_for_timeout(200)
+    idle(pg, ms, timeout_ms=120_000)
 
 
 def _shot(pg, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    shot(pg, ARTIFACTS, name)
 
 
-def _nav(pg, label: str) -> None:
-    pg.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
-    _idle(pg)
-    pg.locator("h1").first.wait_for()
+_nav = nav
 
 
 def _download_scores(pg, tmp: Path) -> dict[str, dict]:

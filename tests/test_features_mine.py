@@ -103,6 +103,6 @@ def test_bad_feature_files_are_refused_by_name_before_a_run_exists(tmp_path, cap
 
 def test_mine_needs_a_folder_or_features_not_both(tmp_path, capsys):
     assert main(["mine", "--out", str(tmp_path / "r")]) == 2
-    assert "either an images folder or --features" in capsys.readouterr().err
+    assert "give one of an images folder, --zip FILE or --features FILE" in capsys.readouterr().err
     assert main(["mine", str(tmp_path), "--paths", "p.txt", "--out", str(tmp_path / "r")]) == 2
     assert "--paths and --image-root go with --features" in capsys.readouterr().err

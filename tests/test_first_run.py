@@ -111,7 +111,7 @@ def test_estimate_follows_temi_schedule_and_measured_speed():
     from clustermine.workflows.estimate import estimate_run_cost
 
     # The reference machine (BENCHMARKS "Clustering: TEMI vs k-means" and "Estimates"): a TEMI step costs
-    # 1 ms + 36 us per head x sample; fixed costs 0.3 s (cluster), 1.5 s (encode), 0.15 s (loading a
+    # 1 ms + 36 us per head x sample; fixed costs 0.3 s (cluster), 3.0 s (encode), 0.15 s (loading a
     # cached corpus); embedding the 117,798 WordNet nouns 728 s.
     # 160 images, 10 % held out -> 144 mining images: 4 heads, batch 16, 9 steps/epoch x 167 epochs
     by_hand = 1503 * (0.001 + 36e-6 * 4 * 16)  # = 4.966 s
@@ -129,7 +129,7 @@ def test_estimate_follows_temi_schedule_and_measured_speed():
                          "temi_schedule": sched}}]
     est = estimate_run_cost(160, "temi", runs, corpus_cached=False)
     assert est.stages["cluster"] == pytest.approx(2 * by_hand + 0.3)
-    assert est.stages["encode"] == pytest.approx(160 * 44.0 / 2200 + 1.5)  # 3.2 s measured rate + fixed
+    assert est.stages["encode"] == pytest.approx(160 * 44.0 / 2200 + 3.0)  # 3.2 s measured rate + fixed
     assert est.total_s == pytest.approx(est.seconds + 728.0)
     assert "not cached" in est.detail
     # images already in the feature cache are not encoded again

@@ -12,7 +12,6 @@ Runs in the README's test command (browser marker); uses Debian's /usr/bin/chrom
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -21,15 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, copy_subset, missing_resource, shared
+from browser_helpers import browser_page, idle, nav, require_browser, shot
+from conftest import copy_subset, shared
 from streamlit_server import streamlit_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "journey"
-CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run", "--disable-quic"]
 ID_CLASSES = ["n01440764", "n02102040", "n02979186", "n03028079"]  # tench, springer, cassette player, church
 PER_CLASS = 12
 MINE_TIMEOUT_MS = 900_000
@@ -58,12 +56,7 @@ def data(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, data):
-    if not CHROMIUM.exists():
-        missing_resource(f"{CHROMIUM} not installed (bash scripts/setup_env.sh --with-browser)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as exc:
-        missing_resource(f"playwright not importable: {exc}")
+    require_browser()
     runs_root = tmp_path_factory.mktemp("journey_runs")
     with streamlit_server(runs_root, runs_root.parent / "journey-streamlit.log", wait_s=90,
                           env={"CLUSTERMINE_DATA_ROOTS": str(data["allowed"])}) as srv:
@@ -72,34 +65,16 @@ def server(tmp_path_factory, data):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS, headless=True)
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        pg = ctx.new_page()
-        pg.set_default_timeout(90_000)
+    with browser_page(1400, timeout_ms=90_000) as pg:
         yield pg
-        browser.close()
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _idle(pg, ms: int = 400) -> None:
-    """Wait until Streamlit has finished the current script run."""
-    pg.wait_for_timeout(ms)
-    pg.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=300_000)
-    pg.wait_for_timeout(250)
+_idle, _nav = idle, nav
 
 
 def _shot(pg, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def _nav(pg, label: str) -> None:
-    pg.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
-    _idle(pg)
-    pg.locator("h1").first.wait_for()
+    shot(pg, ARTIFACTS, name)
 
 
 def _text(pg) -> str:
