@@ -98,7 +98,6 @@ def _add_ray_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _ray(a: argparse.Namespace) -> str | None:
-
     return ray_address(a.ray)
 
 
@@ -268,7 +267,6 @@ class _Bars:
                 self.bar.total = total
             self.bar.n = done
             if self.job_eta_s is not None:
-
                 self.bar.set_postfix_str(f"job ETA {fmt_duration(self.job_eta_s)}", refresh=False)
             self.bar.refresh()
 
@@ -279,7 +277,6 @@ class _Bars:
 
 
 def _cmd_mine(a: argparse.Namespace) -> int:
-
     if sum(x is not None for x in (a.images_dir, a.features, a.zip_file)) != 1:
         raise ClusterMineError("mine: give one of an images folder, --zip FILE or --features FILE")
     if a.features is None and (a.paths or a.image_root):
@@ -302,7 +299,6 @@ def _cmd_mine(a: argparse.Namespace) -> int:
 
 
 def _cmd_resume(a: argparse.Namespace) -> int:
-
     bars = _Bars(a.quiet)
     try:
         run = resume(a.run_dir, progress=bars, cache_dir=a.cache_dir, ray_address=_ray(a))
@@ -312,7 +308,6 @@ def _cmd_resume(a: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(a: argparse.Namespace) -> int:
-
     config = MineConfig(encoder=a.encoder, corpus=a.corpus, template=a.template, device=a.device).validate("command line")
     bars = _Bars(a.quiet)
     try:
@@ -355,7 +350,6 @@ def _calibration_warning(run) -> None:
 
 
 def _cmd_score(a: argparse.Namespace) -> int:
-
     run = Run.open(a.run_dir)
     paths = _scoring_paths(run, a)
     if not paths:
@@ -404,7 +398,6 @@ def _scoring_paths(run, a: argparse.Namespace) -> list[str]:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-
     run = Run.open(a.run_dir)
     res = evaluate(run, a.id_dir, a.ood_dir, cache_dir=a.cache_dir, ray_address=_ray(a))
     _calibration_warning(run)
@@ -417,7 +410,6 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def _cmd_concepts(a: argparse.Namespace) -> int:
-
     run = Run.open(a.run_dir)
     for action in ("accept", "reject", "restore", "add"):
         for key in getattr(a, action):
@@ -447,21 +439,18 @@ def _cmd_concepts(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-
     out = export_run(Run.open(a.run_dir), a.out)
     print(f"exported to {out}")
     return 0
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-
     out = write_report(Run.open(a.run_dir), a.out, ood_dir=a.ood, ood_limit=a.ood_limit)
     print(f"report written to {out}")
     return 0
 
 
 def _cmd_search(a: argparse.Namespace) -> int:
-
     run = Run.open(a.run_dir)
     hits = search_image(run, row_of_path(run, a.query), a.k) if a.image else search_text(run, a.query, a.k)
     if a.json:
@@ -473,14 +462,12 @@ def _cmd_search(a: argparse.Namespace) -> int:
 
 
 def _cmd_label(a: argparse.Namespace) -> int:
-
     label = set_label(a.run_dir, a.text)
     print(f"label of {a.run_dir}: {label!r}" if label else f"label of {a.run_dir} removed")
     return 0
 
 
 def _cmd_delete(a: argparse.Namespace) -> int:
-
     if not a.yes:
         print(f"error: deleting {a.run_dir} cannot be undone; add --yes to confirm", file=sys.stderr)
         return 2
@@ -490,7 +477,6 @@ def _cmd_delete(a: argparse.Namespace) -> int:
 
 
 def _cmd_exclude(a: argparse.Namespace) -> int:
-
     run = Run.open(a.run_dir)
     keys = list(a.paths) + list(a.row)
     if keys:
@@ -524,7 +510,6 @@ def _print_changes(ch: dict) -> None:
 
 
 def _cmd_remine(a: argparse.Namespace) -> int:
-
     run = Run.open(a.run_dir)
     changes = remine(run, recluster=a.recluster, user=a.user)
     if a.json:
@@ -535,7 +520,6 @@ def _cmd_remine(a: argparse.Namespace) -> int:
 
 
 def _cmd_stability(a: argparse.Namespace) -> int:
-
     run = Run.open(a.run_dir)
     if a.seeds is not None:
         bars = _Bars(a.json)
@@ -567,7 +551,6 @@ def _cmd_stability(a: argparse.Namespace) -> int:
 
 
 def _cmd_diff(a: argparse.Namespace) -> int:
-
     d = diff_runs(Run.open(a.run_a), Run.open(a.run_b), ood_folder=a.ood, ood_limit=a.ood_limit)
     if a.json:
         print(json.dumps(d, indent=2))
@@ -605,7 +588,6 @@ def _cmd_diff(a: argparse.Namespace) -> int:
 
 
 def _cmd_cluster(a: argparse.Namespace) -> int:
-
     address = _ray(a)
     if address is None:
         raise ClusterMineError(f"no Ray cluster named: pass --ray ADDRESS or set {RAY_ADDRESS_ENV}")

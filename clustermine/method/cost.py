@@ -90,7 +90,6 @@ TEMI_CPU_MAX_S = 1800.0
 class SlowClusteringWarning(UserWarning):
     """A clusterer was started where :func:`check_clusterer_feasible` says it takes too long."""
 
-
 def estimate_temi_cpu_seconds(n_samples: int, n_clusters: int | None = None, params: dict | None = None,
                               runs: list[dict] | None = None) -> tuple[float, float, dict[str, int]]:
     """(training s, kNN s, resolved schedule) of TEMI on ``n_samples`` mining samples on this CPU.

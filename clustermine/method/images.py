@@ -171,7 +171,6 @@ def _lsize(entry: os.DirEntry[str]) -> int:
 HashFilesFn = Callable[[list[str]], list[tuple[str | None, str | None]]]
 """``hash_files(abs_paths)`` -> one :func:`hash_or_reason` result per path, in order."""
 
-
 def scan_images(root: str | os.PathLike[str], *, max_file_bytes: int | None = None,
                 hash_files: HashFilesFn | None = None) -> list[ImageRecord]:
     """List the image files below ``root`` (recursively), sorted by relative path.

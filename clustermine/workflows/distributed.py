@@ -447,12 +447,10 @@ class EncoderActor:
 
 
 def hash_block(paths: list[str], _shared: None) -> list[tuple[str | None, str | None]]:
-
     return [hash_or_reason(p) for p in paths]
 
 
 def vote_block(features: np.ndarray, text_embeddings: np.ndarray, k: int, tau: float):
-
     return zero_shot_topk(features, text_embeddings, k=k, tau=tau)
 
 

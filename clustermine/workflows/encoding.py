@@ -68,7 +68,6 @@ class ProgressTracker:
         if done > 0 and self._first is None:
             self._first = (elapsed, int(done))
         if self.plan:
-
             self.job_eta_s = job_eta(self.plan, self.stage, done, total, elapsed, self._first)
         if self.run is not None and (force or done >= total or now - self._last_write >= self.min_interval):
             eta = (elapsed / done * (total - done)) if done and total else None

@@ -129,7 +129,6 @@ def _speed_key(schedule: dict[str, int] | None) -> tuple[int, int]:
 
 
 def _speed_file() -> Path:
-
     return cache_root() / "speed.json"
 
 

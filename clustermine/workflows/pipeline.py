@@ -443,7 +443,6 @@ def _resolve_paths(paths: Iterable[str | Path]) -> list[Path]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-
             out.extend(Path(r.abs_path) for r in scan_images(p) if r.status == "ok")
         else:
             out.append(p)

@@ -184,7 +184,6 @@ def search_image(run: Run, row: int, k: int = 12) -> list[Hit]:
 PICKER_MAX = 2_000
 """Up to this many images a picker lists them all; above, it lists the matches of a typed filter."""
 
-
 def row_of_path(run: Run, path: str) -> int:
     """Feature row of a run image given its scanned (relative) or absolute path (columnar lookup: no
     per-image Python objects, so it stays fast on 1M+ image runs)."""

@@ -436,7 +436,6 @@ def _listing(items: list[str], reason: str | None = None) -> str:
 
 
 def _image_extensions() -> frozenset[str]:
-
     return IMAGE_EXTENSIONS
 
 
