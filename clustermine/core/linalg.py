@@ -46,5 +46,5 @@ def logsumexp(x: ArrayLike, axis: int = -1) -> np.ndarray:
     finite = np.isfinite(m)
     shifted = np.exp(a - np.where(finite, m, 0.0))
     np.put_along_axis(shifted, i, 0.0, axis=-1)
-    out = np.where(finite, m, m + 0.0) + np.where(finite, np.log1p(np.sum(shifted, axis=-1, keepdims=True)), 0.0)
+    out = m + np.where(finite, np.log1p(np.sum(shifted, axis=-1, keepdims=True)), 0.0)
     return out[..., 0]
