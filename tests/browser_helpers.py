@@ -58,3 +58,18 @@ def nav(pg, label: str) -> None:
     pg.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
     idle(pg)
     pg.locator("h1").first.wait_for()
+
+
+def kmeans_run_options(pg, n_clusters: int, name: str) -> None:
+    """On the Data page's new-run form: C = ``n_clusters`` (not automatic), k-means, run name ``name``."""
+    pg.get_by_text("Number of clusters: automatic").click()
+    idle(pg)
+    c_input = pg.get_by_label("Number of clusters C")
+    c_input.fill(str(n_clusters))
+    c_input.press("Enter")
+    idle(pg)
+    pg.get_by_text("k-means (fast baseline)").click()
+    idle(pg)
+    pg.get_by_label("Run name (optional)").fill(name)
+    pg.get_by_label("Run name (optional)").press("Enter")
+    idle(pg)

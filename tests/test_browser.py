@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from browser_helpers import browser_page, idle, nav, require_browser, shot
+from browser_helpers import browser_page, idle, kmeans_run_options, nav, require_browser, shot
 from streamlit_server import streamlit_server
 from clustermine.workflows.whatif import run_detector
 
@@ -90,17 +90,7 @@ def test_user_journey(server, page, tmp_path):
     # --- Data: upload 12 images, C = 2, k-means, launch and wait.
     pg.locator('input[type="file"]').first.set_input_files([str(p) for p in images])
     pg.get_by_text("12 file(s) selected").wait_for()
-    pg.get_by_text("Number of clusters: automatic").click()
-    _idle(pg)
-    c_input = pg.get_by_label("Number of clusters C")
-    c_input.fill("2")
-    c_input.press("Enter")
-    _idle(pg)
-    pg.get_by_text("k-means (fast baseline)").click()
-    _idle(pg)
-    pg.get_by_label("Run name (optional)").fill("browser run")
-    pg.get_by_label("Run name (optional)").press("Enter")
-    _idle(pg)
+    kmeans_run_options(pg, 2, "browser run")
     _shot(pg, "1-data-new-run")
     pg.get_by_role("button", name="Launch mining").click()
     pg.get_by_text("Mining finished").wait_for(timeout=MINE_TIMEOUT_MS)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_helpers import browser_page, idle, nav, require_browser, shot
+from browser_helpers import browser_page, idle, kmeans_run_options, nav, require_browser, shot
 from conftest import copy_subset, shared
 from streamlit_server import streamlit_server
 
@@ -363,17 +363,7 @@ def test_analyst_journey(server, page, data, tmp_path):
     pg.get_by_label("…or a path inside the allowed folders").fill(str(data["ids"]))
     pg.get_by_label("…or a path inside the allowed folders").press("Enter")
     _idle(pg, 1500)
-    pg.get_by_text("Number of clusters: automatic").click()
-    _idle(pg)
-    c_input = pg.get_by_label("Number of clusters C")
-    c_input.fill("4")
-    c_input.press("Enter")
-    _idle(pg)
-    pg.get_by_text("k-means (fast baseline)").click()
-    _idle(pg)
-    pg.get_by_label("Run name (optional)").fill("journey-b")
-    pg.get_by_label("Run name (optional)").press("Enter")
-    _idle(pg)
+    kmeans_run_options(pg, 4, "journey-b")
     pg.get_by_role("button", name="Launch mining").click()
     pg.get_by_text("Mining finished").wait_for(timeout=MINE_TIMEOUT_MS)
     _idle(pg)
