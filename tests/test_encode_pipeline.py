@@ -13,7 +13,8 @@ import psutil
 import pytest
 import torch
 
-from clustermine.method.encoders import EncodeResult, load_encoder
+from clustermine.method.encoders import load_encoder
+from clustermine.method.encoders.base import EncodeResult
 from clustermine.method.encoders.decode import (
     PROCESS_MIN_CPUS,
     PROCESS_MIN_IMAGES,

@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clustermine.method.encoders import EncodeResult, Encoder, load_encoder, resolve_device
+from clustermine.method.encoders import load_encoder
+from clustermine.method.encoders.base import EncodeResult, Encoder, resolve_device
 from clustermine.method.encoders.offline import OfflineEncoder, get_classifier, imagenet_classnames
 from clustermine.method.encoders.openclip import OpenClipEncoder, parse_spec
 from clustermine.core.errors import CancelledError, EncoderError

@@ -88,7 +88,7 @@ def system_device() -> str:
 @st.cache_resource(show_spinner=False)
 def resolved_device(device: str = "auto") -> str:
     """``clustermine.method.encoders.resolve_device`` (imports torch: call it where the user chooses)."""
-    from clustermine.method.encoders import resolve_device
+    from clustermine.method.encoders.base import resolve_device
 
     return resolve_device(device)
 

@@ -10,7 +10,6 @@ float16 matrix in 0.15 s (BENCHMARKS.md, engine benchmarks).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import zipfile

@@ -97,8 +97,7 @@ def estimate_temi_cpu_seconds(n_samples: int, n_clusters: int | None = None, par
     Training follows ``clustermine.workflows.estimate``: the reference cost of the schedule (heads x batch x
     steps, plus C beyond 100), scaled by how fast finished TEMI runs in ``runs`` were here.
     """
-    # the kNN module imports torch: kept out of this module's import so that cost lines stay light
-    from clustermine.method.clustering.knn import estimate_knn_seconds, resolve_knn_method
+    from clustermine.method.clustering.knn import estimate_knn_seconds, resolve_knn_method  # imports torch (seconds): cost lines stay light
 
     c = default_n_clusters(n_samples) if n_clusters is None else int(n_clusters)
     sched = temi_schedule(n_samples, params, c)

@@ -23,6 +23,7 @@ from clustermine.store import layout
 from clustermine.store.store import RunStore, now_iso
 from clustermine.core.config import user_identity
 from clustermine.method.corpus import embed_concepts
+from clustermine.method.encoders import load_encoder
 
 POSITIVE_STATUSES = ("mined", "accepted", "added")
 EDIT_ACTIONS = ("accept", "reject", "restore", "add")
@@ -232,8 +233,6 @@ class ConceptTable(RunStore):
         if p.is_file():
             return
         if encoder is None:
-            from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
-
             encoder = load_encoder(self.meta["encoder"]["spec"])
         if self.meta.get("encoder") and encoder.fingerprint_id != self.meta["encoder"]["fingerprint_id"]:
             raise ClusterMineError("the given encoder is not the one this run was mined with")

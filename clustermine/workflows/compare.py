@@ -20,6 +20,7 @@ from clustermine.core.errors import NoImagesError
 from clustermine.method.metrics import ood_metrics
 from clustermine.method.scoring import WhatIfScorer
 from clustermine.workflows.whatif import corpus_lse, encode_folder, heldout
+from clustermine.method.encoders import load_encoder
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -263,8 +264,6 @@ def _ood_scores(det_a, det_b, folder: str | Path, limit: int, progress: Progress
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Log scores float64 [n] of the same ``folder`` images (at most ``limit``) under A's and B's
     detectors (encoded once per encoder)."""
-    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
-
     if not Path(folder).is_dir():
         raise NoImagesError(f"{folder}: OOD folder not found")
     scores = []

@@ -36,6 +36,7 @@ import numpy as np
 from clustermine.core.errors import CancelledError, ClusterMineError, EncoderError
 from clustermine.method.mining import zero_shot_topk
 from clustermine.method.images import DEFAULT_MAX_PIXELS, hash_or_reason
+from clustermine.method.encoders import load_encoder
 
 RAY_ADDRESS_ENV = "CLUSTERMINE_RAY_ADDRESS"
 """Environment variable naming the default cluster (``auto``, ``host:port`` or ``ray://host:port``)."""
@@ -423,8 +424,6 @@ class EncoderActor:
 
     def __init__(self, spec: str, device: str, fingerprint_id: str, threads: int = 1) -> None:
         import torch
-
-        from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
 
         torch.set_num_threads(max(1, int(threads)))
         self.encoder = load_encoder(spec, device=device)

@@ -24,6 +24,7 @@ from clustermine.store import layout
 from clustermine.core.storage import atomic_write_json
 from clustermine.workflows.whatif import SAMPLE_LIMIT, encode_folder, ood_comparison, sample_scorer, sampling_note
 from clustermine.workflows.uploads import UploadReport, save_uploads
+from clustermine.method.encoders import load_encoder
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -49,8 +50,6 @@ def inputs_stamp(run: Run) -> dict:
 
 
 def _encoder_for(run: Run):
-    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
-
     return load_encoder(run.encoder_spec)
 
 

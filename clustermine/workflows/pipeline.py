@@ -33,6 +33,9 @@ from clustermine.workflows.distributed import RayCluster
 from clustermine.workflows.estimate import corpus_cache_state, estimate_now
 from clustermine.workflows.whatif import store_corpus_lse
 from clustermine.method.images import scan_images
+from clustermine.method.encoders import load_encoder
+from clustermine.method.schedule import clamp_n_clusters, default_n_clusters
+
 __all__ = ["MineConfig", "mine", "mine_features", "resume", "score_images", "evaluate", "load_folder", "STAGES"]
 
 
@@ -105,8 +108,6 @@ def mine_features(features: str | Path, paths: str | Path | None, run_dir: str |
     or the features folder for clip-retrieval metadata); they are only opened to show thumbnails.
     Stages: ``scan`` (check), ``encode`` (import), then corpus / cluster / vote as :func:`mine`.
     """
-    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
-
     config = (config or MineConfig()).validate().resolved()
     # Every check before the run folder is made: a bad file leaves nothing behind.
     source = load_feature_source(features, paths)  # FeatureInputError on a missing / unreadable file
@@ -237,8 +238,6 @@ def prepare_corpus(config: MineConfig | None = None, *, progress: ProgressFn | N
     """Embed the corpus of ``config`` (encoder, corpus, template) into the text cache ahead of time,
     so the first ``mine`` needs no corpus stage. Returns ``{"cache": path, "n": M, "seconds": s,
     "was_cached": bool}``; a cached corpus returns at once."""
-    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
-
     config = (config or MineConfig()).resolved()
     corpus = load_corpus(config.corpus)
     encoder = load_encoder(config.encoder, device=config.device)
@@ -280,8 +279,6 @@ def _plan_job(tracker: ProgressTracker, run, config: MineConfig, encoder, n_file
 def _mine_stages(run, images_dir: Path, config: MineConfig, tracker: ProgressTracker,
                  cache_dir: str | Path | None, encoder, encode_chunk_size: int = 256, cluster=None) -> None:
     from clustermine.method.clustering import make_clusterer  # imports pandas (seconds): only when this runs
-    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
-
     # Fail fast on a bad corpus, clusterer option or encoder spec, before the long scan and encode.
     corpus = load_corpus(config.corpus)
     make_clusterer(config.clusterer, 2, seed=config.seed, **config.clusterer_params)
@@ -342,7 +339,6 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
              is_hold: np.ndarray, counts: dict, cluster=None) -> None:
     """Stages 3-5 (corpus, cluster, vote) on the run's stored features; ``is_hold`` bool [N_ok].
     With a Ray ``cluster`` the vote runs there; clustering stays here."""
-    from clustermine.method.clustering import clamp_n_clusters, default_n_clusters  # imports pandas (seconds): only when this runs
     from clustermine.workflows.recluster import clusterer_device, fit_rows, run_clusterer  # imports pandas (seconds): only when this runs
 
     template = config.template or encoder.text_template
@@ -457,8 +453,6 @@ def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5
     ``threshold``, ``top_positive`` / ``top_negative`` [(concept, cosine)], or ``error``.
     ``ray_address``: encode and score on that Ray cluster (same results as here).
     """
-    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
-
     detector = run_detector(run)
     encoder = encoder or load_encoder(detector.encoder_spec or run.encoder_spec)
     detector.check_encoder(encoder)
@@ -495,8 +489,6 @@ def evaluate(run, id_dir: str | Path, ood_dir: str | Path, *, encoder=None,
              cache_dir: str | Path | None = None, ray_address: str | None = None) -> dict:
     """AUROC / FPR95 / AUPR of the run's current detector, ID folder vs OOD folder
     (``ray_address``: encode and score on that Ray cluster)."""
-    from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
-
     detector = run_detector(run)
     encoder = encoder or load_encoder(detector.encoder_spec or run.encoder_spec)
     detector.check_encoder(encoder)

@@ -25,6 +25,7 @@ from clustermine.store import layout
 from clustermine.store.store import now_iso
 from clustermine.core.config import user_identity
 from clustermine.workflows.pipeline import write_head_labels
+from clustermine.method.schedule import clamp_n_clusters
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -52,7 +53,6 @@ def _recluster(run: Run, voters: np.ndarray, n_clusters: int,
                progress: ProgressFn | None) -> tuple[np.ndarray, int]:
     """(new cluster ids int64 [N_ok], C used): fit the run's clusterer on the ``voters`` rows, then assign the
     other mining rows (excluded ones) with ``predict``; held-out rows stay -1."""
-    from clustermine.method.clustering import clamp_n_clusters  # imports pandas (seconds): only when this runs
     from clustermine.workflows.recluster import fit_rows, run_clusterer  # imports pandas (seconds): only when this runs
 
     cfg = run.config

@@ -20,6 +20,7 @@ from clustermine.core.errors import ClusterMineError
 from clustermine.core.linalg import l2_normalize
 from clustermine.store import layout
 from clustermine.method.corpus import embed_concepts
+from clustermine.method.encoders import load_encoder
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
@@ -103,8 +104,6 @@ def embed_query(run: Run, text: str, encoder=None) -> np.ndarray:
         raise ClusterMineError("search text is longer than 200 characters")
     enc_meta = run.meta.get("encoder") or {}
     if encoder is None:
-        from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
-
         encoder = load_encoder(run.encoder_spec)
     if enc_meta.get("fingerprint_id") and encoder.fingerprint_id != enc_meta["fingerprint_id"]:
         raise ClusterMineError("the given encoder is not the one this run was mined with")

@@ -30,6 +30,7 @@ from clustermine.method.clustering.base import ClustererBase, InvalidClusteringI
 from clustermine.method.clustering.knn import KNN_METHODS, knn_indices, resolve_knn_method  # noqa: F401  (knn_indices: public here too)
 from clustermine.core.errors import CancelledError
 from clustermine.core.linalg import l2_normalize
+from clustermine.method.cost import SlowClusteringWarning, check_clusterer_feasible
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -296,9 +297,6 @@ class TEMI(ClustererBase):
         Returns self."""
         X = self._features(X, fit=True)
         if X.ndim == 2 and torch.device(self.device).type == "cpu":
-            # cost imports the clustering package (kNN timing): imported here, not at module level
-            from clustermine.method.cost import SlowClusteringWarning, check_clusterer_feasible
-
             keys = ("n_heads", "batch_size", "epochs", "min_steps", "knn_method")
             msg = check_clusterer_feasible("temi", X.shape[0], self.device, n_clusters=int(self.n_clusters),
                                            params={k: getattr(self, k) for k in keys})

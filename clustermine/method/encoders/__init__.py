@@ -12,10 +12,16 @@ from __future__ import annotations
 import functools
 import threading
 
-from clustermine.method.encoders.base import EncodeResult, Encoder, resolve_device
+from typing import TYPE_CHECKING
+
 from clustermine.core.errors import EncoderError
 
-__all__ = ["Encoder", "EncodeResult", "load_encoder", "resolve_device", "VALID_SPECS"]
+if TYPE_CHECKING:
+    from clustermine.method.encoders.base import Encoder
+
+# The interface (Encoder, EncodeResult, resolve_device) lives in .base, which imports torch: this
+# package stays light so that workflows can import load_encoder at module level.
+__all__ = ["load_encoder", "VALID_SPECS"]
 
 VALID_SPECS = (
     "offline",
@@ -51,6 +57,8 @@ def load_encoder(spec: str = "offline", device: str = "auto") -> Encoder:
     Instances are cached per (spec, resolved device), so repeated calls are cheap and share
     weights; the cache is thread-safe. Raises EncoderError for unknown specs or unloadable weights.
     """
+    from clustermine.method.encoders.base import resolve_device  # imports torch (seconds): only when this runs
+
     key = ((spec or "").strip(), resolve_device(device))
     with _LOAD_LOCK:
         return _build(*key)
