@@ -31,7 +31,7 @@ from clustermine.workflows.export import export_run
 from clustermine.workflows.pipeline import evaluate, mine, mine_features, prepare_corpus, resume, score_images
 from clustermine.workflows.report import write_report
 from clustermine.workflows.whatif import calibration_warning
-from clustermine.store.concepts import set_concept_status
+from clustermine.workflows.concept_edits import edit_concept, set_concept_status
 from clustermine.workflows import scoring_uploads
 from clustermine.workflows.new_run import RunSource, create_run_from_uploads
 from clustermine.core.units import fmt_duration
@@ -413,7 +413,7 @@ def _cmd_concepts(a: argparse.Namespace) -> int:
     run = Run.open(a.run_dir)
     for action in ("accept", "reject", "restore", "add"):
         for key in getattr(a, action):
-            c = run.edit_concept(action, key, user=a.user)
+            c = edit_concept(run, action, key, user=a.user)
             if not a.json:
                 print(f"{action}: {c.text} -> {c.status}")
     for item in a.set_status:

@@ -198,3 +198,25 @@ def test_every_function_local_import_of_own_modules_says_why():
             if "#" not in here and not above.strip().startswith("#"):
                 unexplained.append(f"{path.relative_to(ROOT)}:{line} {mod}")
     assert not unexplained, "function-local imports without a reason:\n" + "\n".join(unexplained)
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """Issue 19: a module's private parts (a leading underscore) stay its own: no ``from X import _name``
+    across modules in clustermine/, ui/ and pages/."""
+    offenders = []
+    for folder in ("clustermine", "ui", "pages"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] not in ("ray", "__future__"):
+                    offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                                  if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, "private names imported from another module:\n" + "\n".join(offenders)
+
+
+def test_the_store_runs_no_model():
+    """Issue 19: the run store reads, writes, locks and replays logs; embedding text or images (a model)
+    happens in the workflows (e.g. ``workflows.concept_edits`` for a concept added by hand)."""
+    for path in sorted((ROOT / "clustermine" / "store").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for banned in ("clustermine.method.encoders", "embed_concepts", "load_encoder"):
+            assert banned not in text, f"{path.relative_to(ROOT)} uses {banned}"

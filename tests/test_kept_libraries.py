@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clustermine.workflows import concept_edits
 from clustermine.core.linalg import l2_normalize
 from clustermine.store import Run, layout
 from clustermine.workflows import projection as pj
@@ -46,7 +47,7 @@ def test_report_escapes_every_user_text_and_keeps_its_markup(small_run):
     meta["label"] = evil
     meta_file.write_text(json.dumps(meta), encoding="utf-8")
     run = Run.open(small_run)
-    run.edit_concept("add", "o'brien <i>fish</i>", user=evil)
+    concept_edits.edit_concept(run, "add", "o'brien <i>fish</i>", user=evil)
     run = Run.open(small_run)
     text = report.build_report(run, n_thumbs=2)
     assert "<script" not in text and "<i>fish" not in text

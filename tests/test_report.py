@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import CHROMIUM, copy_subset, missing_resource, shared
 
+from clustermine.workflows import concept_edits
 from clustermine.cli import main
 from clustermine.workflows.export import export_run
 from clustermine.method.mining import cluster_alerts
@@ -139,7 +140,7 @@ def test_report_holds_every_cluster_and_concept_and_the_ood_metrics(small_run, t
     from clustermine.method.images import scan_images
 
     run = Run.open(small_run)
-    run.edit_concept("add", "<b>bold</b> fish", user="tester")  # user text: escaped, not markup
+    concept_edits.edit_concept(run, "add", "<b>bold</b> fish", user="tester")  # user text: escaped, not markup
     run.edit_concept("reject", run.positive_concepts()[0], user="tester")
     run = Run.open(small_run)
     ood_dir = copy_subset(shared("imagenette_train100"), tmp_path / "ood", ["n03417042"], 8)

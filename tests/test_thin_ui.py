@@ -16,7 +16,8 @@ from clustermine.cli import main
 from clustermine.core.config import MineConfig
 from clustermine.core.errors import ClusterMineError, NoImagesError, RunError, SafetyError
 from clustermine.store import Run, layout
-from clustermine.store.concepts import CONCEPT_STATUSES, action_for, set_concept_status
+from clustermine.store.concepts import CONCEPT_STATUSES, action_for
+from clustermine.workflows.concept_edits import set_concept_status
 from clustermine.workflows import scoring_uploads
 from clustermine.workflows.new_run import RunSource, create_run_from_uploads, unique_run_dir
 from clustermine.workflows.pipeline import resume, score_images

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from clustermine.workflows import concept_edits
 from clustermine.core.errors import SafetyError
 from clustermine.workflows.uploads import (
     UploadLimits,
@@ -395,7 +396,7 @@ def test_script_concept_is_rendered_escaped(small_run, monkeypatch):
 
     evil = "<script>alert(1)</script>"
     run = Run.open(small_run)
-    run.edit_concept("add", evil, user="tester")
+    concept_edits.edit_concept(run, "add", evil, user="tester")
     monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(small_run.parent))
     monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
     app = Path(__file__).resolve().parents[1] / "app.py"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
+from clustermine.workflows import concept_edits
 from clustermine.workflows import whatif
 from clustermine.method.metrics import ood_metrics, threshold_at_tpr
 from clustermine.workflows.pipeline import MineConfig, mine
@@ -160,7 +161,7 @@ def _edit(run: Run, enc) -> tuple[list[int], str]:
     newcomer = next(i for i, c in enumerate(CONCEPTS) if i not in mined)
     run.edit_concept("reject", mined[victim])
     run.edit_concept("add", CONCEPTS[newcomer])
-    run.edit_concept("add", NEW_CONCEPT, encoder=enc)
+    concept_edits.edit_concept(run, "add", NEW_CONCEPT, encoder=enc)
     return sorted(set(mined) - {victim} | {newcomer}), mined[victim]
 
 

@@ -57,7 +57,7 @@ def get_encoder(spec: str, device: str = "auto") -> LockedEncoder:
 
 class LazyEncoder:
     """Stands in for the run's encoder and loads it only if an attribute is actually used (e.g. by
-    ``Run.edit_concept("add", ...)`` for a concept outside the corpus)."""
+    ``concept_edits.edit_concept(run, "add", ...)`` for a concept outside the corpus)."""
 
     def __init__(self, spec: str, device: str = "auto") -> None:
         self._spec, self._device = spec, device

@@ -11,6 +11,7 @@ import streamlit as st
 from clustermine.core.errors import ClusterMineError
 from clustermine.store import Run
 from clustermine.store.concepts import CONCEPT_STATUSES, action_for
+from clustermine.workflows import concept_edits
 
 from . import cache, rundata, widgets
 from .text import md_escape
@@ -28,7 +29,7 @@ def apply(run_path: str, action: str, key: str, encoder=None) -> None:
     """Apply one edit and remember its outcome for the next script run (callbacks cannot draw)."""
     run = cache.load_run(run_path)
     try:
-        c = run.edit_concept(action, key, encoder=encoder, user=reviewer())
+        c = concept_edits.edit_concept(run, action, key, encoder=encoder, user=reviewer())
         st.session_state[_OK_KEY] = f"{action}: {c.text} → {c.status}"
     except ClusterMineError as exc:
         st.session_state[_ERR_KEY] = str(exc)

@@ -57,10 +57,10 @@ def _default_corpus_cached() -> bool | None:
     """Whether the default encoder's default corpus embedding is cached (same check as the Data page)."""
     from clustermine.core.config import MineConfig
 
-    from .new_run import _corpus_cached
+    from .new_run import corpus_cached
 
     d = MineConfig()
-    return _corpus_cached(d.encoder, d.corpus)
+    return corpus_cached(d.encoder, d.corpus)
 
 
 def first_paint_lines(runs: list[dict]) -> list[str]:

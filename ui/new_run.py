@@ -157,7 +157,7 @@ def _n_images(ch: Choices) -> int:
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def _corpus_cached(encoder_spec: str, corpus: str) -> bool | None:
+def corpus_cached(encoder_spec: str, corpus: str) -> bool | None:
     """Whether the corpus embedding for this encoder is already cached (None: cannot tell)."""
     from clustermine.workflows.estimate import corpus_cache_state
 
@@ -179,7 +179,7 @@ def cost_line(ch: Choices) -> str:
         return ""
     runs = cache.list_runs_light(settings.runs_root())
     est = estimate_now(n, ch.clusterer, n_clusters=ch.n_clusters,
-                       corpus_cached=_corpus_cached(ch.encoder, ch.corpus), holdout_fraction=ch.holdout)
+                       corpus_cached=corpus_cached(ch.encoder, ch.corpus), holdout_fraction=ch.holdout)
     line = f"Estimated cost for {n:,} image{'s' if n != 1 else ''}: {est.line()} (rates from {est.source})"
     from clustermine.method.cost import check_clusterer_feasible
 

@@ -18,7 +18,7 @@ import importlib
 _LAZY = {
     "Run": "run", "Concept": "concepts", "concept_id": "concepts", "replay_edits": "concepts",
     "EDIT_ACTIONS": "concepts", "POSITIVE_STATUSES": "concepts",
-    "CONCEPT_STATUSES": "concepts", "action_for": "concepts", "set_concept_status": "concepts", "list_runs": "listing", "RUN_FORMAT": "layout",
+    "CONCEPT_STATUSES": "concepts", "action_for": "concepts", "check_added_text": "concepts", "list_runs": "listing", "RUN_FORMAT": "layout",
     "STATUSES": "store", "now_iso": "store", "package_versions": "store", "comparable_config": "store",
 }
 __all__ = list(_LAZY)

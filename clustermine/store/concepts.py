@@ -22,8 +22,6 @@ from clustermine.core.storage import atomic_save_npy, atomic_write_json, atomic_
 from clustermine.store import layout
 from clustermine.store.store import RunStore, now_iso
 from clustermine.core.config import user_identity
-from clustermine.method.corpus import embed_concepts
-from clustermine.method.encoders import load_encoder
 
 POSITIVE_STATUSES = ("mined", "accepted", "added")
 EDIT_ACTIONS = ("accept", "reject", "restore", "add")
@@ -45,18 +43,14 @@ def action_for(old: str, new: str) -> str | None:
     return "restore"
 
 
-def set_concept_status(table: "ConceptTable", key: str, status: str, *, user: str | None = None
-                       ) -> tuple[Concept, str | None]:
-    """Give the concept ``key`` (id or text) of ``table`` the status ``status`` through the edit
-    :func:`action_for` names (logged like any edit). Returns ``(concept now, the action or None when
-    it already had that status)``; ClusterMineError names an unknown concept or status."""
-    current = table.find_concept(key)
-    if current is None:
-        raise ClusterMineError(f"no concept {key!r} in this run (give its id or its text)")
-    action = action_for(current.status, status)
-    if action is None:
-        return current, None
-    return table.edit_concept(action, current.id, user=user), action
+def check_added_text(key: str) -> str:
+    """The normalised text of a concept a user adds; ClusterMineError when empty or over 200 characters."""
+    text = normalize_concept(key)
+    if not text:
+        raise ClusterMineError("cannot add an empty concept")
+    if len(text) > 200:
+        raise ClusterMineError("concept text is too long (200 characters at most)")
+    return text
 
 
 def concept_id(text: str) -> str:
@@ -188,24 +182,22 @@ class ConceptTable(RunStore):
                 return c
         return None
 
-    def edit_concept(self, action: str, key: str, *, encoder=None, user: str | None = None) -> Concept:
+    def edit_concept(self, action: str, key: str, *, user: str | None = None) -> Concept:
         """Apply one edit (accept / reject / restore by id or text; add by text) and log it.
 
         Takes effect at once: :meth:`concepts`, :meth:`positive_concepts` and ``detector()``
-        reflect it. ``add`` of a concept outside the corpus embeds it with ``encoder`` (loaded from
-        the run's encoder spec when not given). Safe against concurrent editors (file lock).
+        reflect it. ``add`` of a concept outside the corpus needs its text embedding stored first
+        (:meth:`write_added_embedding`; :func:`clustermine.workflows.concept_edits.edit_concept`
+        embeds and edits in one call). Safe against concurrent editors (file lock).
         """
         if action not in EDIT_ACTIONS:
             raise ClusterMineError(f"unknown concept action {action!r}; use one of {', '.join(EDIT_ACTIONS)}")
         if self.status != "done":
             raise RunError(f"{self.path}: concepts can be edited once mining has finished (status {self.status!r})")
-        text = normalize_concept(key)
-        if action == "add" and not text:
-            raise ClusterMineError("cannot add an empty concept")
-        if action == "add" and len(text) > 200:
-            raise ClusterMineError("concept text is too long (200 characters at most)")
-        if action == "add" and text not in self._vocab_index():
-            self._ensure_added_embedding(text, encoder)
+        text = check_added_text(key) if action == "add" else normalize_concept(key)
+        if action == "add" and not self.has_concept_embedding(text):
+            raise ClusterMineError(f"{text!r} is outside the corpus and has no embedding in this run yet: add it "
+                                   "with clustermine.workflows.concept_edits.edit_concept, which embeds it")
         try:
             with self.lock(layout.EDITS_LOCK):
                 edits = self._read_edits()
@@ -228,17 +220,21 @@ class ConceptTable(RunStore):
         self.cache.pop("added", None)
         return next(c for c in concepts if c.id == cid)
 
-    def _ensure_added_embedding(self, text: str, encoder) -> None:
-        p = layout.added_embedding(self.path, concept_id(text))
-        if p.is_file():
-            return
-        if encoder is None:
-            encoder = load_encoder(self.meta["encoder"]["spec"])
-        if self.meta.get("encoder") and encoder.fingerprint_id != self.meta["encoder"]["fingerprint_id"]:
-            raise ClusterMineError("the given encoder is not the one this run was mined with")
+    def has_concept_embedding(self, text: str) -> bool:
+        """True when ``text`` (normalised) is a corpus concept or a user concept with its embedding stored."""
+        return text in self._vocab_index() or layout.added_embedding(self.path, concept_id(text)).is_file()
 
-        emb = embed_concepts(encoder, [text], self.config.get("template") or encoder.text_template)
-        atomic_save_npy(p, emb[0].astype(np.float16))
+    def write_added_embedding(self, text: str, embedding: np.ndarray, fingerprint_id: str | None = None) -> None:
+        """Store the text embedding float [D] of a user concept outside the corpus (float16 on disk).
+        ``fingerprint_id``: the encoder that made it, refused when it is not the run's encoder."""
+        enc = self.meta.get("encoder") or {}
+        if fingerprint_id is not None and enc.get("fingerprint_id") and fingerprint_id != enc["fingerprint_id"]:
+            raise ClusterMineError("the given encoder is not the one this run was mined with")
+        emb = np.asarray(embedding, dtype=np.float32).ravel()
+        dim = self.text_embeddings().shape[1]
+        if emb.shape != (dim,):
+            raise ClusterMineError(f"embedding of {text!r} has shape {emb.shape}, the run's text embeddings have {dim} dims")
+        atomic_save_npy(layout.added_embedding(self.path, concept_id(text)), emb.astype(np.float16))
 
     def _added_embeddings(self, texts: list[str]) -> np.ndarray:
         rows = []
@@ -291,7 +287,9 @@ def support_labels(run: RunStore) -> tuple[np.ndarray | None, str | None]:
     return None, None
 
 
-def _support_table(run: RunStore) -> tuple[dict[int, int], int, str | None]:
+def support_table(run: RunStore) -> tuple[dict[int, int], int, str | None]:
+    """(corpus row -> clusterings electing it, clusterings in all, "heads" | "seeds" | None), cached per
+    version of the files it reads."""
     stamp = tuple(layout.file_stamp(run.file(n)) for n in (layout.HEAD_LABELS, layout.SEED_LABELS,
                                                           layout.EXCLUSIONS, layout.VOTES, layout.CLUSTER_IDS))
     cached = run.cache.get("support")
@@ -313,7 +311,7 @@ def attach_support(run: RunStore, concepts: list[Concept]) -> None:
     """Fill ``support`` / ``support_count`` / ``support_total`` of ``concepts`` in place (left None
     when the run stores no head or seed labels, and for user concepts outside the corpus)."""
     try:
-        counts, total, _ = _support_table(run)
+        counts, total, _ = support_table(run)
     except (RunError, OSError):
         return  # an incomplete run: stability unknown, the concept table still opens
     if not total:

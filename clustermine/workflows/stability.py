@@ -17,7 +17,7 @@ import numpy as np
 
 from clustermine.core.errors import ClusterMineError, RunError
 from clustermine.method.mining import clustering_winners, support_counts  # noqa: F401  (re-exported)
-from clustermine.store.concepts import _support_table, attach_support, support_labels  # noqa: F401
+from clustermine.store.concepts import support_table, attach_support, support_labels  # noqa: F401
 from clustermine.store import layout
 from clustermine.core.errors import CancelledError
 
@@ -31,7 +31,7 @@ __all__ = ["clustering_winners", "support_counts", "support_labels", "attach_sup
 
 def stability_source(run: Run) -> str | None:
     """"heads", "seeds" or None: what the run's concept support is computed from."""
-    return _support_table(run)[2]
+    return support_table(run)[2]
 
 
 def seed_stability(run: Run, n_seeds: int = 5, *, progress: ProgressFn | None = None,

@@ -37,8 +37,8 @@ CancelFn = Callable[[], bool]
 
 from clustermine.method.schedule import (  # noqa: F401  (re-exported: the schedule rules need no torch)
     HEADS_PER_SAMPLES, LARGE_N, MAX_EPOCHS, MAX_HEADS, MIN_HEADS, MIN_STEPS, MIN_STEPS_SMALL_N, OFFICIAL_EPOCHS,
-    SMALL_CLUSTERS, SMALL_STEP_WORK, STEP_OVERHEAD, VISITS_PER_CLUSTER, _default_steps, _large_n_floor,
-    _small_cluster_heads, default_batch_size, default_epochs, default_min_steps, default_n_heads, default_schedule,
+    SMALL_CLUSTERS, SMALL_STEP_WORK, STEP_OVERHEAD, VISITS_PER_CLUSTER,
+    default_batch_size, default_epochs, default_min_steps, default_n_heads, default_schedule,
     schedule_work,
 )
 _EMBED_NORMS = ("auto", "standardize", "l2", "none")
