@@ -1,5 +1,6 @@
 """Command-line interface: the same verbs as the web app (mine, resume, score, evaluate, concepts, export,
-report, search, label, delete, exclude, remine, stability, diff).
+report, search, label, delete, exclude, remine, stability, diff), plus the researcher's ``purity`` (clusters
+against folder labels) and ``sweep`` (ablations over a settings grid x seeds).
 
 The ``mine`` flags are derived from :class:`clustermine.core.config.MineConfig` (one flag per field, its
 default the field's); ``resume RUN_DIR`` continues a run with the settings stored in the run itself.
