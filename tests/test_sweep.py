@@ -106,6 +106,17 @@ def test_grid_keys_are_checked_with_a_clear_message(capsys):
     assert "unknown key 'seed'" in err and "clusters, tau, clusterer, corpus, template" in err and "--seeds" in err
 
 
+def test_clusterer_params_per_clusterer_and_seed_flag(capsys):
+    from clustermine.workflows.sweep import parse_clusterer_params
+
+    got = parse_clusterer_params({"temi.epochs": 5, "kmeans.n_init": 3, "max_iter": 50})
+    assert got == {"temi": {"epochs": 5, "max_iter": 50}, "kmeans": {"n_init": 3, "max_iter": 50}}
+    with pytest.raises(ClusterMineError, match="'dbscan' is not a clusterer"):
+        parse_clusterer_params({"dbscan.eps": 1})
+    assert main(["sweep", ".", "--id", ".", "--ood", "x=.", "--seed", "3", "--out", "unused"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+
+
 def test_named_folders(tmp_path):
     (tmp_path / "inat").mkdir()
     (tmp_path / "sun").mkdir()
