@@ -33,10 +33,10 @@ from clustermine.core.config import CLUSTERER_NAMES, MineConfig
 from clustermine.core.errors import ClusterMineError
 from clustermine.core.storage import (atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text,
                                       cache_root)
+from clustermine.method.encoders import load_encoder
 from clustermine.method.metrics import ood_metrics
 from clustermine.workflows.diagnostics import purity_diagnostics
 from clustermine.workflows.encoding import load_folder
-from clustermine.method.encoders import load_encoder
 from clustermine.workflows.pipeline import mine_features
 from clustermine.workflows.whatif import run_detector
 
