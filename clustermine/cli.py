@@ -1,5 +1,6 @@
 """Command-line interface: the same verbs as the web app (mine, resume, score, evaluate, concepts, export,
-report, search, label, delete, exclude, remine, stability, diff).
+report, search, label, delete, exclude, remine, stability, diff), plus the researcher's ``purity`` (clusters
+against folder labels) and ``sweep`` (ablations over a settings grid x seeds).
 
 The ``mine`` flags are derived from :class:`clustermine.core.config.MineConfig` (one flag per field, its
 default the field's); ``resume RUN_DIR`` continues a run with the settings stored in the run itself.
@@ -35,6 +36,8 @@ from clustermine.workflows.concept_edits import edit_concept, set_concept_status
 from clustermine.workflows import scoring_uploads
 from clustermine.workflows.new_run import RunSource, create_run_from_uploads
 from clustermine.core.units import fmt_duration
+from clustermine.workflows.diagnostics import purity_diagnostics
+from clustermine.workflows.sweep import parse_grid, parse_named_folders, results_table, sweep
 
 
 def _type_of(f: dataclasses.Field) -> type:
@@ -237,6 +240,29 @@ def _parser() -> argparse.ArgumentParser:
                                         "(nodes, CPUs, GPUs)")
     _add_ray_argument(cl)
     cl.add_argument("--json", action="store_true")
+
+    pu = sub.add_parser("purity", help="clustering ACC / NMI / ARI of a run against the class subfolders of its "
+                                       "images, and which classes each cluster merges")
+    pu.add_argument("run_dir")
+    pu.add_argument("--json", action="store_true")
+
+    sw = sub.add_parser("sweep", help="ablations: mine and evaluate every cell of a settings grid x seeds "
+                                      "(images encoded once; resumable; mean ± sd over seeds)",
+                        description="Settings outside the grid take the mine flags below. --clusterer-param "
+                                    "KEY=VALUE applies to every clusterer, temi.KEY=VALUE or kmeans.KEY=VALUE to one.")
+    sw.add_argument("images_dir", metavar="IMAGES", help="the ID images to mine (the same for every cell)")
+    sw.add_argument("--id", required=True, dest="id_dir", help="ID images to evaluate on")
+    sw.add_argument("--ood", required=True, action="append", metavar="NAME=DIR",
+                    help="an OOD set (repeat for several); a bare DIR is named after its folder")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="a setting to vary: clusters, tau, clusterer, corpus, template (template: one value "
+                         "per --grid, never split on commas); repeat for several keys")
+    sw.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every grid point (default: 0)")
+    sw.add_argument("--out", required=True, help="sweep folder: cells/, runs/, results.json / .csv")
+    sw.add_argument("--discard-runs", action="store_true", help="delete each cell's run folder once measured")
+    sw.add_argument("--cache-dir", default=None)
+    sw.add_argument("--json", action="store_true")
+    add_config_arguments(sw)  # every other setting: the same flags and defaults as mine
     return p
 
 
@@ -602,10 +628,50 @@ def _cmd_cluster(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_purity(a: argparse.Namespace) -> int:
+    res = purity_diagnostics(Run.open(a.run_dir))
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    if res is None:
+        print("no folder labels: the images are not in class subfolders (or all in one class)")
+        return 0
+    print(f"ACC {res['acc']:.4f}  NMI {res['nmi']:.4f}  ARI {res['ari']:.4f}  ({res['n_images']} clustered images, "
+          f"{len(res['classes'])} classes, {res['n_clusters']} clusters; {res['label_rule']})")
+    if res["n_unlabelled"]:
+        print(f"{res['n_unlabelled']} clustered images have no class folder and are left out")
+    print("cluster\tsize\tmajority\tshare\tclasses (count)\tname")
+    for c in res["clusters"]:
+        merged = ", ".join(f"{k} ({v})" for k, v in c["counts"].items())
+        print(f"{c['cluster']}\t{c['size']}\t{c['majority']}\t{c['share']:.0%}\t{merged}\t{c['name']}")
+    return 0
+
+
+def _cmd_sweep(a: argparse.Namespace) -> int:
+    if a.seed != MineConfig.seed:
+        raise ClusterMineError("sweep: give the seeds with --seeds S1 S2 ..., not --seed")
+    config = config_from_args(a)
+
+    def progress(i: int, n: int, label: str, what: str) -> None:
+        print(f"{label}: {what}" if i == 0 else f"cell {i}/{n} {label}: {what}", file=sys.stderr, flush=True)
+
+    res = sweep(a.images_dir, a.out, id_dir=a.id_dir, ood=parse_named_folders(a.ood), grid=parse_grid(a.grid),
+                seeds=a.seeds, config=config, clusterer_params=config.clusterer_params, cache_dir=a.cache_dir,
+                keep_runs=not a.discard_runs, progress=None if a.json else progress)
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(results_table(res))
+    print(f"{res['computed']} cells computed, {res['skipped']} finished earlier; mean ± sd over seeds "
+          f"(sample sd). Results: {res['files']['json']}, {res['files']['csv']}, {res['files']['cells_csv']}")
+    return 0
+
+
 _COMMANDS = {"mine": _cmd_mine, "resume": _cmd_resume, "prepare": _cmd_prepare, "score": _cmd_score, "evaluate": _cmd_evaluate, "concepts": _cmd_concepts,
              "export": _cmd_export, "report": _cmd_report, "search": _cmd_search, "label": _cmd_label,
              "delete": _cmd_delete, "exclude": _cmd_exclude, "remine": _cmd_remine, "stability": _cmd_stability,
-             "diff": _cmd_diff, "compare": _cmd_diff, "cluster": _cmd_cluster}
+             "diff": _cmd_diff, "compare": _cmd_diff, "cluster": _cmd_cluster,
+             "purity": _cmd_purity, "sweep": _cmd_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

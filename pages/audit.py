@@ -9,7 +9,7 @@ import streamlit as st
 
 from clustermine.workflows import clusterview
 from clustermine.method.mining import cluster_alerts, shared_winners
-from ui import audit_cards, state, widgets
+from ui import audit_cards, purity_panel, state, widgets
 
 state.ensure_frame()
 widgets.page_header("Cluster audit", "Check that each cluster names itself well before trusting its concept: "
@@ -34,6 +34,8 @@ widgets.metrics_row([
 if len(all_stats) > len(stats):
     st.caption(f"{len(all_stats) - len(stats)} of the {len(all_stats)} clusters asked for were left empty by the "
                "clustering; they have no members and no cards.")
+
+purity_panel.folder_labels_section(run)
 
 c1, c2, c3 = st.columns([2, 1.2, 1])
 sort_key = c1.selectbox("Sort cards by", [*audit_cards.SORTS, audit_cards.BY_CONCEPT], index=0, key="audit_sort")
