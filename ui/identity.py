@@ -255,7 +255,7 @@ def blocked_page(cfg: IdentityConfig, res: Resolution) -> None:
 def sidebar(cfg: IdentityConfig, actor: Actor) -> None:
     """The identity line of every page's sidebar: mode, identity, role; Log out in oidc mode."""
     role = actor.role or "all rights (no roles file)"
-    who = actor.name + ("" if actor.verified else " (self-declared)")
-    st.caption(f"Identity: **{MODE_TEXT[cfg.mode]}** · {md_escape(who)} · role: **{role}**")
+    who = md_escape(actor.name) + ("" if actor.verified else " *(self-declared)*")
+    st.caption(f"Identity: **{MODE_TEXT[cfg.mode]}** · {who} · role: **{role}**")
     if cfg.mode == "oidc":
         st.button("Log out", key="logout", on_click=st.logout, icon=":material/logout:")
