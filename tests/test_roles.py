@@ -145,6 +145,8 @@ def write_actions(run_dir: Path, images: Path) -> dict:
         "launch (mine)": lambda a: pipeline.mine(images, out, MineConfig(n_clusters=2, clusterer="kmeans"), actor=a),
         "launch (features)": lambda a: pipeline.mine_features(run_dir / "features.npy", None, out, actor=a),
         "launch (resume)": lambda a: pipeline.resume(run_dir, actor=a),
+        "launch (cancel)": lambda a: jobs.cancel_job(run_dir, actor=a),
+        "launch (stop)": lambda a: jobs.kill_job(run_dir, actor=a),
     }
 
 

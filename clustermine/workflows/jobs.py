@@ -231,15 +231,19 @@ def reconcile(run: Run) -> Run:
     return run
 
 
-def cancel_job(run_dir: str | os.PathLike) -> None:
-    """Ask the worker to stop at its next progress check (finished work is kept)."""
+def cancel_job(run_dir: str | os.PathLike, *, actor: Actor | None = None) -> None:
+    """Ask the worker to stop at its next progress check (finished work is kept). Controlling a job is
+    the launcher's right: PermissionDenied when ``actor``'s role may not launch."""
+    require(actor, "launch")
     Run.open(run_dir, require_complete=False).request_cancel()
 
 
-def kill_job(run_dir: str | os.PathLike, grace: float = 5.0) -> bool:
+def kill_job(run_dir: str | os.PathLike, grace: float = 5.0, *, actor: Actor | None = None) -> bool:
     """Stop the worker now (SIGTERM to its process group, SIGKILL after ``grace`` seconds) and mark
     the run cancelled. For a worker that does not react to :func:`cancel_job` (e.g. while a model
-    loads). Returns True when a live worker was stopped."""
+    loads). Returns True when a live worker was stopped. PermissionDenied when ``actor``'s role may
+    not launch (nothing is stopped)."""
+    require(actor, "launch")
     info = read_job(run_dir) or {}
     pid = info.get("pid")
     if not pid or not is_alive(pid, info):
