@@ -116,7 +116,8 @@ def app_env(small_run, monkeypatch, tmp_path):
     return small_run
 
 
-def open_app(run_id: str | None, page: str | None = None, secrets: dict | None = None, user: dict | None = None):
+def open_app(run_id: str | None, page: str | None = None, secrets: dict | None = None, user: dict | None = None,
+             reviewer: str | None = None):
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(APP, default_timeout=180)
@@ -126,6 +127,8 @@ def open_app(run_id: str | None, page: str | None = None, secrets: dict | None =
         at.user = user
     if run_id:
         at.query_params["run"] = run_id
+    if reviewer:
+        at.query_params["reviewer"] = reviewer
     at.run()
     if page:
         at.switch_page(page).run()
@@ -159,7 +162,7 @@ def test_oidc_mode_shows_nothing_of_a_run_before_login(app_env):
 @pytest.mark.app
 def test_oidc_login_signs_decisions_with_the_verified_email_and_hides_the_name_box(app_env):
     user = {"is_logged_in": True, "email": "ann@example.org", "email_verified": True, "iss": "https://idp.example"}
-    at = open_app(app_env.name, "pages/concepts.py", secrets={"auth": AUTH}, user=user)
+    at = open_app(app_env.name, "pages/concepts.py", secrets={"auth": AUTH}, user=user, reviewer="mallory")
     assert not at.exception, [e.value for e in at.exception]
     sidebar = "\n".join(c.value for c in at.sidebar.caption)
     assert f"Identity: **OIDC login** · {md_escape('ann@example.org')} · role: **all rights (no roles file)**" in sidebar
