@@ -10,11 +10,12 @@ import time
 import pandas as pd
 import streamlit as st
 
+from clustermine.core.errors import ClusterMineError
 from clustermine.workflows import clusterview, jobs
 from clustermine.store import layout
 from clustermine.store import Run
 
-from . import cache, cluster_panel, rundata, state, widgets
+from . import cache, cluster_panel, identity, rundata, state, widgets
 from .text import md_escape
 
 STAGE_LABELS = {"scan": "Scan files", "encode": "Encode images", "corpus": "Embed the concept corpus",
@@ -103,15 +104,33 @@ def live_progress(run_path) -> None:
         if status not in ("created", "running"):
             st.rerun(scope="app")
         c1, c2, _ = st.columns([1, 1, 3])
+        blocked = identity.role_block("launch")
         if run.cancel_requested():
             c1.button("Cancelling…", disabled=True, key="cancel_wait")
-            c2.button("Stop now", key="kill", icon=":material/stop_circle:", on_click=jobs.kill_job, args=(run.path,),
-                      help="Stops the worker at once (use when it does not react); finished work is kept.")
+            c2.button("Stop now", key="kill", icon=":material/stop_circle:", on_click=_control, args=(run.path, "kill"),
+                      disabled=bool(blocked),
+                      help=blocked or "Stops the worker at once (use when it does not react); finished work is kept.")
         else:
-            c1.button("Cancel", key="cancel", icon=":material/cancel:", on_click=jobs.cancel_job, args=(run.path,),
-                      help="Stops the job at its next checkpoint; finished work is kept and can be resumed.")
+            c1.button("Cancel", key="cancel", icon=":material/cancel:", on_click=_control, args=(run.path, "cancel"),
+                      disabled=bool(blocked),
+                      help=blocked or "Stops the job at its next checkpoint; finished work is kept and can be resumed.")
+        err = st.session_state.pop(_CONTROL_ERR, None)
+        if err:
+            widgets.show_error(err)
 
     _poll()
+
+
+_CONTROL_ERR = "job_control_error"
+
+
+def _control(run_path, what: str) -> None:
+    """Cancel or stop the job as this session's actor (a callback: a refusal is shown on the next run)."""
+    try:
+        actor = identity.acting()
+        jobs.kill_job(run_path, actor=actor) if what == "kill" else jobs.cancel_job(run_path, actor=actor)
+    except ClusterMineError as exc:
+        st.session_state[_CONTROL_ERR] = str(exc)
 
 
 def skipped_files(run: Run) -> pd.DataFrame:
@@ -195,10 +214,11 @@ def run_panel(run: Run) -> None:
         else:
             widgets.show_error(run.meta.get("error") or f"the run is {status}")
         progress_view(run)
-        if st.button("Resume", type="primary", icon=":material/play_arrow:", key="resume",
-                     help="Continue with the same settings; images already encoded are not encoded again."):
+        blocked = identity.role_block("launch")
+        if st.button("Resume", type="primary", icon=":material/play_arrow:", key="resume", disabled=bool(blocked),
+                     help=blocked or "Continue with the same settings; images already encoded are not encoded again."):
             with widgets.guard("resuming the run"):
-                jobs.start_mine_job(run.path, cancel_at_exit=True)
+                jobs.start_mine_job(run.path, cancel_at_exit=True, actor=identity.acting())
                 st.rerun()
         tail = jobs.log_tail(run.path)
         if tail:

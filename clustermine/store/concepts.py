@@ -22,6 +22,8 @@ from clustermine.core.storage import atomic_save_npy, atomic_write_json, atomic_
 from clustermine.store import layout
 from clustermine.store.store import RunStore, now_iso
 from clustermine.core.config import user_identity
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 
 POSITIVE_STATUSES = ("mined", "accepted", "added")
 EDIT_ACTIONS = ("accept", "reject", "restore", "add")
@@ -182,14 +184,16 @@ class ConceptTable(RunStore):
                 return c
         return None
 
-    def edit_concept(self, action: str, key: str, *, user: str | None = None) -> Concept:
+    def edit_concept(self, action: str, key: str, *, user: str | None = None, actor: Actor | None = None) -> Concept:
         """Apply one edit (accept / reject / restore by id or text; add by text) and log it.
 
         Takes effect at once: :meth:`concepts`, :meth:`positive_concepts` and ``detector()``
         reflect it. ``add`` of a concept outside the corpus needs its text embedding stored first
         (:meth:`write_added_embedding`; :func:`clustermine.workflows.concept_edits.edit_concept`
         embeds and edits in one call). Safe against concurrent editors (file lock).
+        ``actor``: who acts; PermissionDenied before anything is written when its role may not.
         """
+        require(actor, "edit_concepts")
         if action not in EDIT_ACTIONS:
             raise ClusterMineError(f"unknown concept action {action!r}; use one of {', '.join(EDIT_ACTIONS)}")
         if self.status != "done":
@@ -209,7 +213,7 @@ class ConceptTable(RunStore):
                     if found is None:
                         raise ClusterMineError(f"no concept {key!r} in this run; `add` it first")
                     cid, text = found.id, found.text
-                entry = {"seq": len(edits) + 1, "ts": now_iso(), "user": user_identity(user),
+                entry = {"seq": len(edits) + 1, "ts": now_iso(), "user": user_identity(user or (actor.name if actor else None)),
                          "action": action, "concept_id": cid, "text": text}
                 edits.append(entry)
                 atomic_write_jsonl(self.file(layout.EDITS), edits)

@@ -31,6 +31,8 @@ import psutil
 
 from clustermine.workflows.distributed import RAY_ADDRESS_ENV, ray_address
 from clustermine.core.errors import ClusterMineError, RunError
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 from clustermine.store import Run, now_iso
 from clustermine.core.storage import atomic_write_json
 
@@ -118,15 +120,18 @@ def read_job(run_dir: str | os.PathLike) -> dict | None:
         return None
 
 
-def start_mine_job(run_dir: str | os.PathLike, *, env: dict | None = None, cancel_at_exit: bool = False) -> dict:
+def start_mine_job(run_dir: str | os.PathLike, *, env: dict | None = None, cancel_at_exit: bool = False,
+                   actor: Actor | None = None) -> dict:
     """Start (or resume) mining the run in ``run_dir`` in a worker subprocess; returns job.json.
 
     The run must exist (``Run.create`` with its full config, images in place) and not be finished;
     its stored config is checked here, so a bad one is reported to the caller, not in the log.
     Refuses to start a second worker while one is alive. ``cancel_at_exit`` (the web server): when
     this process exits (e.g. on SIGTERM), the worker is asked to cancel (:func:`stop_all_jobs`);
-    otherwise it runs on by itself.
+    otherwise it runs on by itself. ``actor``: who launches; PermissionDenied (nothing started)
+    when its role may not.
     """
+    require(actor, "launch")
 
     run_dir = Path(run_dir)
     run = Run.open(run_dir, require_complete=False)
@@ -226,15 +231,19 @@ def reconcile(run: Run) -> Run:
     return run
 
 
-def cancel_job(run_dir: str | os.PathLike) -> None:
-    """Ask the worker to stop at its next progress check (finished work is kept)."""
+def cancel_job(run_dir: str | os.PathLike, *, actor: Actor | None = None) -> None:
+    """Ask the worker to stop at its next progress check (finished work is kept). Controlling a job is
+    the launcher's right: PermissionDenied when ``actor``'s role may not launch."""
+    require(actor, "launch")
     Run.open(run_dir, require_complete=False).request_cancel()
 
 
-def kill_job(run_dir: str | os.PathLike, grace: float = 5.0) -> bool:
+def kill_job(run_dir: str | os.PathLike, grace: float = 5.0, *, actor: Actor | None = None) -> bool:
     """Stop the worker now (SIGTERM to its process group, SIGKILL after ``grace`` seconds) and mark
     the run cancelled. For a worker that does not react to :func:`cancel_job` (e.g. while a model
-    loads). Returns True when a live worker was stopped."""
+    loads). Returns True when a live worker was stopped. PermissionDenied when ``actor``'s role may
+    not launch (nothing is stopped)."""
+    require(actor, "launch")
     info = read_job(run_dir) or {}
     pid = info.get("pid")
     if not pid or not is_alive(pid, info):
