@@ -110,7 +110,7 @@ def read_class_names(spec: str | Path, id_source: str | Path) -> list[str]:
     text file, blank lines ignored, either
 
     * one class name per line; when the ID folder has class subfolders there must be one name per
-      subfolder (in their sorted order), or
+      subfolder, in the sorted order of their names (Python's: uppercase first), or
     * a mapping, one ``folder<TAB>name`` per line (every line with a TAB): each subfolder of the ID
       folder must be listed; extra lines are ignored (one file can serve several subsets).
     """
