@@ -20,6 +20,8 @@ Methods (all share the same image features, corpus embeddings and score code of 
 - MCM (oracle, true class names, tau = 1, engine ``mcm_scores``).
 - NegLabel (oracle): Y_pos = true class names, Y_neg = NegMining over the corpus (15 %, eta = 0.95
   percentile), tau = 0.01, one group.
+  Both through ``clustermine.workflows.evaluation.baseline_scores``, the rows of
+  ``clustermine evaluate --class-names`` (one implementation).
 - Random: |Y_pos| (of ClusterMine-TEMI, same seed) corpus words drawn uniformly (seeded); same score.
 
 "Matched classes" rule (fixed before any result was seen, not tuned): a true class counts as
@@ -233,7 +235,8 @@ def run_bench(split: dict, seeds, *, C=None, tau=TAU, corpus_spec="wordnet-nouns
     from clustermine.method.corpus import embed_concepts
     from clustermine.method.metrics import FPR95_RULE, clustering_scores
     from clustermine.method.mining import posmine, zero_shot_topk
-    from clustermine.method.scoring import mcm_scores, neg_mining, neglabel_scores
+    from clustermine.method.scoring import neg_mining, neglabel_scores
+    from clustermine.workflows.evaluation import MCM, NEGLABEL, baseline_scores
 
     enc = encoder()
     corpus, text_emb = corpus_and_embeddings(corpus_spec, template, subsample)
@@ -307,11 +310,11 @@ def run_bench(split: dict, seeds, *, C=None, tau=TAU, corpus_spec="wordnet-nouns
     if baselines:
         # oracles (deterministic; one run, reported for every seed identically)
         sets = {**{("id", k): v for k, v in split["id_tests"].items()}, **{("ood", k): v for k, v in split["ood"].items()}}
-        mcm = {k: np.log(mcm_scores(v, cls_emb, tau=1.0)) for k, v in sets.items()}
-        add("MCM (oracle names)", None, evaluate_scores(split, mcm), {"n_pos": len(class_names)})
-        negs = neg_mining(cls_emb, text_emb, 0.95, 0.15)
-        nl = {k: neglabel_scores(v, cls_emb, text_emb[negs], tau=tau) for k, v in sets.items()}
-        add("NegLabel (oracle names)", None, evaluate_scores(split, nl), {"n_pos": len(class_names), "n_neg": len(negs)})
+        # the library's baselines (clustermine evaluate --class-names computes the same rows)
+        base, info = baseline_scores(sets, cls_emb, text_emb, tau, methods=(MCM, NEGLABEL))
+        add("MCM (oracle names)", None, evaluate_scores(split, base[MCM]), {"n_pos": info[MCM]["n_pos"]})
+        add("NegLabel (oracle names)", None, evaluate_scores(split, base[NEGLABEL]),
+            {"n_pos": info[NEGLABEL]["n_pos"], "n_neg": info[NEGLABEL]["n_neg"]})
     return res
 
 

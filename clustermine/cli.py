@@ -31,6 +31,8 @@ from clustermine.workflows.search import row_of_path, search_image, search_text
 from clustermine.workflows.stability import clustering_winners, seed_stability, stability_source, support_counts
 from clustermine.workflows.compare import diff_runs
 from clustermine.workflows.export import export_run
+from clustermine.workflows.evaluation import FPR_CONVENTIONS, evaluate_sets, parse_ood_specs, read_class_names
+from clustermine.workflows.evaluation import render as render_evaluation
 from clustermine.workflows.pipeline import evaluate, mine, mine_features, prepare_corpus, resume, score_images
 from clustermine.workflows.report import write_report
 from clustermine.workflows.whatif import calibration_warning
@@ -180,12 +182,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     _add_ray_argument(s)
 
-    e = sub.add_parser("evaluate", help="AUROC / FPR95 / AUPR of a run: ID folder vs OOD folder")
-    e.add_argument("run_dir")
-    e.add_argument("--id", required=True, dest="id_dir")
-    e.add_argument("--ood", required=True, dest="ood_dir")
+    e = sub.add_parser("evaluate", help="AUROC / FPR95 / AUPR of runs: ID set vs one or more named OOD sets, "
+                       "with bootstrap intervals and label-based baselines")
+    e.add_argument("run_dir", nargs="?", default=None, help="the run (or use --runs)")
+    e.add_argument("--runs", nargs="+", default=[], metavar="RUN",
+                   help="several runs (e.g. seeds): per-run rows and mean ± sd over runs")
+    e.add_argument("--id", required=True, dest="id_dir", metavar="DIR",
+                   help="ID test images: a folder, or precomputed features (.npy [N, D] or a clip-retrieval folder)")
+    e.add_argument("--ood", required=True, action="append", dest="ood", metavar="[NAME=]DIR",
+                   help="an OOD set (folder or features, as --id); repeat for several: one row each and their mean")
+    e.add_argument("--class-names", default=None, metavar="FILE|folders",
+                   help="the true ID class names: adds MCM, NegLabel and 'ClusterMine, true names as Y_pos' "
+                        "(label-based). FILE: one name per line (one per ID subfolder, sorted order) or "
+                        "folder<TAB>name lines; 'folders': the ID subfolder names, '_' -> ' ', lowercase")
+    e.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="N bootstrap replicates: 95 %% percentile intervals of AUROC and FPR95 (e.g. 1000)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    e.add_argument("--fpr-convention", choices=FPR_CONVENTIONS, default="hendrycks",
+                   help="openood: add OpenOOD v1.5's OOD-positive FPR@95TPR as its own column")
     e.add_argument("--cache-dir", default=None)
-    e.add_argument("--json", action="store_true")
+    fmt = e.add_mutually_exclusive_group()
+    for name in ("json", "csv", "markdown", "latex"):
+        fmt.add_argument(f"--{name}", action="store_const", const=name, dest="format", help=f"print {name}")
     _add_ray_argument(e)
 
     c = sub.add_parser("concepts", help="list or edit the mined concepts (Y_pos)")
@@ -451,14 +469,28 @@ def _scoring_paths(run, a: argparse.Namespace) -> list[str]:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    run = Run.open(a.run_dir)
-    res = evaluate(run, a.id_dir, a.ood_dir, cache_dir=a.cache_dir, ray_address=_ray(a))
-    _calibration_warning(run)
-    if a.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(f"AUROC {res['auroc']:.4f}  FPR95 {res['fpr95']:.4f}  AUPR-In {res['aupr_in']:.4f}  "
-              f"AUPR-Out {res['aupr_out']:.4f}  (ID {res['n_id']}, OOD {res['n_ood']}, |Y_pos| {res['n_positive']})")
+    run_dirs = ([a.run_dir] if a.run_dir else []) + list(a.runs)
+    if not run_dirs:
+        raise ClusterMineError("evaluate: give a run folder (or --runs RUN [RUN ...])")
+    oods, named = parse_ood_specs(a.ood)
+    runs = [Run.open(r) for r in run_dirs]
+    plain = (len(runs) == 1 and len(oods) == 1 and not named and a.class_names is None and not a.bootstrap
+             and a.fpr_convention == "hendrycks" and a.format in (None, "json"))
+    if plain:  # one run, one OOD folder: the original answer (same JSON)
+        res = evaluate(runs[0], a.id_dir, a.ood[0], cache_dir=a.cache_dir, ray_address=_ray(a))
+        _calibration_warning(runs[0])
+        if a.format == "json":
+            print(json.dumps(res, indent=2))
+        else:
+            print(f"AUROC {res['auroc']:.4f}  FPR95 {res['fpr95']:.4f}  AUPR-In {res['aupr_in']:.4f}  "
+                  f"AUPR-Out {res['aupr_out']:.4f}  (ID {res['n_id']}, OOD {res['n_ood']}, |Y_pos| {res['n_positive']})")
+        return 0
+    names = read_class_names(a.class_names, a.id_dir) if a.class_names is not None else None
+    ev = evaluate_sets(runs, a.id_dir, oods, class_names=names, bootstrap=a.bootstrap, seed=a.seed,
+                       fpr_convention=a.fpr_convention, cache_dir=a.cache_dir, ray_address=_ray(a))
+    for run in runs:
+        _calibration_warning(run)
+    print(render_evaluation(ev, a.format or "table"))
     return 0
 
 

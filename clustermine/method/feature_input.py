@@ -223,7 +223,8 @@ def _clip_retrieval_parts(root: Path, with_metadata: bool) -> tuple[list[Feature
     return parts, metas
 
 
-def load_feature_source(features: str | Path, paths: str | Path | None = None) -> FeatureSource:
+def load_feature_source(features: str | Path, paths: str | Path | None = None, *,
+                        need_paths: bool = True) -> FeatureSource:
     """Open precomputed features (memory-mapped) and the path of each row; checks come in :func:`validate_features`.
 
     ``features``: a ``.npy`` file ``[N, D]``, or a clip-retrieval output folder (or its ``img_emb``
@@ -233,6 +234,8 @@ def load_feature_source(features: str | Path, paths: str | Path | None = None) -
     Without any paths the source is refused rather than given synthetic ids: every later stage (audit
     galleries, export, scoring a file) names images by path, and a run whose rows identify nothing
     cannot be checked or used. Any stable id per row (a file name, a database key) is accepted.
+    ``need_paths`` False (evaluation: only the scores of all rows matter): without ``paths`` the rows
+    get the ids ``<file>#<row>`` and clip-retrieval metadata is not read.
     """
     file = Path(features)
     if file.is_dir():
@@ -240,8 +243,8 @@ def load_feature_source(features: str | Path, paths: str | Path | None = None) -
         if not (root / "img_emb").is_dir():
             raise FeatureInputError(f"{file}: a folder must be clip-retrieval output (img_emb/img_emb_0.npy, "
                                     f"metadata/metadata_0.parquet); otherwise pass one .npy file [N, D]")
-        parts, metas = _clip_retrieval_parts(root, with_metadata=paths is None)
-        if paths is None:
+        parts, metas = _clip_retrieval_parts(root, with_metadata=paths is None and need_paths)
+        if paths is None and need_paths:
             import pyarrow as pa
 
             cols = [read_paths(m) for m in metas]
@@ -257,6 +260,11 @@ def load_feature_source(features: str | Path, paths: str | Path | None = None) -
         parts, layout, source = [FeaturePart(file, _open_npy(file))], "npy", str(file)
     else:
         raise FeatureInputError(f"{file}: features file or folder not found")
+    if paths is None and not need_paths:
+        import pyarrow as pa
+
+        ids = [f"{p.file.name}#{i}" for p in parts for i in range(p.array.shape[0] if p.array.ndim else 0)]
+        return FeatureSource(parts, pa.array(ids, type=pa.string()), layout, source, paths_source="(row numbers)")
     if paths is None:
         raise FeatureInputError(f"{file}: rows need an identity: pass --paths FILE (one image path or id per "
                                 f"line, in row order, or a .parquet/.csv with an 'image_path' column)")

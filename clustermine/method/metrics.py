@@ -206,3 +206,89 @@ def clustering_scores(true_labels: np.ndarray, cluster_ids: np.ndarray) -> dict[
         "nmi": float(normalized_mutual_info_score(true_labels, cluster_ids)),
         "ari": float(adjusted_rand_score(true_labels, cluster_ids)),
     }
+
+
+# ----------------------------------------------------------------------------- other conventions, uncertainty
+FPR95_OPENOOD_RULE = ("OpenOOD v1.5 auc_and_fpr_recall: OOD positive (score -S), scikit-learn roc_curve points "
+                      "(ties grouped, collinear points dropped), FPR of the first point with TPR >= 0.95")
+
+
+def fpr95_openood(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """FPR@95TPR as OpenOOD v1.5 computes it (``auc_and_fpr_recall``): OOD is the positive class.
+
+    Its code: ``fpr, tpr, _ = roc_curve(ood_indicator, -conf); fpr[argmax(tpr >= 0.95)]``. So: with
+    score −S, one ROC point per distinct score (ties grouped), TP = #OOD ≤ t, FP = #ID ≤ t;
+    scikit-learn's default ``drop_intermediate=True`` drops every point whose two neighbours lie on
+    one line with it at equal steps (both second differences of the counts zero); (0, 0) is
+    prepended; the first remaining point with TPR ≥ ``tpr`` (float64) gives FPR = #ID ≤ t / N_ID:
+    the fraction of ID images flagged as OOD when 95 % of OOD images are caught. Not the same
+    number as :func:`fpr95` (ID positive): the two answer different questions.
+    """
+    id_scores, ood_scores = _as_scores(id_scores, ood_scores)
+    tps, fps = _roc_counts(-ood_scores, -id_scores)  # OOD positive, score -S
+    if tps.size > 2:
+        keep = np.concatenate([[True], (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), [True]])
+        tps, fps = tps[keep], fps[keep]
+    tpr_curve = np.concatenate([[0], tps]) / tps[-1]
+    fpr_curve = np.concatenate([[0], fps]) / fps[-1]
+    return float(fpr_curve[int(np.argmax(tpr_curve >= tpr))])
+
+
+def bootstrap_indices(n_id: int, n_ood: int, replicate: int, seed: int = 0,
+                      stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (int64 [n_id], [n_ood]) of bootstrap replicate ``replicate``: ID and OOD drawn with
+    replacement, independently. Each replicate has its own generator (``seed``, replicate), so a
+    replicate does not depend on how many are drawn or in what chunks; the ID draw does not depend
+    on ``stream`` (one per OOD set), so OOD sets evaluated against the same ID set share it."""
+    ids = np.random.default_rng([seed, 0, replicate]).integers(0, n_id, n_id)
+    oods = np.random.default_rng([seed, 1, stream, replicate]).integers(0, n_ood, n_ood)
+    return ids, oods
+
+
+def bootstrap_ood(id_scores: np.ndarray, ood_scores: np.ndarray, n_boot: int, seed: int = 0,
+                  stream: int = 0) -> dict[str, np.ndarray]:
+    """AUROC and FPR95 (ID positive, :func:`auroc` / :func:`fpr95` rules) of ``n_boot`` bootstrap
+    replicates (:func:`bootstrap_indices`) → {"auroc": float64 [n_boot], "fpr95": float64 [n_boot]}.
+
+    Vectorised over replicates: a replicate is a vector of counts per distinct score value, so
+    the tie-grouped ROC of many replicates is one ``bincount`` and one ``cumsum`` over a
+    [replicates, distinct values] matrix (memory bounded by chunks of replicates).
+    """
+    id_scores, ood_scores = _as_scores(id_scores, ood_scores)
+    if n_boot < 1:
+        raise ValueError("n_boot must be at least 1")
+    n_id, n_ood = id_scores.size, ood_scores.size
+    values, inverse = np.unique(np.concatenate([id_scores, ood_scores]), return_inverse=True)
+    n_values = values.size
+    desc = n_values - 1 - inverse  # column 0 = highest score, as in _roc_counts
+    col_id, col_ood = desc[:n_id], desc[n_id:]
+    out = {"auroc": np.empty(n_boot), "fpr95": np.empty(n_boot)}
+    step = max(1, min(n_boot, int(4e6 // max(n_values, n_id, n_ood))))
+    for lo in range(0, n_boot, step):
+        reps = range(lo, min(n_boot, lo + step))
+        draws = [bootstrap_indices(n_id, n_ood, b, seed, stream) for b in reps]
+        k = len(draws)
+        offset = (np.arange(k, dtype=np.int64) * n_values)[:, None]
+        pos_at = np.bincount((col_id[np.stack([d[0] for d in draws])] + offset).ravel(),
+                             minlength=k * n_values).reshape(k, n_values)
+        neg_at = np.bincount((col_ood[np.stack([d[1] for d in draws])] + offset).ravel(),
+                             minlength=k * n_values).reshape(k, n_values)
+        tps, fps = np.cumsum(pos_at, axis=1), np.cumsum(neg_at, axis=1)
+        # AUROC: Σ ΔFP · (TP_before + TP_after), as auroc(); value columns absent from a replicate add 0
+        out["auroc"][lo:lo + k] = np.sum(neg_at * (2 * tps - pos_at), axis=1) / (2.0 * n_id * n_ood)
+        # FPR95 (fpr_at_recall): among the points up to the first with full recall, the one nearest
+        # 0.95, ties to the full-recall end (= the largest column); empty columns repeat a point.
+        dist = np.abs(tps / n_id - 0.95)
+        first_full = np.argmax(tps == n_id, axis=1)
+        dist[np.arange(n_values)[None, :] > first_full[:, None]] = np.inf
+        chosen = n_values - 1 - np.argmin(dist[:, ::-1], axis=1)
+        out["fpr95"][lo:lo + k] = fps[np.arange(k), chosen] / n_ood
+    return out
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    """[low, high]: the (1−level)/2 and (1+level)/2 percentiles of bootstrap replicates (the
+    percentile interval; linear interpolation between order statistics, numpy's default)."""
+    a = 100 * (1 - level) / 2
+    lo, hi = np.percentile(np.asarray(values, dtype=np.float64), [a, 100 - a])
+    return [float(lo), float(hi)]

@@ -14,7 +14,6 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from clustermine.method import metrics as _metrics
 from clustermine.core.config import MineConfig
 from clustermine.core.errors import CancelledError, ClusterMineError, NoImagesError, RunError
 from clustermine.core.identity import Actor
@@ -25,6 +24,7 @@ from clustermine.core.storage import cache_root
 from clustermine.workflows.encoding import (  # noqa: F401  (STAGES, load_folder: part of this module's API)
     STAGES, CancelFn, FeatureCache, ProgressFn, ProgressTracker, encode_records, load_folder)
 from clustermine.workflows.whatif import run_detector
+from clustermine.workflows.evaluation import evaluate_single
 from clustermine.method.corpus import corpus_embeddings, embedding_cache_key, load_corpus
 from clustermine.method.cost import check_clusterer_feasible
 from clustermine.method.feature_input import iter_normalized_chunks, load_feature_source, validate_features
@@ -498,16 +498,5 @@ def score_images(run, paths: Iterable[str | Path], *, encoder=None, top: int = 5
 def evaluate(run, id_dir: str | Path, ood_dir: str | Path, *, encoder=None,
              cache_dir: str | Path | None = None, ray_address: str | None = None) -> dict:
     """AUROC / FPR95 / AUPR of the run's current detector, ID folder vs OOD folder
-    (``ray_address``: encode and score on that Ray cluster)."""
-    detector = run_detector(run)
-    encoder = encoder or load_encoder(detector.encoder_spec or run.encoder_spec)
-    detector.check_encoder(encoder)
-    with _cluster(ray_address) as cluster:
-        _, id_feats = load_folder(id_dir, encoder, cache_dir=cache_dir, cluster=cluster)
-        _, ood_feats = load_folder(ood_dir, encoder, cache_dir=cache_dir, cluster=cluster)
-        score = detector.log_scores if cluster is None else (lambda f: cluster.log_scores(detector, f))
-        id_scores, ood_scores = score(id_feats), score(ood_feats)
-    res = _metrics.ood_metrics(id_scores, ood_scores)
-    res["n_positive"] = int(len(detector.positive_idx))
-    res["fpr95_variant"] = _metrics.FPR95_RULE
-    return res
+    (``ray_address``: encode and score on that Ray cluster); :func:`clustermine.workflows.evaluation.evaluate_single`."""
+    return evaluate_single(run, id_dir, ood_dir, encoder=encoder, cache_dir=cache_dir, ray_address=ray_address)
