@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from clustermine.core.errors import ClusterMineError
+from clustermine.core.identity import Actor
 from clustermine.method.corpus import embed_concepts
 from clustermine.method.encoders import load_encoder
 from clustermine.store.concepts import Concept, action_for, check_added_text
@@ -33,18 +34,21 @@ def embed_added_concept(run: Run, key: str, encoder=None) -> None:
     run.write_added_embedding(text, emb, fingerprint_id=encoder.fingerprint_id)
 
 
-def edit_concept(run: Run, action: str, key: str, *, encoder=None, user: str | None = None) -> Concept:
+def edit_concept(run: Run, action: str, key: str, *, encoder=None, user: str | None = None,
+                 actor: Actor | None = None) -> Concept:
     """Apply one decision (``accept`` / ``reject`` / ``restore`` by id or text, ``add`` by text) and
-    log it; an added concept outside the corpus is embedded first (see :func:`embed_added_concept`).
-    Returns the concept as it is now."""
+    log it, signed by ``actor`` (else ``user``: :func:`clustermine.store.chain.entry_actor`); an added
+    concept outside the corpus is embedded first (see :func:`embed_added_concept`). Returns the
+    concept as it is now."""
     if action == "add":
         if run.status != "done":
             raise ClusterMineError(f"{run.path}: concepts can be edited once mining has finished (status {run.status!r})")
         embed_added_concept(run, key, encoder)
-    return run.edit_concept(action, key, user=user)
+    return run.edit_concept(action, key, user=user, actor=actor)
 
 
-def set_concept_status(run: Run, key: str, status: str, *, user: str | None = None) -> tuple[Concept, str | None]:
+def set_concept_status(run: Run, key: str, status: str, *, user: str | None = None,
+                       actor: Actor | None = None) -> tuple[Concept, str | None]:
     """Give the concept ``key`` (id or text) the status ``status`` through the decision
     :func:`~clustermine.store.concepts.action_for` names (logged like any edit). Returns ``(concept now,
     the action, or None when it already had that status)``; ClusterMineError names an unknown concept
@@ -55,4 +59,4 @@ def set_concept_status(run: Run, key: str, status: str, *, user: str | None = No
     action = action_for(current.status, status)
     if action is None:
         return current, None
-    return edit_concept(run, action, current.id, user=user), action
+    return edit_concept(run, action, current.id, user=user, actor=actor), action

@@ -1,0 +1,221 @@
+"""The decision logs' hash chain (issue 20, items 3 and 4): appends, ``verify_log`` and
+``clustermine verify`` on change / removal / insertion, older unchained runs, the signed actor, and
+the who-did-what list with its person filter. Runs are format-1 runs written by hand
+(``test_rundir.write_format1_run``: 4 images, an unchained edit log of 5 entries by "ann")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from clustermine.cli import main
+from clustermine.core.identity import Actor, local_actor
+from clustermine.store import Run, layout
+from clustermine.store.chain import append_entries, canonical, genesis, head_path, verify_log
+from clustermine.workflows.decisions import decisions, log_state, people
+from test_rundir import write_format1_run
+
+
+def _lines(p: Path) -> list[bytes]:
+    return p.read_bytes().split(b"\n")[:-1]
+
+
+def _write(p: Path, lines: list[bytes]) -> None:
+    p.write_bytes(b"".join(x + b"\n" for x in lines))
+
+
+@pytest.fixture
+def log(tmp_path) -> tuple[Path, str]:
+    """A chained log of 6 entries (seq 1..6), written through append_entries."""
+    p = tmp_path / "edits.jsonl"
+    start = genesis("edits.jsonl", "run-a")
+    for i in range(6):
+        append_entries(p, [{"seq": i + 1, "user": f"u{i}", "action": "accept", "text": f"c{i}"}], start=start)
+    return p, start
+
+
+# ------------------------------------------------------------------------------------ the chain itself
+def test_each_entry_carries_the_hash_of_the_previous_line(log):
+    p, start = log
+    lines = _lines(p)
+    assert start == hashlib.sha256(b"clustermine-decision-log-v1\nedits.jsonl\nrun-a").hexdigest()
+    assert json.loads(lines[0])["prev"] == start
+    for a, b in zip(lines, lines[1:]):
+        assert json.loads(b)["prev"] == hashlib.sha256(a).hexdigest()
+    # canonical serialisation: sorted keys, no spaces; the stored bytes are exactly that
+    assert all(x == canonical(json.loads(x)) for x in lines)
+    assert json.loads(head_path(p).read_text()) == {"count": 6, "sha256": hashlib.sha256(lines[-1]).hexdigest()}
+    state = verify_log(p, start=start)
+    assert (state.kind, state.count, state.ok, state.bad_entry) == ("intact", 6, True, None)
+    assert state.message() == "verified: 6 entries"
+
+
+def test_another_runs_genesis_does_not_verify(log):
+    p, _ = log
+    state = verify_log(p, start=genesis("edits.jsonl", "run-b"))
+    assert (state.kind, state.bad_entry) == ("altered", 1)
+    assert "does not start this run's log" in state.problem
+
+
+@pytest.mark.parametrize("case, entry, words", [
+    ("change", 3, "entry 3 was changed"),
+    ("remove", 3, "entry 3 was removed"),
+    ("insert", 3, "entry 3 was inserted"),
+    ("insert_forged", 3, "entry 3 was inserted"),
+    ("change_last", 6, "entry 6 was changed"),
+    ("remove_last", 6, "entry 6 was removed"),
+    ("remove_first", 1, "entry 1 was removed"),
+    ("append", 7, "entry 7 was appended outside ClusterMine"),
+    ("not_json", 4, "entry 4 is not a JSON object"),
+])
+def test_tampering_is_found_at_the_right_entry(log, case, entry, words):
+    p, start = log
+    lines = _lines(p)
+    if case == "change":
+        lines[2] = lines[2].replace(b'"user":"u2"', b'"user":"mallory"')
+    elif case == "remove":
+        del lines[2]
+    elif case == "insert":  # a copy of an earlier line
+        lines.insert(2, lines[0])
+    elif case == "insert_forged":  # a new line that links correctly to the one before it
+        forged = dict(json.loads(lines[1]), seq=3, user="mallory", prev=hashlib.sha256(lines[1]).hexdigest())
+        lines.insert(2, canonical(forged))
+    elif case == "change_last":
+        lines[5] = lines[5].replace(b'"accept"', b'"reject"')
+    elif case == "remove_last":
+        lines.pop()
+    elif case == "remove_first":
+        lines.pop(0)
+    elif case == "append":
+        lines.append(canonical(dict(json.loads(lines[5]), seq=7, prev=hashlib.sha256(lines[5]).hexdigest())))
+    elif case == "not_json":
+        lines[3] = lines[3][:-5]
+    _write(p, lines)
+    state = verify_log(p, start=start)
+    assert (state.kind, state.ok, state.bad_entry) == ("altered", False, entry), state
+    assert words in state.problem
+    assert state.message().startswith(f"the log was altered at entry {entry}")
+    assert state.entry_state(entry) == "not verified" and (entry == 1 or state.entry_state(entry - 1) == "verified")
+
+
+def test_a_deleted_log_with_its_head_left_is_altered(log):
+    p, start = log
+    p.unlink()
+    state = verify_log(p, start=start)
+    assert (state.kind, state.bad_entry) == ("altered", 1) and "all 6 entries were removed" in state.problem
+
+
+# ------------------------------------------------------------------------------------ runs, old and new
+@pytest.fixture
+def old_run(tmp_path) -> Run:
+    write_format1_run(tmp_path / "old-run")
+    return Run.open(tmp_path / "old-run")
+
+
+def test_an_old_run_opens_and_is_unchained(old_run, capsys):
+    state = log_state(old_run)
+    assert (state.kind, state.ok, state.count) == ("unchained", True, 5)
+    assert state.message().startswith("unchained: 5 decisions")
+    assert [d.state for d in decisions(old_run)] == ["unchained"] * 5
+    assert main(["verify", str(old_run.path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("unchained: 5 decisions") and "cannot be verified" in out
+
+
+def test_new_decisions_chain_after_the_old_ones_and_seal_them(old_run, capsys):
+    old_bytes = old_run.file(layout.EDITS).read_bytes()
+    old_run.edit_concept("restore", "tench", actor=local_actor("bea"))
+    assert old_run.file(layout.EDITS).read_bytes().startswith(old_bytes)  # old lines kept byte for byte
+    state = log_state(old_run)
+    assert (state.kind, state.edits.kind, state.edits.unchained) == ("verified", "partial", 5)
+    assert state.message().startswith("verified: 1 of 6 decisions")
+    assert [d.state for d in decisions(old_run)][-1] == "verified"
+    # the sealed old lines can no longer change unseen
+    p = old_run.file(layout.EDITS)
+    p.write_bytes(p.read_bytes().replace(b'"user": "ann"', b'"user": "zed"', 1))
+    assert main(["verify", str(old_run.path)]) == 1
+    assert "written before the chain" in capsys.readouterr().out
+
+
+def test_every_new_entry_is_signed_by_the_actor(old_run):
+    old_run.edit_concept("reject", "church", actor=Actor("eve@example.org", "oidc", "https://idp.example", "reviewer"))
+    old_run.set_excluded([0, 1], actor=local_actor("  bo "))
+    old_run.edit_concept("accept", "church", user="carl")  # the older keyword: recorded like the CLI
+    e = [json.loads(x) for x in _lines(old_run.file(layout.EDITS))][-2:]
+    assert {k: e[0][k] for k in ("user", "auth", "issuer", "role", "action", "seq")} == {
+        "user": "eve@example.org", "auth": "oidc", "issuer": "https://idp.example", "role": "reviewer",
+        "action": "reject", "seq": 6}
+    assert (e[1]["user"], e[1]["auth"]) == ("carl", "os")
+    assert all(x["ts"].endswith("+00:00") and len(x["prev"]) == 64 for x in e)
+    x = [json.loads(l) for l in _lines(old_run.file(layout.EXCLUSIONS))]
+    assert [(r["user"], r["auth"], r["row"], r["seq"]) for r in x] == [("bo", "none", 0, 1), ("bo", "none", 1, 2)]
+    assert x[0]["prev"] == genesis(layout.EXCLUSIONS, old_run.run_id)
+    assert x[1]["prev"] == hashlib.sha256(_lines(old_run.file(layout.EXCLUSIONS))[0]).hexdigest()
+    assert head_path(old_run.file(layout.EXCLUSIONS)).name == layout.EXCLUSIONS_HEAD
+    assert head_path(old_run.file(layout.EDITS)).name == layout.EDITS_HEAD
+    assert Run.open(old_run.path).excluded_mask().tolist() == [True, True, False, False]
+
+
+def test_cli_user_records_auth_os_and_verify_counts_both_logs(old_run, capsys, monkeypatch):
+    monkeypatch.setenv("USER", "osname")
+    assert main(["concepts", str(old_run.path), "--reject", "church", "--user", "dana"]) == 0
+    assert main(["exclude", str(old_run.path), "--row", "2"]) == 0
+    edit = json.loads(_lines(old_run.file(layout.EDITS))[-1])
+    excl = json.loads(_lines(old_run.file(layout.EXCLUSIONS))[-1])
+    assert (edit["user"], edit["auth"]) == ("dana", "os") and (excl["user"], excl["auth"]) == ("osname", "os")
+    capsys.readouterr()
+    assert main(["verify", str(old_run.path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("verified: 2 of 7 decisions (edits 6, exclusions 1)")
+    assert main(["verify", str(old_run.path), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["ok"], got["kind"], got["count"]) == (True, "verified", 7)
+    assert got["logs"]["exclusions.jsonl"]["kind"] == "intact"
+
+
+@pytest.mark.parametrize("case, entry", [("change", 2), ("remove", 2), ("insert", 2)])
+def test_cli_verify_exits_1_naming_the_file_and_entry(tmp_path, capsys, case, entry):
+    run_dir = tmp_path / "run"
+    write_format1_run(run_dir)
+    run = Run.open(run_dir)
+    run.set_excluded([0, 1, 2, 3], actor=local_actor("bo"))
+    p = run.file(layout.EXCLUSIONS)
+    lines = _lines(p)
+    if case == "change":
+        lines[1] = lines[1].replace(b'"bo"', b'"al"')
+    elif case == "remove":
+        del lines[1]
+    else:
+        lines.insert(1, lines[2])
+    _write(p, lines)
+    capsys.readouterr()
+    assert main(["verify", str(run_dir)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"the log was altered at entry {entry} (exclusions.jsonl)")
+    assert {"change": "was changed", "remove": "was removed", "insert": "was inserted"}[case] in out
+    assert main(["verify", str(run_dir), "--json"]) == 1
+    got = json.loads(capsys.readouterr().out)
+    assert got["ok"] is False and got["logs"]["exclusions.jsonl"]["bad_entry"] == entry
+
+
+def test_verify_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["verify", str(tmp_path)]) == 2
+    assert "not a ClusterMine run folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ who did what
+def test_decisions_list_both_logs_and_filter_by_person(old_run):
+    old_run.edit_concept("reject", "church", actor=local_actor("bea"))
+    old_run.set_excluded([3], actor=Actor("eve@example.org", "proxy", role="admin"))
+    all_ = decisions(old_run)
+    assert len(all_) == 7 and people(all_) == ["ann", "bea", "eve@example.org"]
+    assert [(d.log, d.entry) for d in all_][-2:] == [("edits", 6), ("exclusions", 1)]  # oldest first
+    mine = decisions(old_run, people=["bea", "eve@example.org"])
+    assert [(d.user, d.auth, d.role, d.action, d.target, d.state) for d in mine] == [
+        ("bea", "none", None, "reject", "church", "verified"),
+        ("eve@example.org", "proxy", "admin", "exclude", old_run.image_records(ok_only=True)[3]["path"], "verified")]
+    assert decisions(old_run, people=["nobody"]) == []
+    assert {d.state for d in all_ if d.user == "ann"} == {"unchained"}
