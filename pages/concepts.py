@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clustermine.workflows import clusterview
+from clustermine.workflows import clusterview, decisions
 
 from ui import concept_review, state, whatif_panel, widgets
 
@@ -14,6 +14,8 @@ widgets.page_header("Concepts", "Mined concepts are positives (Y_pos); a rejecte
                     "Every decision is logged with who and when.")
 run = state.require_run(done=True)
 concept_review.feedback()
+log = decisions.log_state(run)
+concept_review.log_state_line(log)
 
 counts = clusterview.concept_counts(run.concepts())
 widgets.metrics_row([
@@ -27,7 +29,7 @@ widgets.metrics_row([
 st.subheader("Review", anchor=False)
 state.restore_reviewer()
 st.text_input("Your name (recorded in the decision log)", key="reviewer", on_change=state.remember_reviewer,
-              placeholder=concept_review.reviewer(), help="Kept in the page URL, so a refresh keeps it.")
+              placeholder=concept_review.reviewer().name, help="Kept in the page URL, so a refresh keeps it.")
 # Full width: every column of the table stays visible at 1400 px (no horizontal scrolling).
 df = concept_review.table(run)
 concept_review.stability_panel(run)
@@ -40,4 +42,4 @@ with left:
 with right:
     st.subheader("What if?", anchor=False)
     st.fragment(whatif_panel.panel)(run)
-concept_review.edit_log(run)
+concept_review.decision_log(run, log)

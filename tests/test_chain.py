@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from clustermine.store import Run, layout
 from clustermine.store.chain import append_entries, canonical, genesis, head_path, verify_log
 from clustermine.workflows.decisions import decisions, log_state, people
 from test_rundir import write_format1_run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lines(p: Path) -> list[bytes]:
@@ -219,3 +222,83 @@ def test_decisions_list_both_logs_and_filter_by_person(old_run):
         ("eve@example.org", "proxy", "admin", "exclude", old_run.image_records(ok_only=True)[3]["path"], "verified")]
     assert decisions(old_run, people=["nobody"]) == []
     assert {d.state for d in all_ if d.user == "ann"} == {"unchained"}
+
+
+# ------------------------------------------------------------------------------------ the HTML report
+def test_report_shows_the_state_and_every_decision_escaped(old_run):
+    from clustermine.workflows.report import build_report
+
+    old_run.edit_concept("reject", "church", actor=local_actor("<b>bea</b>"))
+    old_run.set_excluded([1], actor=Actor("eve@example.org", "oidc", "https://idp.example", "reviewer"))
+    page = build_report(old_run)
+    section = page[page.index('<section id="decisions">'):]
+    section = section[:section.index("</section>")]
+    assert "Decisions log (7)" in section
+    assert '<div class="log-verified" id="log-state">verified: 2 of 7 decisions (edits 6, exclusions 1)' in section
+    assert section.count('<tr class="decision">') == 7
+    assert "&lt;b&gt;bea&lt;/b&gt;" in section and "<b>bea</b>" not in section
+    assert "<td>eve@example.org</td><td>oidc</td><td>reviewer</td><td>exclude</td>" in section
+    # altered: the report says where
+    p = old_run.file(layout.EDITS)
+    lines = _lines(p)
+    lines[5] = lines[5].replace(b'"reject"', b'"accept"')
+    _write(p, lines)
+    page = build_report(Run.open(old_run.path))
+    assert ('<div class="log-altered" id="log-state">the log was altered at entry 6 (edits.jsonl): entry 6 was '
+            "changed") in page
+
+
+# ------------------------------------------------------------------------------------ the app
+def _plain(elements) -> list[str]:
+    """The texts of st.info / st.error / … elements, markdown escapes removed."""
+    return [re.sub(r"\\(.)", r"\1", e.value) for e in elements]
+
+
+def _concepts_page(run: Run, monkeypatch, reviewer: str | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(run.path.parent))
+    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params["run"] = run.path.name
+    if reviewer:
+        at.query_params["reviewer"] = reviewer
+    at.run()
+    at.switch_page("pages/concepts.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_concepts_page_shows_the_state_and_who_did_what(old_run, monkeypatch):
+    at = _concepts_page(old_run, monkeypatch, reviewer="zoe")
+    assert any(i.startswith("unchained: 5 decisions") for i in _plain(at.info))
+    # a decision from the page is signed by the self-declared name, auth "none", and chained
+    at.selectbox(key="concept_pick").set_value(next(c.id for c in old_run.concepts() if c.text == "church")).run()
+    at.button(key="btn_reject").click().run()
+    last = json.loads(_lines(old_run.file(layout.EDITS))[-1])
+    assert (last["user"], last["auth"], last["action"], last["text"]) == ("zoe", "none", "reject", "church")
+    assert any(s.startswith("verified: 1 of 6 decisions") for s in _plain(at.success))
+    table = at.dataframe[-1].value
+    assert list(table.columns[:4]) == ["when", "who", "mode", "role"] and len(table) == 6
+    assert (table.iloc[0]["who"], table.iloc[0]["mode"], table.iloc[0]["state"]) == ("zoe", "none", "verified")
+    at.multiselect(key="decisions_people").set_value(["ann"]).run()
+    assert set(at.dataframe[-1].value["who"]) == {"ann"} and len(at.dataframe[-1].value) == 5
+
+
+@pytest.mark.parametrize("case, entry", [("change", 2), ("remove", 2), ("insert", 2)])
+def test_concepts_page_says_where_the_log_was_altered(tmp_path, monkeypatch, case, entry):
+    write_format1_run(tmp_path / "run")
+    run = Run.open(tmp_path / "run")
+    run.set_excluded([0, 1, 2], actor=local_actor("bo"))
+    p = run.file(layout.EXCLUSIONS)
+    lines = _lines(p)
+    if case == "change":
+        lines[1] = lines[1].replace(b'"bo"', b'"al"')
+    elif case == "remove":
+        del lines[1]
+    else:
+        lines.insert(1, lines[2])
+    _write(p, lines)
+    at = _concepts_page(run, monkeypatch)
+    errors = _plain(at.error)
+    assert any(e.startswith(f"the log was altered at entry {entry} (exclusions.jsonl)") for e in errors), errors

@@ -58,7 +58,7 @@ def exclude_images(run_path: str, rows: list[int], restore: bool = False) -> Non
     from .concept_review import reviewer
 
     try:
-        changed = cache.load_run(run_path).set_excluded(rows, restore=restore, user=reviewer())
+        changed = cache.load_run(run_path).set_excluded(rows, restore=restore, actor=reviewer())
         verb = "restored" if restore else "marked not ID"
         st.session_state["exclusion_ok"] = f"{len(changed)} image(s) {verb}; re-mine on the Cluster audit page to apply"
     except ClusterMineError as exc:
@@ -106,7 +106,7 @@ def remine_panel(run: Run) -> None:
                                      "recluster": "re-cluster the remaining images"}.get)
         if st.button("Re-mine now", type="primary", key="remine_go", icon=":material/refresh:"):
             with st.spinner("Re-mining (no re-encoding)…"), widgets.guard("re-mining"):
-                remine(run, recluster=mode == "recluster", user=reviewer())
+                remine(run, recluster=mode == "recluster", user=reviewer().name)
                 st.rerun()
 
 

@@ -1,19 +1,19 @@
 """The concept review table (st.data_editor keyed by concept id, edits applied through a callback
-into ``Run.edit_concept``), quick actions, free-text additions and the edit log."""
+into ``Run.edit_concept``), quick actions, free-text additions, who signs (:func:`reviewer`) and the
+decision log (its verified state and who did what)."""
 
 from __future__ import annotations
-
-import os
 
 import pandas as pd
 import streamlit as st
 
 from clustermine.core.errors import ClusterMineError
+from clustermine.core.identity import Actor, local_actor
 from clustermine.store import Run
 from clustermine.store.concepts import CONCEPT_STATUSES, action_for
-from clustermine.workflows import concept_edits
+from clustermine.workflows import concept_edits, decisions
 
-from . import cache, rundata, widgets
+from . import cache, rundata, state, widgets
 from .text import md_escape
 
 STATUSES = list(CONCEPT_STATUSES)  # the engine's rule (clustermine.store.concepts), shown as the column's options
@@ -21,15 +21,19 @@ _ERR_KEY = "concept_edit_error"
 _OK_KEY = "concept_edit_ok"
 
 
-def reviewer() -> str:
-    return (st.session_state.get("reviewer") or "").strip() or os.environ.get("USER") or "reviewer"
+def reviewer() -> Actor:
+    """Who acts in this session, the one place the app decides it. Local mode: the self-declared
+    name (the name box, else ``?reviewer=`` kept in the session), else the OS user; recorded as
+    ``auth = "none"`` so nobody takes it for a verified identity."""
+    typed = st.session_state.get("reviewer") or st.session_state.get(state.REVIEWER_KEY)
+    return local_actor(str(typed or "")[:100])
 
 
 def apply(run_path: str, action: str, key: str, encoder=None) -> None:
     """Apply one edit and remember its outcome for the next script run (callbacks cannot draw)."""
     run = cache.load_run(run_path)
     try:
-        c = concept_edits.edit_concept(run, action, key, encoder=encoder, user=reviewer())
+        c = concept_edits.edit_concept(run, action, key, encoder=encoder, actor=reviewer())
         st.session_state[_OK_KEY] = f"{action}: {c.text} → {c.status}"
     except ClusterMineError as exc:
         st.session_state[_ERR_KEY] = str(exc)
@@ -153,11 +157,35 @@ def add_form(run: Run) -> None:
             st.rerun()
 
 
-def edit_log(run: Run) -> None:
-    edits = run.edits()
-    with st.expander(f"Decision log ({len(edits)} edit(s), append-only)"):
-        if edits:
-            st.dataframe(pd.DataFrame(edits)[["seq", "ts", "user", "action", "text", "concept_id"]].iloc[::-1],
-                         hide_index=True, width="stretch")
+def log_state_line(log: decisions.RunLogState) -> None:
+    """The decision log's state in one line: verified (success), unchained (info), altered (error)."""
+    msg = log.message()
+    if not log.ok:
+        st.error(md_escape(msg, max_len=2000), icon=":material/gpp_bad:")
+    elif log.kind == "verified":
+        st.success(md_escape(msg), icon=":material/verified_user:")
+    elif log.kind == "unchained":
+        st.info(md_escape(msg), icon=":material/link_off:")
+    else:
+        st.caption(md_escape(msg))
+
+
+_DECISION_COLUMNS = {"ts": "when", "user": "who", "auth": "mode", "role": "role", "action": "action",
+                     "target": "concept / image", "log": "log", "entry": "entry", "state": "state"}
+
+
+def decision_log(run: Run, log: decisions.RunLogState) -> None:
+    """Who did what: every decision of both logs (newest first) with who, when, auth mode and role,
+    filtered by person."""
+    every = decisions.decisions(run, state=log)
+    with st.expander(f"Decision log: who did what ({len(every)} decision(s), append-only, hash-chained)",
+                     expanded=not log.ok):
+        log_state_line(log)
+        who = st.multiselect("Filter by person", decisions.people(every), key="decisions_people",
+                             placeholder="everyone")
+        shown = decisions.decisions(run, people=who, state=log) if who else every
+        if shown:
+            df = pd.DataFrame([d.to_dict() for d in shown])[list(_DECISION_COLUMNS)].rename(columns=_DECISION_COLUMNS)
+            st.dataframe(df.iloc[::-1], hide_index=True, width="stretch")
         else:
-            st.caption("no edit yet")
+            st.caption("no decision yet")
