@@ -104,6 +104,23 @@ def test_tampering_is_found_at_the_right_entry(log, case, entry, words):
     assert state.entry_state(entry) == "not verified" and (entry == 1 or state.entry_state(entry - 1) == "verified")
 
 
+@pytest.mark.parametrize("log_written", [False, True])
+def test_a_crash_between_the_log_and_its_head_still_verifies(log, log_written):
+    """The head is two-phase: killed after its first write (log old or new), the log verifies."""
+    p, start = log
+    old = _lines(p)
+    append_entries(p, [{"seq": 7, "user": "u7", "action": "reject", "text": "c7"}], start=start)
+    new = _lines(p)
+    mid = {"count": 6, "sha256": hashlib.sha256(old[-1]).hexdigest(),
+           "next": {"count": 7, "sha256": hashlib.sha256(new[-1]).hexdigest()}}
+    head_path(p).write_text(json.dumps(mid))
+    _write(p, new if log_written else old)
+    state = verify_log(p, start=start)
+    assert (state.kind, state.count) == ("intact", 7 if log_written else 6)
+    _write(p, new[:5])  # but a truncation is still seen in that state
+    assert verify_log(p, start=start).bad_entry == 6
+
+
 def test_a_deleted_log_with_its_head_left_is_altered(log):
     p, start = log
     p.unlink()

@@ -15,7 +15,9 @@ audit logs. Each new entry is one line of canonical JSON (keys sorted, no spaces
 
 A chain alone cannot see the *last* entries removed or changed, so every append also writes a small
 head record beside the log (``<log>.head.json``: entry count and the last line's hash); verification
-compares it with the log's end. The head is as editable as the log; it raises the bar (a rewrite must
+compares it with the log's end. The head is written in two phases (first naming the old end and the
+coming one as ``next``, then the log, then the settled head), so a crash between the files leaves a
+state that verifies. The head is as editable as the log; it raises the bar (a rewrite must
 be consistent in both files) and its hash, printed by ``clustermine verify --json``, can be kept
 elsewhere. Entry numbers are 1-based line numbers.
 
@@ -104,6 +106,7 @@ def append_entries(path: str | os.PathLike, entries: list[dict], *, start: str) 
     parsed = [_parse(x) for x in lines]
     chained = [i for i, e in enumerate(parsed) if e is not None and "prev" in e]
     first_chained = chained[0] if chained else len(lines)
+    before = _head_of(lines)
     written = []
     for entry in entries:
         i = len(lines)
@@ -111,10 +114,19 @@ def append_entries(path: str | os.PathLike, entries: list[dict], *, start: str) 
         first_chained = min(first_chained, i)
         lines.append(canonical(full))
         written.append(full)
+    if not written:
+        return written
+    after = _head_of(lines)
+    # Two phases, so that a crash between the two files never looks like tampering: the head first
+    # names both the old end and the coming one, then the log is replaced, then the head settles.
+    atomic_write_json(head_path(path), dict(before, next=after))
     atomic_write_bytes(path, b"".join(x + b"\n" for x in lines))
-    if lines:
-        atomic_write_json(head_path(path), {"count": len(lines), "sha256": line_hash(lines[-1])})
+    atomic_write_json(head_path(path), after)
     return written
+
+
+def _head_of(lines: list[bytes]) -> dict:
+    return {"count": len(lines), "sha256": line_hash(lines[-1]) if lines else None}
 
 
 @dataclass(frozen=True)
@@ -163,7 +175,15 @@ class LogState:
         return dict(asdict(self), ok=self.ok, message=self.message())
 
 
-def _read_head(path: Path) -> dict | None:
+def _valid_head(head: object) -> bool:
+    return (isinstance(head, dict) and isinstance(head.get("count"), int) and head["count"] >= 0
+            and (isinstance(head.get("sha256"), str) or (head["count"] == 0 and head.get("sha256") is None)))
+
+
+def _read_head(path: Path, n: int) -> dict | None:
+    """The head record that applies to a log of ``n`` lines: the settled one, or during an append
+    (``next`` present) the coming end once the log reached it. None when there is none; ``{"bad":
+    True}`` when it is unreadable."""
     hp = head_path(path)
     if not hp.is_file():
         return None
@@ -171,8 +191,14 @@ def _read_head(path: Path) -> dict | None:
         head = json.loads(hp.read_text(encoding="utf-8"))
     except (ValueError, OSError, UnicodeDecodeError):
         return {"bad": True}
-    if not isinstance(head, dict) or not isinstance(head.get("count"), int) or not isinstance(head.get("sha256"), str):
+    if not _valid_head(head):
         return {"bad": True}
+    nxt = head.get("next")
+    if nxt is not None:
+        if not _valid_head(nxt):
+            return {"bad": True}
+        if n >= nxt["count"]:
+            return nxt
     return head
 
 
@@ -216,7 +242,7 @@ def verify_log(path: str | os.PathLike, *, start: str) -> LogState:
     name = path.name
     lines = read_lines(path)
     if not lines:
-        head = _read_head(path)
+        head = _read_head(path, 0)
         if head is not None and not head.get("bad") and head["count"] > 0:
             return LogState(name, "altered", 0, 0, 1, f"all {head['count']} entries were removed (the log is "
                                                        "empty or missing, its head record remains)")
@@ -241,7 +267,7 @@ def verify_log(path: str | os.PathLike, *, start: str) -> LogState:
             return altered(*_diagnose(lines, parsed, i, first_chained, expected))
     if not chained:
         return LogState(name, "unchained", n, n, head=line_hash(lines[-1]))
-    head = _read_head(path)
+    head = _read_head(path, n)
     if head is not None:
         if head.get("bad"):
             return altered(n, f"the head record {head_path(path).name} is unreadable")
