@@ -319,3 +319,22 @@ def test_concepts_page_says_where_the_log_was_altered(tmp_path, monkeypatch, cas
     at = _concepts_page(run, monkeypatch)
     errors = _plain(at.error)
     assert any(e.startswith(f"the log was altered at entry {entry} (exclusions.jsonl)") for e in errors), errors
+
+
+def test_an_exclusion_from_the_audit_page_is_signed_by_the_reviewer_of_the_url(old_run, monkeypatch):
+    """``?reviewer=`` names the self-declared reviewer on every page, not only where the name box is."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CLUSTERMINE_RUNS_ROOT", str(old_run.path.parent))
+    monkeypatch.setenv("CLUSTERMINE_UMAP_WARMUP", "0")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params["run"], at.query_params["reviewer"] = old_run.path.name, "kim"
+    at.run()
+    at.switch_page("pages/audit.py").run()
+    pick = at.multiselect(key="excl-pick-0")
+    pick.set_value([pick.options[0]]).run()
+    at.button(key="excl-go-0").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    entry = Run.open(old_run.path).exclusion_log()[-1]
+    assert (entry["user"], entry["auth"], entry["action"]) == ("kim", "none", "exclude")
+    assert log_state(old_run).exclusions.kind == "intact"
