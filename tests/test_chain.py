@@ -338,3 +338,16 @@ def test_an_exclusion_from_the_audit_page_is_signed_by_the_reviewer_of_the_url(o
     entry = Run.open(old_run.path).exclusion_log()[-1]
     assert (entry["user"], entry["auth"], entry["action"]) == ("kim", "none", "exclude")
     assert log_state(old_run).exclusions.kind == "intact"
+
+
+def test_the_sidebar_states_the_log_on_every_page(old_run, monkeypatch):
+    old_run.set_excluded([0], actor=local_actor("bo"))
+    at = _concepts_page(old_run, monkeypatch)
+    assert any("decision log: 1 verified, 5 unchained" in c for c in _plain(at.sidebar.caption))
+    p = old_run.file(layout.EDITS)
+    lines = _lines(p)
+    _write(p, lines[1:])  # an unchained log: removing its first line cannot be seen, only the chained part can
+    p = old_run.file(layout.EXCLUSIONS)
+    _write(p, [_lines(p)[0].replace(b'"bo"', b'"al"')])
+    at.switch_page("pages/runs.py").run()
+    assert any("decision log altered at entry 1 (exclusions.jsonl)" in c for c in _plain(at.sidebar.caption))

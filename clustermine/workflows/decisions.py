@@ -10,7 +10,9 @@ role, action, target, and whether that entry is verified).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from clustermine.store import layout
 from clustermine.store.chain import LogState, genesis, read_lines, verify_log
@@ -72,6 +74,19 @@ class RunLogState:
                     f"{unchained} were written before the chain and are unchained")
         return f"verified: {self.count} decisions ({split})"
 
+    def short(self) -> str | None:
+        """A few words for the sidebar (None when there is no decision yet)."""
+        if self.kind == "empty":
+            return None
+        if not self.ok:
+            return f"decision log altered at entry {self.first_bad.bad_entry} ({self.first_bad.log})"
+        if self.kind == "unchained":
+            return f"decision log: {self.count} unchained"
+        unchained = sum(s.unchained for s in self.logs)
+        if unchained:
+            return f"decision log: {self.count - unchained} verified, {unchained} unchained"
+        return f"decision log: verified ({self.count})"
+
     def to_dict(self) -> dict:
         return {"ok": self.ok, "kind": self.kind, "count": self.count, "message": self.message(),
                 "logs": {s.log: s.to_dict() for s in self.logs}}
@@ -79,7 +94,12 @@ class RunLogState:
 
 def log_state(run: RunStore) -> RunLogState:
     """Verify both decision logs of ``run`` (each against its genesis for this run id and its head record)."""
-    edits, excl = (verify_log(run.file(name), start=genesis(name, run.run_id)) for name in LOGS)
+    return log_state_at(run.path, run.run_id)
+
+
+def log_state_at(run_dir: str | os.PathLike, run_id: str) -> RunLogState:
+    """:func:`log_state` from the run folder and its id alone (the app's sidebar has no open run)."""
+    edits, excl = (verify_log(Path(run_dir) / name, start=genesis(name, run_id)) for name in LOGS)
     return RunLogState(edits, excl)
 
 
