@@ -121,6 +121,14 @@ def test_a_crash_between_the_log_and_its_head_still_verifies(log, log_written):
     assert verify_log(p, start=start).bad_entry == 6
 
 
+def test_a_chained_log_stripped_of_its_hashes_is_not_taken_for_an_old_one(log):
+    p, start = log
+    stripped = [json.loads(x) for x in _lines(p)]
+    _write(p, [canonical({k: v for k, v in e.items() if k != "prev"}) for e in stripped])
+    state = verify_log(p, start=start)
+    assert (state.kind, state.bad_entry) == ("altered", 1) and "hashes were removed" in state.problem
+
+
 def test_a_deleted_log_with_its_head_left_is_altered(log):
     p, start = log
     p.unlink()

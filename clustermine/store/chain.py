@@ -265,9 +265,12 @@ def verify_log(path: str | os.PathLike, *, start: str) -> LogState:
         expected = _link(lines, i, first_chained, start)
         if parsed[i]["prev"] != expected:
             return altered(*_diagnose(lines, parsed, i, first_chained, expected))
-    if not chained:
-        return LogState(name, "unchained", n, n, head=line_hash(lines[-1]))
     head = _read_head(path, n)
+    if not chained:
+        if head is not None and not head.get("bad") and head["count"] > 0:
+            return altered(1, "no entry carries a chain hash, but the head record shows this log was chained "
+                              "(the hashes were removed)")
+        return LogState(name, "unchained", n, n, head=line_hash(lines[-1]))
     if head is not None:
         if head.get("bad"):
             return altered(n, f"the head record {head_path(path).name} is unreadable")
