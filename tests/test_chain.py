@@ -359,3 +359,14 @@ def test_the_sidebar_states_the_log_on_every_page(old_run, monkeypatch):
     _write(p, [_lines(p)[0].replace(b'"bo"', b'"al"')])
     at.switch_page("pages/runs.py").run()
     assert any("decision log altered at entry 1 (exclusions.jsonl)" in c for c in _plain(at.sidebar.caption))
+
+
+def test_a_later_append_does_not_hide_a_removed_last_entry(log):
+    """Removing the last entry is seen only against the head record: the next append carries the finding."""
+    p, start = log
+    _write(p, _lines(p)[:5])
+    append_entries(p, [{"seq": 6, "user": "u9", "action": "accept", "text": "c9"}], start=start)
+    state = verify_log(p, start=start)
+    assert (state.kind, state.bad_entry) == ("altered", 6) and "entry 6 was removed" in state.problem
+    append_entries(p, [{"seq": 7, "user": "u9", "action": "reject", "text": "c9"}], start=start)
+    assert verify_log(p, start=start).bad_entry == 6

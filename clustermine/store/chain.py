@@ -15,7 +15,8 @@ audit logs. Each new entry is one line of canonical JSON (keys sorted, no spaces
 
 A chain alone cannot see the *last* entries removed or changed, so every append also writes a small
 head record beside the log (``<log>.head.json``: entry count and the last line's hash); verification
-compares it with the log's end. The head is written in two phases (first naming the old end and the
+compares it with the log's end (an append that finds the end already disagreeing carries that
+finding forward in the new head, so a later decision does not hide it). The head is written in two phases (first naming the old end and the
 coming one as ``next``, then the log, then the settled head), so a crash between the files leaves a
 state that verifies. The head is as editable as the log; it raises the bar (a rewrite must
 be consistent in both files) and its hash, printed by ``clustermine verify --json``, can be kept
@@ -107,6 +108,15 @@ def append_entries(path: str | os.PathLike, entries: list[dict], *, start: str) 
     chained = [i for i, e in enumerate(parsed) if e is not None and "prev" in e]
     first_chained = chained[0] if chained else len(lines)
     before = _head_of(lines)
+    old_head = _read_head(path, len(lines))
+    if old_head is not None and not old_head.get("bad") and lines:
+        # A tail removed or changed by hand is seen only against the head record; the new head would
+        # hide it, so it carries the finding forward (verify keeps reporting it).
+        found = _tail_problem(lines, old_head)
+        if isinstance(old_head.get("altered"), dict):
+            before["altered"] = old_head["altered"]
+        elif found is not None:
+            before["altered"] = {"entry": found[0], "problem": found[1]}
     written = []
     for entry in entries:
         i = len(lines)
@@ -117,6 +127,8 @@ def append_entries(path: str | os.PathLike, entries: list[dict], *, start: str) 
     if not written:
         return written
     after = _head_of(lines)
+    if "altered" in before:
+        after["altered"] = before["altered"]
     # Two phases, so that a crash between the two files never looks like tampering: the head first
     # names both the old end and the coming one, then the log is replaced, then the head settles.
     atomic_write_json(head_path(path), dict(before, next=after))
@@ -231,6 +243,25 @@ def _diagnose(lines: list[bytes], parsed: list[dict], i: int, first_chained: int
     return i, f"entry {i} was changed (its hash differs from the one entry {i + 1} recorded)"
 
 
+def _tail_problem(lines: list[bytes], head: dict) -> tuple[int, str] | None:
+    """(first bad entry, why) when the log's end disagrees with its (valid) head record, including
+    an alteration an earlier append found and carried forward (``altered``); else None."""
+    if isinstance(head.get("altered"), dict):
+        a = head["altered"]
+        entry = a.get("entry") if isinstance(a.get("entry"), int) and a["entry"] >= 1 else 1
+        return entry, f"{a.get('problem')} (found when a later entry was appended)"
+    n, count = len(lines), head["count"]
+    if count > n:
+        k = count - n
+        gone = f"entry {n + 1} was removed" if k == 1 else f"entries {n + 1}–{count} were removed"
+        return n + 1, f"{gone} (the head record counts {count} entries, the log holds {n})"
+    if count >= 1 and line_hash(lines[count - 1]) != head["sha256"]:
+        return count, f"entry {count} was changed (its hash differs from the head record's)"
+    if count < n:
+        return count + 1, f"entry {count + 1} was appended outside ClusterMine (the head record counts {count} entries)"
+    return None
+
+
 def verify_log(path: str | os.PathLike, *, start: str) -> LogState:
     """Check the log at ``path`` against its chain (``start`` = its :func:`genesis`) and its head record.
 
@@ -274,16 +305,9 @@ def verify_log(path: str | os.PathLike, *, start: str) -> LogState:
     if head is not None:
         if head.get("bad"):
             return altered(n, f"the head record {head_path(path).name} is unreadable")
-        count = head["count"]
-        if count > n:
-            k = count - n
-            gone = f"entry {n + 1} was removed" if k == 1 else f"entries {n + 1}–{count} were removed"
-            return altered(n + 1, f"{gone} (the head record counts {count} entries, the log holds {n})")
-        if count >= 1 and line_hash(lines[count - 1]) != head["sha256"]:
-            return altered(count, f"entry {count} was changed (its hash differs from the head record's)")
-        if count < n:
-            return altered(count + 1, f"entry {count + 1} was appended outside ClusterMine (the head record "
-                                      f"counts {count} entries)")
+        found = _tail_problem(lines, head)
+        if found is not None:
+            return altered(*found)
     kind = "partial" if first_chained > 0 else "intact"
     return LogState(name, kind, n, first_chained, head=line_hash(lines[-1]))
 
