@@ -84,6 +84,8 @@ def sidebar(who: identity.IdentityConfig, actor) -> None:
             if summary:
                 st.caption(f"{summary.get('n_images', 0):,} images · {clusterview.cluster_count_text(summary)} · "
                            f"{summary.get('n_positive', '–')} concepts mined")
+            if r["status"] == "done":
+                widgets.sidebar_log_state(r["path"])
         else:
             st.badge(f"device: {system_device()}", icon=":material/memory:", color="violet")
             st.caption("Encoder: **offline** (default, no network)")

@@ -1,11 +1,12 @@
 """Command-line interface: the same verbs as the web app (mine, resume, score, evaluate, concepts, export,
-report, search, label, delete, exclude, remine, stability, diff), plus the researcher's ``purity`` (clusters
+report, search, label, delete, exclude, remine, stability, diff, verify), plus the researcher's ``purity`` (clusters
 against folder labels) and ``sweep`` (ablations over a settings grid x seeds).
 
 The ``mine`` flags are derived from :class:`clustermine.core.config.MineConfig` (one flag per field, its
 default the field's); ``resume RUN_DIR`` continues a run with the settings stored in the run itself.
 
-User errors print one line (``error: ...``) and exit with status 2; no traceback.
+User errors print one line (``error: ...``) and exit with status 2; no traceback. ``verify`` exits 1
+when a decision log was altered.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from clustermine.workflows.run_admin import delete_run, set_label
 from clustermine.workflows.search import row_of_path, search_image, search_text
 from clustermine.workflows.stability import clustering_winners, seed_stability, stability_source, support_counts
 from clustermine.workflows.compare import diff_runs
+from clustermine.workflows.decisions import log_state
 from clustermine.workflows.export import export_run
 from clustermine.workflows.evaluation import FPR_CONVENTIONS, evaluate_sets, parse_ood_specs, read_class_names
 from clustermine.workflows.evaluation import render as render_evaluation
@@ -278,6 +280,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="an OOD image sample: AUROC / FPR95 of each run on it, and its verdict changes")
     df.add_argument("--ood-limit", type=int, default=500, help="at most this many OOD images are encoded")
     df.add_argument("--json", action="store_true")
+
+    vf = sub.add_parser("verify", help="check a run's decision logs (edits, exclusions) against their hash chain: "
+                                       "exit 0 when intact (or unchained: written before the chain), 1 when altered")
+    vf.add_argument("run_dir")
+    vf.add_argument("--json", action="store_true", help="the state of each log, with its head hash to keep elsewhere")
 
     cl = sub.add_parser("cluster", help="show the Ray cluster that --ray / CLUSTERMINE_RAY_ADDRESS names "
                                         "(nodes, CPUs, GPUs)")
@@ -674,6 +681,21 @@ def _cmd_diff(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(a: argparse.Namespace) -> int:
+    state = log_state(Run.open(a.run_dir, require_complete=False))
+    if a.json:
+        print(json.dumps(state.to_dict(), indent=2))
+    else:
+        print(state.message())
+        for s in state.logs:
+            head = f" (head {s.head[:16]}…)" if s.head else ""
+            print(f"  {s.log}: {s.message()}{head}")
+        if state.kind == "unchained" or (state.ok and any(s.unchained for s in state.logs)):
+            print("note: entries written before ClusterMine chained its logs carry no hash and cannot be "
+                  "verified; every new decision is chained")
+    return 0 if state.ok else 1
+
+
 def _cmd_cluster(a: argparse.Namespace) -> int:
     address = _ray(a)
     if address is None:
@@ -731,7 +753,7 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
 _COMMANDS = {"mine": _cmd_mine, "resume": _cmd_resume, "prepare": _cmd_prepare, "score": _cmd_score, "evaluate": _cmd_evaluate, "concepts": _cmd_concepts,
              "export": _cmd_export, "report": _cmd_report, "search": _cmd_search, "label": _cmd_label,
              "delete": _cmd_delete, "exclude": _cmd_exclude, "remine": _cmd_remine, "stability": _cmd_stability,
-             "diff": _cmd_diff, "compare": _cmd_diff, "cluster": _cmd_cluster,
+             "diff": _cmd_diff, "compare": _cmd_diff, "cluster": _cmd_cluster, "verify": _cmd_verify,
              "purity": _cmd_purity, "sweep": _cmd_sweep}
 
 

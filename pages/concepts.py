@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clustermine.workflows import clusterview
+from clustermine.workflows import clusterview, decisions
 
 from ui import concept_review, identity, state, whatif_panel, widgets
 
@@ -14,6 +14,8 @@ widgets.page_header("Concepts", "Mined concepts are positives (Y_pos); a rejecte
                     "Every decision is logged with who and when.")
 run = state.require_run(done=True)
 concept_review.feedback()
+log = decisions.log_state(run)
+concept_review.log_state_line(log)
 
 counts = clusterview.concept_counts(run.concepts())
 widgets.metrics_row([
@@ -42,4 +44,4 @@ with left:
 with right:
     st.subheader("What if?", anchor=False)
     st.fragment(whatif_panel.panel)(run)
-concept_review.edit_log(run)
+concept_review.decision_log(run, log)

@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 
 from clustermine.core.errors import RunError
-from clustermine.store import Run
+from clustermine.store import Run, layout
+from clustermine.store.chain import genesis, verify_log
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -202,6 +203,9 @@ def _check_log_and_table(run_dir: Path) -> list[dict]:
     if edits:
         candidates.append([c.to_dict() for c in run._replay(edits[:-1])])
     assert table in candidates
+    # the hash chain and its head record verify after any kill (issue 20): the head is two-phase
+    state = verify_log(run_dir / layout.EDITS, start=genesis(layout.EDITS, run.run_id))
+    assert state.kind in ("intact", "empty") and state.count == len(edits), state
     return edits
 
 

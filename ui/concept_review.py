@@ -1,5 +1,6 @@
 """The concept review table (st.data_editor keyed by concept id, edits applied through a callback
-into ``Run.edit_concept``), quick actions, free-text additions and the edit log."""
+into ``Run.edit_concept``), quick actions, free-text additions, who signs (:func:`reviewer`) and the
+decision log (its verified state and who did what)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from clustermine.core.errors import ClusterMineError
 from clustermine.core.identity import Actor
 from clustermine.store import Run
 from clustermine.store.concepts import CONCEPT_STATUSES, action_for
-from clustermine.workflows import concept_edits
+from clustermine.workflows import concept_edits, decisions
 
 from . import cache, identity, rundata, widgets
 from .text import md_escape
@@ -163,11 +164,35 @@ def add_form(run: Run) -> None:
             st.rerun()
 
 
-def edit_log(run: Run) -> None:
-    edits = run.edits()
-    with st.expander(f"Decision log ({len(edits)} edit(s), append-only)"):
-        if edits:
-            st.dataframe(pd.DataFrame(edits)[["seq", "ts", "user", "action", "text", "concept_id"]].iloc[::-1],
-                         hide_index=True, width="stretch")
+def log_state_line(log: decisions.RunLogState) -> None:
+    """The decision log's state in one line: verified (success), unchained (info), altered (error)."""
+    msg = log.message()
+    if not log.ok:
+        st.error(md_escape(msg, max_len=2000), icon=":material/gpp_bad:")
+    elif log.kind == "verified":
+        st.success(md_escape(msg), icon=":material/verified_user:")
+    elif log.kind == "unchained":
+        st.info(md_escape(msg), icon=":material/link_off:")
+    else:
+        st.caption(md_escape(msg))
+
+
+_DECISION_COLUMNS = {"ts": "when", "user": "who", "auth": "mode", "role": "role", "action": "action",
+                     "target": "concept / image", "log": "log", "entry": "entry", "state": "state"}
+
+
+def decision_log(run: Run, log: decisions.RunLogState) -> None:
+    """Who did what: every decision of both logs (newest first) with who, when, auth mode and role,
+    filtered by person."""
+    every = decisions.decisions(run, state=log)
+    with st.expander(f"Decision log: who did what ({len(every)} decision(s), append-only, hash-chained)",
+                     expanded=not log.ok):
+        log_state_line(log)
+        who = st.multiselect("Filter by person", decisions.people(every), key="decisions_people",
+                             placeholder="everyone")
+        shown = decisions.decisions(run, people=who, state=log) if who else every
+        if shown:
+            df = pd.DataFrame([d.to_dict() for d in shown])[list(_DECISION_COLUMNS)].rename(columns=_DECISION_COLUMNS)
+            st.dataframe(df.iloc[::-1], hide_index=True, width="stretch")
         else:
-            st.caption("no edit yet")
+            st.caption("no decision yet")

@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 import streamlit as st
 
 from clustermine.core.errors import ClusterMineError
+from clustermine.workflows.decisions import log_state
 
 from . import cache
 from .text import fmt_num, md_escape, wrap_name
@@ -75,6 +76,19 @@ def sidebar_status(run_path: str, status: str, every_s: float = 2.0) -> None:
             status_badge("corrupt")
 
     _poll()
+
+
+def sidebar_log_state(run_path: str) -> None:
+    """The run's decision log in a few words (red when it was altered); nothing before the first
+    decision or for a run that does not open."""
+    try:
+        state = log_state(cache.load_run(run_path))
+    except (ClusterMineError, OSError):
+        return
+    text = state.short()
+    if text:
+        st.caption((":red[:material/gpp_bad: {}]" if not state.ok else ":material/verified_user: {}"
+                    if state.kind == "verified" else ":material/link_off: {}").format(md_escape(text)))
 
 
 def show_error(message: object) -> None:

@@ -6,6 +6,7 @@ their edit log, exclusions), written atomically, reloadable. Files, locks and lo
 - :mod:`.store`      create / open / check a run; metadata, locks, progress, arrays and their writers
 - :mod:`.concepts`   the concept edit log and its replay into the concept table, the vocabulary
 - :mod:`.exclusions` the exclusion log ("not ID" images) and its replay
+- :mod:`.chain`      the decision logs' hash chain: chained appends, ``verify_log``
 - :mod:`.run`        :class:`Run`: the above in one object
 
 Names are loaded lazily, so that importing ``clustermine.store.layout`` or ``.listing`` stays light.

@@ -18,12 +18,12 @@ from filelock import Timeout
 from clustermine.method.corpus import normalize_concept
 from clustermine.core.errors import ClusterMineError, RunError
 from clustermine.method.mining import ClusterStats, MinedConcept, clustering_winners, support_counts
-from clustermine.core.storage import atomic_save_npy, atomic_write_json, atomic_write_jsonl
+from clustermine.core.storage import atomic_save_npy, atomic_write_json
 from clustermine.store import layout
 from clustermine.store.store import RunStore, now_iso
-from clustermine.core.config import user_identity
 from clustermine.core.identity import Actor
 from clustermine.core.roles import require
+from clustermine.store.chain import append_entries, entry_actor, genesis
 
 POSITIVE_STATUSES = ("mined", "accepted", "added")
 EDIT_ACTIONS = ("accept", "reject", "restore", "add")
@@ -185,7 +185,9 @@ class ConceptTable(RunStore):
         return None
 
     def edit_concept(self, action: str, key: str, *, user: str | None = None, actor: Actor | None = None) -> Concept:
-        """Apply one edit (accept / reject / restore by id or text; add by text) and log it.
+        """Apply one edit (accept / reject / restore by id or text; add by text) and log it, signed by
+        ``actor`` (else ``user``, see :func:`~clustermine.store.chain.entry_actor`) and hash-chained
+        (:mod:`clustermine.store.chain`).
 
         Takes effect at once: :meth:`concepts`, :meth:`positive_concepts` and ``detector()``
         reflect it. ``add`` of a concept outside the corpus needs its text embedding stored first
@@ -213,10 +215,9 @@ class ConceptTable(RunStore):
                     if found is None:
                         raise ClusterMineError(f"no concept {key!r} in this run; `add` it first")
                     cid, text = found.id, found.text
-                entry = {"seq": len(edits) + 1, "ts": now_iso(), "user": user_identity(user or (actor.name if actor else None)),
+                entry = {"seq": len(edits) + 1, "ts": now_iso(), **entry_actor(actor, user).record(),
                          "action": action, "concept_id": cid, "text": text}
-                edits.append(entry)
-                atomic_write_jsonl(self.file(layout.EDITS), edits)
+                edits += append_entries(self.file(layout.EDITS), [entry], start=genesis(layout.EDITS, self.run_id))
                 concepts = self._replay(edits)
                 self._write_concepts(concepts)
         except Timeout as exc:

@@ -20,10 +20,9 @@ from clustermine.core.errors import ClusterMineError, RunError
 from clustermine.store import layout
 from clustermine.store.concepts import read_edit_log
 from clustermine.store.store import RunStore, now_iso
-from clustermine.core.config import user_identity
 from clustermine.core.identity import Actor
 from clustermine.core.roles import require
-from clustermine.core.storage import atomic_write_jsonl
+from clustermine.store.chain import append_entries, entry_actor, genesis
 
 EXCLUSION_ACTIONS = ("exclude", "restore")
 
@@ -129,7 +128,9 @@ class ExclusionTable(RunStore):
 
     def set_excluded(self, keys: list[str | int | os.PathLike], *, restore: bool = False,
                      user: str | None = None, actor: Actor | None = None) -> list[int]:
-        """Mark images "not ID" (or restore them with ``restore``) and log who did it and when.
+        """Mark images "not ID" (or restore them with ``restore``) and log who did it and when:
+        ``actor`` (else ``user``, see :func:`~clustermine.store.chain.entry_actor`), hash-chained
+        (:mod:`clustermine.store.chain`).
 
         Returns the rows whose state changed (already excluded / not excluded rows are skipped).
         Safe against concurrent sessions (file lock); the log is rewritten atomically.
@@ -146,17 +147,18 @@ class ExclusionTable(RunStore):
             with self.lock(layout.EXCLUSIONS_LOCK):
                 log = self.exclusion_log()
                 mask = replay_exclusions(log, len(records))
-                changed = []
+                changed, new = [], []
+                signed = entry_actor(actor, user).record()
+                ts = now_iso()
                 for row in dict.fromkeys(rows):
                     if bool(mask[row]) == (not restore):
                         continue
-                    log.append({"seq": len(log) + 1, "ts": now_iso(),
-                                "user": user_identity(user or (actor.name if actor else None)), "action": action,
+                    new.append({"seq": len(log) + len(new) + 1, "ts": ts, **signed, "action": action,
                                 "row": row, "path": records[row]["path"]})
                     mask[row] = not restore
                     changed.append(row)
-                if changed:
-                    atomic_write_jsonl(self.file(layout.EXCLUSIONS), log)
+                if new:
+                    append_entries(self.file(layout.EXCLUSIONS), new, start=genesis(layout.EXCLUSIONS, self.run_id))
         except Timeout as exc:
             raise RunError(f"{self.path}: another session holds the exclusion lock; try again") from exc
         self.cache.pop("excluded", None)

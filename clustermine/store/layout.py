@@ -21,8 +21,11 @@ only: the app's first page imports this without the numeric stack.
     corpus.txt            the vocabulary V, one concept per line (row i = text embedding i)
     text_embeddings.npy   float16 [M, D]
     mined.json            the mined Y_pos with provenance (never edited)
-    edits.jsonl           append-only log of concept edits (accept / reject / restore / add)
-    exclusions.jsonl      append-only log of image exclusions ("not ID": exclude / restore, who, when)
+    edits.jsonl           append-only log of concept edits (accept / reject / restore / add), hash-chained
+                          (``store/chain.py``: who, auth mode, when, SHA-256 of the previous entry)
+    exclusions.jsonl      append-only log of image exclusions ("not ID": exclude / restore, who, when), hash-chained
+    edits.head.json,      each log's head record: entry count and the last entry's SHA-256 (so removing
+    exclusions.head.json  or changing the last entries shows)
     head_labels.npy       int32 [H, N_ok]     cluster id of every image under each TEMI head (-1 = not clustered)
     seed_labels.npy       int32 [S, N_ok]     cluster ids of S seeds (``clustermine stability``), -1 = not clustered
     previous/             the mining before the last re-mine (clusters.npy, clusters.json, mined.json, concepts.json)
@@ -68,6 +71,8 @@ MINED = "mined.json"
 EDITS = "edits.jsonl"
 CONCEPTS = "concepts.json"
 EXCLUSIONS = "exclusions.jsonl"
+EDITS_HEAD = "edits.head.json"  # store.chain.head_path(EDITS)
+EXCLUSIONS_HEAD = "exclusions.head.json"  # store.chain.head_path(EXCLUSIONS)
 HEAD_LABELS = "head_labels.npy"
 SEED_LABELS = "seed_labels.npy"
 PREVIOUS_DIR = "previous"

@@ -38,9 +38,10 @@ def embed_added_concept(run: Run, key: str, encoder=None) -> None:
 def edit_concept(run: Run, action: str, key: str, *, encoder=None, user: str | None = None,
                  actor: Actor | None = None) -> Concept:
     """Apply one decision (``accept`` / ``reject`` / ``restore`` by id or text, ``add`` by text) and
-    log it; an added concept outside the corpus is embedded first (see :func:`embed_added_concept`).
-    ``actor``: who decides; PermissionDenied before anything is written when its role may not.
-    Returns the concept as it is now."""
+    log it, signed by ``actor`` (else ``user``: :func:`clustermine.store.chain.entry_actor`); an added
+    concept outside the corpus is embedded first (see :func:`embed_added_concept`). Returns the
+    concept as it is now. PermissionDenied before anything is written when ``actor``'s role may not.
+    """
     require(actor, "edit_concepts")
     if action == "add":
         if run.status != "done":

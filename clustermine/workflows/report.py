@@ -4,7 +4,8 @@ thumbnails, charts are inline SVG drawn here).
 
 Contents: the run summary and threshold, one card per cluster (vote histogram, purity, entropy,
 typical / atypical members, alerts from :func:`clustermine.method.mining.cluster_alerts`), the concept
-table (with each concept's stability when the run records it), the decisions log, and the OOD
+table (with each concept's stability when the run records it), the decision log (its verified state,
+:mod:`clustermine.workflows.decisions`, and who did what), and the OOD
 metrics of an OOD sample when one is given.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
-from clustermine.workflows import clusterview
+from clustermine.workflows import clusterview, decisions
 from clustermine.core.errors import ClusterMineError, ImageError
 from clustermine.method.mining import ClusterStats, cluster_alerts, typical_atypical
 from clustermine.core.storage import atomic_write_text
@@ -193,6 +194,7 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
     summary = run.meta.get("summary") or {}
     det = run_detector(run)
     concepts = run.concepts()
+    log = decisions.log_state(run)
 
     figures = [("images", summary.get("n_images")), ("mining", summary.get("n_mining")),
                ("held out", summary.get("n_holdout")), ("clusters", clusterview.cluster_count_text(summary)),
@@ -213,8 +215,8 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
         made=f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M}",
         figures=[(k, "–" if v is None else v) for k, v in figures], settings=settings, threshold=threshold,
         y_pos=run.positive_concepts(), cards=cards, n_empty=len(all_stats) - len(stats), concepts=concepts,
-        has_support=any("support" in c.to_dict() for c in concepts), edits=run.edits(),
-        ood=None if ood is None else _ood(ood))
+        has_support=any("support" in c.to_dict() for c in concepts), log_state=log.message(), log_kind=log.kind,
+        decisions=decisions.decisions(run, state=log), ood=None if ood is None else _ood(ood))
 
 
 def stored_ood_sample(run: Run) -> Path | None:
