@@ -34,6 +34,12 @@ if [ "$WITH_BROWSER" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   echo "[setup] installing Debian chromium for the browser tests" >&2
   apt_install chromium || echo "[setup] could not install chromium; browser tests will be skipped" >&2
 fi
+# The team-deployment tests (tests/test_team_auth.py) run a real OpenID Connect provider with node;
+# its npm packages and nginx are fetched into .cache/ by the tests themselves (tests/auth_servers.py).
+if [ "$WITH_BROWSER" = 1 ] && ! command -v npm >/dev/null; then
+  echo "[setup] installing Debian nodejs + npm for the OpenID Connect login tests" >&2
+  apt_install nodejs npm || echo "[setup] could not install nodejs/npm; the login tests will be skipped (failed on CI)" >&2
+fi
 # Embed the default concept corpus (117,798 WordNet nouns, offline encoder) now, once, so the first
 # run in the app needs no corpus stage. Cached under $CLUSTERMINE_CACHE (default ~/.cache/clustermine).
 if ! HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m clustermine prepare --device cpu; then
