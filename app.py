@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from clustermine.workflows import clusterview
-from ui import settings, state, widgets
+from ui import identity, settings, state, widgets
 from ui.cache import list_runs_light, system_device, warm_imports
 from ui.text import md_code, md_escape
 
@@ -51,7 +51,7 @@ def _on_select() -> None:
     state.set_run(None if value in (None, state.NEW_RUN) else value)
 
 
-def sidebar() -> None:
+def sidebar(who: identity.IdentityConfig, actor) -> None:
     st.logo(str(HERE / "assets" / "logo.svg"), icon_image=str(HERE / "assets" / "icon.svg"), size="large")
     runs = _list_runs()
     by_id = {r["run_id"]: r for r in runs}
@@ -88,13 +88,20 @@ def sidebar() -> None:
             st.badge(f"device: {system_device()}", icon=":material/memory:", color="violet")
             st.caption("Encoder: **offline** (default, no network)")
         st.caption(f"{len(runs)} run(s) in {md_code(settings.runs_root())}")
+        identity.sidebar(who, actor)
 
 
 with state.frame():  # pages check it: see ui.state.ensure_frame for deep links into pages/
+    mode, res = identity.gate()
+    if res.actor is None:  # nothing of any run before login / for a refused request: one page, no sidebar
+        nav = st.navigation([st.Page(lambda: identity.blocked_page(mode, res), title="Sign in", url_path="signin",
+                                     default=True)], position="hidden")
+        nav.run()
+        st.stop()
     state.sync_from_query()
     state.sync_sticky()
     nav = st.navigation(PAGES, position="sidebar", expanded=True)
-    sidebar()
+    sidebar(mode, res.actor)
     try:
         nav.run()
     finally:  # after the first page is drawn: preload what the other pages need, in the background

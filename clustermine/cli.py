@@ -19,6 +19,8 @@ from typing import Sequence
 
 from clustermine.core.config import MineConfig
 from clustermine.core.errors import CancelledError, ClusterMineError
+from clustermine.core.identity import Actor, cli_actor, os_user
+from clustermine.core.roles import clustermine_settings, configured_roles
 from clustermine.store import layout
 from clustermine.store import Run
 from clustermine.workflows.distributed import RAY_ADDRESS_ENV, RayCluster, ray_address
@@ -90,6 +92,24 @@ def config_from_args(args: argparse.Namespace) -> MineConfig:
 
 
 
+_USER_HELP = ("name recorded with this change (default: the OS user); with a roles file the OS user's role "
+              "applies, since the OS vouches only for its own account")
+
+
+def _add_user_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", default=None, metavar="NAME", help=_USER_HELP)
+
+
+def _actor(a: argparse.Namespace) -> Actor:
+    """Who acts on a write verb: ``--user`` or the OS user (``auth = "os"``), with the role the roles
+    file ($CLUSTERMINE_ROLES or [clustermine] roles_file in .streamlit/secrets.toml) gives the OS user."""
+    actor = cli_actor(getattr(a, "user", None))
+    policy = configured_roles(settings=clustermine_settings())
+    if policy is None:
+        return actor
+    return Actor(name=actor.name, auth=actor.auth, role=policy.role_for(os_user()))
+
+
 def _add_ray_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray", default=None, metavar="ADDRESS",
                         help="run encoding, vote and scoring on a Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
@@ -126,12 +146,14 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--cache-dir", default=None, help="feature / text-embedding cache (default ~/.cache/clustermine)")
     m.add_argument("--force", action="store_true", help="replace a finished run in --out (the old one is moved aside)")
     _add_ray_argument(m)
+    _add_user_argument(m)
     m.add_argument("--quiet", action="store_true")
 
     r = sub.add_parser("resume", help="continue an unfinished run with the settings stored in its run.json")
     r.add_argument("run_dir")
     r.add_argument("--cache-dir", default=None, help="feature / text-embedding cache (default ~/.cache/clustermine)")
     _add_ray_argument(r)
+    _add_user_argument(r)
     r.add_argument("--quiet", action="store_true")
 
     pr = sub.add_parser("prepare", help="embed the concept corpus into the cache now, so the first mine skips that "
@@ -172,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="CONCEPT=STATUS", dest="set_status",
                    help="give a concept (id or text) a status: mined, accepted, rejected or added, through the edit "
                         "the web app's table makes (clustermine.store.action_for)")
-    c.add_argument("--user", default=None)
+    _add_user_argument(c)
     c.add_argument("--json", action="store_true")
 
     x = sub.add_parser("export", help="write the detector bundle, concept lists and per-image results of a run")
@@ -196,10 +218,12 @@ def _parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("label", help="give a run a label (empty text removes it)")
     lb.add_argument("run_dir")
     lb.add_argument("text")
+    _add_user_argument(lb)
 
     dl = sub.add_parser("delete", help="delete a run folder (refused while its job runs)")
     dl.add_argument("run_dir")
     dl.add_argument("--yes", action="store_true", help="confirm the deletion (required)")
+    _add_user_argument(dl)
 
     ex = sub.add_parser("exclude", help="mark images of a run \"not ID\" (or restore them); re-mine to apply")
     ex.add_argument("run_dir")
@@ -207,20 +231,21 @@ def _parser() -> argparse.ArgumentParser:
                          "them) or quoted glob patterns, e.g. 'n03417042/*'")
     ex.add_argument("--row", type=int, action="append", default=[], help="an image by its feature row")
     ex.add_argument("--restore", action="store_true", help="restore the images instead of excluding them")
-    ex.add_argument("--user", default=None)
+    _add_user_argument(ex)
     ex.add_argument("--list", action="store_true", help="list the excluded images")
 
     rm = sub.add_parser("remine", help="mine again without the excluded images (no re-encoding)")
     rm.add_argument("run_dir")
     rm.add_argument("--recluster", action="store_true",
                     help="re-cluster the remaining images (default: reuse the clusters minus excluded images)")
-    rm.add_argument("--user", default=None)
+    _add_user_argument(rm)
     rm.add_argument("--json", action="store_true")
 
     st = sub.add_parser("stability", help="support of every concept across the run's TEMI heads or several seeds")
     st.add_argument("run_dir")
     st.add_argument("--seeds", type=int, default=None,
                     help="re-cluster with this many seeds (the run's own clustering counts as one)")
+    _add_user_argument(st)
     st.add_argument("--json", action="store_true")
 
     df = sub.add_parser("diff", aliases=["compare"],
@@ -281,18 +306,20 @@ def _cmd_mine(a: argparse.Namespace) -> int:
         raise ClusterMineError("mine: give one of an images folder, --zip FILE or --features FILE")
     if a.features is None and (a.paths or a.image_root):
         raise ClusterMineError("mine: --paths and --image-root go with --features")
+    who = _actor(a)  # before anything is written: a refused launch leaves nothing
     bars = _Bars(a.quiet)
     try:
         if a.zip_file is not None:  # the same engine call as the web app's upload, then the stored run is mined
             create_run_from_uploads(a.out, config_from_args(a), RunSource("zip", zip_file=a.zip_file),
-                                    overwrite=a.force)
-            run = resume(a.out, progress=bars, cache_dir=a.cache_dir, ray_address=_ray(a))
+                                    overwrite=a.force, actor=who)
+            run = resume(a.out, progress=bars, cache_dir=a.cache_dir, ray_address=_ray(a), actor=who)
         elif a.features is not None:
             run = mine_features(a.features, a.paths, a.out, config_from_args(a), image_root=a.image_root,
-                                progress=bars, overwrite=a.force, cache_dir=a.cache_dir, ray_address=_ray(a))
+                                progress=bars, overwrite=a.force, cache_dir=a.cache_dir, ray_address=_ray(a),
+                                actor=who)
         else:
             run = mine(a.images_dir, a.out, config_from_args(a), progress=bars, overwrite=a.force,
-                       cache_dir=a.cache_dir, ray_address=_ray(a))
+                       cache_dir=a.cache_dir, ray_address=_ray(a), actor=who)
     finally:
         bars.close()
     return _report_run(run)
@@ -301,7 +328,7 @@ def _cmd_mine(a: argparse.Namespace) -> int:
 def _cmd_resume(a: argparse.Namespace) -> int:
     bars = _Bars(a.quiet)
     try:
-        run = resume(a.run_dir, progress=bars, cache_dir=a.cache_dir, ray_address=_ray(a))
+        run = resume(a.run_dir, progress=bars, cache_dir=a.cache_dir, ray_address=_ray(a), actor=_actor(a))
     finally:
         bars.close()
     return _report_run(run)
@@ -411,16 +438,18 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
 def _cmd_concepts(a: argparse.Namespace) -> int:
     run = Run.open(a.run_dir)
+    edits = any(getattr(a, k) for k in ("accept", "reject", "restore", "add", "set_status"))
+    actor = _actor(a) if edits else None
     for action in ("accept", "reject", "restore", "add"):
         for key in getattr(a, action):
-            c = run.edit_concept(action, key, user=a.user)
+            c = run.edit_concept(action, key, actor=actor)
             if not a.json:
                 print(f"{action}: {c.text} -> {c.status}")
     for item in a.set_status:
         key, sep, status = item.rpartition("=")
         if not sep or not key.strip():
             raise ClusterMineError(f"concepts --set: expected CONCEPT=STATUS, got {item!r}")
-        c, action = set_concept_status(run, key.strip(), status.strip(), user=a.user)
+        c, action = set_concept_status(run, key.strip(), status.strip(), actor=actor)
         if not a.json:
             print(f"{action}: {c.text} -> {c.status}" if action else f"unchanged: {c.text} is {c.status}")
     concepts = run.concepts()
@@ -462,7 +491,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
 
 
 def _cmd_label(a: argparse.Namespace) -> int:
-    label = set_label(a.run_dir, a.text)
+    label = set_label(a.run_dir, a.text, actor=_actor(a))
     print(f"label of {a.run_dir}: {label!r}" if label else f"label of {a.run_dir} removed")
     return 0
 
@@ -471,7 +500,7 @@ def _cmd_delete(a: argparse.Namespace) -> int:
     if not a.yes:
         print(f"error: deleting {a.run_dir} cannot be undone; add --yes to confirm", file=sys.stderr)
         return 2
-    delete_run(a.run_dir)
+    delete_run(a.run_dir, actor=_actor(a))
     print(f"deleted {a.run_dir}")
     return 0
 
@@ -485,7 +514,7 @@ def _cmd_exclude(a: argparse.Namespace) -> int:
             if kind in ("folder", "pattern"):
                 print(f"{key}: {len(group)} usable image(s) {'under this folder' if kind == 'folder' else 'match'}")
         rows = list(dict.fromkeys(row for _, _, group in groups for row in group))
-        changed = run.set_excluded(rows, restore=a.restore, user=a.user)
+        changed = run.set_excluded(rows, restore=a.restore, actor=_actor(a))
         verb = "restored" if a.restore else "excluded"
         print(f"{verb} {len(changed)} image(s); {len(rows) - len(changed)} already {verb}. "
               "Run `clustermine remine RUN_DIR` to mine again without the excluded images.")
@@ -511,7 +540,7 @@ def _print_changes(ch: dict) -> None:
 
 def _cmd_remine(a: argparse.Namespace) -> int:
     run = Run.open(a.run_dir)
-    changes = remine(run, recluster=a.recluster, user=a.user)
+    changes = remine(run, recluster=a.recluster, actor=_actor(a))
     if a.json:
         print(json.dumps(changes, indent=2))
     else:
@@ -523,7 +552,7 @@ def _cmd_stability(a: argparse.Namespace) -> int:
     run = Run.open(a.run_dir)
     if a.seeds is not None:
         bars = _Bars(a.json)
-        labels = seed_stability(run, a.seeds, progress=lambda d, t: bars("stability", d, t))
+        labels = seed_stability(run, a.seeds, progress=lambda d, t: bars("stability", d, t), actor=_actor(a))
         bars.close()
         top_idx, top_sim = run.votes()
         counts = support_counts(clustering_winners(labels, top_idx[:, 0], top_sim[:, 0], len(run.vocabulary_base()),

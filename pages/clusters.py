@@ -12,7 +12,7 @@ import streamlit as st
 
 from clustermine.workflows import clusterview, projection
 from clustermine.store import layout
-from ui import audit_cards, charts, rundata, scores, settings, state, widgets
+from ui import audit_cards, charts, identity, rundata, scores, settings, state, widgets
 from ui.text import md_code
 
 state.ensure_frame()
@@ -93,13 +93,14 @@ def show_selection(picked: list[int], total: int | None = None) -> None:
         st.caption(f"… and {len(picked) - limit:,} more (narrow the selection to see them).")
     to_mark, to_restore = rows[~excluded].tolist(), rows[excluded].tolist()
     c1, c2 = st.columns(2)
+    blocked = identity.role_block("exclude")
     if c1.button(f"Mark {len(to_mark):,} selected as not ID", key="map_exclude", icon=":material/block:",
-                 disabled=not to_mark,
-                 help="Logged with your name; re-mine on the Cluster audit page to mine without them."):
+                 disabled=not to_mark or bool(blocked),
+                 help=blocked or "Logged with your name; re-mine on the Cluster audit page to mine without them."):
         audit_cards.exclude_images(str(run.path), to_mark)
         st.rerun()  # the whole page: the map draws the crosses, the message shows once
     if c2.button(f"Restore {len(to_restore):,} selected", key="map_restore", icon=":material/undo:",
-                 disabled=not to_restore):
+                 disabled=not to_restore or bool(blocked), help=blocked):
         audit_cards.exclude_images(str(run.path), to_restore, True)
         st.rerun()
 

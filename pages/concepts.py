@@ -7,7 +7,7 @@ import streamlit as st
 
 from clustermine.workflows import clusterview
 
-from ui import concept_review, state, whatif_panel, widgets
+from ui import concept_review, identity, state, whatif_panel, widgets
 
 state.ensure_frame()
 widgets.page_header("Concepts", "Mined concepts are positives (Y_pos); a rejected concept becomes a negative. "
@@ -25,9 +25,11 @@ widgets.metrics_row([
 ])
 
 st.subheader("Review", anchor=False)
-state.restore_reviewer()
-st.text_input("Your name (recorded in the decision log)", key="reviewer", on_change=state.remember_reviewer,
-              placeholder=concept_review.reviewer(), help="Kept in the page URL, so a refresh keeps it.")
+if identity.self_declared():  # a verified identity (login, proxy) ignores the box and ?reviewer=
+    state.restore_reviewer()
+    st.text_input("Your name (recorded in the decision log)", key="reviewer", on_change=state.remember_reviewer,
+                  placeholder=identity.local_default_name(), help="Kept in the page URL, so a refresh keeps it. "
+                  "Self-declared: recorded as such (auth \"none\").")
 # Full width: every column of the table stays visible at 1400 px (no horizontal scrolling).
 df = concept_review.table(run)
 concept_review.stability_panel(run)

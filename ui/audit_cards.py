@@ -9,7 +9,7 @@ from clustermine.workflows.clusterview import ClusterName
 from clustermine.method.mining import ClusterStats, shared_winners
 from clustermine.store import Run
 
-from . import charts, rundata, widgets
+from . import charts, identity, rundata, widgets
 from .text import md_escape
 
 SORTS = {
@@ -58,7 +58,7 @@ def exclude_images(run_path: str, rows: list[int], restore: bool = False) -> Non
     from .concept_review import reviewer
 
     try:
-        changed = cache.load_run(run_path).set_excluded(rows, restore=restore, user=reviewer())
+        changed = cache.load_run(run_path).set_excluded(rows, restore=restore, actor=reviewer())
         verb = "restored" if restore else "marked not ID"
         st.session_state["exclusion_ok"] = f"{len(changed)} image(s) {verb}; re-mine on the Cluster audit page to apply"
     except ClusterMineError as exc:
@@ -93,20 +93,23 @@ def remine_panel(run: Run) -> None:
                            f"**{md_escape(d['concept'])}** by {md_escape(d['user'] or '?')} (concept no longer mined)")
     if not excluded.any() and not changes:
         return
+    no_exclude = identity.role_block("exclude")
     with st.expander(f"Excluded images ({int(excluded.sum())}) and re-mining", expanded=bool(excluded.any())):
         rows = [int(r) for r in excluded.nonzero()[0]]
         shown = rows[:24]
         widgets.thumbnail_grid(list(zip(rundata.paths_for_rows(run, shown), rundata.image_names(run, shown))),
                                columns=8, empty="no image excluded")
         if rows:
-            st.button("Restore all", key="restore_all", icon=":material/undo:",
-                      on_click=exclude_images, args=(str(run.path), rows, True))
+            st.button("Restore all", key="restore_all", icon=":material/undo:", disabled=bool(no_exclude),
+                      help=no_exclude, on_click=exclude_images, args=(str(run.path), rows, True))
         mode = st.radio("Re-mine", ["reuse", "recluster"], horizontal=True, key="remine_mode",
                         format_func={"reuse": "reuse the clusters minus excluded images",
                                      "recluster": "re-cluster the remaining images"}.get)
-        if st.button("Re-mine now", type="primary", key="remine_go", icon=":material/refresh:"):
+        no_remine = identity.role_block("remine")
+        if st.button("Re-mine now", type="primary", key="remine_go", icon=":material/refresh:",
+                     disabled=bool(no_remine), help=no_remine):
             with st.spinner("Re-mining (no re-encoding)…"), widgets.guard("re-mining"):
-                remine(run, recluster=mode == "recluster", user=reviewer())
+                remine(run, recluster=mode == "recluster", actor=reviewer())
                 st.rerun()
 
 
@@ -162,5 +165,7 @@ def card(run: Run, s: ClusterStats, alerts: list[str], vocab: list[str], n_thumb
             c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
             picked = c1.multiselect("Mark as not ID (contaminants)", members, key=f"excl-pick-{s.cluster}",
                                     format_func=lambda r: names[r])
-            c2.button("Exclude", key=f"excl-go-{s.cluster}", icon=":material/block:", disabled=not picked,
+            blocked = identity.role_block("exclude")
+            c2.button("Exclude", key=f"excl-go-{s.cluster}", icon=":material/block:",
+                      disabled=not picked or bool(blocked), help=blocked,
                       on_click=exclude_images, args=(str(run.path), [int(r) for r in picked]))

@@ -3,16 +3,15 @@ into ``Run.edit_concept``), quick actions, free-text additions and the edit log.
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 import streamlit as st
 
 from clustermine.core.errors import ClusterMineError
+from clustermine.core.identity import Actor
 from clustermine.store import Run
 from clustermine.store.concepts import CONCEPT_STATUSES, action_for
 
-from . import cache, rundata, widgets
+from . import cache, identity, rundata, widgets
 from .text import md_escape
 
 STATUSES = list(CONCEPT_STATUSES)  # the engine's rule (clustermine.store.concepts), shown as the column's options
@@ -20,15 +19,17 @@ _ERR_KEY = "concept_edit_error"
 _OK_KEY = "concept_edit_ok"
 
 
-def reviewer() -> str:
-    return (st.session_state.get("reviewer") or "").strip() or os.environ.get("USER") or "reviewer"
+def reviewer() -> Actor:
+    """Who signs this session's decisions (:func:`ui.identity.acting`: the identity mode's actor and
+    role, resolved now); ClusterMineError when the session may not act."""
+    return identity.acting()
 
 
 def apply(run_path: str, action: str, key: str, encoder=None) -> None:
     """Apply one edit and remember its outcome for the next script run (callbacks cannot draw)."""
     run = cache.load_run(run_path)
     try:
-        c = run.edit_concept(action, key, encoder=encoder, user=reviewer())
+        c = run.edit_concept(action, key, encoder=encoder, actor=reviewer())
         st.session_state[_OK_KEY] = f"{action}: {c.text} → {c.status}"
     except ClusterMineError as exc:
         st.session_state[_ERR_KEY] = str(exc)
@@ -60,9 +61,12 @@ def table(run: Run) -> pd.DataFrame:
     from the run (the edit log), never from stale widget state."""
     df = with_support(run, rundata.concept_table(run))
     key = f"concepts-editor-{cache.edits_key(run)}"
+    blocked = identity.role_block("edit_concepts")
+    if blocked:
+        st.caption(f":material/lock: The table is read-only: {md_escape(blocked)}.")
     st.data_editor(
         df, key=key, width="stretch", hide_index=False, num_rows="fixed",
-        disabled=[c for c in df.columns if c != "status"],
+        disabled=True if blocked else [c for c in df.columns if c != "status"],
         column_config={
             "_index": st.column_config.TextColumn("id", help="stable concept id"),
             "status": st.column_config.SelectboxColumn("status", options=STATUSES, required=True,
@@ -121,10 +125,12 @@ def stability_panel(run: Run) -> None:
                        icon=":material/warning:")
         c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
         n_seeds = int(c1.number_input("Seeds", min_value=2, max_value=20, value=5, key="stability_seeds"))
-        if c2.button("Compute support across seeds", key="stability_go", icon=":material/replay:"):
+        blocked = identity.role_block("stability")
+        if c2.button("Compute support across seeds", key="stability_go", icon=":material/replay:",
+                     disabled=bool(blocked), help=blocked):
             bar = st.progress(0.0, text="clustering with several seeds…")
             with widgets.guard("computing stability"):
-                seed_stability(run, n_seeds,
+                seed_stability(run, n_seeds, actor=reviewer(),
                                progress=lambda d, t: bar.progress(d / max(t, 1), text=f"{d} / {t} clusterings"))
                 st.rerun()
 
@@ -136,9 +142,11 @@ def quick_actions(run: Run, df: pd.DataFrame) -> None:
     if pick is not None and pick in df.index:
         st.caption(f"status: **{df.loc[pick, 'status']}** · id {md_escape(pick)}")
     c2, c3, c4 = st.columns(3)
+    blocked = identity.role_block("edit_concepts")
     for col, action, icon in ((c2, "accept", ":material/check:"), (c3, "reject", ":material/close:"),
                               (c4, "restore", ":material/undo:")):
-        col.button(action.capitalize(), key=f"btn_{action}", icon=icon, width="stretch", disabled=pick is None,
+        col.button(action.capitalize(), key=f"btn_{action}", icon=icon, width="stretch",
+                   disabled=pick is None or bool(blocked), help=blocked,
                    on_click=apply, args=(str(run.path), action, pick))
 
 
@@ -147,7 +155,9 @@ def add_form(run: Run) -> None:
         c1, c2 = st.columns([2.6, 1], vertical_alignment="bottom")  # room for the button's label
         text = c1.text_input("Add a concept (free text)", max_chars=200, key="add_text",
                              placeholder="e.g. golf ball — embedded with this run's encoder")
-        if c2.form_submit_button("Add", icon=":material/add:", width="stretch") and text.strip():
+        blocked = identity.role_block("edit_concepts")
+        if c2.form_submit_button("Add", icon=":material/add:", width="stretch", disabled=bool(blocked),
+                                 help=blocked) and text.strip():
             apply(str(run.path), "add", text, encoder=cache.LazyEncoder(cache.run_encoder_spec(run)))
             st.rerun()
 

@@ -14,7 +14,7 @@ from clustermine.workflows import clusterview, jobs
 from clustermine.store import layout
 from clustermine.store import Run
 
-from . import cache, cluster_panel, rundata, state, widgets
+from . import cache, cluster_panel, identity, rundata, state, widgets
 from .text import md_escape
 
 STAGE_LABELS = {"scan": "Scan files", "encode": "Encode images", "corpus": "Embed the concept corpus",
@@ -195,10 +195,11 @@ def run_panel(run: Run) -> None:
         else:
             widgets.show_error(run.meta.get("error") or f"the run is {status}")
         progress_view(run)
-        if st.button("Resume", type="primary", icon=":material/play_arrow:", key="resume",
-                     help="Continue with the same settings; images already encoded are not encoded again."):
+        blocked = identity.role_block("launch")
+        if st.button("Resume", type="primary", icon=":material/play_arrow:", key="resume", disabled=bool(blocked),
+                     help=blocked or "Continue with the same settings; images already encoded are not encoded again."):
             with widgets.guard("resuming the run"):
-                jobs.start_mine_job(run.path, cancel_at_exit=True)
+                jobs.start_mine_job(run.path, cancel_at_exit=True, actor=identity.acting())
                 st.rerun()
         tail = jobs.log_tail(run.path)
         if tail:

@@ -21,7 +21,7 @@ from clustermine.workflows.uploads import (
     resolve_in_roots,
 )
 
-from . import cache, settings, state, widgets
+from . import cache, identity, settings, state, widgets
 from .text import md_code, md_escape
 
 SOURCES = {"files": "Upload images", "zip": "Upload a zip", "folder": "Folder on this server"}
@@ -209,8 +209,9 @@ def form() -> Choices | None:
     line = cost_line(ch)
     if line:
         st.info(md_escape(line, None), icon=":material/timer:")
-    if st.button("Launch mining", type="primary", icon=":material/rocket_launch:", disabled=not ready,
-                 key="launch"):
+    blocked = identity.role_block("launch")
+    if st.button("Launch mining", type="primary", icon=":material/rocket_launch:", disabled=not ready or bool(blocked),
+                 key="launch", help=blocked):
         return ch
     if counted is None:
         st.caption("Choose your ID images (and a concept list if you picked your own) to launch.")
@@ -230,9 +231,10 @@ def launch(ch: Choices) -> str:
     """Create the run from the choices (``clustermine.workflows.new_run.create_run_from_uploads``:
     staged first, so a refused upload leaves no half-made run) and start its worker; returns the run id."""
     run_dir = unique_run_dir(settings.runs_root(), ch.name)
+    actor = identity.acting()
     create_run_from_uploads(run_dir, ch.mine_config(ch.corpus), run_source(ch),
-                            corpus_file=ch.corpus_file if ch.corpus == CUSTOM_CORPUS else None)
-    jobs.start_mine_job(run_dir, cancel_at_exit=True)
+                            corpus_file=ch.corpus_file if ch.corpus == CUSTOM_CORPUS else None, actor=actor)
+    jobs.start_mine_job(run_dir, cancel_at_exit=True, actor=actor)
     return run_dir.name
 
 

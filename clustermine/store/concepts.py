@@ -22,6 +22,8 @@ from clustermine.core.storage import atomic_save_npy, atomic_write_json, atomic_
 from clustermine.store import layout
 from clustermine.store.store import RunStore, now_iso
 from clustermine.core.config import user_identity
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 from clustermine.method.corpus import embed_concepts
 
 POSITIVE_STATUSES = ("mined", "accepted", "added")
@@ -44,18 +46,19 @@ def action_for(old: str, new: str) -> str | None:
     return "restore"
 
 
-def set_concept_status(table: "ConceptTable", key: str, status: str, *, user: str | None = None
-                       ) -> tuple[Concept, str | None]:
+def set_concept_status(table: "ConceptTable", key: str, status: str, *, user: str | None = None,
+                       actor: Actor | None = None) -> tuple[Concept, str | None]:
     """Give the concept ``key`` (id or text) of ``table`` the status ``status`` through the edit
     :func:`action_for` names (logged like any edit). Returns ``(concept now, the action or None when
     it already had that status)``; ClusterMineError names an unknown concept or status."""
+    require(actor, "edit_concepts")
     current = table.find_concept(key)
     if current is None:
         raise ClusterMineError(f"no concept {key!r} in this run (give its id or its text)")
     action = action_for(current.status, status)
     if action is None:
         return current, None
-    return table.edit_concept(action, current.id, user=user), action
+    return table.edit_concept(action, current.id, user=user, actor=actor), action
 
 
 def concept_id(text: str) -> str:
@@ -187,13 +190,16 @@ class ConceptTable(RunStore):
                 return c
         return None
 
-    def edit_concept(self, action: str, key: str, *, encoder=None, user: str | None = None) -> Concept:
+    def edit_concept(self, action: str, key: str, *, encoder=None, user: str | None = None,
+                     actor: Actor | None = None) -> Concept:
         """Apply one edit (accept / reject / restore by id or text; add by text) and log it.
 
         Takes effect at once: :meth:`concepts`, :meth:`positive_concepts` and ``detector()``
         reflect it. ``add`` of a concept outside the corpus embeds it with ``encoder`` (loaded from
         the run's encoder spec when not given). Safe against concurrent editors (file lock).
+        ``actor``: who acts; PermissionDenied before anything is written when its role may not.
         """
+        require(actor, "edit_concepts")
         if action not in EDIT_ACTIONS:
             raise ClusterMineError(f"unknown concept action {action!r}; use one of {', '.join(EDIT_ACTIONS)}")
         if self.status != "done":
@@ -216,7 +222,7 @@ class ConceptTable(RunStore):
                     if found is None:
                         raise ClusterMineError(f"no concept {key!r} in this run; `add` it first")
                     cid, text = found.id, found.text
-                entry = {"seq": len(edits) + 1, "ts": now_iso(), "user": user_identity(user),
+                entry = {"seq": len(edits) + 1, "ts": now_iso(), "user": user_identity(user or (actor.name if actor else None)),
                          "action": action, "concept_id": cid, "text": text}
                 edits.append(entry)
                 atomic_write_jsonl(self.file(layout.EDITS), edits)

@@ -21,6 +21,8 @@ from clustermine.store import layout
 from clustermine.store.concepts import read_edit_log
 from clustermine.store.store import RunStore, now_iso
 from clustermine.core.config import user_identity
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 from clustermine.core.storage import atomic_write_jsonl
 
 EXCLUSION_ACTIONS = ("exclude", "restore")
@@ -126,12 +128,14 @@ class ExclusionTable(RunStore):
         return list(dict.fromkeys(rows))
 
     def set_excluded(self, keys: list[str | int | os.PathLike], *, restore: bool = False,
-                     user: str | None = None) -> list[int]:
+                     user: str | None = None, actor: Actor | None = None) -> list[int]:
         """Mark images "not ID" (or restore them with ``restore``) and log who did it and when.
 
         Returns the rows whose state changed (already excluded / not excluded rows are skipped).
         Safe against concurrent sessions (file lock); the log is rewritten atomically.
+        ``actor``: who acts; PermissionDenied before anything is written when its role may not.
         """
+        require(actor, "exclude")
         if self.status != "done":
             raise RunError(f"{self.path}: images can be excluded once mining has finished (status {self.status!r})")
         rows = self.resolve_images(keys)
@@ -147,7 +151,7 @@ class ExclusionTable(RunStore):
                     if bool(mask[row]) == (not restore):
                         continue
                     log.append({"seq": len(log) + 1, "ts": now_iso(),
-                                "user": user_identity(user), "action": action,
+                                "user": user_identity(user or (actor.name if actor else None)), "action": action,
                                 "row": row, "path": records[row]["path"]})
                     mask[row] = not restore
                     changed.append(row)

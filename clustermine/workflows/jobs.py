@@ -31,6 +31,8 @@ import psutil
 
 from clustermine.workflows.distributed import RAY_ADDRESS_ENV, ray_address
 from clustermine.core.errors import ClusterMineError, RunError
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 from clustermine.store import Run, now_iso
 from clustermine.core.storage import atomic_write_json
 
@@ -118,15 +120,18 @@ def read_job(run_dir: str | os.PathLike) -> dict | None:
         return None
 
 
-def start_mine_job(run_dir: str | os.PathLike, *, env: dict | None = None, cancel_at_exit: bool = False) -> dict:
+def start_mine_job(run_dir: str | os.PathLike, *, env: dict | None = None, cancel_at_exit: bool = False,
+                   actor: Actor | None = None) -> dict:
     """Start (or resume) mining the run in ``run_dir`` in a worker subprocess; returns job.json.
 
     The run must exist (``Run.create`` with its full config, images in place) and not be finished;
     its stored config is checked here, so a bad one is reported to the caller, not in the log.
     Refuses to start a second worker while one is alive. ``cancel_at_exit`` (the web server): when
     this process exits (e.g. on SIGTERM), the worker is asked to cancel (:func:`stop_all_jobs`);
-    otherwise it runs on by itself.
+    otherwise it runs on by itself. ``actor``: who launches; PermissionDenied (nothing started)
+    when its role may not.
     """
+    require(actor, "launch")
 
     run_dir = Path(run_dir)
     run = Run.open(run_dir, require_complete=False)

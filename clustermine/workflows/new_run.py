@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 from clustermine.core.config import MineConfig
 from clustermine.core.errors import NoImagesError, RunError, SafetyError
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 from clustermine.method.images import require_decodable
 from clustermine.store import layout
 from clustermine.store.run import Run
@@ -131,7 +133,8 @@ def _require_readable(images_dir: Path, uploaded: bool) -> None:
 
 
 def create_run_from_uploads(run_dir: str | os.PathLike, config: MineConfig, source: RunSource, *,
-                            corpus_file: BinaryIO | None = None, overwrite: bool = False) -> Run:
+                            corpus_file: BinaryIO | None = None, overwrite: bool = False,
+                            actor: Actor | None = None) -> Run:
     """Create the run in ``run_dir`` (which must not hold anything yet, unless ``overwrite``: the
     old run is moved aside by ``Run.create``) from ``source``, ready for
     :func:`clustermine.workflows.jobs.start_mine_job` or :func:`clustermine.workflows.pipeline.resume`.
@@ -139,7 +142,9 @@ def create_run_from_uploads(run_dir: str | os.PathLike, config: MineConfig, sour
     ``config``: the run's settings (validated and resolved here). ``corpus_file``: the user's own
     concept list (one per line), stored in the run as ``user_corpus.txt`` and used as its corpus.
     Raises SafetyError / NoImagesError with the file and the problem; then nothing is left behind.
+    ``actor``: who launches; PermissionDenied before anything is written when its role may not.
     """
+    require(actor, "launch")
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())) and not overwrite:
         raise RunError(f"{run_dir}: already exists; choose a new run folder, continue an unfinished run with "

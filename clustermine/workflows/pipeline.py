@@ -17,6 +17,8 @@ import numpy as np
 from clustermine.method import metrics as _metrics
 from clustermine.core.config import MineConfig
 from clustermine.core.errors import CancelledError, ClusterMineError, NoImagesError, RunError
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 from clustermine.store import layout
 from clustermine.core.storage import cache_root
 
@@ -48,7 +50,7 @@ def holdout_rows(n: int, fraction: float, seed: int) -> np.ndarray:
 def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None = None, *,
          progress: ProgressFn | None = None, cancel: CancelFn | None = None, overwrite: bool = False,
          cache_dir: str | Path | None = None, encoder=None, encode_chunk_size: int = 256,
-         ray_address: str | None = None):
+         ray_address: str | None = None, actor: Actor | None = None):
     """Run the whole mining pipeline on a folder of ID images and return the finished :class:`Run`.
 
     ``config`` is resolved first (``tau=None`` -> the encoder's default) and stored in ``run.json``.
@@ -58,7 +60,9 @@ def mine(images_dir: str | Path, run_dir: str | Path, config: MineConfig | None 
     it does not change any result, so it is not part of the run's config.
     ``ray_address``: encode and vote on that Ray cluster (:mod:`clustermine.workflows.distributed`; the folder
     must be visible under the same path on its nodes); None = in this process, Ray never imported.
+    ``actor``: who launches; PermissionDenied before anything is written when its role may not.
     """
+    require(actor, "launch")
     config = (config or MineConfig()).validate().resolved()
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -94,7 +98,8 @@ def _store_cluster(run, cluster) -> None:
 def mine_features(features: str | Path, paths: str | Path | None, run_dir: str | Path,
                   config: MineConfig | None = None, *, image_root: str | Path | None = None,
                   progress: ProgressFn | None = None, cancel: CancelFn | None = None, overwrite: bool = False,
-                  cache_dir: str | Path | None = None, encoder=None, ray_address: str | None = None):
+                  cache_dir: str | Path | None = None, encoder=None, ray_address: str | None = None,
+                  actor: Actor | None = None):
     """Mine from precomputed image embeddings (bring your own; :mod:`clustermine.method.feature_input`
     reads a ``.npy`` [N, D] or a clip-retrieval folder) instead of encoding a folder.
 
@@ -104,8 +109,11 @@ def mine_features(features: str | Path, paths: str | Path | None, run_dir: str |
     Relative image paths are resolved against ``image_root`` (default: the paths file's folder,
     or the features folder for clip-retrieval metadata); they are only opened to show thumbnails.
     Stages: ``scan`` (check), ``encode`` (import), then corpus / cluster / vote as :func:`mine`.
+    ``actor``: who launches; PermissionDenied before anything is written when its role may not.
     """
     from clustermine.method.encoders import load_encoder  # imports torch (seconds): only when this runs
+
+    require(actor, "launch")
 
     config = (config or MineConfig()).validate().resolved()
     # Every check before the run folder is made: a bad file leaves nothing behind.
@@ -204,9 +212,11 @@ def run_mine_config(run) -> tuple[MineConfig, Path]:
 
 def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
            cache_dir: str | Path | None = None, encoder=None, encode_chunk_size: int = 256,
-           ray_address: str | None = None):
+           ray_address: str | None = None, actor: Actor | None = None):
     """Continue (or start) mining the unfinished run in ``run_dir`` with the settings stored in its
-    ``run.json``; returns the finished :class:`Run`. Finished work (cached features) is reused."""
+    ``run.json``; returns the finished :class:`Run`. Finished work (cached features) is reused.
+    ``actor``: who launches (None: the app's worker, started by a permitted launch)."""
+    require(actor, "launch")
 
     run = Run.open(run_dir, require_complete=False)
     if run.status == "done":

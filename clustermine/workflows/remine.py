@@ -24,6 +24,8 @@ from clustermine.method.mining import cluster_statistics, mine_positive_concepts
 from clustermine.store import layout
 from clustermine.store.store import now_iso
 from clustermine.core.config import user_identity
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 from clustermine.workflows.pipeline import write_head_labels
 
 if TYPE_CHECKING:
@@ -77,7 +79,7 @@ def _recluster(run: Run, voters: np.ndarray, n_clusters: int,
 
 
 def remine(run: Run, *, recluster: bool = False, user: str | None = None,
-           progress: ProgressFn | None = None) -> dict:
+           progress: ProgressFn | None = None, actor: Actor | None = None) -> dict:
     """Mine the run again without its excluded images; returns the changes (also stored in
     ``run.json`` as ``last_remine``):
 
@@ -85,7 +87,10 @@ def remine(run: Run, *, recluster: bool = False, user: str | None = None,
     texts of the current Y_pos, edits applied), ``mined_added`` / ``mined_removed``,
     ``clusters_affected`` (ids whose members or winner changed), ``decisions_not_applying``
     ([{concept, action, user, ts}]: the last decision about a concept no longer mined), ``ts``, ``user``.
+    ``actor``: who acts; PermissionDenied before anything is written when its role may not re-mine.
     """
+    require(actor, "remine")
+    user = user or (actor.name if actor else None)
     if run.status != "done":
         raise RunError(f"{run.path}: the run is not finished (status {run.status!r})")
     try:  # one re-mine at a time, and no exclusion changes while it runs

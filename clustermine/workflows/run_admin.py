@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from clustermine.core.errors import ClusterMineError, RunError
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 from clustermine.store import layout
 from clustermine.store.store import RunStore
 from clustermine.workflows.jobs import job_state
@@ -27,9 +29,11 @@ def clean_label(text: str) -> str:
     return label
 
 
-def set_label(run_dir: str | os.PathLike, text: str) -> str:
+def set_label(run_dir: str | os.PathLike, text: str, *, actor: Actor | None = None) -> str:
     """Store ``text`` (one line, at most :data:`MAX_LABEL_CHARS`; empty removes the label) as the
-    run's ``label`` in run.json (locked, atomic). Returns the stored label."""
+    run's ``label`` in run.json (locked, atomic). Returns the stored label. ``actor``: who acts;
+    PermissionDenied (nothing written) when its role may not label runs."""
+    require(actor, "label")
 
     label = clean_label(text)
     store = RunStore.open(run_dir, require_complete=False)
@@ -58,10 +62,12 @@ def _appears_running(run_dir: Path) -> str | None:
     return None
 
 
-def delete_run(run_dir: str | os.PathLike) -> None:
+def delete_run(run_dir: str | os.PathLike, *, actor: Actor | None = None) -> None:
     """Delete the run folder ``run_dir``; refused (ClusterMineError) unless it is a ClusterMine run
     folder (it holds run.json; not a symbolic link) whose job is not running. The folder is first
-    renamed aside (so it vanishes from the run list at once), then removed."""
+    renamed aside (so it vanishes from the run list at once), then removed. ``actor``: who acts;
+    PermissionDenied (nothing deleted) when its role may not delete runs."""
+    require(actor, "delete")
     path = Path(run_dir)
     if path.is_symlink():
         raise ClusterMineError(f"{path}: is a symbolic link; not deleted")

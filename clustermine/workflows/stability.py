@@ -20,6 +20,8 @@ from clustermine.method.mining import clustering_winners, support_counts  # noqa
 from clustermine.store.concepts import _support_table, attach_support, support_labels  # noqa: F401
 from clustermine.store import layout
 from clustermine.core.errors import CancelledError
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 
 if TYPE_CHECKING:
     from clustermine.store.concepts import Concept
@@ -35,10 +37,12 @@ def stability_source(run: Run) -> str | None:
 
 
 def seed_stability(run: Run, n_seeds: int = 5, *, progress: ProgressFn | None = None,
-                   cancel: Callable[[], bool] | None = None) -> np.ndarray:
+                   cancel: Callable[[], bool] | None = None, actor: Actor | None = None) -> np.ndarray:
     """Re-cluster the run's voting images with ``n_seeds - 1`` more seeds (the run's clusterer,
     C and options; seeds ``seed+1 ...``) and store all S = ``n_seeds`` clusterings, the run's own
-    first, in ``seed_labels.npy``. ``progress(done, S)`` after each. Returns int32 [S, N_ok]."""
+    first, in ``seed_labels.npy``. ``progress(done, S)`` after each. Returns int32 [S, N_ok].
+    ``actor``: who acts; PermissionDenied before anything is written when its role may not."""
+    require(actor, "stability")
     from clustermine.workflows.recluster import run_clusterer  # imports pandas (seconds): only when this runs
 
     if n_seeds < 2:
