@@ -129,6 +129,16 @@ def htpasswd_line(user: str, password: str) -> str:
     return f"{user}:{{SHA}}{digest}"
 
 
+def temp_paths(prefix: Path) -> str:
+    """http-level directives that keep nginx's temporary files under ``prefix/tmp`` (created here)
+    instead of Debian's /var/lib/nginx, which an unpacked (not installed) nginx does not have."""
+    lines = []
+    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (prefix / "tmp" / d).mkdir(parents=True, exist_ok=True)
+        lines.append(f"    {d}_temp_path {prefix / 'tmp' / d};")
+    return "\n".join(lines)
+
+
 def nginx_conf(prefix: Path, *, listen_port: int, app_port: int, htpasswd: Path, header: str) -> str:
     """A whole nginx.conf for the test: basic auth on 127.0.0.1:``listen_port`` in front of the app on
     127.0.0.1:``app_port``, proxying with the shipped deploy/nginx/clustermine-proxy.conf (its identity
@@ -140,8 +150,7 @@ def nginx_conf(prefix: Path, *, listen_port: int, app_port: int, htpasswd: Path,
     user = ""
     if os.geteuid() == 0:  # workers would drop to "nobody", who cannot read the test's private folder
         user = "user root root;\n"
-    temps = "\n".join(f"    {d}_temp_path {prefix / 'tmp' / d};" for d in
-                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temps = temp_paths(prefix)
     return f"""{user}daemon off;
 master_process on;
 worker_processes 1;
@@ -174,8 +183,7 @@ def nginx_proxy(tmp: Path, *, listen_port: int, app_port: int, users: dict[str, 
     app on ``app_port``; yields ``{"url", "pid"}`` once the port answers."""
     binary = ensure_nginx()
     prefix = tmp / "nginx"
-    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (prefix / "tmp" / d).mkdir(parents=True, exist_ok=True)
+    prefix.mkdir(parents=True, exist_ok=True)
     htpasswd = prefix / "htpasswd"
     htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in users.items()))
     conf = prefix / "nginx.conf"
