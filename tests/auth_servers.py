@@ -26,6 +26,7 @@ OIDC_SRC = ROOT / "tests" / "oidc"
 OIDC_CACHE = Path(os.environ.get("CLUSTERMINE_TEST_OIDC_CACHE") or ROOT / ".cache" / "oidc")
 NGINX_CACHE = Path(os.environ.get("CLUSTERMINE_TEST_NGINX_CACHE") or ROOT / ".cache" / "nginx")
 PROXY_SNIPPET = ROOT / "deploy" / "nginx" / "clustermine-proxy.conf"
+SHIPPED_SITE = ROOT / "deploy" / "nginx" / "clustermine.conf"
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -139,18 +140,65 @@ def temp_paths(prefix: Path) -> str:
     return "\n".join(lines)
 
 
+def _block(text: str, head: str) -> str:
+    """The block of ``text`` that starts at the line starting with ``head`` (after indentation) and
+    ends at its matching closing brace, dedented."""
+    lines = text.splitlines()
+    i = next(n for n, line in enumerate(lines) if line.strip().startswith(head))
+    depth, out = 0, []
+    for line in lines[i:]:
+        out.append(line.strip() and line[len(lines[i]) - len(lines[i].lstrip()):])
+        depth += line.count("{") - line.count("}")
+        if depth == 0:
+            break
+    return "\n".join(out) + "\n"
+
+
+def shipped_location(option: str) -> str:
+    """The ``location /`` block of option ``A`` (oauth2-proxy, active as shipped), ``B`` (basic auth)
+    or ``C`` (TLS only, OIDC in the app) of deploy/nginx/clustermine.conf, uncommented."""
+    text = SHIPPED_SITE.read_text()
+    if option == "A":
+        return _block(text, "location / {")
+    part = text[text.index(f"# --- Option {option}:"):]
+    part = part[:part.index("# }") + 3]
+    commented = [line.strip()[2:] if line.strip().startswith("# ") else line.strip()[1:]
+                 for line in part.splitlines() if line.strip().startswith("#")]
+    return _block("\n".join(commented), "location / {")
+
+
+def shipped_site(option: str = "A") -> str:
+    """deploy/nginx/clustermine.conf with option ``option``'s ``location /`` in place of option A's."""
+    text = SHIPPED_SITE.read_text()
+    if option == "A":
+        return text
+    lines = text.splitlines()
+    i = next(n for n, line in enumerate(lines) if line.strip() == "location / {")
+    j, depth = i, 0
+    for j in range(i, len(lines)):
+        depth += lines[j].count("{") - lines[j].count("}")
+        if depth == 0:
+            break
+    return "\n".join(lines[:i] + shipped_location(option).splitlines() + lines[j + 1:]) + "\n"
+
+
 def nginx_conf(prefix: Path, *, listen_port: int, app_port: int, htpasswd: Path, header: str) -> str:
-    """A whole nginx.conf for the test: basic auth on 127.0.0.1:``listen_port`` in front of the app on
-    127.0.0.1:``app_port``, proxying with the shipped deploy/nginx/clustermine-proxy.conf (its identity
-    header renamed to ``header`` when the app is configured with another name)."""
+    """A whole nginx.conf for the test, made of the shipped parts: deploy/nginx/clustermine.conf's
+    ``map``, ``upstream`` (pointed at 127.0.0.1:``app_port``) and option B's ``location /`` (basic
+    auth, the htpasswd file ``htpasswd``) including deploy/nginx/clustermine-proxy.conf (its identity
+    header renamed to ``header`` when the app is configured with another name), in a server on
+    127.0.0.1:``listen_port``."""
     snippet = PROXY_SNIPPET.read_text()
     if header.lower() != "x-forwarded-email":
         snippet = snippet.replace("proxy_set_header X-Forwarded-Email ", f"proxy_set_header {header} ")
     (prefix / "clustermine-proxy.conf").write_text(snippet)
+    site = SHIPPED_SITE.read_text()
+    upstream = _block(site, "upstream clustermine_app").replace("127.0.0.1:8501", f"127.0.0.1:{app_port}")
+    location = (shipped_location("B").replace("/etc/nginx/clustermine.htpasswd", str(htpasswd))
+                .replace("/etc/nginx/snippets/clustermine-proxy.conf", str(prefix / "clustermine-proxy.conf")))
     user = ""
     if os.geteuid() == 0:  # workers would drop to "nobody", who cannot read the test's private folder
         user = "user root root;\n"
-    temps = temp_paths(prefix)
     return f"""{user}daemon off;
 master_process on;
 worker_processes 1;
@@ -159,19 +207,13 @@ error_log {prefix / 'error.log'} info;
 events {{ worker_connections 256; }}
 http {{
     access_log {prefix / 'access.log'};
-{temps}
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-    upstream clustermine_app {{ server 127.0.0.1:{app_port}; }}
-    server {{
-        listen 127.0.0.1:{listen_port};
-        server_name localhost;
-        location / {{
-            auth_basic "ClusterMine Studio";
-            auth_basic_user_file {htpasswd};
-            set $clustermine_user $remote_user;
-            include {prefix / 'clustermine-proxy.conf'};
-        }}
-    }}
+{temp_paths(prefix)}
+{_block(site, "map $http_upgrade")}
+{upstream}
+server {{
+    listen 127.0.0.1:{listen_port};
+    server_name localhost;
+{location}}}
 }}
 """
 

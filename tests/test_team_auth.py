@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from auth_servers import PROXY_SNIPPET, ensure_nginx, nginx_proxy, oidc_provider, temp_paths
+from auth_servers import PROXY_SNIPPET, ensure_nginx, nginx_proxy, oidc_provider, shipped_site, temp_paths
 from browser_helpers import CHROME_ARGS, idle, nav, require_browser, shot
 from conftest import CHROMIUM, ROOT, missing_resource
 from streamlit_server import free_port, streamlit_server
@@ -242,11 +242,11 @@ def test_nginx_sets_the_identity_and_a_bypass_gets_none(runs_root, tmp_path):
             shot(pg, ARTIFACTS, "5-proxy-ann")
             assert "ann" in who and "proxy" in who and "reviewer" in who, who
             assert "mallory" not in pg.locator("body").inner_text()
-            concept = _pick_concept(pg)
+            concept = _pick_concept(pg, 2)  # one the OIDC test left alone
             pg.get_by_role("button", name="Reject").click()
             pg.get_by_text(f"{concept} → rejected").wait_for()
             entry = _edit_log(run_dir)[-1]
-            assert (entry["user"], entry["auth"]) == ("ann", "proxy")
+            assert (entry["user"], entry["auth"], entry.get("role")) == ("ann", "proxy", "reviewer")
 
             # --- wrong password: nginx answers 401, the app is never reached
             bad = _page(browser, http_credentials={"username": "ann", "password": "wrong"})
@@ -282,28 +282,36 @@ def test_without_proxy_mode_the_header_is_ignored(runs_root, tmp_path):
             pg.goto(f"{srv['url']}/concepts?run=small-run")
             who = _sidebar_identity(pg)
             assert "mallory" not in who and "self-declared" in who, who
+            concept = _pick_concept(pg, 3)
+            pg.get_by_role("button", name="Reject").click()
+            pg.get_by_text(f"{concept} → rejected").wait_for()
+            entry = _edit_log(runs_root / "small-run")[-1]
+            assert entry["auth"] == "none" and "mallory" not in entry["user"], entry
         finally:
             browser.close()
 
 
 # ------------------------------------------------------------------------------ the shipped example
-def test_the_shipped_nginx_example_is_valid(tmp_path):
-    """deploy/nginx/clustermine.conf passes ``nginx -t`` as shipped (certificate paths pointed at a
-    throw-away self-signed pair, the snippet at its place in the checkout)."""
+@pytest.mark.parametrize("option", ["A", "B", "C"])
+def test_the_shipped_nginx_example_is_valid(option, tmp_path):
+    """deploy/nginx/clustermine.conf passes ``nginx -t`` with each of its options (A oauth2-proxy as
+    shipped, B basic auth, C TLS only) in place: certificate paths pointed at a throw-away self-signed
+    pair, the snippet at its place in the checkout."""
     nginx = ensure_nginx()
     if not shutil.which("openssl"):
         missing_resource("openssl not installed (needed for a throw-away certificate)")
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
-    site = (ROOT / "deploy" / "nginx" / "clustermine.conf").read_text()
-    site = (site.replace("/etc/nginx/snippets/clustermine-proxy.conf", str(PROXY_SNIPPET))
+    site = (shipped_site(option).replace("/etc/nginx/snippets/clustermine-proxy.conf", str(PROXY_SNIPPET))
             .replace("/etc/ssl/certs/clustermine.pem", str(cert)).replace("/etc/ssl/private/clustermine.key", str(key))
             .replace("listen 80;", "listen 127.0.0.1:80;").replace("listen 443 ", "listen 127.0.0.1:443 "))
+    assert option == "A" or "auth_request /oauth2/auth;" not in site.split("# --- Option B")[0]
     (tmp_path / "site.conf").write_text(site)
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"pid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'};\nevents {{}}\n"
-                    f"http {{\n  access_log {tmp_path / 'access.log'};\n{temp_paths(tmp_path)}\n  include {tmp_path / 'site.conf'};\n}}\n")
+                    f"http {{\n  access_log {tmp_path / 'access.log'};\n{temp_paths(tmp_path)}\n"
+                    f"  include {tmp_path / 'site.conf'};\n}}\n")
     res = subprocess.run([str(nginx), "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "test is successful" in res.stderr
