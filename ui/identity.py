@@ -141,10 +141,18 @@ def resolve(cfg: IdentityConfig, *, user_info: Mapping | None = None, header_val
 
 # ------------------------------------------------------------------------------ the Streamlit edge
 def _secrets() -> dict:
+    """``st.secrets`` as a dict. A secrets file that exists but does not load is an error, never
+    "no configuration": a broken ``[auth]`` must not open the app in local mode."""
     try:
-        return st.secrets.to_dict() if st.secrets.load_if_toml_exists() else {}
-    except Exception as exc:  # a broken secrets.toml: Streamlit's own error types vary by cause
+        if st.secrets.load_if_toml_exists():
+            return st.secrets.to_dict()
+        files = st.get_option("secrets.files") or []
+    except Exception as exc:  # Streamlit's own error types vary by cause
         return {"clustermine": f"secrets.toml cannot be read: {exc}"}
+    broken = [f for f in files if os.path.exists(f)]
+    if broken:
+        return {"clustermine": f"{broken[0]}: the secrets file exists but cannot be loaded (not valid TOML?)"}
+    return {}
 
 
 def config() -> IdentityConfig:
@@ -247,7 +255,7 @@ def blocked_page(cfg: IdentityConfig, res: Resolution) -> None:
 def sidebar(cfg: IdentityConfig, actor: Actor) -> None:
     """The identity line of every page's sidebar: mode, identity, role; Log out in oidc mode."""
     role = actor.role or "all rights (no roles file)"
-    who = actor.name + ("" if actor.verified else " (self-declared)")
-    st.caption(f"Identity: **{MODE_TEXT[cfg.mode]}** · {md_escape(who)} · role: **{role}**")
+    who = md_escape(actor.name) + ("" if actor.verified else " *(self-declared)*")
+    st.caption(f"Identity: **{MODE_TEXT[cfg.mode]}** · {who} · role: **{role}**")
     if cfg.mode == "oidc":
         st.button("Log out", key="logout", on_click=st.logout, icon=":material/logout:")
