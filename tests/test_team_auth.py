@@ -192,7 +192,9 @@ def test_oidc_login_signs_decisions_and_the_viewer_is_refused(runs_root, tmp_pat
                 assert reject.is_enabled()
                 _roles_file(tmp_path, viewer_role="viewer")
                 reject.click()
-                pg2.get_by_text("may not decide on concepts").first.wait_for()
+                # the engine's refusal (PermissionDenied), not the read-only caption drawn with the page
+                pg2.get_by_text("'viewer', which may not decide on concepts").wait_for()
+                assert "nothing was changed" in pg2.locator("body").inner_text()
                 idle(pg2)
                 shot(pg2, ARTIFACTS, "4-oidc-viewer-refused")
                 assert (run_dir / "edits.jsonl").read_bytes() == edits_bytes
