@@ -34,6 +34,25 @@ if [ "$WITH_BROWSER" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   echo "[setup] installing Debian chromium for the browser tests" >&2
   apt_install chromium || echo "[setup] could not install chromium; browser tests will be skipped" >&2
 fi
+# The team-deployment tests (tests/test_team_auth.py) run a real OpenID Connect provider with node;
+# its npm packages are installed into .cache/oidc by the tests themselves (tests/auth_servers.py).
+if [ "$WITH_BROWSER" = 1 ] && ! command -v npm >/dev/null; then
+  echo "[setup] installing Debian nodejs + npm for the OpenID Connect login tests" >&2
+  apt_install nodejs npm || echo "[setup] could not install nodejs/npm; the login tests will be skipped (failed on CI)" >&2
+fi
+# nginx for the same tests, without installing the service: Debian's package unpacked into .cache/nginx
+# (tests/auth_servers.py does the same when it is missing; here an apt-get update may come first).
+if [ "$WITH_BROWSER" = 1 ] && ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] \
+    && [ ! -x .cache/nginx/usr/sbin/nginx ]; then
+  echo "[setup] fetching Debian nginx into .cache/nginx for the reverse-proxy tests" >&2
+  mkdir -p .cache/nginx/debs
+  if ( cd .cache/nginx/debs && { apt-get download nginx 2>/dev/null \
+        || { as_root apt-get update -qq && apt-get download nginx; }; } ); then
+    dpkg -x .cache/nginx/debs/nginx_*.deb .cache/nginx
+  else
+    echo "[setup] could not fetch nginx; the reverse-proxy tests will be skipped (failed on CI)" >&2
+  fi
+fi
 # Embed the default concept corpus (117,798 WordNet nouns, offline encoder) now, once, so the first
 # run in the app needs no corpus stage. Cached under $CLUSTERMINE_CACHE (default ~/.cache/clustermine).
 if ! HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m clustermine prepare --device cpu; then

@@ -25,14 +25,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(runs_root: Path, log_path: Path, *, wait_s: float = 60.0,
-                     env: dict[str, str] | None = None) -> Iterator[dict]:
+                     env: dict[str, str] | None = None, port: int | None = None) -> Iterator[dict]:
     """Run the app with ``CLUSTERMINE_RUNS_ROOT=runs_root`` until the block ends.
 
     Yields ``{"url", "port", "pid"}`` once ``/_stcore/health`` answers. If it does not answer within
     ``wait_s`` seconds (or the process dies), the test fails with the end of the server log in the
-    message (a server that does not start is an error, never a skip).
+    message (a server that does not start is an error, never a skip). ``port``: a port chosen before
+    the start (an OIDC redirect URI names it), else a free one.
     """
-    port = free_port()
+    port = port or free_port()
     env = dict(os.environ, CLUSTERMINE_RUNS_ROOT=str(runs_root), CLUSTERMINE_UMAP_WARMUP="0", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
     env.pop("STREAMLIT_SERVER_ADDRESS", None)  # the address must come from .streamlit/config.toml
