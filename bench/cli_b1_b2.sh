@@ -64,10 +64,10 @@ done
 B1_OOD=(--ood "imagenette-4 (near)=$W/b1/near" --ood "imagewoof (dogs)=$DATA/imagewoof_val80" --ood "dtd10 (far)=$DATA/dtd10")
 B2_OOD=(--ood "caltech-10 other=$W/b2/other" --ood "dtd10 (far)=$DATA/dtd10")
 echo "### B1, ClusterMine-TEMI + MCM + NegLabel"
-$CM evaluate --runs "$W"/b1/runs/temi-{0,1,2} --id "$W/b1/id" "${B1_OOD[@]}" --class-names "$W/b1/names.tsv" --"$FMT"
+$CM evaluate --runs "$W"/b1/runs/temi-{0,1,2} --id "$W/b1/id" "${B1_OOD[@]}" --class-names "$W/b1/names.tsv" --bootstrap 1000 --"$FMT"
 echo "### B1, ClusterMine-k-means"
-$CM evaluate --runs "$W"/b1/runs/kmeans-{0,1,2} --id "$W/b1/id" "${B1_OOD[@]}" --"$FMT"
+$CM evaluate --runs "$W"/b1/runs/kmeans-{0,1,2} --id "$W/b1/id" "${B1_OOD[@]}" --bootstrap 1000 --"$FMT"
 echo "### B2, ClusterMine-TEMI + MCM + NegLabel (class names: folder names, '_' -> ' ', lowercase)"
-$CM evaluate --runs "$W"/b2/runs/temi-{0,1,2} --id "$W/b2/id" "${B2_OOD[@]}" --class-names folders --"$FMT"
+$CM evaluate --runs "$W"/b2/runs/temi-{0,1,2} --id "$W/b2/id" "${B2_OOD[@]}" --class-names folders --bootstrap 1000 --"$FMT"
 echo "### B2, ClusterMine-k-means"
-$CM evaluate --runs "$W"/b2/runs/kmeans-{0,1,2} --id "$W/b2/id" "${B2_OOD[@]}" --"$FMT"
+$CM evaluate --runs "$W"/b2/runs/kmeans-{0,1,2} --id "$W/b2/id" "${B2_OOD[@]}" --bootstrap 1000 --"$FMT"
