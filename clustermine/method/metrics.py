@@ -66,6 +66,19 @@ def _roc_counts(pos_scores: np.ndarray, neg_scores: np.ndarray) -> tuple[np.ndar
     return np.cumsum(pos_at), np.cumsum(neg_at)
 
 
+def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tie-grouped ROC curve, ID positive: (FPR, TPR), float64 [K + 1] each, from (0, 0) to (1, 1).
+
+    One point per distinct score value (thresholds descending) after the origin; the trapezoid area
+    under these points is :func:`auroc` (same counts, so the same number up to float rounding).
+    """
+    id_scores, ood_scores = _as_scores(id_scores, ood_scores)
+    tps, fps = _roc_counts(id_scores, ood_scores)
+    fpr = np.concatenate([[0.0], fps / ood_scores.size])
+    tpr = np.concatenate([[0.0], tps / id_scores.size])
+    return fpr, tpr
+
+
 def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """Area under the ROC curve, ID positive: P(S_ID > S_OOD) + ½ P(S_ID = S_OOD).
 

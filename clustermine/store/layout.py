@@ -46,6 +46,10 @@ only: the app's first page imports this without the numeric stack.
     scoring/              the Scoring page's images: uploads/, names.json, folders.json
     ood_sample/           OOD images uploaded in the what-if panel
     detector/             default folder of ``Run.export_detector``
+    evaluations/          ID-vs-OOD-sets evaluations (``clustermine.workflows.evaluation_store``):
+                          <UTC stamp>.json (result rows, when, the detector it measured) and
+                          <UTC stamp>.npz (the label-free log scores of the ID and each OOD set);
+                          latest.json names the latest one
 
 Beside run folders: ``.deleting-<run>-<stamp>/``, a run being deleted (renamed first, then removed;
 never listed as a run).
@@ -97,6 +101,8 @@ SCORING_FOLDERS = "folders.json"  # in scoring/
 SCORING_NAMES = "names.json"  # in scoring/
 OOD_SAMPLE_DIR = "ood_sample"
 DETECTOR_DIR = "detector"
+EVALUATIONS_DIR = "evaluations"
+EVALUATION_LATEST = "latest.json"  # in evaluations/: {"name": <stem of the latest evaluation>}
 
 DELETING_PREFIX = ".deleting-"  # a run folder renamed to this prefix is being deleted
 
@@ -199,6 +205,21 @@ def ood_sample_dir(run_dir: PathLike) -> Path:
 
 def detector_dir(run_dir: PathLike) -> Path:
     return Path(run_dir) / DETECTOR_DIR
+
+
+def evaluations_dir(run_dir: PathLike) -> Path:
+    return Path(run_dir) / EVALUATIONS_DIR
+
+
+def evaluation_files(run_dir: PathLike, stem: str) -> tuple[Path, Path]:
+    """(record .json, scores .npz) of the evaluation ``stem`` (its UTC stamp)."""
+    folder = evaluations_dir(run_dir)
+    return folder / f"{stem}.json", folder / f"{stem}.npz"
+
+
+def evaluation_latest(run_dir: PathLike) -> Path:
+    """The pointer to the run's latest evaluation."""
+    return evaluations_dir(run_dir) / EVALUATION_LATEST
 
 
 def file_stamp(path: PathLike) -> tuple[int, int, int]:

@@ -1,0 +1,178 @@
+"""Stored evaluations of a run (ID folder vs named OOD sets) and the data of their figures, on the
+small real run and real images: the saved record reads back identical, the latest pointer follows
+the last save, a concept edit makes it stale, the ROC points' area is the AUROC, the threshold keeps
+at least the target share of ID, and each set's numbers equal a single-set ``evaluate``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import copy_subset, shared
+
+from clustermine.core.config import DEFAULT_TPR
+from clustermine.core.errors import ClusterMineError
+from clustermine.method import metrics
+from clustermine.store import Run, layout
+from clustermine.workflows import evaluation_store as es
+from clustermine.workflows.pipeline import evaluate
+
+ID_CLASSES = ["n01440764", "n02102040", "n02979186", "n03028079"]  # the small run's 4 classes
+
+
+def eval_folders(root: Path) -> tuple[Path, dict[str, Path]]:
+    """ID: 3 validation images of each of the run's classes; OOD: 5 garbage trucks, 5 textures."""
+    val = shared("imagenette_val100")
+    id_dir = copy_subset(val, root / "id", ID_CLASSES, 3)
+    trucks = copy_subset(val, root / "trucks", ["n03417042"], 5)
+    textures = copy_subset(shared("dtd10"), root / "textures", ["banded"], 5)
+    return id_dir, {"trucks": trucks, "textures": textures}
+
+
+@pytest.fixture(scope="module")
+def encoder(small_run_template):
+    from clustermine.method.encoders import load_encoder
+
+    return load_encoder(Run.open(small_run_template).encoder_spec, "cpu")
+
+
+@pytest.fixture(scope="module")
+def evaluated(small_run_template, encoder, tmp_path_factory):
+    """A private copy of the small run with one evaluation of two OOD sets; (run dir, folders, Evaluation)."""
+    root = tmp_path_factory.mktemp("evaluated")
+    run_dir = root / "run"
+    shutil.copytree(small_run_template, run_dir)
+    id_dir, sets = eval_folders(root / "data")
+    ev = es.evaluate_folders(Run.open(run_dir), id_dir, sets, encoder, cache_dir=root / "cache")
+    return run_dir, id_dir, sets, ev
+
+
+def test_each_set_equals_a_single_evaluate_and_the_mean_row_is_their_mean(evaluated, encoder):
+    run_dir, id_dir, sets, ev = evaluated
+    run = Run.open(run_dir)
+    by_name = {r["name"]: r for r in ev.rows}
+    assert list(by_name) == ["trucks", "textures", "mean"]
+    for name, folder in sets.items():
+        single = evaluate(run, id_dir, folder, encoder=encoder)
+        for key in ("auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood"):
+            assert by_name[name][key] == pytest.approx(single[key], abs=1e-9), (name, key)
+    for key in es.METRIC_KEYS:
+        assert by_name["mean"][key] == pytest.approx((by_name["trucks"][key] + by_name["textures"][key]) / 2)
+    assert by_name["mean"]["n_ood"] == 10 and by_name["mean"]["n_id"] == 12
+    assert ev.scores["id"].shape == (12,) and ev.ood_names == ["trucks", "textures"]
+    assert not ev.stale
+
+
+def test_saved_evaluation_reads_back_identical_and_latest_follows_the_last_save(evaluated):
+    run_dir, _, _, ev = evaluated
+    run = Run.open(run_dir)
+    back = es.latest_evaluation(run)
+    assert back is not None and back.path == ev.path and back.result == ev.result
+    assert back.scores.keys() == ev.scores.keys()
+    for k in ev.scores:
+        np.testing.assert_array_equal(back.scores[k], ev.scores[k])
+    # a second save (another result) becomes the latest; the first stays on disk
+    rng = np.random.default_rng(0)
+    scores = {"id": rng.normal(size=7), "ood/noise": rng.normal(size=5) - 1.0}
+    row = {"name": "noise", "method": "test", **metrics.ood_metrics(scores["id"], scores["ood/noise"])}
+    path = es.save_evaluation(run, {"rows": [row]}, scores)
+    try:
+        second = es.latest_evaluation(run)
+        assert second.path == path != ev.path and second.result["rows"] == [row]
+        np.testing.assert_array_equal(second.scores["ood/noise"], scores["ood/noise"])
+        assert ev.path.is_file() and ev.path.with_suffix(".npz").is_file()
+        assert json.loads(layout.evaluation_latest(run_dir).read_text())["name"] == path.stem
+    finally:  # the module's run keeps its first evaluation as the latest
+        layout.evaluation_latest(run_dir).write_text(json.dumps({"name": ev.path.stem}))
+
+
+def test_a_concept_edit_makes_the_evaluation_stale_a_copy_does_not(evaluated, tmp_path):
+    run_dir = evaluated[0]
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert not es.latest_evaluation(Run.open(copy)).stale  # same detector, other files
+    run = Run.open(copy)
+    run.edit_concept("reject", run.positive_concepts()[0], user="tester")
+    assert es.latest_evaluation(Run.open(copy)).stale
+
+
+def test_roc_points_area_equals_auroc(evaluated):
+    ev = evaluated[3]
+    ties = (np.array([3.0, 2.0, 2.0, 1.0, 1.0]), np.array([2.0, 1.0, 1.0, 0.0]))  # tied ID / OOD scores
+    cases = [(ev.scores["id"], ev.scores["ood/" + n]) for n in ev.ood_names] + [ties]
+    for id_s, ood_s in cases:
+        fpr, tpr = metrics.roc_points(id_s, ood_s)
+        assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+        assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+        area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+        assert area == pytest.approx(metrics.auroc(id_s, ood_s), abs=1e-12)
+    assert metrics.auroc(*ties) == 15 / 20  # by hand: 4 + 2 × 3.5 + 2 × 2 of the 20 pairs
+    # thinned for drawing: ends kept, at most the cap
+    big = np.random.default_rng(1)
+    fpr, tpr = es.roc_curve(big.normal(size=3000), big.normal(size=2000), max_points=100)
+    assert len(fpr) <= 100 and (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_threshold_keeps_at_least_the_target_share_of_id(evaluated):
+    ev = evaluated[3]
+    id_s = ev.scores["id"]
+    for tpr in (DEFAULT_TPR, 0.8, 0.5):
+        figs = es.figure_data(ev, tpr)
+        assert [f.name for f in figs] == ev.ood_names
+        for f in figs:
+            assert f.threshold == metrics.threshold_at_tpr(id_s, tpr)
+            assert f.id_kept >= tpr and f.id_kept == np.mean(id_s >= f.threshold)
+            # the highest such threshold: the next ID score above keeps less than the target
+            above = id_s[id_s > f.threshold]
+            if above.size:
+                assert np.mean(id_s >= above.min()) < tpr
+            ood = ev.scores["ood/" + f.name]
+            assert f.ood_passed == pytest.approx(metrics.fpr_at_tpr(id_s, ood, tpr))
+            assert f.auroc == metrics.auroc(id_s, ood)
+            # histograms: shared bins spanning the threshold, each set's shares summing to 1
+            assert f.edges[0] <= min(id_s.min(), ood.min(), f.threshold)
+            assert f.edges[-1] >= max(id_s.max(), ood.max(), f.threshold)
+            assert f.id_share.sum() == pytest.approx(1) and f.ood_share.sum() == pytest.approx(1)
+            counts = np.histogram(ood, bins=f.edges)[0]
+            np.testing.assert_allclose(f.ood_share, counts / ood.size)
+
+
+def test_table_rows_show_intervals_and_mark_label_based_baselines():
+    rows = [{"name": "inat", "method": LABEL_FREE_METHOD, "auroc": 0.91234, "fpr95": 0.3, "aupr_in": 0.9,
+             "aupr_out": 0.8, "n_id": 10, "n_ood": 20, "auroc_ci": [0.9, 0.93], "fpr95_ci": [0.25, 0.35]},
+            {"name": "inat", "method": "MCM", "auroc": 0.8, "fpr95": 0.5, "aupr_in": 0.7, "aupr_out": 0.6,
+             "n_id": 10, "n_ood": 20}]
+    table = es.table_rows({"rows": rows})
+    assert table[0]["AUROC ↑"] == "0.9123 [0.9000, 0.9300]" and table[0]["FPR95 ↓"] == "0.3000 [0.2500, 0.3500]"
+    assert "label-based" not in table[0]["method"] and table[1]["method"] == "MCM · label-based"
+    assert table[1]["AUROC ↑"] == "0.8000"
+
+
+LABEL_FREE_METHOD = es.LABEL_FREE
+
+
+def test_bad_inputs_say_which_file_or_name(evaluated, tmp_path, encoder):
+    run_dir, id_dir, sets, _ = evaluated
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    run = Run.open(copy)
+    with pytest.raises(ClusterMineError, match="'id'"):
+        es.save_evaluation(run, {"rows": []}, {"ood/x": np.ones(3)})
+    with pytest.raises(ClusterMineError, match="finite"):
+        es.save_evaluation(run, {"rows": []}, {"id": np.ones(3), "ood/x": np.array([np.nan])})
+    with pytest.raises(ClusterMineError, match="mean row"):
+        es.evaluate_folders(run, id_dir, {"mean": sets["trucks"]}, encoder)
+    with pytest.raises(ClusterMineError, match="nowhere: folder not found"):
+        es.evaluate_folders(run, id_dir, {"x": tmp_path / "nowhere"}, encoder)
+    pointer = layout.evaluation_latest(copy)
+    pointer.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ClusterMineError, match="unreadable pointer"):
+        es.latest_evaluation(run)
+    pointer.write_text(json.dumps({"name": "../../etc"}), encoding="utf-8")
+    with pytest.raises(ClusterMineError, match="names no evaluation"):
+        es.latest_evaluation(run)
+    shutil.rmtree(layout.evaluations_dir(copy))
+    assert es.latest_evaluation(run) is None
