@@ -33,6 +33,7 @@ PAGES = {
         st.Page("pages/audit.py", title="Cluster audit", icon=":material/fact_check:", url_path="audit"),
         st.Page("pages/search.py", title="Find images", icon=":material/image_search:", url_path="search"),
         st.Page("pages/compare.py", title="Compare runs", icon=":material/compare_arrows:", url_path="compare"),
+        st.Page("pages/evaluate.py", title="Evaluate", icon=":material/query_stats:", url_path="evaluate"),
     ],
     "Review & use": [
         st.Page("pages/concepts.py", title="Concepts", icon=":material/checklist:", url_path="concepts"),

@@ -244,3 +244,41 @@ def density_map(rgba: np.ndarray, extent: tuple[float, float, float, float], coo
                                  scaleanchor="x"),
                       **_LAYOUT)
     return fig
+
+
+# ------------------------------------------------------------------------------------ evaluations
+def roc_curves(curves: list[tuple[str, np.ndarray, np.ndarray, float]], height: int = 380) -> go.Figure:
+    """ROC curves, ID positive: one line per OOD set from (name, FPR [K], TPR [K], AUROC), with the
+    chance diagonal."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", hoverinfo="skip",
+                             line=dict(color="#BBB", dash="dot", width=1)))
+    for i, (name, fpr, tpr, auc) in enumerate(curves):
+        label = f"{hover_escape(name, 40)} (AUROC {auc:.3f})"
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=label, line=dict(color=PALETTE[i % len(PALETTE)],
+                                 width=2, shape="linear"),
+                                 hovertemplate=f"{hover_escape(name, 40)}<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(height=height, xaxis=dict(title="false-positive rate (OOD taken for ID)", range=[0, 1],
+                                                 constrain="domain", automargin=True),
+                      yaxis=dict(title="true-positive rate (ID kept)", range=[0, 1.02], automargin=True),
+                      legend=dict(orientation="h", y=-0.25), **_LAYOUT)
+    return fig
+
+
+def id_ood_histogram(name: str, edges: np.ndarray, id_share: np.ndarray, ood_share: np.ndarray, threshold: float,
+                     tpr_target: float, height: int = 300) -> go.Figure:
+    """Overlaid ID and OOD score histograms (shares of each set on shared bin ``edges`` [B + 1]) with
+    the threshold that keeps ``tpr_target`` of ID drawn as a dashed line."""
+    edges = np.asarray(edges, dtype=float)
+    centers, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig = go.Figure()
+    for label, share, color in (("ID", id_share, PALETTE[0]), (f"OOD: {hover_escape(name, 40)}", ood_share, PALETTE[1])):
+        fig.add_trace(go.Bar(x=centers, y=100 * np.asarray(share, dtype=float), width=widths, name=label, opacity=0.6,
+                             marker_color=color, hovertemplate="log score %{x:.3f}<br>%{y:.1f} %<extra></extra>"))
+    fig.add_vline(x=threshold, line_dash="dash", line_color="#333",
+                  annotation_text=f"threshold (keeps ≥ {tpr_target:.0%} of ID)", annotation_position="top left")
+    fig.update_layout(barmode="overlay", bargap=0, height=height,
+                      xaxis=dict(title="log score (higher = more ID)", automargin=True),
+                      yaxis=dict(title="share of the set (%)", automargin=True, rangemode="tozero"),
+                      legend=dict(orientation="h", y=1.15), **_LAYOUT)
+    return fig

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from clustermine.store.run import Run
 
 __all__ = ["Evaluation", "SetFigure", "detector_stamp", "evaluate_folders", "figure_data", "is_label_based",
-           "latest_evaluation", "load_evaluation", "mean_row", "roc_curve", "save_evaluation", "score_histogram",
+           "latest_evaluation", "load_evaluation", "mean_row", "parse_named_folders", "roc_curve", "save_evaluation", "score_histogram",
            "table_rows"]
 
 EVAL_FORMAT = 1
@@ -267,7 +267,7 @@ def table_rows(evaluation: Evaluation | dict) -> list[dict[str, str]]:
     for r in rows:
         method = str(r.get("method") or LABEL_FREE)
         cells = {"OOD set": str(r.get("name", "")),
-                 "method": method + (" · label-based" if is_label_based(r) and "label" not in method.lower()
+                 "method": method + (" · label-based" if is_label_based(r) and "label-based" not in method.lower()
                                      else ""),
                  "AUROC ↑": _with_ci(r, "auroc"), "FPR95 ↓": _with_ci(r, "fpr95")}
         if openood:
@@ -329,3 +329,23 @@ def evaluate_folders(run: Run, id_dir: str | os.PathLike, ood_dirs: Mapping[str,
     result = {"rows": rows + ([mean_row(rows)] if len(rows) > 1 else []), "id": str(id_dir), "ood": {n: str(p) for n, p in sets.items()},
               "n_positive": int(len(det.positive_idx)), "fpr95_variant": metrics.FPR95_RULE}
     return load_evaluation(run, save_evaluation(run, result, scores))
+
+
+def parse_named_folders(text: str) -> dict[str, str]:
+    """OOD sets typed one per line as ``NAME=FOLDER`` (or just ``FOLDER``: named after its last
+    part) → {name: folder}; blank lines skipped, a name given twice refused."""
+    sets: dict[str, str] = {}
+    for line in str(text or "").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        name, sep, folder = line.partition("=")
+        if not sep or "/" in name or "\\" in name:
+            name, folder = Path(line.rstrip("/\\")).name, line
+        name, folder = name.strip(), folder.strip()
+        if not folder:
+            raise ClusterMineError(f"{line!r}: give a folder after '='")
+        if name in sets:
+            raise ClusterMineError(f"OOD set name {name!r} is given twice")
+        sets[name] = folder
+    return sets
