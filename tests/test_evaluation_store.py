@@ -5,7 +5,9 @@ at least the target share of ID, and each set's numbers equal a single-set ``eva
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -176,3 +178,50 @@ def test_bad_inputs_say_which_file_or_name(evaluated, tmp_path, encoder):
         es.latest_evaluation(run)
     shutil.rmtree(layout.evaluations_dir(copy))
     assert es.latest_evaluation(run) is None
+
+
+# ------------------------------------------------------------------------------------ the HTML report
+def test_report_has_the_evaluation_section_only_when_the_run_has_one(evaluated, small_run):
+    from clustermine.workflows.report import build_report
+
+    assert 'id="evaluation"' not in build_report(Run.open(small_run))  # the bare run has none
+    run_dir = evaluated[0]
+    run = Run.open(run_dir)
+    ev = es.latest_evaluation(run)
+    page = build_report(run)
+    section = page[page.index('<section id="evaluation">'):]
+    section = section[:section.index("</section>")]
+    for row in es.table_rows(ev):  # the table: the same cells as the page's
+        assert "<tr>" + "".join(f"<td>{v}</td>" for v in row.values()) + "</tr>" in section
+    lines = re.findall(r'<polyline class="roc-curve" data-set="([^"]*)"[^>]*points="([^"]*)"', section)
+    assert [name for name, _ in lines] == ev.ood_names
+    for name, points in lines:
+        fpr, tpr = es.roc_curve(ev.scores["id"], ev.scores["ood/" + name])
+        xy = np.array([p.split(",") for p in points.split()], dtype=float)
+        assert len(xy) == len(fpr)
+        # drawn in a 282 x 266 px plot from (46, 10): the polyline is the ROC points, y pointing down
+        np.testing.assert_allclose(xy[:, 0], 46 + fpr * 282, atol=0.06)
+        np.testing.assert_allclose(xy[:, 1], 10 + (1 - tpr) * 266, atol=0.06)
+    lam = metrics.threshold_at_tpr(ev.scores["id"], DEFAULT_TPR)
+    thresholds = re.findall(r'<line class="threshold"[^>]*data-value="([^"]*)"', section)
+    assert [float(t) for t in thresholds] == [pytest.approx(lam, abs=1e-6)] * len(ev.ood_names)
+    assert section.count('<svg class="scores"') == len(ev.ood_names)
+    assert "threshold (keeps ≥ 95% of ID)" in section
+
+
+def test_report_escapes_set_names_and_names_an_unreadable_evaluation(evaluated, tmp_path):
+    from clustermine.workflows.report import build_report
+
+    copy = tmp_path / "copy"
+    shutil.copytree(evaluated[0], copy)
+    run = Run.open(copy)
+    ev = es.latest_evaluation(run)
+    evil = '<script>alert("x")</script>'
+    rows = [dict(ev.rows[0], name=evil)]
+    es.save_evaluation(run, {"rows": rows}, {"id": ev.scores["id"], "ood/" + evil: ev.scores["ood/trucks"]})
+    page = build_report(run)
+    assert "<script>" not in page and html.escape(evil, quote=True) in page
+    pointer = layout.evaluation_latest(copy)
+    pointer.write_text("{broken", encoding="utf-8")
+    page = build_report(run)
+    assert "the run's latest evaluation could not be read" in page and html.escape(str(pointer)) in page

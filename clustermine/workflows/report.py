@@ -5,8 +5,9 @@ thumbnails, charts are inline SVG drawn here).
 Contents: the run summary and threshold, one card per cluster (vote histogram, purity, entropy,
 typical / atypical members, alerts from :func:`clustermine.method.mining.cluster_alerts`), the concept
 table (with each concept's stability when the run records it), the decision log (its verified state,
-:mod:`clustermine.workflows.decisions`, and who did what), and the OOD
-metrics of an OOD sample when one is given.
+:mod:`clustermine.workflows.decisions`, and who did what), the OOD metrics of an OOD sample when one
+is given, and the run's latest stored evaluation when it has one (table, ROC curves, ID vs OOD score
+histograms: :mod:`clustermine.workflows.evaluation_store`).
 """
 
 from __future__ import annotations
@@ -25,21 +26,25 @@ from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from clustermine.workflows import clusterview, decisions
+from clustermine.core.config import DEFAULT_TPR
 from clustermine.core.errors import ClusterMineError, ImageError
 from clustermine.method.mining import ClusterStats, cluster_alerts, typical_atypical
 from clustermine.core.storage import atomic_write_text
 from clustermine.workflows.whatif import run_detector
 from clustermine.store.layout import OOD_SAMPLE_DIR
 from clustermine.workflows.ood_eval import evaluate_sample, for_report, uploaded_sample
+from clustermine.workflows import evaluation_store
 from clustermine.method.images import load_rgb
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
 
-__all__ = ["typical_atypical", "histogram_svg", "build_report", "write_report", "ood_metrics_for_folder",
+__all__ = ["typical_atypical", "histogram_svg", "roc_svg", "score_hist_svg", "build_report", "write_report", "ood_metrics_for_folder",
            "report_html", "stored_ood_sample"]
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+CURVE_COLORS = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#9D755D", "#17BECF")
+ID_COLOR, OOD_COLOR = "#4C78A8", "#F58518"
 
 
 def _escape(value: object) -> Markup:
@@ -130,6 +135,68 @@ def histogram_svg(labels: list[str], counts: list[int], width: int = 460, bar_h:
     return Markup(svg)  # built by the autoescaped template: safe to embed
 
 
+def roc_svg(figs: list[evaluation_store.SetFigure], width: int = 340, height: int = 320) -> str:
+    """ROC curves (inline SVG), one polyline per OOD set of ``figs`` (:func:`evaluation_store.figure_data`)."""
+    x0, y0 = 46, 10
+    pw, ph = width - x0 - 12, height - y0 - 44
+
+    def pt(fx: float, ty: float) -> tuple[float, float]:
+        return x0 + fx * pw, y0 + (1 - ty) * ph
+
+    curves = [{"name": f.name, "auroc": f.auroc, "color": CURVE_COLORS[i % len(CURVE_COLORS)],
+               "points": " ".join("{:.1f},{:.1f}".format(*pt(float(a), float(b))) for a, b in zip(f.fpr, f.tpr))}
+              for i, f in enumerate(figs)]
+    ticks = [{"x": pt(v, 0)[0], "y": pt(0, v)[1], "label": f"{v:g}"} for v in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    svg = _templates().get_template("roc.svg.j2").render(width=width, height=height, x0=x0, y0=y0, pw=pw, ph=ph,
+                                                         curves=curves, ticks=ticks)
+    return Markup(svg)  # built by the autoescaped template: safe to embed
+
+
+def score_hist_svg(f: evaluation_store.SetFigure, width: int = 440, height: int = 210) -> str:
+    """ID vs OOD score histogram of one OOD set (inline SVG, shares of each set on shared bins) with the
+    threshold that keeps ``f.tpr_target`` of ID as a dashed line."""
+    x0, y0 = 40, 8
+    pw, ph = width - x0 - 10, height - y0 - 38
+    lo, hi = float(f.edges[0]), float(f.edges[-1])
+    top = max(float(f.id_share.max()), float(f.ood_share.max()), 1e-12)
+
+    def px(v: float) -> float:
+        return x0 + (v - lo) / (hi - lo) * pw
+
+    bars = []
+    for cls, share, fill, who in (("id", f.id_share, ID_COLOR, "ID"), ("ood", f.ood_share, OOD_COLOR, f"OOD {f.name}")):
+        for k, v in enumerate(share):
+            if v > 0:
+                h = float(v) / top * ph
+                bars.append({"cls": cls, "x": px(float(f.edges[k])), "w": px(float(f.edges[k + 1])) - px(float(f.edges[k])),
+                             "y": y0 + ph - h, "h": h, "fill": fill,
+                             "title": f"{who}: {float(v):.1%} in [{f.edges[k]:.3f}, {f.edges[k + 1]:.3f})"})
+    ticks = [{"x": px(v), "label": f"{v:.2f}"} for v in np.linspace(lo, hi, 5)]
+    svg = _templates().get_template("scores.svg.j2").render(
+        width=width, height=height, x0=x0, y0=y0, pw=pw, ph=ph, bars=bars, ticks=ticks, name=f.name,
+        thr_x=px(f.threshold), threshold=f.threshold, tpr=f.tpr_target, top_label=f"{top:.0%}")
+    return Markup(svg)  # built by the autoescaped template: safe to embed
+
+
+def _evaluation(run: Run, tpr: float = DEFAULT_TPR) -> dict | None:
+    """What the template's Evaluation section shows of the run's latest stored evaluation; None when
+    it has none; only the reason when it cannot be read (the rest of the report stands)."""
+    try:
+        ev = evaluation_store.latest_evaluation(run)
+    except ClusterMineError as exc:
+        return {"error": str(exc)}
+    if ev is None:
+        return None
+    figs = evaluation_store.figure_data(ev, tpr)
+    table = evaluation_store.table_rows(ev)
+    return {"error": None, "measured": ev.measured, "stale": ev.stale, "id": ev.result.get("id"),
+            "columns": list(table[0]) if table else [], "rows": [list(r.values()) for r in table],
+            "roc": roc_svg(figs) if figs else None, "tpr": tpr,
+            "legend": [(CURVE_COLORS[i % len(CURVE_COLORS)], f.name, f.auroc) for i, f in enumerate(figs)],
+            "sets": [{"name": f.name, "svg": score_hist_svg(f), "id_kept": f.id_kept, "ood_passed": f.ood_passed,
+                      "n_id": f.n_id, "n_ood": f.n_ood} for f in figs]}
+
+
 def ood_metrics_for_folder(run: Run, folder: str | os.PathLike, limit: int = 500, encoder=None) -> dict:
     """AUROC / FPR95 / ... of held-out ID vs the images of ``folder`` (at most ``limit``), with the
     mined (``before``) and current (``after``) concepts, plus ``n_ood`` and ``skipped``; recorded as
@@ -216,7 +283,8 @@ def build_report(run: Run, *, ood: dict | None = None, n_thumbs: int = 4, top: i
         figures=[(k, "–" if v is None else v) for k, v in figures], settings=settings, threshold=threshold,
         y_pos=run.positive_concepts(), cards=cards, n_empty=len(all_stats) - len(stats), concepts=concepts,
         has_support=any("support" in c.to_dict() for c in concepts), log_state=log.message(), log_kind=log.kind,
-        decisions=decisions.decisions(run, state=log), ood=None if ood is None else _ood(ood))
+        decisions=decisions.decisions(run, state=log), ood=None if ood is None else _ood(ood),
+        evaluation=_evaluation(run), id_color=ID_COLOR, ood_color=OOD_COLOR)
 
 
 def stored_ood_sample(run: Run) -> Path | None:
