@@ -26,12 +26,14 @@ ID_CLASSES = ["n01440764", "n02102040", "n02979186", "n03028079"]  # the small r
 
 
 def eval_folders(root: Path) -> tuple[Path, dict[str, Path]]:
-    """ID: 3 validation images of each of the run's classes; OOD: 5 garbage trucks, 5 textures."""
+    """ID: 3 validation images of each of the run's classes; OOD: 8 dogs of other breeds than the run's
+    springer spaniel (near OOD: their ROC is not trivial), 5 textures."""
     val = shared("imagenette_val100")
     id_dir = copy_subset(val, root / "id", ID_CLASSES, 3)
-    trucks = copy_subset(val, root / "trucks", ["n03417042"], 5)
+    dogs = copy_subset(shared("imagewoof_val80"), root / "dogs", ["n02086240", "n02087394", "n02088364",
+                                                                   "n02089973"], 2)
     textures = copy_subset(shared("dtd10"), root / "textures", ["banded"], 5)
-    return id_dir, {"trucks": trucks, "textures": textures}
+    return id_dir, {"dogs": dogs, "textures": textures}
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +58,15 @@ def test_each_set_equals_a_single_evaluate_and_the_mean_row_is_their_mean(evalua
     run_dir, id_dir, sets, ev = evaluated
     run = Run.open(run_dir)
     by_name = {r["name"]: r for r in ev.rows}
-    assert list(by_name) == ["trucks", "textures", "mean"]
+    assert list(by_name) == ["dogs", "textures", "mean"]
     for name, folder in sets.items():
         single = evaluate(run, id_dir, folder, encoder=encoder)
         for key in ("auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood"):
             assert by_name[name][key] == pytest.approx(single[key], abs=1e-9), (name, key)
     for key in es.METRIC_KEYS:
-        assert by_name["mean"][key] == pytest.approx((by_name["trucks"][key] + by_name["textures"][key]) / 2)
-    assert by_name["mean"]["n_ood"] == 10 and by_name["mean"]["n_id"] == 12
-    assert ev.scores["id"].shape == (12,) and ev.ood_names == ["trucks", "textures"]
+        assert by_name["mean"][key] == pytest.approx((by_name["dogs"][key] + by_name["textures"][key]) / 2)
+    assert by_name["mean"]["n_ood"] == 13 and by_name["mean"]["n_id"] == 12
+    assert ev.scores["id"].shape == (12,) and ev.ood_names == ["dogs", "textures"]
     assert not ev.stale
 
 
@@ -166,7 +168,7 @@ def test_bad_inputs_say_which_file_or_name(evaluated, tmp_path, encoder):
     with pytest.raises(ClusterMineError, match="finite"):
         es.save_evaluation(run, {"rows": []}, {"id": np.ones(3), "ood/x": np.array([np.nan])})
     with pytest.raises(ClusterMineError, match="mean row"):
-        es.evaluate_folders(run, id_dir, {"mean": sets["trucks"]}, encoder)
+        es.evaluate_folders(run, id_dir, {"mean": sets["dogs"]}, encoder)
     with pytest.raises(ClusterMineError, match="nowhere: folder not found"):
         es.evaluate_folders(run, id_dir, {"x": tmp_path / "nowhere"}, encoder)
     pointer = layout.evaluation_latest(copy)
@@ -218,7 +220,7 @@ def test_report_escapes_set_names_and_names_an_unreadable_evaluation(evaluated, 
     ev = es.latest_evaluation(run)
     evil = '<script>alert("x")</script>'
     rows = [dict(ev.rows[0], name=evil)]
-    es.save_evaluation(run, {"rows": rows}, {"id": ev.scores["id"], "ood/" + evil: ev.scores["ood/trucks"]})
+    es.save_evaluation(run, {"rows": rows}, {"id": ev.scores["id"], "ood/" + evil: ev.scores["ood/dogs"]})
     page = build_report(run)
     assert "<script>" not in page and html.escape(evil, quote=True) in page
     pointer = layout.evaluation_latest(copy)

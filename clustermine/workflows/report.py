@@ -171,7 +171,8 @@ def score_hist_svg(f: evaluation_store.SetFigure, width: int = 440, height: int 
                 bars.append({"cls": cls, "x": px(float(f.edges[k])), "w": px(float(f.edges[k + 1])) - px(float(f.edges[k])),
                              "y": y0 + ph - h, "h": h, "fill": fill,
                              "title": f"{who}: {float(v):.1%} in [{f.edges[k]:.3f}, {f.edges[k + 1]:.3f})"})
-    ticks = [{"x": px(v), "label": f"{v:.2f}"} for v in np.linspace(lo, hi, 5)]
+    ticks = [{"x": px(v), "label": f"{v:.2f}", "anchor": "start" if k == 0 else "end" if k == 4 else "middle"}
+             for k, v in enumerate(np.linspace(lo, hi, 5))]  # end ticks anchored inside: never cut
     svg = _templates().get_template("scores.svg.j2").render(
         width=width, height=height, x0=x0, y0=y0, pw=pw, ph=ph, bars=bars, ticks=ticks, name=f.name,
         thr_x=px(f.threshold), threshold=f.threshold, tpr=f.tpr_target, top_label=f"{top:.0%}")
