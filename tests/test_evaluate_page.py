@@ -44,15 +44,15 @@ def test_no_evaluation_says_how_then_the_form_evaluates_and_the_page_shows_it(ap
     assert not at.get("plotly_chart") and not at.dataframe
 
     at.text_input(key="eval_id").input("id")  # inside a form: sent with the submit
-    at.text_area(key="eval_ood").input("dogs=dogs\ntextures=textures")
+    at.text_area(key="eval_ood").input("near=near\ntextures=textures")
     at.get("form_submit_button")[0].click().run()
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
 
     ev = es.latest_evaluation(Run.open(app_env))
-    assert ev is not None and ev.ood_names == ["dogs", "textures"] and not ev.stale
+    assert ev is not None and ev.ood_names == ["near", "textures"] and not ev.stale
     df = at.dataframe[0].value
-    assert list(df["OOD set"]) == ["dogs", "textures", "mean"]
+    assert list(df["OOD set"]) == ["near", "textures", "mean"]
     for row, (_, shown) in zip(ev.rows, df.iterrows()):
         assert shown["AUROC ↑"] == f"{row['auroc']:.4f}" and shown["FPR95 ↓"] == f"{row['fpr95']:.4f}"
         assert shown["OOD images"] == str(row["n_ood"])
@@ -61,7 +61,7 @@ def test_no_evaluation_says_how_then_the_form_evaluates_and_the_page_shows_it(ap
     specs = _specs(at)
     assert len(specs) == 3  # the ROC figure and one histogram per set
     roc = [t for t in specs[0]["data"] if t["name"] != "chance"]
-    assert [t["name"].split(" (")[0] for t in roc] == ["dogs", "textures"]
+    assert [t["name"].split(" (")[0] for t in roc] == ["near", "textures"]
     for t, name in zip(roc, ev.ood_names):
         fpr, tpr = metrics.roc_points(ev.scores["id"], ev.scores["ood/" + name])
         np.testing.assert_allclose(_arr(t["x"]), fpr)

@@ -23,17 +23,19 @@ from clustermine.workflows import evaluation_store as es
 from clustermine.workflows.pipeline import evaluate
 
 ID_CLASSES = ["n01440764", "n02102040", "n02979186", "n03028079"]  # the small run's 4 classes
+NEAR_CLASSES = ["n01443537", "n02100735", "n02101388", "n02102177", "n02102318", "n02514041", "n02536864",
+                "n02641379", "n02825657", "n02988304", "n03781244", "n04392985"]
 
 
 def eval_folders(root: Path) -> tuple[Path, dict[str, Path]]:
-    """ID: 3 validation images of each of the run's classes; OOD: 8 dogs of other breeds than the run's
-    springer spaniel (near OOD: their ROC is not trivial), 5 textures."""
+    """ID: 3 validation images of each of the run's classes; OOD: "near", 12 ImageNet classes close to
+    them (other spaniels, tape / CD player, other fish, monastery, bell cote: a ROC that is not
+    trivial), and "textures", 5 DTD images (far)."""
     val = shared("imagenette_val100")
     id_dir = copy_subset(val, root / "id", ID_CLASSES, 3)
-    dogs = copy_subset(shared("imagewoof_val80"), root / "dogs", ["n02086240", "n02087394", "n02088364",
-                                                                   "n02089973"], 2)
+    near = copy_subset(shared("imagenet_sample"), root / "near", NEAR_CLASSES, 1)
     textures = copy_subset(shared("dtd10"), root / "textures", ["banded"], 5)
-    return id_dir, {"dogs": dogs, "textures": textures}
+    return id_dir, {"near": near, "textures": textures}
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +60,16 @@ def test_each_set_equals_a_single_evaluate_and_the_mean_row_is_their_mean(evalua
     run_dir, id_dir, sets, ev = evaluated
     run = Run.open(run_dir)
     by_name = {r["name"]: r for r in ev.rows}
-    assert list(by_name) == ["dogs", "textures", "mean"]
+    assert list(by_name) == ["near", "textures", "mean"]
     for name, folder in sets.items():
         single = evaluate(run, id_dir, folder, encoder=encoder)
         for key in ("auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood"):
             assert by_name[name][key] == pytest.approx(single[key], abs=1e-9), (name, key)
     for key in es.METRIC_KEYS:
-        assert by_name["mean"][key] == pytest.approx((by_name["dogs"][key] + by_name["textures"][key]) / 2)
-    assert by_name["mean"]["n_ood"] == 13 and by_name["mean"]["n_id"] == 12
-    assert ev.scores["id"].shape == (12,) and ev.ood_names == ["dogs", "textures"]
+        assert by_name["mean"][key] == pytest.approx((by_name["near"][key] + by_name["textures"][key]) / 2)
+    assert by_name["mean"]["n_ood"] == 17 and by_name["mean"]["n_id"] == 12
+    assert ev.scores["id"].shape == (12,) and ev.ood_names == ["near", "textures"]
+    assert 0.6 < by_name["near"]["auroc"] < 1.0  # near OOD: some OOD images score above some ID ones
     assert not ev.stale
 
 
@@ -168,7 +171,7 @@ def test_bad_inputs_say_which_file_or_name(evaluated, tmp_path, encoder):
     with pytest.raises(ClusterMineError, match="finite"):
         es.save_evaluation(run, {"rows": []}, {"id": np.ones(3), "ood/x": np.array([np.nan])})
     with pytest.raises(ClusterMineError, match="mean row"):
-        es.evaluate_folders(run, id_dir, {"mean": sets["dogs"]}, encoder)
+        es.evaluate_folders(run, id_dir, {"mean": sets["near"]}, encoder)
     with pytest.raises(ClusterMineError, match="nowhere: folder not found"):
         es.evaluate_folders(run, id_dir, {"x": tmp_path / "nowhere"}, encoder)
     pointer = layout.evaluation_latest(copy)
@@ -220,7 +223,7 @@ def test_report_escapes_set_names_and_names_an_unreadable_evaluation(evaluated, 
     ev = es.latest_evaluation(run)
     evil = '<script>alert("x")</script>'
     rows = [dict(ev.rows[0], name=evil)]
-    es.save_evaluation(run, {"rows": rows}, {"id": ev.scores["id"], "ood/" + evil: ev.scores["ood/dogs"]})
+    es.save_evaluation(run, {"rows": rows}, {"id": ev.scores["id"], "ood/" + evil: ev.scores["ood/near"]})
     page = build_report(run)
     assert "<script>" not in page and html.escape(evil, quote=True) in page
     pointer = layout.evaluation_latest(copy)
