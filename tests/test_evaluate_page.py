@@ -98,3 +98,18 @@ def test_intervals_baselines_and_the_stale_warning(app_env, tmp_path):
     at = open_app(app_env.name, PAGE)
     no_exception(at)
     assert any("concepts changed after this evaluation" in w.value for w in at.warning)
+
+
+def test_the_form_refuses_a_folder_outside_the_roots_and_an_empty_one(app_env, tmp_path, monkeypatch):
+    (tmp_path / "data" / "id").mkdir(parents=True)
+    (tmp_path / "data" / "id" / "notes.txt").write_text("not an image", encoding="utf-8")
+    (tmp_path / "data" / "ood").mkdir()
+    monkeypatch.setenv("CLUSTERMINE_DATA_ROOTS", str(tmp_path / "data"))
+    at = open_app(app_env.name, PAGE)
+    for id_dir, needle in (("/etc", "outside the allowed"), ("id", "no image files found")):
+        at.text_input(key="eval_id").input(id_dir)
+        at.text_area(key="eval_ood").input("x=ood")
+        at.get("form_submit_button")[0].click().run()
+        no_exception(at)
+        assert any(needle in e.value for e in at.error), [e.value for e in at.error]
+        assert es.latest_evaluation(Run.open(app_env)) is None and not at.get("plotly_chart")

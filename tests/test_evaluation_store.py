@@ -230,3 +230,12 @@ def test_report_escapes_set_names_and_names_an_unreadable_evaluation(evaluated, 
     pointer.write_text("{broken", encoding="utf-8")
     page = build_report(run)
     assert "the run's latest evaluation could not be read" in page and html.escape(str(pointer)) in page
+
+
+def test_named_folders_typed_one_per_line():
+    assert es.parse_named_folders("textures=dtd10\n\n  near = a/b=c \n/data/cifar10_test/\n") == {
+        "textures": "dtd10", "near": "a/b=c", "cifar10_test": "/data/cifar10_test/"}
+    with pytest.raises(ClusterMineError, match="given twice"):
+        es.parse_named_folders("x=a\nx=b")
+    with pytest.raises(ClusterMineError, match="give a folder"):
+        es.parse_named_folders("x=")

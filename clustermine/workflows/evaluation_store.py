@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from clustermine.store.run import Run
 
 __all__ = ["Evaluation", "SetFigure", "detector_stamp", "evaluate_folders", "figure_data", "is_label_based",
-           "latest_evaluation", "load_evaluation", "mean_row", "parse_named_folders", "roc_curve", "save_evaluation", "score_histogram",
-           "table_rows"]
+           "latest_evaluation", "load_evaluation", "mean_row", "parse_named_folders", "roc_curve", "save_evaluation",
+           "score_histogram", "table_rows"]
 
 EVAL_FORMAT = 1
 ID_KEY = "id"
@@ -326,7 +326,8 @@ def evaluate_folders(run: Run, id_dir: str | os.PathLike, ood_dirs: Mapping[str,
         scores[OOD_PREFIX + name] = det.log_scores(feats)
     rows = [{"name": name, "method": LABEL_FREE, **metrics.ood_metrics(scores[ID_KEY], scores[OOD_PREFIX + name])}
             for name in sets]
-    result = {"rows": rows + ([mean_row(rows)] if len(rows) > 1 else []), "id": str(id_dir), "ood": {n: str(p) for n, p in sets.items()},
+    result = {"rows": rows + ([mean_row(rows)] if len(rows) > 1 else []), "id": str(id_dir),
+              "ood": {n: str(p) for n, p in sets.items()},
               "n_positive": int(len(det.positive_idx)), "fpr95_variant": metrics.FPR95_RULE}
     return load_evaluation(run, save_evaluation(run, result, scores))
 
