@@ -33,9 +33,11 @@ from clustermine.workflows.stability import clustering_winners, seed_stability, 
 from clustermine.workflows.compare import diff_runs
 from clustermine.workflows.decisions import log_state
 from clustermine.workflows.export import export_run
-from clustermine.workflows.evaluation import FPR_CONVENTIONS, evaluate_sets, parse_ood_specs, read_class_names
+from clustermine.workflows.evaluation import (FPR_CONVENTIONS, evaluate_sets, parse_ood_specs, read_class_names,
+                                              single_result)
+from clustermine.workflows.evaluation_store import store_evaluation
 from clustermine.workflows.evaluation import render as render_evaluation
-from clustermine.workflows.pipeline import evaluate, mine, mine_features, prepare_corpus, resume, score_images
+from clustermine.workflows.pipeline import mine, mine_features, prepare_corpus, resume, score_images
 from clustermine.workflows.report import write_report
 from clustermine.workflows.whatif import calibration_warning
 from clustermine.workflows.concept_edits import edit_concept, set_concept_status
@@ -475,6 +477,15 @@ def _scoring_paths(run, a: argparse.Namespace) -> list[str]:
     return kept
 
 
+def _keep_evaluation(ev, runs: list[Run], id_source: str, oods: dict[str, str]) -> None:
+    """Keep the evaluation in each run (the app's Evaluate page and the report show the latest); a run
+    that cannot be written only loses the record, said on stderr."""
+    try:
+        store_evaluation(ev, runs, id_source, oods)
+    except OSError as exc:
+        print(f"note: the evaluation was not kept in the run ({exc})", file=sys.stderr)
+
+
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     run_dirs = ([a.run_dir] if a.run_dir else []) + list(a.runs)
     if not run_dirs:
@@ -484,7 +495,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     plain = (len(runs) == 1 and len(oods) == 1 and not named and a.class_names is None and not a.bootstrap
              and a.fpr_convention == "hendrycks" and a.format in (None, "json"))
     if plain:  # one run, one OOD folder: the original answer (same JSON)
-        res = evaluate(runs[0], a.id_dir, a.ood[0], cache_dir=a.cache_dir, ray_address=_ray(a))
+        ev = evaluate_sets(runs, a.id_dir, oods, cache_dir=a.cache_dir, ray_address=_ray(a))
+        _keep_evaluation(ev, runs, a.id_dir, oods)
+        res = single_result(ev)
         _calibration_warning(runs[0])
         if a.format == "json":
             print(json.dumps(res, indent=2))
@@ -495,6 +508,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     names = read_class_names(a.class_names, a.id_dir) if a.class_names is not None else None
     ev = evaluate_sets(runs, a.id_dir, oods, class_names=names, bootstrap=a.bootstrap, seed=a.seed,
                        fpr_convention=a.fpr_convention, cache_dir=a.cache_dir, ray_address=_ray(a))
+    _keep_evaluation(ev, runs, a.id_dir, oods)
     for run in runs:
         _calibration_warning(run)
     print(render_evaluation(ev, a.format or "table"))

@@ -11,7 +11,7 @@ import streamlit as st
 from clustermine.core.config import DEFAULT_TPR
 from clustermine.workflows import evaluation_store as es
 from clustermine.workflows.uploads import resolve_in_roots
-from ui import cache, charts, settings, state, widgets
+from ui import cache, charts, identity, settings, state, widgets
 from ui.text import md_code, md_escape
 
 state.ensure_frame()
@@ -39,7 +39,7 @@ def _evaluate_form(expanded: bool) -> None:
             sets = es.parse_named_folders(ood_text)
             resolved = {name: resolve_in_roots(folder, roots) for name, folder in sets.items()}
             enc = cache.get_encoder(cache.run_encoder_spec(run))
-            es.evaluate_folders(run, resolve_in_roots(id_dir, roots), resolved, enc)
+            es.evaluate_folders(run, resolve_in_roots(id_dir, roots), resolved, enc, actor=identity.acting())
             st.rerun()
 
 

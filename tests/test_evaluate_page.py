@@ -54,8 +54,8 @@ def test_no_evaluation_says_how_then_the_form_evaluates_and_the_page_shows_it(ap
     df = at.dataframe[0].value
     assert list(df["OOD set"]) == ["near", "textures", "mean"]
     for row, (_, shown) in zip(ev.rows, df.iterrows()):
-        assert shown["AUROC ↑"] == f"{row['auroc']:.4f}" and shown["FPR95 ↓"] == f"{row['fpr95']:.4f}"
-        assert shown["OOD images"] == str(row["n_ood"])
+        assert shown["AUROC %"] == f"{100 * row['auroc']:.2f}" and shown["FPR95 %"] == f"{100 * row['fpr95']:.2f}"
+        assert shown["n OOD"] == str(row["n_ood"])
     assert not at.warning  # just measured: current
 
     specs = _specs(at)
@@ -90,8 +90,9 @@ def test_intervals_baselines_and_the_stale_warning(app_env, tmp_path):
     at = open_app(app_env.name, PAGE)
     no_exception(at)
     df = at.dataframe[0].value
-    assert df["AUROC ↑"][0] == f"{m['auroc']:.4f} [{m['auroc'] - 0.05:.4f}, {min(m['auroc'] + 0.05, 1):.4f}]"
-    assert df["method"][1] == "NegLabel · label-based" and df["method"][0] == es.LABEL_FREE
+    lo, hi = m["auroc"] - 0.05, min(m["auroc"] + 0.05, 1)
+    assert df["AUROC %"][0] == f"{100 * m['auroc']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+    assert df["method"][1] == "NegLabel (label-based)" and df["method"][0] == es.LABEL_FREE
     assert not at.warning
 
     run.edit_concept("reject", run.positive_concepts()[0], user="tester")

@@ -248,8 +248,14 @@ def test_output_formats_parse(run, sets, encoder):
     assert "near" in table and "far" in table and "95 % bootstrap" in table
 
 
-def test_cli_single_ood_keeps_todays_json_and_named_sets_give_rows(run, sets, capsys):
-    path = str(run.path)
+def test_cli_single_ood_keeps_todays_json_and_named_sets_give_rows(run, sets, capsys, tmp_path):
+    import shutil
+
+    from clustermine.workflows.evaluation_store import latest_evaluation
+
+    copy = tmp_path / run.path.name  # evaluate keeps its result in the run: never in the shared template
+    shutil.copytree(run.path, copy)
+    path = str(copy)
     assert main(["evaluate", path, "--id", str(sets["id"]), "--ood", str(sets["far"]), "--json",
                  "--cache-dir", str(sets["cache"])]) == 0
     got = json.loads(capsys.readouterr().out)
@@ -259,6 +265,9 @@ def test_cli_single_ood_keeps_todays_json_and_named_sets_give_rows(run, sets, ca
     doc = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in doc["rows"]] == ["near", "far", "mean"]
     assert _metric_keys(doc["rows"][1]) == _metric_keys(got)
+    kept = latest_evaluation(Run.open(copy))  # the Evaluate page and the report show it
+    assert kept.result["rows"] == doc["rows"] and kept.ood_names == ["near", "far"] and not kept.stale
+    assert kept.result["ood"] == {"near": str(sets["near"]), "far": str(sets["far"])}
     assert main(["evaluate", "--runs", path, path, "--id", str(sets["id"]), "--ood", f"far={sets['far']}",
                  "--markdown", "--cache-dir", str(sets["cache"])]) == 0
     assert "| method | run | OOD set |" in capsys.readouterr().out

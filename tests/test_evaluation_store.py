@@ -17,10 +17,14 @@ from conftest import copy_subset, shared
 
 from clustermine.core.config import DEFAULT_TPR
 from clustermine.core.errors import ClusterMineError
+from clustermine.core.identity import Actor
+from clustermine.core.roles import PermissionDenied
 from clustermine.method import metrics
 from clustermine.store import Run, layout
 from clustermine.workflows import evaluation_store as es
+from clustermine.workflows.encoding import load_folder
 from clustermine.workflows.pipeline import evaluate
+from clustermine.workflows.whatif import run_detector
 
 ID_CLASSES = ["n01440764", "n02102040", "n02979186", "n03028079"]  # the small run's 4 classes
 NEAR_CLASSES = ["n01443537", "n02100735", "n02101388", "n02102177", "n02102318", "n02514041", "n02536864",
@@ -61,11 +65,15 @@ def test_each_set_equals_a_single_evaluate_and_the_mean_row_is_their_mean(evalua
     run = Run.open(run_dir)
     by_name = {r["name"]: r for r in ev.rows}
     assert list(by_name) == ["near", "textures", "mean"]
+    det = run_detector(run)  # and by hand: the run's detector on the folders' features, metrics recomputed
+    id_scores = det.log_scores(load_folder(id_dir, encoder)[1])
     for name, folder in sets.items():
+        by_hand = metrics.ood_metrics(id_scores, det.log_scores(load_folder(folder, encoder)[1]))
+        assert {k: by_name[name][k] for k in by_hand} == pytest.approx(by_hand, abs=1e-9)
         single = evaluate(run, id_dir, folder, encoder=encoder)
         for key in ("auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood"):
             assert by_name[name][key] == pytest.approx(single[key], abs=1e-9), (name, key)
-    for key in es.METRIC_KEYS:
+    for key in ("auroc", "fpr95", "aupr_in", "aupr_out"):
         assert by_name["mean"][key] == pytest.approx((by_name["near"][key] + by_name["textures"][key]) / 2)
     assert by_name["mean"]["n_ood"] == 17 and by_name["mean"]["n_id"] == 12
     assert ev.scores["id"].shape == (12,) and ev.ood_names == ["near", "textures"]
@@ -153,9 +161,15 @@ def test_table_rows_show_intervals_and_mark_label_based_baselines():
             {"name": "inat", "method": "MCM", "auroc": 0.8, "fpr95": 0.5, "aupr_in": 0.7, "aupr_out": 0.6,
              "n_id": 10, "n_ood": 20}]
     table = es.table_rows({"rows": rows})
-    assert table[0]["AUROC ↑"] == "0.9123 [0.9000, 0.9300]" and table[0]["FPR95 ↓"] == "0.3000 [0.2500, 0.3500]"
-    assert "label-based" not in table[0]["method"] and table[1]["method"] == "MCM · label-based"
-    assert table[1]["AUROC ↑"] == "0.8000"
+    assert table[0]["AUROC %"] == "91.23 [90.00, 93.00]" and table[0]["FPR95 %"] == "30.00 [25.00, 35.00]"
+    assert "label-based" not in table[0]["method"] and table[1]["method"] == "MCM (label-based)"
+    assert table[1]["AUROC %"] == "80.00" and table[1]["n OOD"] == "20"
+    # rows of several runs: a run column and mean ± sd; the OpenOOD column when measured
+    many = es.table_rows({"rows": [dict(rows[0], run="a", fpr95_openood=0.31), dict(rows[0], run="b"),
+                                   dict(rows[0], run="mean ± sd of 2 runs", auroc_sd=0.01)],
+                          "runs": ["a", "b"], "fpr95_openood_variant": "OpenOOD"})
+    assert [r["run"] for r in many] == ["a", "b", "mean ± sd of 2 runs"]
+    assert many[0]["FPR95 (OpenOOD) %"] == "31.00" and many[2]["AUROC %"].startswith("91.23 ± 1.00")
 
 
 LABEL_FREE_METHOD = es.LABEL_FREE
@@ -170,6 +184,9 @@ def test_bad_inputs_say_which_file_or_name(evaluated, tmp_path, encoder):
         es.save_evaluation(run, {"rows": []}, {"ood/x": np.ones(3)})
     with pytest.raises(ClusterMineError, match="finite"):
         es.save_evaluation(run, {"rows": []}, {"id": np.ones(3), "ood/x": np.array([np.nan])})
+    with pytest.raises(PermissionDenied, match="may not score images"):  # a role without rights: nothing written
+        es.evaluate_folders(run, id_dir, sets, encoder, actor=Actor("nobody", auth="proxy", role="none"))
+    assert es.latest_evaluation(run).path.name == evaluated[3].path.name
     with pytest.raises(ClusterMineError, match="mean row"):
         es.evaluate_folders(run, id_dir, {"mean": sets["near"]}, encoder)
     with pytest.raises(ClusterMineError, match="nowhere: folder not found"):
@@ -235,7 +252,7 @@ def test_report_escapes_set_names_and_names_an_unreadable_evaluation(evaluated, 
 def test_named_folders_typed_one_per_line():
     assert es.parse_named_folders("textures=dtd10\n\n  near = a/b=c \n/data/cifar10_test/\n") == {
         "textures": "dtd10", "near": "a/b=c", "cifar10_test": "/data/cifar10_test/"}
-    with pytest.raises(ClusterMineError, match="given twice"):
+    with pytest.raises(ClusterMineError, match="two OOD sets are named 'x'"):
         es.parse_named_folders("x=a\nx=b")
-    with pytest.raises(ClusterMineError, match="give a folder"):
+    with pytest.raises(ClusterMineError, match="expected NAME=DIR"):
         es.parse_named_folders("x=")

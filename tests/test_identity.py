@@ -24,7 +24,7 @@ from ui.text import md_escape  # noqa: E402
 APP = str(ROOT / "app.py")
 AUTH = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "s" * 32,
         "client_id": "cm", "client_secret": "x", "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration"}
-PAGES = ["runs", "data", "clusters", "audit", "search", "compare", "concepts", "scoring", "export"]
+PAGES = ["runs", "data", "clusters", "audit", "search", "compare", "evaluate", "concepts", "scoring", "export"]
 
 
 # ------------------------------------------------------------------------------------ configuration

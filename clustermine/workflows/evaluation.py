@@ -391,6 +391,11 @@ def evaluate_single(run: Run, id_dir: str | Path, ood_dir: str | Path, *, encode
     n_positive, fpr95_variant."""
     ev = evaluate_sets([run], id_dir, {Path(ood_dir).name or "ood": ood_dir}, encoder=encoder, cache_dir=cache_dir,
                        ray_address=ray_address)
+    return single_result(ev)
+
+
+def single_result(ev: Evaluation) -> dict:
+    """The original one-set ``evaluate`` answer from the first row of ``ev`` (one run, one OOD set)."""
     row = ev.rows[0]
     res: dict[str, Any] = {k: row[k] for k in ("auroc", "fpr95", "aupr_in", "aupr_out", "n_id", "n_ood")}
     res["n_positive"] = ev.n_positive[ev.runs[0]]

@@ -9,8 +9,9 @@ An evaluation is a result dict — ``{"rows": [{"name": set name or "mean", "met
 :mod:`clustermine.store.layout`); :func:`latest_evaluation` reads the latest back and says whether
 the run's detector (its concepts, τ, vocabulary, encoder) changed since.
 
-:func:`evaluate_folders` is the one engine path the app's form uses: encode an ID folder and named
-OOD folders (feature cache), score them with the run's detector, measure, save.
+:func:`evaluate_folders` is what the app's form calls: the CLI's evaluation
+(:func:`clustermine.workflows.evaluation.evaluate_sets`) of an ID folder and named OOD folders, kept
+in the run; ``clustermine evaluate`` keeps its result the same way (:func:`store_evaluation`).
 """
 
 from __future__ import annotations
@@ -18,38 +19,38 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from clustermine.core.config import DEFAULT_TPR
 from clustermine.core.errors import ClusterMineError
+from clustermine.core.identity import Actor
+from clustermine.core.roles import require
 from clustermine.core.storage import atomic_save_npz, atomic_write_json
 from clustermine.method import metrics
 from clustermine.store import layout
-from clustermine.workflows.encoding import load_folder
+from clustermine.workflows.evaluation import Evaluation as SetsEvaluation
+from clustermine.workflows.evaluation import LABEL_FREE, MEAN, display_table, evaluate_sets, parse_ood_specs
 from clustermine.workflows.whatif import run_detector
 
 if TYPE_CHECKING:
     from clustermine.store.run import Run
 
 __all__ = ["Evaluation", "SetFigure", "detector_stamp", "evaluate_folders", "figure_data", "is_label_based",
-           "latest_evaluation", "load_evaluation", "mean_row", "parse_named_folders", "roc_curve", "save_evaluation",
-           "score_histogram", "table_rows"]
+           "latest_evaluation", "load_evaluation", "parse_named_folders", "roc_curve", "save_evaluation",
+           "score_histogram", "store_evaluation", "table_rows"]
 
 EVAL_FORMAT = 1
 ID_KEY = "id"
 OOD_PREFIX = "ood/"
-MEAN_NAME = "mean"
-LABEL_FREE = "ClusterMine (label-free)"
+MEAN_NAME = MEAN
 ROC_MAX_POINTS = 400  # drawn points per ROC curve; the metrics use every point
 HIST_BINS = 40
 _LABEL_BASED = ("mcm", "neglabel", "true names", "label-based", "label based")
-METRIC_KEYS = ("auroc", "fpr95", "aupr_in", "aupr_out")
 
 
 @dataclass(frozen=True)
@@ -240,56 +241,24 @@ def is_label_based(row: dict) -> bool:
     return any(word in method for word in _LABEL_BASED)
 
 
-def _num(value, digits: int = 4) -> str:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    return f"{x:.{digits}f}" if math.isfinite(x) else "–"
-
-
-def _with_ci(row: dict, key: str) -> str:
-    ci = row.get(f"{key}_ci")
-    text = _num(row.get(key))
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        text += f" [{_num(ci[0])}, {_num(ci[1])}]"
-    return text
-
-
 def table_rows(evaluation: Evaluation | dict) -> list[dict[str, str]]:
-    """The evaluation table as text cells (the page and the report show these): OOD set, method
-    (label-based baselines marked), AUROC and FPR95 with their 95 % interval when present, AUPR-In,
-    AUPR-Out, ID and OOD image counts; an OpenOOD FPR@95 column when the rows carry one."""
+    """The evaluation table as text cells, the CLI's table (:func:`clustermine.workflows.evaluation.display_table`:
+    metrics in %, ``[low, high]`` 95 % intervals and ``± sd`` over runs when present, label-based
+    baselines marked, a run column for several runs, the OpenOOD FPR column when measured), one dict
+    per row; the page and the report show these."""
     result = evaluation.result if isinstance(evaluation, Evaluation) else evaluation
-    rows = list(result.get("rows") or [])
-    openood = any("fpr95_openood" in r for r in rows)
-    out = []
-    for r in rows:
-        method = str(r.get("method") or LABEL_FREE)
-        cells = {"OOD set": str(r.get("name", "")),
-                 "method": method + (" · label-based" if is_label_based(r) and "label-based" not in method.lower()
-                                     else ""),
-                 "AUROC ↑": _with_ci(r, "auroc"), "FPR95 ↓": _with_ci(r, "fpr95")}
-        if openood:
-            cells["FPR@95 (OpenOOD) ↓"] = _num(r.get("fpr95_openood"))
-        cells.update({"AUPR-In ↑": _num(r.get("aupr_in")), "AUPR-Out ↑": _num(r.get("aupr_out")),
-                      "ID images": str(r.get("n_id", "–")), "OOD images": str(r.get("n_ood", "–"))})
-        out.append(cells)
-    return out
+    rows = [{**r, "method": str(r.get("method") or LABEL_FREE), "label_based": is_label_based(r),
+             "name": str(r.get("name", "")), "n_id": r.get("n_id", "–"), "n_ood": r.get("n_ood", "–")}
+            for r in result.get("rows") or []]
+    openood = "fpr95_openood_variant" in result or any("fpr95_openood" in r for r in rows)
+    runs = [str(x) for x in result.get("runs") or []]
+    shown = SetsEvaluation(rows=rows, scores={}, scores_by_run={}, runs=runs, n_positive={},
+                           ood_names=[], fpr_convention="openood" if openood else "hendrycks")
+    header, body = display_table(shown)
+    return [dict(zip(header, cells)) for cells in body]
 
 
 # ------------------------------------------------------------------------------------ evaluate folders
-def mean_row(rows: list[dict], method: str = LABEL_FREE) -> dict:
-    """The mean over the OOD sets' ``rows`` of each metric; ``n_id`` of the sets (the same ID images),
-    ``n_ood`` their total."""
-    out: dict = {"name": MEAN_NAME, "method": method}
-    for key in METRIC_KEYS:
-        out[key] = float(np.mean([float(r[key]) for r in rows]))
-    out["n_id"] = int(rows[0]["n_id"])
-    out["n_ood"] = int(sum(int(r["n_ood"]) for r in rows))
-    return out
-
-
 def _checked_sets(ood_dirs: Mapping[str, str | os.PathLike]) -> dict[str, Path]:
     sets: dict[str, Path] = {}
     for name, folder in ood_dirs.items():
@@ -306,11 +275,21 @@ def _checked_sets(ood_dirs: Mapping[str, str | os.PathLike]) -> dict[str, Path]:
     return sets
 
 
+def store_evaluation(ev: SetsEvaluation, runs: Sequence[Run], id_source: str | os.PathLike,
+                     ood_sources: Mapping[str, str | os.PathLike]) -> list[Path]:
+    """Keep an :func:`clustermine.workflows.evaluation.evaluate_sets` result in each of its ``runs``
+    (all rows; that run's own label-free scores) as its latest evaluation. Returns the records."""
+    result = {**ev.to_json(), "id": str(id_source), "ood": {n: str(p) for n, p in ood_sources.items()}}
+    return [save_evaluation(run, result, ev.scores_by_run[name]) for run, name in zip(runs, ev.runs)]
+
+
 def evaluate_folders(run: Run, id_dir: str | os.PathLike, ood_dirs: Mapping[str, str | os.PathLike], encoder, *,
-                     cache_dir: str | os.PathLike | None = None) -> Evaluation:
+                     cache_dir: str | os.PathLike | None = None, actor: Actor | None = None) -> Evaluation:
     """Encode ``id_dir`` and each named OOD folder of ``ood_dirs`` with ``encoder`` (the run's;
     features cached), score them with the run's current detector, measure AUROC / FPR95 / AUPR per
-    set and their mean, and save it all as the run's latest evaluation (:func:`save_evaluation`)."""
+    set and their mean (:func:`clustermine.workflows.evaluation.evaluate_sets`, the CLI's path), and
+    keep it all as the run's latest evaluation. ``actor``: who asks (its role must allow scoring)."""
+    require(actor, "score")
     sets = _checked_sets(ood_dirs)
     for folder in [Path(id_dir), *sets.values()]:
         if not folder.is_dir():
@@ -318,35 +297,11 @@ def evaluate_folders(run: Run, id_dir: str | os.PathLike, ood_dirs: Mapping[str,
     det = run_detector(run)
     if not len(det.positive_idx):
         raise ClusterMineError(f"{run.run_id}: no positive concept, scores are undefined (accept or add one)")
-    det.check_encoder(encoder)
-    _, id_feats = load_folder(id_dir, encoder, cache_dir=cache_dir)
-    scores = {ID_KEY: det.log_scores(id_feats)}
-    for name, folder in sets.items():
-        _, feats = load_folder(folder, encoder, cache_dir=cache_dir)
-        scores[OOD_PREFIX + name] = det.log_scores(feats)
-    rows = [{"name": name, "method": LABEL_FREE, **metrics.ood_metrics(scores[ID_KEY], scores[OOD_PREFIX + name])}
-            for name in sets]
-    result = {"rows": rows + ([mean_row(rows)] if len(rows) > 1 else []), "id": str(id_dir),
-              "ood": {n: str(p) for n, p in sets.items()},
-              "n_positive": int(len(det.positive_idx)), "fpr95_variant": metrics.FPR95_RULE}
-    return load_evaluation(run, save_evaluation(run, result, scores))
+    ev = evaluate_sets([run], id_dir, sets, encoder=encoder, cache_dir=cache_dir)
+    return load_evaluation(run, store_evaluation(ev, [run], id_dir, sets)[0])
 
 
 def parse_named_folders(text: str) -> dict[str, str]:
-    """OOD sets typed one per line as ``NAME=FOLDER`` (or just ``FOLDER``: named after its last
-    part) → {name: folder}; blank lines skipped, a name given twice refused."""
-    sets: dict[str, str] = {}
-    for line in str(text or "").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        name, sep, folder = line.partition("=")
-        if not sep or "/" in name or "\\" in name:
-            name, folder = Path(line.rstrip("/\\")).name, line
-        name, folder = name.strip(), folder.strip()
-        if not folder:
-            raise ClusterMineError(f"{line!r}: give a folder after '='")
-        if name in sets:
-            raise ClusterMineError(f"OOD set name {name!r} is given twice")
-        sets[name] = folder
-    return sets
+    """OOD sets typed one per line as ``NAME=FOLDER`` (or just ``FOLDER``: named after its last part),
+    blank lines skipped → {name: folder}; the CLI's rules (:func:`clustermine.workflows.evaluation.parse_ood_specs`)."""
+    return parse_ood_specs([line.strip() for line in str(text or "").splitlines() if line.strip()])[0]
