@@ -298,3 +298,28 @@ def test_class_names_from_folders(sets, tmp_path):
     (caltech / "airplanes").mkdir()
     assert read_class_names("folders", caltech) == ["water lilly", "airplanes"]  # sorted folder order
     assert ev_mod.clean_class_name("Water_lilly") == "water lilly"
+
+
+def test_evaluate_reports_the_clustering_against_folder_labels(run, sets, encoder):
+    """Issue 21, item 4: with class subfolders under the run's images, evaluate reports ACC / NMI / ARI
+    of its clustering (the audit's numbers); without labels, nothing is said."""
+    import dataclasses
+
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from clustermine.workflows.diagnostics import run_labels
+    from clustermine.workflows.clusterview import voting_cluster_ids
+
+    ev = evaluate_sets([run], sets["id"], _two(sets), cache_dir=sets["cache"], encoder=encoder)
+    p = ev.purity[run.path.name]
+    clusters, labels = voting_cluster_ids(run), run_labels(run)
+    keep = (clusters >= 0) & np.array([lab is not None for lab in labels])
+    y = [labels[i] for i in np.flatnonzero(keep)]
+    assert p["n_images"] == int(keep.sum()) >= 30 and p["n_classes"] == 4  # held-out images are not clustered
+    assert p["nmi"] == pytest.approx(normalized_mutual_info_score(y, clusters[keep]), abs=1e-12)
+    assert p["ari"] == pytest.approx(adjusted_rand_score(y, clusters[keep]), abs=1e-12)
+    assert ev.to_json()["purity"][run.path.name]["acc"] == p["acc"]
+    table = render(ev, "table")
+    assert f"ACC {p['acc']:.3f}  NMI {p['nmi']:.3f}  ARI {p['ari']:.3f}" in table
+    flat = dataclasses.replace(ev, purity={run.path.name: None})
+    assert "purity" not in flat.to_json() and "folder labels" not in render(flat, "table")

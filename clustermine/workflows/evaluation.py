@@ -39,6 +39,7 @@ from clustermine.method.encoders import load_encoder
 from clustermine.method.feature_input import iter_normalized_chunks, load_feature_source, validate_features
 from clustermine.method.scoring import log_scores, mcm_scores, neg_mining, neglabel_scores
 from clustermine.store import Run
+from clustermine.workflows.diagnostics import purity_diagnostics
 from clustermine.workflows.distributed import RayCluster
 from clustermine.workflows.encoding import load_folder
 from clustermine.workflows.whatif import run_detector
@@ -283,6 +284,8 @@ class Evaluation:
     seed: int = 0
     class_names: list[str] | None = None
     baseline_info: dict[str, dict] = field(default_factory=dict)
+    #: run name -> clustering ACC / NMI / ARI against the run's folder labels (None: no labels)
+    purity: dict[str, dict | None] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The ``--json`` document: the rows and how they were computed (no score arrays)."""
@@ -296,7 +299,15 @@ class Evaluation:
         if self.class_names is not None:
             doc["class_names"] = self.class_names
             doc["baselines"] = self.baseline_info
+        if any(v is not None for v in self.purity.values()):
+            doc["purity"] = self.purity
         return doc
+
+    def purity_lines(self) -> list[str]:
+        """One line per run whose images sit in class folders: its clustering against those labels."""
+        return [f"clustering vs folder labels, {name}: ACC {p['acc']:.3f}  NMI {p['nmi']:.3f}  ARI {p['ari']:.3f} "
+                f"({p['n_images']} images, {p['n_clusters']} clusters, {p['n_classes']} classes)"
+                for name, p in self.purity.items() if p is not None]
 
 
 def _scorer(detector, cluster):
@@ -372,7 +383,18 @@ def evaluate_sets(runs: Sequence[Run], id_source: str | Path, ood_sources: Mappi
     return Evaluation(rows=rows, scores=by_run[names[0]], scores_by_run=by_run, runs=names,
                       n_positive={n: int(len(d.positive_idx)) for n, d in zip(names, detectors)},
                       ood_names=list(ood_sources), fpr_convention=fpr_convention, bootstrap=bootstrap, seed=seed,
-                      class_names=list(class_names) if class_names is not None else None, baseline_info=info)
+                      class_names=list(class_names) if class_names is not None else None, baseline_info=info,
+                      purity={n: run_purity(run) for n, run in zip(names, runs)})
+
+
+def run_purity(run: Run) -> dict | None:
+    """ACC / NMI / ARI of ``run``'s clustering against its images' class folders
+    (:func:`~clustermine.workflows.diagnostics.purity_diagnostics`), or None without labels."""
+    d = purity_diagnostics(run)
+    if d is None:
+        return None
+    return {"acc": d["acc"], "nmi": d["nmi"], "ari": d["ari"], "n_images": d["n_images"],
+            "n_clusters": d["n_clusters"], "n_classes": len(d["classes"])}
 
 
 class _NoCluster:
@@ -490,5 +512,6 @@ def render(ev: Evaluation, fmt: str = "table") -> str:
         if ev.bootstrap:
             notes.append(f"[low, high]: 95 % bootstrap percentile interval, {ev.bootstrap} replicates, seed {ev.seed}")
         notes.append("|Y_pos|: " + ", ".join(f"{k} {v}" for k, v in ev.n_positive.items()))
+        notes += ev.purity_lines()
         return "\n".join(lines + [""] + notes)
     raise ClusterMineError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
