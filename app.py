@@ -43,6 +43,15 @@ PAGES = {
 }
 
 
+def _signin_pages(draw) -> list:
+    """Before login every address draws only the sign-in page: "/signin" plus each page's own path, so a
+    deep link (``/concepts?run=...``) lands on the sign-in page, not on "Page not found"."""
+    pages = [st.Page(draw, title="Sign in", url_path="signin", default=True)]
+    pages += [st.Page(draw, title=f"Sign in ({p.title})", url_path=p.url_path)
+              for group in PAGES.values() for p in group if p.url_path]
+    return pages
+
+
 def _list_runs() -> list[dict]:
     return list_runs_light(settings.runs_root())
 
@@ -96,9 +105,8 @@ def sidebar(who: identity.IdentityConfig, actor) -> None:
 
 with state.frame():  # pages check it: see ui.state.ensure_frame for deep links into pages/
     mode, res = identity.gate()
-    if res.actor is None:  # nothing of any run before login / for a refused request: one page, no sidebar
-        nav = st.navigation([st.Page(lambda: identity.blocked_page(mode, res), title="Sign in", url_path="signin",
-                                     default=True)], position="hidden")
+    if res.actor is None:  # nothing of any run before login / for a refused request: no sidebar
+        nav = st.navigation(_signin_pages(lambda: identity.blocked_page(mode, res)), position="hidden")
         nav.run()
         st.stop()
     state.sync_from_query()

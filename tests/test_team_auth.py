@@ -142,8 +142,9 @@ def test_oidc_login_signs_decisions_and_the_viewer_is_refused(runs_root, tmp_pat
                 shot(pg, ARTIFACTS, "1-oidc-signin")
                 body = pg.locator("body").inner_text()
                 assert "small-run" not in body and "What if?" not in body
+                assert "Page not found" not in body  # every page's address draws the sign-in page
                 assert pg.locator('[data-testid="stSidebarNav"]').count() == 0
-                pg.goto(srv["url"])  # the deep link's page is not there before login: start at the root
+                pg.goto(srv["url"])  # log in from the root, as a new visitor would
                 pg.get_by_role("button", name="Log in").wait_for()
                 idle(pg)
 
