@@ -72,7 +72,7 @@ class RunLogState:
         if unchained:
             return (f"verified: {self.count - unchained} of {self.count} decisions ({split}); the first "
                     f"{unchained} were written before the chain and are unchained")
-        return f"verified: {self.count} decisions ({split})"
+        return f"verified: {self.count} decision{'' if self.count == 1 else 's'} ({split})"
 
     def short(self) -> str | None:
         """A few words for the sidebar (None when there is no decision yet)."""
