@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,9 @@ def missing_ci_resources(data_dir: Path, chromium: Path, need_browser: bool) -> 
     return out
 
 
+_SESSION = pytest.StashKey()  # the session, for pytest_unconfigure's exit status
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """The one rule for ``@pytest.mark.gpu`` tests: skipped where torch sees no CUDA device (CI runners
     and most developer machines have none). ``CLUSTERMINE_TEST_GPU=1`` (a GPU runner) runs them anyway,
@@ -72,6 +76,27 @@ def pytest_collection_modifyitems(config, items) -> None:
         skip = pytest.mark.skip(reason="gpu test: no CUDA device (torch.cuda.is_available() is False)")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    session.config.stash[_SESSION] = session
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config) -> None:
+    """Leave the test process with pytest's own exit status once everything is reported, without the
+    interpreter's finalisation: a native library's threads (Ray's gRPC, Playwright's driver, torch's
+    pools) can crash there *after* every test passed (seen once on CI: "815 passed", then SIGSEGV, exit
+    139). Nothing runs after this hook but that teardown; ``CLUSTERMINE_PYTEST_PLAIN_EXIT=1`` keeps it."""
+    session = config.stash.get(_SESSION, None)
+    if session is None or os.environ.get("CLUSTERMINE_PYTEST_PLAIN_EXIT") == "1":
+        return
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(int(session.exitstatus))
 
 
 def pytest_collection_finish(session) -> None:
