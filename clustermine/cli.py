@@ -495,7 +495,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     plain = (len(runs) == 1 and len(oods) == 1 and not named and a.class_names is None and not a.bootstrap
              and a.fpr_convention == "hendrycks" and a.format in (None, "json"))
     if plain:  # one run, one OOD folder: the original answer (same JSON)
-        ev = evaluate_sets(runs, a.id_dir, oods, cache_dir=a.cache_dir, ray_address=_ray(a))
+        ev = evaluate_sets(runs, a.id_dir, oods, cache_dir=a.cache_dir, ray_address=_ray(a), purity=False)
         _keep_evaluation(ev, runs, a.id_dir, oods)
         res = single_result(ev)
         _calibration_warning(runs[0])

@@ -317,11 +317,13 @@ def _scorer(detector, cluster):
 def evaluate_sets(runs: Sequence[Run], id_source: str | Path, ood_sources: Mapping[str, str | Path], *,
                   class_names: Sequence[str] | None = None, bootstrap: int = 0, seed: int = 0,
                   fpr_convention: str = "hendrycks", cache_dir: str | Path | None = None, encoder=None,
-                  ray_address: str | None = None) -> Evaluation:
+                  ray_address: str | None = None, purity: bool = True) -> Evaluation:
     """Evaluate ``runs`` (one or more, e.g. seeds; same encoder) on ``id_source`` vs every named OOD
     source. Each source (folder or features) is loaded once; every run scores through its detector.
     ``class_names``: the true ID class names → the baseline rows (computed with the first run's
-    encoder, corpus, template and τ). ``bootstrap``: replicates per row (0 = no intervals)."""
+    encoder, corpus, template and τ). ``bootstrap``: replicates per row (0 = no intervals).
+    ``purity``: also each run's clustering against its folder labels (:func:`run_purity`); off where
+    nothing shows it (the one-set answer)."""
 
     if not runs:
         raise ClusterMineError("evaluate: give at least one run")
@@ -384,7 +386,7 @@ def evaluate_sets(runs: Sequence[Run], id_source: str | Path, ood_sources: Mappi
                       n_positive={n: int(len(d.positive_idx)) for n, d in zip(names, detectors)},
                       ood_names=list(ood_sources), fpr_convention=fpr_convention, bootstrap=bootstrap, seed=seed,
                       class_names=list(class_names) if class_names is not None else None, baseline_info=info,
-                      purity={n: run_purity(run) for n, run in zip(names, runs)})
+                      purity={n: run_purity(run) for n, run in zip(names, runs)} if purity else {})
 
 
 def run_purity(run: Run) -> dict | None:
@@ -412,7 +414,7 @@ def evaluate_single(run: Run, id_dir: str | Path, ood_dir: str | Path, *, encode
     """One OOD set, the original ``evaluate`` answer: auroc, fpr95, aupr_in, aupr_out, n_id, n_ood,
     n_positive, fpr95_variant."""
     ev = evaluate_sets([run], id_dir, {Path(ood_dir).name or "ood": ood_dir}, encoder=encoder, cache_dir=cache_dir,
-                       ray_address=ray_address)
+                       ray_address=ray_address, purity=False)
     return single_result(ev)
 
 

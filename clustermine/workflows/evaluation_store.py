@@ -297,7 +297,7 @@ def evaluate_folders(run: Run, id_dir: str | os.PathLike, ood_dirs: Mapping[str,
     det = run_detector(run)
     if not len(det.positive_idx):
         raise ClusterMineError(f"{run.run_id}: no positive concept, scores are undefined (accept or add one)")
-    ev = evaluate_sets([run], id_dir, sets, encoder=encoder, cache_dir=cache_dir)
+    ev = evaluate_sets([run], id_dir, sets, encoder=encoder, cache_dir=cache_dir, purity=False)  # the audit shows it
     return load_evaluation(run, store_evaluation(ev, [run], id_dir, sets)[0])
 
 
