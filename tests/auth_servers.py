@@ -21,23 +21,13 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, missing_resource
+from streamlit_server import stop_process
 
 OIDC_SRC = ROOT / "tests" / "oidc"
 OIDC_CACHE = Path(os.environ.get("CLUSTERMINE_TEST_OIDC_CACHE") or ROOT / ".cache" / "oidc")
 NGINX_CACHE = Path(os.environ.get("CLUSTERMINE_TEST_NGINX_CACHE") or ROOT / ".cache" / "nginx")
 PROXY_SNIPPET = ROOT / "deploy" / "nginx" / "clustermine-proxy.conf"
 SHIPPED_SITE = ROOT / "deploy" / "nginx" / "clustermine.conf"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop one process we started, by its PID: TERM, then KILL after 10 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 # --- the OpenID Connect provider -------------------------------------------------------------------
@@ -88,7 +78,7 @@ def oidc_provider(tmp: Path, *, client_id: str, client_secret: str, redirect_uri
         issuer = line.split()[1]
         yield {"issuer": issuer, "metadata_url": issuer + "/.well-known/openid-configuration", "pid": proc.pid}
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 # --- nginx ------------------------------------------------------------------------------------------
@@ -253,4 +243,4 @@ def nginx_proxy(tmp: Path, *, listen_port: int, app_port: int, users: dict[str, 
                 break
         yield {"url": url, "pid": proc.pid, "prefix": prefix}
     finally:
-        _stop(proc)
+        stop_process(proc)

@@ -23,6 +23,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop one process a test started, by its PID: TERM, then KILL after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 @contextlib.contextmanager
 def streamlit_server(runs_root: Path, log_path: Path, *, wait_s: float = 60.0,
                      env: dict[str, str] | None = None, port: int | None = None) -> Iterator[dict]:
@@ -56,10 +67,5 @@ def streamlit_server(runs_root: Path, log_path: Path, *, wait_s: float = 60.0,
                 time.sleep(0.2)
         yield {"url": url, "port": port, "pid": proc.pid}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, grace=20)
         log.close()

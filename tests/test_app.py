@@ -36,12 +36,21 @@ def app_env(small_run, monkeypatch):
     return small_run
 
 
-def open_app(run_id: str | None = None, page: str | None = None):
+def open_app(run_id: str | None = None, page: str | None = None, *, secrets: dict | None = None,
+             user: dict | None = None, reviewer: str | None = None):
+    """The app through AppTest on ``?run=run_id`` (then ``page``); ``secrets`` (e.g. an ``[auth]``
+    section), ``user`` (``st.user``: a login) and ``?reviewer=`` as a visitor would bring them."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(APP, default_timeout=180)
+    if secrets:
+        at.secrets.update(secrets)
+    if user is not None:
+        at.user = user
     if run_id:
         at.query_params["run"] = run_id
+    if reviewer:
+        at.query_params["reviewer"] = reviewer
     at.run()
     if page:
         at.switch_page(page).run()

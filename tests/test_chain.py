@@ -30,6 +30,19 @@ def _write(p: Path, lines: list[bytes]) -> None:
     p.write_bytes(b"".join(x + b"\n" for x in lines))
 
 
+def _tamper_second_entry(p: Path, case: str) -> None:
+    """Alter entry 2 of the exclusion log at ``p`` (signed by "bo"): ``change`` its signer, ``remove`` it,
+    or ``insert`` a copy of entry 3 before it."""
+    lines = _lines(p)
+    if case == "change":
+        lines[1] = lines[1].replace(b'"bo"', b'"al"')
+    elif case == "remove":
+        del lines[1]
+    else:
+        lines.insert(1, lines[2])
+    _write(p, lines)
+
+
 @pytest.fixture
 def log(tmp_path) -> tuple[Path, str]:
     """A chained log of 6 entries (seq 1..6), written through append_entries."""
@@ -210,15 +223,7 @@ def test_cli_verify_exits_1_naming_the_file_and_entry(tmp_path, capsys, case, en
     write_format1_run(run_dir)
     run = Run.open(run_dir)
     run.set_excluded([0, 1, 2, 3], actor=local_actor("bo"))
-    p = run.file(layout.EXCLUSIONS)
-    lines = _lines(p)
-    if case == "change":
-        lines[1] = lines[1].replace(b'"bo"', b'"al"')
-    elif case == "remove":
-        del lines[1]
-    else:
-        lines.insert(1, lines[2])
-    _write(p, lines)
+    _tamper_second_entry(run.file(layout.EXCLUSIONS), case)
     capsys.readouterr()
     assert main(["verify", str(run_dir)]) == 1
     out = capsys.readouterr().out
@@ -315,15 +320,7 @@ def test_concepts_page_says_where_the_log_was_altered(tmp_path, monkeypatch, cas
     write_format1_run(tmp_path / "run")
     run = Run.open(tmp_path / "run")
     run.set_excluded([0, 1, 2], actor=local_actor("bo"))
-    p = run.file(layout.EXCLUSIONS)
-    lines = _lines(p)
-    if case == "change":
-        lines[1] = lines[1].replace(b'"bo"', b'"al"')
-    elif case == "remove":
-        del lines[1]
-    else:
-        lines.insert(1, lines[2])
-    _write(p, lines)
+    _tamper_second_entry(run.file(layout.EXCLUSIONS), case)
     at = _concepts_page(run, monkeypatch)
     errors = _plain(at.error)
     assert any(e.startswith(f"the log was altered at entry {entry} (exclusions.jsonl)") for e in errors), errors

@@ -20,8 +20,8 @@ if str(ROOT) not in sys.path:  # the app's ``ui`` package lives next to app.py
 
 from ui.identity import IdentityConfig, identity_config, resolve  # noqa: E402
 from ui.text import md_escape  # noqa: E402
+from test_app import open_app  # noqa: E402
 
-APP = str(ROOT / "app.py")
 AUTH = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "s" * 32,
         "client_id": "cm", "client_secret": "x", "server_metadata_url": "http://127.0.0.1:9/.well-known/openid-configuration"}
 PAGES = ["runs", "data", "clusters", "audit", "search", "compare", "evaluate", "concepts", "scoring", "export"]
@@ -114,25 +114,6 @@ def app_env(small_run, monkeypatch, tmp_path):
     monkeypatch.delenv("CLUSTERMINE_TRUSTED_HEADER", raising=False)
     monkeypatch.setenv("USER", "vic")
     return small_run
-
-
-def open_app(run_id: str | None, page: str | None = None, secrets: dict | None = None, user: dict | None = None,
-             reviewer: str | None = None):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=180)
-    if secrets:
-        at.secrets.update(secrets)
-    if user is not None:
-        at.user = user
-    if run_id:
-        at.query_params["run"] = run_id
-    if reviewer:
-        at.query_params["reviewer"] = reviewer
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    return at
 
 
 def all_text(at) -> str:
