@@ -49,10 +49,6 @@ def inputs_stamp(run: Run) -> dict:
     return stamp
 
 
-def _encoder_for(run: Run):
-    return load_encoder(run.encoder_spec)
-
-
 def evaluate_sample(run: Run, folder: str | os.PathLike, encoder=None, *, limit: int | None = None,
                     progress: ProgressFn | None = None, held: HeldOut | None = None,
                     scorer: Callable[[np.ndarray], WhatIfScorer] | None = None, source: str = "what-if") -> dict:
@@ -69,7 +65,7 @@ def evaluate_sample(run: Run, folder: str | os.PathLike, encoder=None, *, limit:
     folder = Path(folder)
     if not folder.is_dir():
         raise ClusterMineError(f"{folder}: OOD folder not found")
-    encoder = encoder if encoder is not None else _encoder_for(run)
+    encoder = encoder if encoder is not None else load_encoder(run.encoder_spec)
     limit = SAMPLE_LIMIT if limit is None else int(limit)
     records, feats, skipped = encode_folder(folder, encoder, limit=limit, progress=progress)
     if not len(feats):
