@@ -87,3 +87,29 @@ def test_missing_wordnet_is_named(monkeypatch, tmp_path):
     monkeypatch.setattr(corpus, "wordnet_candidates", lambda: [tmp_path / "nowhere"])
     problems = missing_ci_resources(tmp_path / "no-data", tmp_path / "chromium", need_browser=False)
     assert [p.split(":")[0] for p in problems] == ["real test images not found", "WordNet not found"]
+
+
+RETENTION_INNER = '''
+def test_passes(tmp_path):
+    (tmp_path / "big.bin").write_bytes(b"x" * 1024)
+
+
+def test_fails(tmp_path):
+    (tmp_path / "kept.bin").write_bytes(b"x")
+    assert False
+'''
+
+
+def test_the_project_settings_drop_a_passed_tests_tmp_path_and_keep_a_failed_ones(tmp_path):
+    """A full run mines or copies hundreds of runs (~90 MB each): the project's pytest settings must not
+    leave them all on disk (it once filled a CI machine), yet a failure's files stay to be inspected."""
+    (tmp_path / "test_retention.py").write_text(RETENTION_INNER)
+    base = tmp_path / "basetemp"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
+                          "--rootdir", str(tmp_path), "--basetemp", str(base), str(tmp_path / "test_retention.py")],
+                         cwd=tmp_path, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                         capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert "1 failed, 1 passed" in text, text
+    assert not list(base.glob("test_passes*")), sorted(p.name for p in base.iterdir())
+    assert (base / "test_fails0" / "kept.bin").is_file(), sorted(p.name for p in base.iterdir())
