@@ -75,6 +75,34 @@ def test_mine_features_gives_the_folder_runs_concepts_and_opens_in_the_app(expor
         no_exception(open_app(run.run_id, page))
 
 
+
+def test_a_features_run_takes_stability_remine_and_resume_like_a_folder_run(exported, tmp_path, capsys):
+    """The run.json of a features run holds features_file / paths_file / image_root: the verbs that rebuild the
+    run's clusterer from it (stability, re-mine with re-clustering, resume) read them as run facts, not as
+    unknown settings."""
+    feats, listing, folder_run, root = exported
+    out = tmp_path / "byo"
+    assert main([*_mine_args(feats, listing, out), "--image-root", str(root), "--clusterer", "kmeans",
+                 "--clusters", "4"]) == 0
+    capsys.readouterr()
+    assert main(["stability", str(out), "--seeds", "3", "--json"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert np.load(out / layout.SEED_LABELS).shape == (3, Run.open(out).n_images())
+    first = Run.open(out).image_paths()[0]
+    assert main(["exclude", str(out), first]) == 0
+    capsys.readouterr()
+    assert main(["remine", str(out), "--recluster", "--json"]) == 0, capsys.readouterr().err
+    changes = json.loads(capsys.readouterr().out)
+    assert changes["mode"] == "recluster" and changes["n_excluded"] == 1
+
+    # an interrupted features run resumes from its run.json (the stored settings, the stored files)
+    unfinished = tmp_path / "byo-unfinished"
+    assert main([*_mine_args(feats, listing, unfinished), "--clusterer", "kmeans", "--clusters", "4"]) == 0
+    before = Run.open(unfinished).positive_concepts()
+    Run.open(unfinished).update_meta(status="running")
+    assert main(["resume", str(unfinished), "--quiet"]) == 0, capsys.readouterr().err
+    assert Run.open(unfinished).status == "done" and Run.open(unfinished).positive_concepts() == before
+
 def _mine_args(feats, listing, out):
     return ["mine", "--features", str(feats), "--paths", str(listing), "--out", str(out), "--quiet"]
 

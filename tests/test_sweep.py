@@ -178,6 +178,67 @@ def test_one_cell_equals_evaluate_of_its_run_and_other_settings_are_refused(sets
               config=MineConfig(clusterer="kmeans", corpus=str(corpus), topk=3), cache_dir=cache)
 
 
+
+def test_vote_memo_keys_on_content_and_keeps_read_only_copies(tmp_path):
+    from clustermine.workflows.vote_memo import VoteMemo
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((70_000, 4)).astype(np.float16)  # more rows than one hashing block
+    np.save(tmp_path / "f.npy", feats)
+    mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
+    text = rng.standard_normal((9, 4)).astype(np.float32)
+    key = VoteMemo.key(feats, text, 5, 0.01)
+    assert VoteMemo.key(mapped, text.copy(), 5, 0.01) == key  # same values: same key, memmap or not
+    changed = feats.copy()
+    changed[-1, 0] += 1
+    others = [VoteMemo.key(changed, text, 5, 0.01), VoteMemo.key(feats, text[:8], 5, 0.01),
+              VoteMemo.key(feats, text, 3, 0.01), VoteMemo.key(feats, text, 5, 0.05),
+              VoteMemo.key(feats.astype(np.float32), text, 5, 0.01)]
+    assert len({key, *others}) == 6
+    memo = VoteMemo()
+    assert memo.get(key) is None and memo.misses == 1
+    idx = np.zeros((3, 5), np.int32)
+    memo.put(key, idx, np.ones((3, 5), np.float32), np.zeros(3))
+    idx[0, 0] = 7  # the caller's array changing later does not change the memo
+    kept = memo.get(key)
+    assert memo.hits == 1 and kept[0][0, 0] == 0 and not any(a.flags.writeable for a in kept)
+
+def test_cells_that_differ_in_clusters_clusterer_or_seed_share_one_vote(sets, corpus, tmp_path, monkeypatch):
+    """The vote depends only on the features, corpus, k and τ: a C x clusterer x τ grid over two seeds runs it
+    once per τ, and a cell's votes, concepts and scores are those of mining it on its own."""
+    import clustermine.workflows.pipeline as pipeline
+    from clustermine.workflows.pipeline import mine_features
+
+    taus_voted = []
+    real_vote = pipeline.zero_shot_topk
+
+    def counted_vote(*args, **kwargs):
+        taus_voted.append(kwargs.get("tau"))
+        return real_vote(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "zero_shot_topk", counted_vote)
+    cache = private_cache(tmp_path)
+    out = tmp_path / "sweep"
+    temi_fast = {key: int(value) for key, value in (p.split("=") for p in TEMI_FAST)}
+    res = sweep(sets["images"], out, id_dir=sets["id"], ood={"near": sets["near"]},
+                grid=parse_grid(["clusters=3,4", "clusterer=kmeans,temi", "tau=0.01,0.05"]), seeds=[0, 1],
+                config=MineConfig(corpus=str(corpus)), clusterer_params=temi_fast, cache_dir=cache)
+    assert res["computed"] == 16
+    assert sorted(taus_voted) == [0.01, 0.05]  # one vote per τ, not one per cell
+    monkeypatch.setattr(pipeline, "zero_shot_topk", real_vote)
+
+    for cell in (res["cells"][-1], next(c for c in res["cells"] if c["params"]["tau"] == 0.01 and c["seed"] == 1)):
+        in_sweep = Run.open(cell["run_dir"])
+        config = MineConfig.from_dict(in_sweep.config, "cell").resolved()
+        alone = mine_features(out / "features" / "images.npy", out / "features" / "paths.parquet",
+                              tmp_path / "alone" / cell["key"], config, image_root=sets["images"], cache_dir=cache)
+        for got, want in zip(in_sweep.votes(), alone.votes()):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(in_sweep.cluster_ids(), alone.cluster_ids())
+        assert in_sweep.positive_concepts() == alone.positive_concepts()
+        ref = evaluate(alone, sets["id"], sets["near"], cache_dir=cache / "features")
+        assert cell["metrics"]["near"]["auroc"] == pytest.approx(ref["auroc"], abs=1e-9)
+
 @pytest.mark.slow
 def test_2x2x2_grid_two_seeds_completes_resumes_after_a_kill_and_encodes_each_image_once(sets, corpus, tmp_path,
                                                                                         capsys):

@@ -126,7 +126,7 @@ class MineConfig:
 
     @classmethod
     def from_dict(cls, config: dict, source: str = "config") -> "MineConfig":
-        """The MineConfig stored in a run's config (which also holds ``images_dir``).
+        """The MineConfig stored in a run's config (which also holds its inputs, :data:`RUN_ONLY_KEYS`).
 
         Missing settings take the current defaults; an unknown one is refused (a run written by a
         newer version), naming ``source``.
@@ -140,8 +140,9 @@ class MineConfig:
         return cls(**{k: v for k, v in config.items() if k in names}).validate(source)
 
 
-#: Keys a run's stored config holds besides MineConfig's fields.
-RUN_ONLY_KEYS = frozenset({"images_dir", "created", "user"})
+#: Keys a run's stored config holds besides MineConfig's fields: its inputs (an images folder, or the
+#: embeddings of ``mine --features`` with their paths file and image root) and who created it when.
+RUN_ONLY_KEYS = frozenset({"images_dir", "features_file", "paths_file", "image_root", "created", "user"})
 
 
 def stored_tau(config: dict) -> float:

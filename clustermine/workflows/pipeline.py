@@ -34,6 +34,7 @@ from clustermine.store.store import IMAGE_COLUMNS
 from clustermine.workflows.distributed import RayCluster
 from clustermine.workflows.estimate import corpus_cache_state, estimate_now
 from clustermine.workflows.whatif import store_corpus_lse
+from clustermine.workflows.vote_memo import VoteMemo
 from clustermine.method.images import scan_images
 from clustermine.method.encoders import load_encoder
 from clustermine.method.schedule import clamp_n_clusters, default_n_clusters
@@ -102,7 +103,7 @@ def mine_features(features: str | Path, paths: str | Path | None, run_dir: str |
                   config: MineConfig | None = None, *, image_root: str | Path | None = None,
                   progress: ProgressFn | None = None, cancel: CancelFn | None = None, overwrite: bool = False,
                   cache_dir: str | Path | None = None, encoder=None, ray_address: str | None = None,
-                  actor: Actor | None = None):
+                  actor: Actor | None = None, vote_memo: VoteMemo | None = None):
     """Mine from precomputed image embeddings (bring your own; :mod:`clustermine.method.feature_input`
     reads a ``.npy`` [N, D] or a clip-retrieval folder) instead of encoding a folder.
 
@@ -113,6 +114,7 @@ def mine_features(features: str | Path, paths: str | Path | None, run_dir: str |
     or the features folder for clip-retrieval metadata); they are only opened to show thumbnails.
     Stages: ``scan`` (check), ``encode`` (import), then corpus / cluster / vote as :func:`mine`.
     ``actor``: who launches; PermissionDenied before anything is written when its role may not.
+    ``vote_memo``: reuse (and keep) the zero-shot vote of these features across runs (a sweep's cells).
     """
     require(actor, "launch")
 
@@ -132,12 +134,12 @@ def mine_features(features: str | Path, paths: str | Path | None, run_dir: str |
         run = _start_run(run_dir, cfg, overwrite)
         tracker = ProgressTracker(run, progress, cancel)
         _run_guarded(run, tracker, lambda: _import_stages(run, source, stats, config, tracker, cache_dir, encoder,
-                                                          corpus, Path(cfg["image_root"]), cluster))
+                                                          corpus, Path(cfg["image_root"]), cluster, vote_memo))
     return run
 
 
 def _import_stages(run, source, stats, config: MineConfig, tracker: ProgressTracker, cache_dir, encoder, corpus,
-                   image_root: Path, cluster=None) -> None:
+                   image_root: Path, cluster=None, vote_memo: VoteMemo | None = None) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -168,7 +170,7 @@ def _import_stages(run, source, stats, config: MineConfig, tracker: ProgressTrac
              {"n_files": n, "n_skipped": 0, "n_duplicates": int(stats.duplicate_paths),
               "features_import": {"n": n, "d": source.d, "dtype": str(source.dtype), "layout": source.layout,
                                   "norm_median": float(stats.norm_median), "normalised": bool(stats.normalised),
-                                  "warnings": list(stats.warnings)}}, cluster)
+                                  "warnings": list(stats.warnings)}}, cluster, vote_memo)
 
 
 def _start_run(run_dir: str | Path, cfg: dict, overwrite: bool):
@@ -346,9 +348,10 @@ def write_cached_features(run, cache: FeatureCache, sha1s: Sequence[str], dim: i
 
 
 def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str | Path | None, encoder, corpus,
-             is_hold: np.ndarray, counts: dict, cluster=None) -> None:
+             is_hold: np.ndarray, counts: dict, cluster=None, vote_memo: VoteMemo | None = None) -> None:
     """Stages 3-5 (corpus, cluster, vote) on the run's stored features; ``is_hold`` bool [N_ok].
-    With a Ray ``cluster`` the vote runs there; clustering stays here."""
+    With a Ray ``cluster`` the vote runs there; clustering stays here. With ``vote_memo`` a vote of the
+    same features, corpus embeddings, k and τ is reused instead of recomputed."""
     from clustermine.workflows.recluster import clusterer_device, fit_rows, run_clusterer  # imports pandas (seconds): only when this runs
 
     template = config.template or encoder.text_template
@@ -391,9 +394,17 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
     # 5. vote (and, in the same pass over the corpus, every image's corpus LSE: the score's denominator)
     tracker.start("vote", n_usable)
     features = run.feature_matrix()
-    vote = cluster.zero_shot_topk if cluster is not None else zero_shot_topk
-    top_idx, top_sim, lse = vote(features, text_emb, k=config.topk, tau=run.tau, progress=tracker.stage_callback(),
-                                 cancel=lambda: tracker.check_cancel_flag())
+    memo_key = VoteMemo.key(features, text_emb, config.topk, run.tau) if vote_memo is not None else None
+    kept = vote_memo.get(memo_key) if vote_memo is not None else None
+    if kept is not None:
+        top_idx, top_sim, lse = kept
+        tracker.update(n_usable, n_usable)
+    else:
+        vote = cluster.zero_shot_topk if cluster is not None else zero_shot_topk
+        top_idx, top_sim, lse = vote(features, text_emb, k=config.topk, tau=run.tau,
+                                     progress=tracker.stage_callback(), cancel=lambda: tracker.check_cancel_flag())
+        if vote_memo is not None:
+            vote_memo.put(memo_key, top_idx, top_sim, lse)
     run.write_votes(top_idx, top_sim)
     store_corpus_lse(run, lse)
     top_sim = top_sim.astype(np.float16).astype(np.float32)

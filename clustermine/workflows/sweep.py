@@ -7,7 +7,9 @@ path) into ``OUT/runs/<cell>``, scores the ID and OOD sets with that run's detec
 (:func:`clustermine.workflows.whatif.run_detector`, the one scoring path) and measures them
 (:func:`clustermine.method.metrics.ood_metrics`, one row per OOD set and their mean). Each finished cell
 is written atomically to ``OUT/cells/<cell>.json`` before the next starts, so a killed sweep run
-again with the same grid skips the finished cells; ``OUT/results.json`` / ``results.csv`` /
+again with the same grid skips the finished cells. Cells that differ only in C, the clusterer or the seed
+share one zero-shot vote (:class:`clustermine.workflows.vote_memo.VoteMemo`), the costly pass over the
+corpus; ``OUT/results.json`` / ``results.csv`` /
 ``cells.csv`` hold the cells and the mean ± sd over seeds of every grid point.
 """
 
@@ -38,6 +40,7 @@ from clustermine.method.metrics import ood_metrics
 from clustermine.workflows.diagnostics import purity_diagnostics
 from clustermine.workflows.encoding import load_folder
 from clustermine.workflows.pipeline import mine_features
+from clustermine.workflows.vote_memo import VoteMemo
 from clustermine.workflows.whatif import run_detector
 
 __all__ = ["GRID_KEYS", "METRICS", "Cell", "parse_grid", "parse_named_folders", "parse_clusterer_params",
@@ -253,6 +256,7 @@ def sweep(images: str | Path, out: str | Path, *, id_dir: str | Path, ood: dict[
     ood_feats = {n: loaded[f"ood:{n}"][1] for n in ood}
 
     results, computed, skipped = [], 0, 0
+    votes = VoteMemo()  # cells differing only in C, clusterer or seed share one zero-shot vote
     for i, cell in enumerate(cells, 1):
         cell_file = out / "cells" / f"{cell.key}.json"
         if cell_file.is_file():
@@ -272,7 +276,8 @@ def sweep(images: str | Path, out: str | Path, *, id_dir: str | Path, ood: dict[
             shutil.rmtree(run_dir)
         cfg = _cell_config(base, cell, params)
         try:
-            run = mine_features(feat_path, paths_path, run_dir, cfg, image_root=images, cache_dir=root, encoder=encoder)
+            run = mine_features(feat_path, paths_path, run_dir, cfg, image_root=images, cache_dir=root, encoder=encoder,
+                                vote_memo=votes)
             scored = _score_cell(run, id_feats, ood_feats)
         except ClusterMineError as exc:
             raise ClusterMineError(f"sweep cell {cell.label}: {exc} (finished cells are kept in {out / 'cells'})") \
