@@ -204,8 +204,9 @@ def test_vote_memo_keys_on_content_and_keeps_read_only_copies(tmp_path):
     assert memo.hits == 1 and kept[0][0, 0] == 0 and not any(a.flags.writeable for a in kept)
 
 def test_cells_that_differ_in_clusters_clusterer_or_seed_share_one_vote(sets, corpus, tmp_path, monkeypatch):
-    """The vote depends only on the features, corpus, k and τ: a C x clusterer x τ grid over two seeds runs it
-    once per τ, and a cell's votes, concepts and scores are those of mining it on its own."""
+    """The vote and the scores' denominators depend only on the features, corpus and τ (and k): a C x clusterer x τ
+    grid over two seeds computes each once per τ, and a cell's votes, concepts and scores are those of mining
+    it on its own."""
     import clustermine.workflows.pipeline as pipeline
     from clustermine.workflows.pipeline import mine_features
 
@@ -216,7 +217,17 @@ def test_cells_that_differ_in_clusters_clusterer_or_seed_share_one_vote(sets, co
         taus_voted.append(kwargs.get("tau"))
         return real_vote(*args, **kwargs)
 
+    import clustermine.workflows.sweep as sweep_module
+
+    denominators = []
+    real_lse = sweep_module.corpus_logsumexp
+
+    def counted_lse(feats, text, tau):
+        denominators.append((len(feats), tau))
+        return real_lse(feats, text, tau)
+
     monkeypatch.setattr(pipeline, "zero_shot_topk", counted_vote)
+    monkeypatch.setattr(sweep_module, "corpus_logsumexp", counted_lse)
     cache = private_cache(tmp_path)
     out = tmp_path / "sweep"
     temi_fast = {key: int(value) for key, value in (p.split("=") for p in TEMI_FAST)}
@@ -225,6 +236,8 @@ def test_cells_that_differ_in_clusters_clusterer_or_seed_share_one_vote(sets, co
                 config=MineConfig(corpus=str(corpus)), clusterer_params=temi_fast, cache_dir=cache)
     assert res["computed"] == 16
     assert sorted(taus_voted) == [0.01, 0.05]  # one vote per τ, not one per cell
+    n_id, n_near = (sum(1 for f in sets[k].rglob("*") if f.is_file()) for k in ("id", "near"))
+    assert sorted(denominators) == sorted((n, t) for n in (n_id, n_near) for t in (0.01, 0.05))  # per set and τ
     monkeypatch.setattr(pipeline, "zero_shot_topk", real_vote)
 
     for cell in (res["cells"][-1], next(c for c in res["cells"] if c["params"]["tau"] == 0.01 and c["seed"] == 1)):

@@ -55,8 +55,11 @@ def corpus_logsumexp(image_features: np.ndarray, text_embeddings: np.ndarray, ta
 
 
 def log_scores(image_features: np.ndarray, text_embeddings: np.ndarray, positive_idx: np.ndarray,
-               tau: float, n_groups: int = 1, seed: int = 0) -> np.ndarray:
+               tau: float, n_groups: int = 1, seed: int = 0, *, corpus_lse: np.ndarray | None = None) -> np.ndarray:
     """log S(x) for every image (float64 [N]); ``positive_idx`` are rows of ``text_embeddings``.
+
+    ``corpus_lse`` float64 [N]: the images' :func:`corpus_logsumexp` over ``text_embeddings`` at ``tau``,
+    when the caller already has it (it depends on the corpus, not on Y_pos); ignored with ``n_groups > 1``.
 
     ``n_groups > 1`` is NegLabel's grouping: the negatives are permuted with ``seed``, split into
     equal groups, each group is scored against the positives, and the scores S_g are averaged.
@@ -68,7 +71,11 @@ def log_scores(image_features: np.ndarray, text_embeddings: np.ndarray, positive
     pos_lse = _lse_rows(feats @ text_embeddings[positive_idx].T / tau)
     if n_groups <= 1:
         # Y_pos ⊆ V, so log S ≤ 0 exactly; the two separate float32 products can overshoot by ~1e-6.
-        return np.minimum(pos_lse - corpus_logsumexp(feats, text_embeddings, tau), 0.0)
+        if corpus_lse is None:
+            corpus_lse = corpus_logsumexp(feats, text_embeddings, tau)
+        elif np.shape(corpus_lse) != (feats.shape[0],):
+            raise ValueError("corpus_lse must hold one value per image")
+        return np.minimum(pos_lse - corpus_lse, 0.0)
     neg_idx = np.setdiff1d(np.arange(text_embeddings.shape[0]), positive_idx)
     neg_idx = np.random.default_rng(seed).permutation(neg_idx)
     usable = (neg_idx.size // n_groups) * n_groups
@@ -155,9 +162,10 @@ class Detector:
                 f"(fingerprint {self.encoder_fingerprint_id}), got {encoder.spec} ({encoder.fingerprint_id}); "
                 "features from different encoders are never mixed")
 
-    def log_scores(self, image_features: np.ndarray) -> np.ndarray:
-        """log S for each row of ``image_features`` (float32 [N, D]) → float64 [N]."""
-        return log_scores(image_features, self.text_embeddings, self.positive_idx, self.tau)
+    def log_scores(self, image_features: np.ndarray, corpus_lse: np.ndarray | None = None) -> np.ndarray:
+        """log S for each row of ``image_features`` (float32 [N, D]) → float64 [N]; ``corpus_lse``: the
+        rows' precomputed denominator (:func:`corpus_logsumexp` over this detector's embeddings and τ)."""
+        return log_scores(image_features, self.text_embeddings, self.positive_idx, self.tau, corpus_lse=corpus_lse)
 
     def scores(self, image_features: np.ndarray) -> np.ndarray:
         """S = exp(log S) ∈ (0, 1]."""

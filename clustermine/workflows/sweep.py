@@ -9,7 +9,7 @@ path) into ``OUT/runs/<cell>``, scores the ID and OOD sets with that run's detec
 is written atomically to ``OUT/cells/<cell>.json`` before the next starts, so a killed sweep run
 again with the same grid skips the finished cells. Cells that differ only in C, the clusterer or the seed
 share one zero-shot vote (:class:`clustermine.workflows.vote_memo.VoteMemo`), the costly pass over the
-corpus; ``OUT/results.json`` / ``results.csv`` /
+corpus, and the corpus denominators of the ID and OOD scores; ``OUT/results.json`` / ``results.csv`` /
 ``cells.csv`` hold the cells and the mean ± sd over seeds of every grid point.
 """
 
@@ -37,10 +37,11 @@ from clustermine.core.storage import (atomic_save_npy, atomic_write_bytes, atomi
                                       cache_root)
 from clustermine.method.encoders import load_encoder
 from clustermine.method.metrics import ood_metrics
+from clustermine.method.scoring import corpus_logsumexp
 from clustermine.workflows.diagnostics import purity_diagnostics
 from clustermine.workflows.encoding import load_folder
 from clustermine.workflows.pipeline import mine_features
-from clustermine.workflows.vote_memo import VoteMemo
+from clustermine.workflows.vote_memo import VoteMemo, array_digest
 from clustermine.workflows.whatif import run_detector
 
 __all__ = ["GRID_KEYS", "METRICS", "Cell", "parse_grid", "parse_named_folders", "parse_clusterer_params",
@@ -195,10 +196,20 @@ def _setup_stamp(encoder, config: MineConfig, grid: dict[str, list], params: dic
     return {"encoder": encoder.fingerprint_id, "config": base, "clusterer_params": params, "sets": content}
 
 
-def _score_cell(run, id_feats: np.ndarray, ood_feats: dict[str, np.ndarray]) -> dict:
+def _score_cell(run, id_feats: np.ndarray, ood_feats: dict[str, np.ndarray], denominators: dict) -> dict:
+    """The cell's metrics with its run's detector. ``denominators`` {(set, embeddings + τ key): corpus LSE
+    float64 [N]} is shared by the sweep's cells: the score's denominator does not depend on Y_pos."""
     detector = run_detector(run, calibrate=False)
-    id_scores = detector.log_scores(id_feats)
-    rows = {name: ood_metrics(id_scores, detector.log_scores(f)) for name, f in ood_feats.items()}
+    corpus_key = f"{array_digest(detector.text_embeddings)}-tau{float(detector.tau)!r}"
+
+    def log_scores(name: str, feats: np.ndarray) -> np.ndarray:
+        feats = np.asarray(feats, dtype=np.float32)
+        if (name, corpus_key) not in denominators:
+            denominators[(name, corpus_key)] = corpus_logsumexp(feats, detector.text_embeddings, detector.tau)
+        return detector.log_scores(feats, corpus_lse=denominators[(name, corpus_key)])
+
+    id_scores = log_scores("id", id_feats)
+    rows = {name: ood_metrics(id_scores, log_scores(f"ood:{name}", f)) for name, f in ood_feats.items()}
     rows[MEAN] = {m: float(np.mean([r[m] for r in rows.values()])) for m in METRICS}
     rows[MEAN].update(n_id=int(len(id_scores)), n_ood=int(sum(len(f) for f in ood_feats.values())))
     return {"metrics": rows, "n_positive": int(len(detector.positive_idx))}
@@ -256,7 +267,8 @@ def sweep(images: str | Path, out: str | Path, *, id_dir: str | Path, ood: dict[
     ood_feats = {n: loaded[f"ood:{n}"][1] for n in ood}
 
     results, computed, skipped = [], 0, 0
-    votes = VoteMemo()  # cells differing only in C, clusterer or seed share one zero-shot vote
+    votes = VoteMemo()  # cells differing only in C, clusterer or seed share one zero-shot vote ...
+    denominators: dict = {}  # ... and the corpus LSE of the ID and OOD sets they score
     for i, cell in enumerate(cells, 1):
         cell_file = out / "cells" / f"{cell.key}.json"
         if cell_file.is_file():
@@ -278,7 +290,7 @@ def sweep(images: str | Path, out: str | Path, *, id_dir: str | Path, ood: dict[
         try:
             run = mine_features(feat_path, paths_path, run_dir, cfg, image_root=images, cache_dir=root, encoder=encoder,
                                 vote_memo=votes)
-            scored = _score_cell(run, id_feats, ood_feats)
+            scored = _score_cell(run, id_feats, ood_feats, denominators)
         except ClusterMineError as exc:
             raise ClusterMineError(f"sweep cell {cell.label}: {exc} (finished cells are kept in {out / 'cells'})") \
                 from exc

@@ -3,7 +3,8 @@
 The vote (every image's top-k corpus concepts and its corpus log-sum-exp, :func:`zero_shot_topk`) is the
 costly pass over the corpus (≈ 21 min for 1.28M images on 2 cores) and depends only on the features, the
 corpus embeddings, k and τ, not on the clustering. A sweep's cells that differ only in C, the clusterer
-or the seed therefore share one vote. Keys are content hashes, so a stale entry can never be served.
+or the seed therefore share one vote (and, through :func:`array_digest`, the corpus denominators of the
+sets they score). Keys are content hashes, so a stale entry can never be served.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 _BLOCK_ROWS = 65536
 
 
-def _array_digest(array: np.ndarray) -> str:
+def array_digest(array: np.ndarray) -> str:
     """SHA-1 of the array's shape, dtype and values, read ``_BLOCK_ROWS`` rows at a time (memmaps stay on disk)."""
     h = hashlib.sha1(f"{array.shape}|{array.dtype.str}".encode())
     for lo in range(0, array.shape[0], _BLOCK_ROWS):
@@ -38,7 +39,7 @@ class VoteMemo:
     @staticmethod
     def key(image_features: np.ndarray, text_embeddings: np.ndarray, k: int, tau: float) -> str:
         """``image_features`` [N, D] (may be a memmap), ``text_embeddings`` [M, D]."""
-        return f"{_array_digest(image_features)}-{_array_digest(text_embeddings)}-k{int(k)}-tau{float(tau)!r}"
+        return f"{array_digest(image_features)}-{array_digest(text_embeddings)}-k{int(k)}-tau{float(tau)!r}"
 
     def get(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         found = self._votes.get(key)
