@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clustermine.core.hashing import cached_file_hash, file_hash
+from clustermine.core.hashing import array_hash, cached_file_hash, file_hash
 from clustermine.method.images import scan_images
 from clustermine.core.linalg import l2_normalize
 
@@ -34,6 +34,24 @@ def test_file_hash_of_a_file_larger_than_any_read_buffer(tmp_path: Path) -> None
     assert file_hash(f, "sha1") == "34aa973cd4c4daa4f61eeb2bdbad27316534016f"
     assert file_hash(f) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
 
+
+
+def test_array_hash_is_the_sha1_of_header_and_bytes_for_memmaps_and_views_alike(tmp_path: Path) -> None:
+    """One array hash: the vote memo's keys and the 2-D maps' cache keys on disk (``features_key``, whose
+    values must not change) are this digest; a memmap is read in blocks (70,000 rows > one block)."""
+    import hashlib
+
+    from clustermine.workflows.projection import features_key
+
+    a = np.random.default_rng(0).standard_normal((70_000, 4)).astype(np.float16)
+    want = hashlib.sha1(b"(70000, 4)|float16" + a.tobytes()).hexdigest()
+    np.save(tmp_path / "a.npy", a)
+    assert array_hash(a) == want == array_hash(np.load(tmp_path / "a.npy", mmap_mode="r"))
+    assert features_key(a) == want[:16]
+    strided = np.arange(24, dtype=np.float32).reshape(6, 4)[::2]
+    assert array_hash(strided) == hashlib.sha1(b"(3, 4)|float32" + strided.copy().tobytes()).hexdigest()
+    assert array_hash(np.zeros((0, 3), np.float32)) == hashlib.sha1(b"(0, 3)|float32").hexdigest()
+    assert array_hash(a[:-1]) != want and array_hash(a.astype(np.float32)) != want
 
 def test_scanned_image_keys_are_the_sha1_of_the_bytes(tmp_path: Path) -> None:
     """Image features are cached on disk under the file's sha1: the key must not change."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clustermine.store import layout
+from clustermine.core.hashing import array_hash
 from clustermine.core.linalg import l2_normalize
 from clustermine.core.storage import atomic_save_npy, atomic_save_npz, atomic_write_json
 
@@ -83,11 +84,8 @@ def sample_rows(n: int, max_points: int = MAX_POINTS, seed: int = 0) -> np.ndarr
 
 
 def features_key(features: np.ndarray) -> str:
-    """16-hex content hash of a feature matrix (shape, dtype and bytes)."""
-    a = np.ascontiguousarray(features)
-    h = hashlib.sha1(f"{a.shape}|{a.dtype}".encode())
-    h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
-    return h.hexdigest()[:16]
+    """16-hex content hash of a feature matrix (shape, dtype and bytes: :func:`array_hash`)."""
+    return array_hash(features)[:16]
 
 
 def _paths(run_dir: str | os.PathLike, method: str, seed: int, key: str) -> tuple[Path, Path]:

@@ -33,6 +33,7 @@ import numpy as np
 
 from clustermine.core.config import CLUSTERER_NAMES, MineConfig
 from clustermine.core.errors import ClusterMineError
+from clustermine.core.hashing import array_hash
 from clustermine.core.storage import (atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text,
                                       cache_root)
 from clustermine.method.encoders import load_encoder
@@ -41,7 +42,7 @@ from clustermine.method.scoring import corpus_logsumexp
 from clustermine.workflows.diagnostics import purity_diagnostics
 from clustermine.workflows.encoding import load_folder
 from clustermine.workflows.pipeline import mine_features
-from clustermine.workflows.vote_memo import VoteMemo, array_digest
+from clustermine.workflows.vote_memo import VoteMemo
 from clustermine.workflows.whatif import run_detector
 
 __all__ = ["GRID_KEYS", "METRICS", "Cell", "parse_grid", "parse_named_folders", "parse_clusterer_params",
@@ -200,7 +201,7 @@ def _score_cell(run, id_feats: np.ndarray, ood_feats: dict[str, np.ndarray], den
     """The cell's metrics with its run's detector. ``denominators`` {(set, embeddings + τ key): corpus LSE
     float64 [N]} is shared by the sweep's cells: the score's denominator does not depend on Y_pos."""
     detector = run_detector(run, calibrate=False)
-    corpus_key = f"{array_digest(detector.text_embeddings)}-tau{float(detector.tau)!r}"
+    corpus_key = f"{array_hash(detector.text_embeddings)}-tau{float(detector.tau)!r}"
 
     def log_scores(name: str, feats: np.ndarray) -> np.ndarray:
         feats = np.asarray(feats, dtype=np.float32)

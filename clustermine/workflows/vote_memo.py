@@ -3,25 +3,15 @@
 The vote (every image's top-k corpus concepts and its corpus log-sum-exp, :func:`zero_shot_topk`) is the
 costly pass over the corpus (≈ 21 min for 1.28M images on 2 cores) and depends only on the features, the
 corpus embeddings, k and τ, not on the clustering. A sweep's cells that differ only in C, the clusterer
-or the seed therefore share one vote (and, through :func:`array_digest`, the corpus denominators of the
+or the seed therefore share one vote (and, keyed the same way, the corpus denominators of the
 sets they score). Keys are content hashes, so a stale entry can never be served.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
-_BLOCK_ROWS = 65536
-
-
-def array_digest(array: np.ndarray) -> str:
-    """SHA-1 of the array's shape, dtype and values, read ``_BLOCK_ROWS`` rows at a time (memmaps stay on disk)."""
-    h = hashlib.sha1(f"{array.shape}|{array.dtype.str}".encode())
-    for lo in range(0, array.shape[0], _BLOCK_ROWS):
-        h.update(np.ascontiguousarray(array[lo:lo + _BLOCK_ROWS]).tobytes())
-    return h.hexdigest()
+from clustermine.core.hashing import array_hash
 
 
 class VoteMemo:
@@ -39,7 +29,7 @@ class VoteMemo:
     @staticmethod
     def key(image_features: np.ndarray, text_embeddings: np.ndarray, k: int, tau: float) -> str:
         """``image_features`` [N, D] (may be a memmap), ``text_embeddings`` [M, D]."""
-        return f"{array_digest(image_features)}-{array_digest(text_embeddings)}-k{int(k)}-tau{float(tau)!r}"
+        return f"{array_hash(image_features)}-{array_hash(text_embeddings)}-k{int(k)}-tau{float(tau)!r}"
 
     def get(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         found = self._votes.get(key)
