@@ -394,8 +394,10 @@ def _analyse(run, config: MineConfig, tracker: ProgressTracker, cache_dir: str |
     # 5. vote (and, in the same pass over the corpus, every image's corpus LSE: the score's denominator)
     tracker.start("vote", n_usable)
     features = run.feature_matrix()
-    memo_key = VoteMemo.key(features, text_emb, config.topk, run.tau) if vote_memo is not None else None
-    kept = vote_memo.get(memo_key) if vote_memo is not None else None
+    kept = None
+    if vote_memo is not None:
+        memo_key = VoteMemo.key(features, text_emb, config.topk, run.tau)
+        kept = vote_memo.get(memo_key)
     if kept is not None:
         top_idx, top_sim, lse = kept
         tracker.update(n_usable, n_usable)

@@ -44,6 +44,3 @@ class VoteMemo:
         for a in kept:
             a.setflags(write=False)
         self._votes[key] = kept  # type: ignore[assignment]
-
-    def __len__(self) -> int:
-        return len(self._votes)
